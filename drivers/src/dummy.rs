@@ -1,0 +1,429 @@
+//! The built-in simulator: the living-room fan model and generic generated
+//! properties (constant, counter, sine, random). Always compiled in.
+
+use std::f64::consts::PI;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::time::MissedTickBehavior;
+
+use crate::{
+    DataType, DeviceCommand, DeviceEvent, DeviceLink, DeviceSpec, DriverError, ErrorKind,
+    PropertyAddress, ReadCause, Readings, Value, WriteOutcome,
+};
+
+/// How a simulated property produces its values (one step per read).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Generator {
+    /// Always the same value (until written).
+    Constant(Value),
+    /// `start`, then `+step` on every read; wraps back to `start` when the
+    /// next value would leave the type's range.
+    Counter {
+        /// First value.
+        start: f64,
+        /// Increment per read.
+        step: f64,
+    },
+    /// A sine wave between `min` and `max` with the given period, starting at
+    /// the midpoint when the device starts.
+    Sine {
+        /// Lowest value.
+        min: f64,
+        /// Highest value.
+        max: f64,
+        /// Length of one wave.
+        period: Duration,
+    },
+    /// Uniformly random between `min` and `max` (inclusive).
+    Random {
+        /// Lowest value.
+        min: f64,
+        /// Highest value.
+        max: f64,
+    },
+    /// The fan model's `on` switch (bool).
+    FanOn,
+    /// The fan model's `gear`: 0 slow, 1 middle, 2 fast.
+    FanGear,
+    /// The fan model's `rotatingSpeed`.
+    FanSpeed,
+}
+
+/// The fan model's gear: where its speed starts, how fast it climbs, and its cap.
+fn gear_profile(gear: u64) -> (i64, Duration, i64) {
+    match gear {
+        0 => (0, Duration::from_secs(3), 100),
+        1 => (100, Duration::from_secs(2), 200),
+        _ => (200, Duration::from_secs(1), 300),
+    }
+}
+
+/// The living-room fan's state: speed climbs by one every step while on.
+#[derive(Debug)]
+struct Fan {
+    on: bool,
+    gear: u64,
+    speed: i64,
+    last_tick: Instant,
+}
+
+impl Fan {
+    fn new(now: Instant) -> Self {
+        Self {
+            on: false,
+            gear: 0,
+            speed: 0,
+            last_tick: now,
+        }
+    }
+
+    /// Brings the speed up to date with the clock.
+    fn advance(&mut self, now: Instant) {
+        let (_, step, cap) = gear_profile(self.gear);
+        if !self.on || self.speed >= cap {
+            self.last_tick = now;
+            return;
+        }
+        let elapsed = now.saturating_duration_since(self.last_tick);
+        let steps = (elapsed.as_nanos() / step.as_nanos()) as i64;
+        if steps > 0 {
+            self.speed = (self.speed + steps).min(cap);
+            self.last_tick += step * steps as u32;
+        }
+    }
+
+    fn set_on(&mut self, on: bool, now: Instant) {
+        self.advance(now);
+        self.on = on;
+        self.last_tick = now;
+    }
+
+    fn set_gear(&mut self, gear: u64, now: Instant) {
+        self.advance(now);
+        self.gear = gear;
+        self.speed = gear_profile(gear).0;
+        self.last_tick = now;
+    }
+}
+
+/// The live state of one simulated property.
+#[derive(Debug)]
+enum Slot {
+    Fixed(Value),
+    Counter { next: f64, start: f64, step: f64 },
+    Sine { min: f64, max: f64, period: Duration },
+    Random { min: f64, max: f64 },
+    FanOn,
+    FanGear,
+    FanSpeed,
+}
+
+/// A simulated device: its properties' generators plus the fan state.
+struct Simulator {
+    started: Instant,
+    fan: Fan,
+    slots: Vec<(DataType, Slot)>,
+}
+
+impl Simulator {
+    fn new(spec: &DeviceSpec) -> Self {
+        let now = Instant::now();
+        let slots = spec
+            .properties
+            .iter()
+            .map(|p| {
+                let slot = match &p.address {
+                    PropertyAddress::Simulated(g) => match g.clone() {
+                        Generator::Constant(v) => Slot::Fixed(v),
+                        Generator::Counter { start, step } => Slot::Counter {
+                            next: start,
+                            start,
+                            step,
+                        },
+                        Generator::Sine { min, max, period } => Slot::Sine { min, max, period },
+                        Generator::Random { min, max } => Slot::Random { min, max },
+                        Generator::FanOn => Slot::FanOn,
+                        Generator::FanGear => Slot::FanGear,
+                        Generator::FanSpeed => Slot::FanSpeed,
+                    },
+                    #[allow(unreachable_patterns)]
+                    _ => Slot::Fixed(Value::Bool(false)),
+                };
+                (p.data_type, slot)
+            })
+            .collect();
+        Self {
+            started: now,
+            fan: Fan::new(now),
+            slots,
+        }
+    }
+
+    fn read(&mut self, index: usize, now: Instant) -> Result<Value, DriverError> {
+        let started = self.started;
+        self.fan.advance(now);
+        let Some((data_type, slot)) = self.slots.get_mut(index) else {
+            return Err(DriverError::new(ErrorKind::NotFound, "no such property"));
+        };
+        let data_type = *data_type;
+        match slot {
+            Slot::Fixed(v) => Ok(v.clone()),
+            Slot::Counter { next, start, step } => {
+                let current = *next;
+                let mut following = current + *step;
+                if number_of(data_type, following).is_none() {
+                    following = *start;
+                }
+                *next = following;
+                number_of(data_type, current).ok_or_else(|| out_of_range(data_type, current))
+            }
+            Slot::Sine { min, max, period } => {
+                let t = now.saturating_duration_since(started).as_secs_f64();
+                let phase = 2.0 * PI * t / period.as_secs_f64().max(1e-3);
+                let v = *min + (*max - *min) * (1.0 + phase.sin()) / 2.0;
+                number_of(data_type, v).ok_or_else(|| out_of_range(data_type, v))
+            }
+            Slot::Random { min, max } => {
+                let v = if data_type.is_integer() {
+                    rand::random_range(min.ceil() as i64..=max.floor() as i64) as f64
+                } else {
+                    rand::random_range(*min..=*max)
+                };
+                number_of(data_type, v).ok_or_else(|| out_of_range(data_type, v))
+            }
+            Slot::FanOn => Ok(Value::Bool(self.fan.on)),
+            Slot::FanGear => Ok(Value::Uint(self.fan.gear)),
+            Slot::FanSpeed => Ok(Value::Int(self.fan.speed)),
+        }
+    }
+
+    fn write(&mut self, index: usize, value: Value, now: Instant) -> Result<(), DriverError> {
+        let Some((data_type, slot)) = self.slots.get_mut(index) else {
+            return Err(DriverError::new(ErrorKind::NotFound, "no such property"));
+        };
+        match (slot, value) {
+            (Slot::FanOn, Value::Bool(on)) => self.fan.set_on(on, now),
+            (Slot::FanGear, Value::Uint(g)) if g <= 2 => self.fan.set_gear(g, now),
+            (Slot::FanGear, v) => {
+                return Err(DriverError::new(
+                    ErrorKind::Rejected,
+                    format!("gear must be 0, 1 or 2, got {v:?}"),
+                ))
+            }
+            (Slot::FanSpeed, _) => {
+                return Err(DriverError::new(
+                    ErrorKind::Rejected,
+                    "rotatingSpeed is read-only",
+                ))
+            }
+            (Slot::Counter { next, .. }, v) => {
+                *next = v.as_f64().ok_or_else(|| {
+                    DriverError::new(ErrorKind::Rejected, "counter takes a number")
+                })?
+            }
+            (slot, v) => {
+                let _ = data_type;
+                *slot = Slot::Fixed(v);
+            }
+        }
+        Ok(())
+    }
+
+    fn read_all(&mut self, cause: ReadCause) -> Readings {
+        let now = Instant::now();
+        let values = (0..self.slots.len())
+            .map(|i| (i, self.read(i, now)))
+            .collect();
+        Readings {
+            at: SystemTime::now(),
+            cause,
+            values,
+            duration: Some(now.elapsed()),
+        }
+    }
+}
+
+fn out_of_range(data_type: DataType, v: f64) -> DriverError {
+    DriverError::new(
+        ErrorKind::Decode,
+        format!("generated value {v} does not fit {data_type}"),
+    )
+}
+
+/// Converts a generated number to a value of `data_type` (integers rounded),
+/// or `None` if it does not fit.
+fn number_of(data_type: DataType, v: f64) -> Option<Value> {
+    match data_type {
+        DataType::Float32 => Some(Value::Float(v as f32 as f64)),
+        DataType::Float64 => Some(Value::Float(v)),
+        DataType::Bool => Some(Value::Bool(v != 0.0)),
+        t if t.is_integer() => {
+            if !v.is_finite() {
+                return None;
+            }
+            Value::integer_of(t, v.round() as i128)
+        }
+        DataType::String => Some(Value::String(v.to_string())),
+        _ => None,
+    }
+}
+
+/// Runs a simulated device until cancelled.
+pub(crate) async fn run(spec: DeviceSpec, mut link: DeviceLink) {
+    let mut sim = Simulator::new(&spec);
+    let mut ticker = tokio::time::interval(spec.sync_interval.max(Duration::from_millis(1)));
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    if link.events.send(DeviceEvent::Online).await.is_err() {
+        return;
+    }
+    loop {
+        let readings = tokio::select! {
+            _ = link.cancel.cancelled() => return,
+            _ = ticker.tick() => sim.read_all(ReadCause::Poll),
+            cmd = link.commands.recv() => match cmd {
+                None => return,
+                Some(DeviceCommand::ReadNow) => sim.read_all(ReadCause::Forced),
+                Some(DeviceCommand::Write { writes, reply }) => {
+                    let now = Instant::now();
+                    let mut outcome = WriteOutcome::default();
+                    for (n, (index, value)) in writes.into_iter().enumerate() {
+                        match sim.write(index, value, now) {
+                            Ok(()) => outcome.applied += 1,
+                            Err(e) => {
+                                outcome.failed = Some((n, e));
+                                break;
+                            }
+                        }
+                    }
+                    let _ = reply.send(outcome);
+                    sim.read_all(ReadCause::Forced)
+                }
+            },
+        };
+        tokio::select! {
+            _ = link.cancel.cancelled() => return,
+            sent = link.events.send(DeviceEvent::Readings(readings)) => if sent.is_err() { return },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Connection, PropertySpec};
+
+    fn spec(props: Vec<(DataType, Generator)>) -> DeviceSpec {
+        DeviceSpec {
+            name: "sim".into(),
+            sync_interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            connection: Connection::Dummy,
+            properties: props
+                .into_iter()
+                .enumerate()
+                .map(|(i, (t, g))| PropertySpec {
+                    name: format!("p{i}"),
+                    data_type: t,
+                    writable: true,
+                    address: PropertyAddress::Simulated(g),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn counter_starts_at_start_and_steps_per_read() {
+        let mut sim = Simulator::new(&spec(vec![(
+            DataType::Uint32,
+            Generator::Counter {
+                start: 5.0,
+                step: 2.0,
+            },
+        )]));
+        let now = Instant::now();
+        let got: Vec<_> = (0..3).map(|_| sim.read(0, now).unwrap()).collect();
+        assert_eq!(got, vec![Value::Uint(5), Value::Uint(7), Value::Uint(9)]);
+    }
+
+    #[test]
+    fn counter_wraps_to_start_at_type_limit() {
+        let mut sim = Simulator::new(&spec(vec![(
+            DataType::Uint8,
+            Generator::Counter {
+                start: 254.0,
+                step: 1.0,
+            },
+        )]));
+        let now = Instant::now();
+        let got: Vec<_> = (0..3).map(|_| sim.read(0, now).unwrap()).collect();
+        assert_eq!(got, vec![Value::Uint(254), Value::Uint(255), Value::Uint(254)]);
+    }
+
+    #[test]
+    fn sine_and_random_stay_in_bounds() {
+        let mut sim = Simulator::new(&spec(vec![
+            (
+                DataType::Float64,
+                Generator::Sine {
+                    min: 18.0,
+                    max: 24.0,
+                    period: Duration::from_secs(60),
+                },
+            ),
+            (
+                DataType::Int16,
+                Generator::Random {
+                    min: -3.0,
+                    max: 3.0,
+                },
+            ),
+        ]));
+        let start = Instant::now();
+        for s in 0..120 {
+            let now = start + Duration::from_millis(s * 500);
+            let sine = sim.read(0, now).unwrap().as_f64().unwrap();
+            assert!((18.0..=24.0).contains(&sine), "{sine}");
+            let r = sim.read(1, now).unwrap().as_i128().unwrap();
+            assert!((-3..=3).contains(&r), "{r}");
+        }
+    }
+
+    #[test]
+    fn fan_speed_resets_on_gear_change_and_climbs_while_on() {
+        let mut sim = Simulator::new(&spec(vec![
+            (DataType::Bool, Generator::FanOn),
+            (DataType::Uint8, Generator::FanGear),
+            (DataType::Int32, Generator::FanSpeed),
+        ]));
+        let t0 = Instant::now();
+        sim.write(1, Value::Uint(1), t0).unwrap();
+        assert_eq!(sim.read(2, t0).unwrap(), Value::Int(100));
+        // Off: no climbing.
+        assert_eq!(sim.read(2, t0 + Duration::from_secs(10)).unwrap(), Value::Int(100));
+        let t1 = t0 + Duration::from_secs(10);
+        sim.write(0, Value::Bool(true), t1).unwrap();
+        // Middle gear: +1 every 2 s.
+        assert_eq!(sim.read(2, t1 + Duration::from_secs(7)).unwrap(), Value::Int(103));
+        // Capped at 200.
+        assert_eq!(sim.read(2, t1 + Duration::from_secs(1000)).unwrap(), Value::Int(200));
+        let t2 = t1 + Duration::from_secs(1000);
+        sim.write(1, Value::Uint(2), t2).unwrap();
+        assert_eq!(sim.read(2, t2).unwrap(), Value::Int(200));
+        assert_eq!(sim.read(2, t2 + Duration::from_secs(5)).unwrap(), Value::Int(205));
+        sim.write(1, Value::Uint(0), t2 + Duration::from_secs(5)).unwrap();
+        assert_eq!(sim.read(2, t2 + Duration::from_secs(5)).unwrap(), Value::Int(0));
+        assert!(sim.write(1, Value::Uint(7), t2).is_err());
+    }
+
+    #[test]
+    fn written_values_are_read_back() {
+        let mut sim = Simulator::new(&spec(vec![(
+            DataType::Float32,
+            Generator::Constant(Value::Float(21.0)),
+        )]));
+        let now = Instant::now();
+        assert_eq!(sim.read(0, now).unwrap(), Value::Float(21.0));
+        sim.write(0, Value::Float(22.5), now).unwrap();
+        assert_eq!(sim.read(0, now).unwrap(), Value::Float(22.5));
+    }
+}

@@ -1,0 +1,289 @@
+//! The driver interface of fieldgate: typed raw values, readings, write requests
+//! and errors, plus one module per field-bus protocol.
+//!
+//! A driver knows its protocol and nothing else: it polls (or subscribes),
+//! decodes raw data into [`Value`]s of the property's [`DataType`], and encodes
+//! writes. Scaling, enums, deadbands, topics and payloads belong to the gateway.
+
+pub mod dummy;
+#[cfg(feature = "modbus")]
+pub mod modbus;
+pub mod value;
+
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+pub use value::{DataType, Value};
+
+/// Why a read or write of one property (or a whole device) failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct DriverError {
+    /// Coarse class of the failure, used as the `kind` metric label.
+    pub kind: ErrorKind,
+    /// Human-readable reason, published in the state's `errors` map.
+    pub message: String,
+}
+
+impl DriverError {
+    /// Builds an error of `kind` with a readable `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// A request that got no answer within `after`.
+    pub fn timeout(after: Duration) -> Self {
+        Self::new(
+            ErrorKind::Timeout,
+            format!("timeout after {}", humantime::format_duration(after)),
+        )
+    }
+}
+
+/// Coarse classes of driver failures (metric label `kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// No answer in time.
+    Timeout,
+    /// The device answered with a protocol exception / bad status.
+    Exception,
+    /// Connection refused, lost, or other I/O failure.
+    Io,
+    /// Data arrived but could not be decoded as the configured type.
+    Decode,
+    /// The device (or one of its points) could not be found.
+    NotFound,
+    /// The request was refused before reaching the device (e.g. not writable).
+    Rejected,
+    /// The driver or transport is not available in this build or on this host.
+    Unsupported,
+}
+
+impl ErrorKind {
+    /// The metric label for this kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Exception => "exception",
+            ErrorKind::Io => "io",
+            ErrorKind::Decode => "decode",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Rejected => "rejected",
+            ErrorKind::Unsupported => "unsupported",
+        }
+    }
+}
+
+/// Why a set of readings was taken: decides whether an on-change publisher
+/// must publish regardless of deadbands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadCause {
+    /// A scheduled poll (or subscription data change).
+    Poll,
+    /// An explicit `$get` or the read-back after a `$set`: always published.
+    Forced,
+}
+
+/// One snapshot of some (usually all) properties of a device, in the order
+/// and by the index of [`DeviceSpec::properties`].
+#[derive(Debug, Clone)]
+pub struct Readings {
+    /// When the values were read.
+    pub at: SystemTime,
+    /// Why they were read.
+    pub cause: ReadCause,
+    /// `(property index, value or error)`. A subscription driver may send only
+    /// the properties that changed.
+    pub values: Vec<(usize, Result<Value, DriverError>)>,
+    /// How long the poll took (for the poll-duration histogram), if it was one.
+    pub duration: Option<Duration>,
+}
+
+/// What a running device reports to the gateway.
+#[derive(Debug, Clone)]
+pub enum DeviceEvent {
+    /// New values (or per-property errors).
+    Readings(Readings),
+    /// The driver can talk to the device.
+    Online,
+    /// The driver cannot talk to the device at all; the reason says why.
+    Offline(DriverError),
+}
+
+/// The result of a validated write request.
+#[derive(Debug, Default)]
+pub struct WriteOutcome {
+    /// How many of the requested writes (from the front) were applied.
+    pub applied: usize,
+    /// The write the device refused, by its index in the request, and why.
+    /// Writes after it were not attempted.
+    pub failed: Option<(usize, DriverError)>,
+}
+
+/// A request from the gateway to a running device.
+#[derive(Debug)]
+pub enum DeviceCommand {
+    /// Read everything now and report it with [`ReadCause::Forced`].
+    ReadNow,
+    /// Write these `(property index, raw value)` pairs in order, stopping at
+    /// the first failure, then read back (reported with [`ReadCause::Forced`]).
+    /// Values already have the property's [`DataType`].
+    Write {
+        /// The writes, in the order they must reach the device.
+        writes: Vec<(usize, Value)>,
+        /// Where the outcome goes once the writes are done.
+        reply: oneshot::Sender<WriteOutcome>,
+    },
+}
+
+/// A property as a driver sees it: its raw type and protocol address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PropertySpec {
+    /// Property name (unique within the device).
+    pub name: String,
+    /// Raw type on the device.
+    pub data_type: DataType,
+    /// Whether writes are allowed.
+    pub writable: bool,
+    /// Protocol-specific addressing.
+    pub address: PropertyAddress,
+}
+
+/// Where a property lives, per protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PropertyAddress {
+    /// A simulated value (dummy driver).
+    Simulated(dummy::Generator),
+    /// A Modbus register, coil or bit.
+    #[cfg(feature = "modbus")]
+    Modbus(modbus::RegisterAddress),
+}
+
+/// How to reach the device, per protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Connection {
+    /// The built-in simulator.
+    Dummy,
+    /// A Modbus unit on a TCP endpoint or serial line.
+    #[cfg(feature = "modbus")]
+    Modbus(modbus::ModbusConnection),
+}
+
+/// Everything a driver needs to run one device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceSpec {
+    /// Device name (for logs).
+    pub name: String,
+    /// Poll period (subscriptions: publishing interval).
+    pub sync_interval: Duration,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// How to reach the device.
+    pub connection: Connection,
+    /// The device's properties, indexed by position.
+    pub properties: Vec<PropertySpec>,
+}
+
+/// The channels and lifetime of one running device.
+pub struct DeviceLink {
+    /// Where the driver sends readings and connectivity changes.
+    pub events: mpsc::Sender<DeviceEvent>,
+    /// Where the gateway's commands arrive, in order.
+    pub commands: mpsc::Receiver<DeviceCommand>,
+    /// Cancelled when the device must stop.
+    pub cancel: CancellationToken,
+}
+
+/// Shared per-process driver state: buses that several devices share
+/// (one Modbus TCP endpoint or serial line, one BLE adapter, ...).
+#[derive(Default, Clone)]
+pub struct Buses {
+    #[cfg(feature = "modbus")]
+    modbus: modbus::BusRegistry,
+}
+
+impl Buses {
+    /// Creates an empty registry; buses open on demand and close when their
+    /// last device stops.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// Runs one device until `link.cancel` fires. Never returns early on device
+/// errors: those are reported as events and retried with backoff.
+pub async fn run_device(spec: DeviceSpec, link: DeviceLink, buses: &Buses) {
+    match &spec.connection {
+        Connection::Dummy => dummy::run(spec, link).await,
+        #[cfg(feature = "modbus")]
+        Connection::Modbus(_) => buses.modbus.run_device(spec, link).await,
+    }
+    #[cfg(not(feature = "modbus"))]
+    let _ = buses;
+}
+
+/// Names of the drivers compiled into this build (for `--version` and metrics).
+pub fn enabled_drivers() -> Vec<&'static str> {
+    let mut v = vec!["dummy"];
+    if cfg!(feature = "modbus") {
+        v.push("modbus");
+    }
+    v
+}
+
+/// Exponential backoff with full jitter, for reconnects and retries.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// Starts at `initial` and doubles up to `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max: max.max(initial),
+            attempt: 0,
+        }
+    }
+
+    /// The next delay: a random duration in `[ceiling/2, ceiling]`, where the
+    /// ceiling doubles with each attempt up to `max`.
+    pub fn next_delay(&mut self) -> Duration {
+        let factor = 1u32.checked_shl(self.attempt.min(20)).unwrap_or(u32::MAX);
+        let ceiling = self.initial.saturating_mul(factor).min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let half = ceiling / 2;
+        let jitter_ns = rand::random_range(0..=half.as_nanos().min(u64::MAX as u128) as u64);
+        half + Duration::from_nanos(jitter_ns)
+    }
+
+    /// Forgets past failures after a success.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_within_jitter_and_caps() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+        let bounds = [(500, 1000), (1000, 2000), (2000, 4000), (4000, 8000), (4000, 8000)];
+        for (lo, hi) in bounds {
+            let d = b.next_delay().as_millis() as u64;
+            assert!((lo..=hi).contains(&d), "{d} not in {lo}..={hi}");
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,184 @@
+//! The effective configuration after defaults, per-device overrides and
+//! validation: what the running gateway consumes. Every value here is checked.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fieldgate_drivers::{DataType, DeviceSpec};
+
+use super::types::{DriverKind, LogFormat, LogLevel, PayloadEncode, StoreKind};
+
+/// The whole effective configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    /// `gateway:` after defaults.
+    pub gateway: GatewaySettings,
+    /// The embedded broker, when configured.
+    pub broker: Option<BrokerSettings>,
+    /// Gateway topic G = `<top-level prefix>/<namespace>`.
+    pub gateway_topic: String,
+    /// MQTT sessions, deduplicated by client options.
+    pub sessions: Vec<SessionSettings>,
+    /// Devices, in file order.
+    pub devices: Vec<DeviceSettings>,
+}
+
+/// `gateway:` after defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewaySettings {
+    /// The `nn` topic segment.
+    pub namespace: String,
+    /// State directory.
+    pub state_directory: PathBuf,
+    /// Metrics listener; `None` = off.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log level.
+    pub log_level: LogLevel,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// The embedded broker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokerSettings {
+    /// Where it listens.
+    pub listen: SocketAddr,
+}
+
+/// How to reach the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServerAddress {
+    /// Plain TCP.
+    Tcp {
+        /// Host name or address.
+        host: String,
+        /// Port (default 1883).
+        port: u16,
+    },
+}
+
+/// The will message, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WillSettings {
+    /// Will topic.
+    pub topic: String,
+    /// Decoded payload bytes.
+    pub payload: Vec<u8>,
+    /// QoS 0..=2.
+    pub qos: u8,
+    /// Retain flag.
+    pub retained: bool,
+}
+
+/// Effective client options of one MQTT session.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionSettings {
+    /// Session key: the MQTT client id (metric label `session`).
+    pub client_id: String,
+    /// Broker address.
+    pub server: ServerAddress,
+    /// 4 = MQTT 3.1.1, 5 = MQTT 5.
+    pub protocol_version: u8,
+    /// Will, birth (`online`) and clean-stop message topic and payload.
+    pub will: WillSettings,
+    /// User name, if any.
+    pub username: Option<String>,
+    /// Password (from `password` or `passwordFile`), if any.
+    pub password: Option<String>,
+    /// Clean session flag.
+    pub clean_session: bool,
+    /// Store kind (only `memory` is effective so far).
+    pub store: StoreKind,
+    /// Connection attempt timeout; zero = none.
+    pub connect_timeout: Duration,
+    /// Keep-alive.
+    pub keep_alive: Duration,
+    /// PINGRESP timeout.
+    pub ping_timeout: Duration,
+    /// Reconnect automatically.
+    pub auto_reconnect: bool,
+    /// Reconnect backoff ceiling.
+    pub max_reconnect_interval: Duration,
+    /// Messages held in memory while offline.
+    pub message_channel_depth: usize,
+}
+
+/// Effective message options of one device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageSettings {
+    /// The device topic T.
+    pub topic: String,
+    /// raw | base64
+    pub payload_encode: PayloadEncode,
+    /// QoS of state, `$state`, `$meta`, `$set/result`.
+    pub qos: u8,
+    /// Retain flag of state messages.
+    pub retained: bool,
+    /// Publish completion timeout; zero = none.
+    pub wait_timeout: Duration,
+}
+
+/// When a device publishes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PublishPolicy {
+    /// Only on change / error change / heartbeat.
+    pub on_change: bool,
+    /// Heartbeat with `on_change`; zero = never.
+    pub heartbeat: Duration,
+}
+
+/// One enum entry: raw value and its label.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnumEntry {
+    /// The raw value, as the driver reports it (same type as the property).
+    pub raw: fieldgate_drivers::Value,
+    /// The published label.
+    pub label: String,
+}
+
+/// The gateway's view of one property: its meaning (scaling, enum, bounds).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PropertySemantics {
+    /// Name.
+    pub name: String,
+    /// Raw type.
+    pub data_type: DataType,
+    /// Accepts `$set`.
+    pub writable: bool,
+    /// Multiplier (published = raw × scale + offset).
+    pub scale: Option<f64>,
+    /// Addend.
+    pub offset: Option<f64>,
+    /// Raw → label map (empty: no enum).
+    pub enum_entries: Vec<EnumEntry>,
+    /// Lower `$set` bound in published units.
+    pub min: Option<f64>,
+    /// Upper `$set` bound in published units.
+    pub max: Option<f64>,
+    /// On-change deadband in published units.
+    pub deadband: Option<f64>,
+    /// Unit for `$meta`.
+    pub unit: Option<String>,
+    /// Description for `$meta`.
+    pub description: Option<String>,
+}
+
+/// One device, fully resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceSettings {
+    /// Device name.
+    pub name: String,
+    /// Driver.
+    pub driver: DriverKind,
+    /// What the driver runs (name, intervals, connection, raw properties).
+    pub spec: DeviceSpec,
+    /// Property semantics, same order as `spec.properties`.
+    pub properties: Vec<PropertySemantics>,
+    /// Publish policy.
+    pub publish: PublishPolicy,
+    /// Index into [`Resolved::sessions`].
+    pub session: usize,
+    /// Message options and topic.
+    pub message: MessageSettings,
+}

@@ -1,0 +1,8 @@
+//! fieldgate: an edge gateway that reads field-bus devices and publishes their
+//! normalized state to MQTT, and turns `$set` commands into device writes.
+
+pub mod config;
+pub mod telemetry;
+
+/// Exit code for an invalid config (systemd `RestartPreventExitStatus=78`).
+pub const EXIT_CONFIG: i32 = 78;

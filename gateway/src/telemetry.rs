@@ -1,0 +1,300 @@
+//! Logging setup, the Prometheus registry with every fieldgate metric family,
+//! and the small HTTP listener serving `/metrics` and `/healthz`.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::types::{LogFormat, LogLevel};
+
+/// Installs the global tracing subscriber. `RUST_LOG` overrides `level`.
+/// No ANSI colours unless stderr is a terminal (journald-friendly).
+pub fn init_logging(level: LogLevel, format: LogFormat) {
+    let default = match level {
+        LogLevel::Trace => "trace",
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warn => "warn",
+        LogLevel::Error => "error",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Every metric family fieldgate exports, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `fieldgate_build_info{version,drivers}` = 1
+    pub build_info: IntGaugeVec,
+    /// `fieldgate_device_up{device}`
+    pub device_up: IntGaugeVec,
+    /// `fieldgate_device_reads_total{device}`
+    pub device_reads: IntCounterVec,
+    /// `fieldgate_device_read_errors_total{device,kind}`
+    pub device_read_errors: IntCounterVec,
+    /// `fieldgate_device_poll_duration_seconds{device}`
+    pub device_poll_duration: HistogramVec,
+    /// `fieldgate_device_set_commands_total{device,result}`
+    pub device_set_commands: IntCounterVec,
+    /// `fieldgate_mqtt_connected{session}`
+    pub mqtt_connected: IntGaugeVec,
+    /// `fieldgate_mqtt_published_total{session}`
+    pub mqtt_published: IntCounterVec,
+    /// `fieldgate_mqtt_reconnects_total{session}`
+    pub mqtt_reconnects: IntCounterVec,
+    /// `fieldgate_mqtt_store_messages{session}`
+    pub mqtt_store_messages: IntGaugeVec,
+    /// `fieldgate_mqtt_store_bytes{session}`
+    pub mqtt_store_bytes: IntGaugeVec,
+    /// `fieldgate_mqtt_dropped_total{session}`
+    pub mqtt_dropped: IntCounterVec,
+    /// `fieldgate_config_reloads_total{result}`
+    pub config_reloads: IntCounterVec,
+    /// `fieldgate_config_last_reload_timestamp_seconds`
+    pub config_last_reload: Gauge,
+}
+
+impl Metrics {
+    /// Creates and registers every family.
+    pub fn new() -> anyhow::Result<Self> {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str, labels: &[&str]| -> anyhow::Result<IntGaugeVec> {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> anyhow::Result<IntCounterVec> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let device_poll_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "fieldgate_device_poll_duration_seconds",
+                "Duration of one poll cycle of a device",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["device"],
+        )?;
+        registry.register(Box::new(device_poll_duration.clone()))?;
+        let config_last_reload = Gauge::new(
+            "fieldgate_config_last_reload_timestamp_seconds",
+            "Unix time of the last successful config load",
+        )?;
+        registry.register(Box::new(config_last_reload.clone()))?;
+        Ok(Self {
+            build_info: gauge(
+                "fieldgate_build_info",
+                "Build information (always 1)",
+                &["version", "drivers"],
+            )?,
+            device_up: gauge(
+                "fieldgate_device_up",
+                "1 when the device answers, 0 when offline",
+                &["device"],
+            )?,
+            device_reads: counter(
+                "fieldgate_device_reads_total",
+                "Read cycles of a device",
+                &["device"],
+            )?,
+            device_read_errors: counter(
+                "fieldgate_device_read_errors_total",
+                "Failed property reads by kind",
+                &["device", "kind"],
+            )?,
+            device_poll_duration,
+            device_set_commands: counter(
+                "fieldgate_device_set_commands_total",
+                "$set commands by result",
+                &["device", "result"],
+            )?,
+            mqtt_connected: gauge(
+                "fieldgate_mqtt_connected",
+                "1 while the MQTT session is connected",
+                &["session"],
+            )?,
+            mqtt_published: counter(
+                "fieldgate_mqtt_published_total",
+                "Messages handed to the broker",
+                &["session"],
+            )?,
+            mqtt_reconnects: counter(
+                "fieldgate_mqtt_reconnects_total",
+                "Successful reconnects after a lost connection",
+                &["session"],
+            )?,
+            mqtt_store_messages: gauge(
+                "fieldgate_mqtt_store_messages",
+                "Messages waiting in the session's store",
+                &["session"],
+            )?,
+            mqtt_store_bytes: gauge(
+                "fieldgate_mqtt_store_bytes",
+                "Payload bytes waiting in the session's store",
+                &["session"],
+            )?,
+            mqtt_dropped: counter(
+                "fieldgate_mqtt_dropped_total",
+                "Messages dropped because the store was full",
+                &["session"],
+            )?,
+            config_reloads: counter(
+                "fieldgate_config_reloads_total",
+                "Config reloads by result",
+                &["result"],
+            )?,
+            config_last_reload,
+            registry,
+        })
+    }
+
+    /// Forgets a stopped device's series.
+    pub fn remove_device(&self, device: &str) {
+        let _ = self.device_up.remove_label_values(&[device]);
+        let _ = self.device_reads.remove_label_values(&[device]);
+        let _ = self.device_poll_duration.remove_label_values(&[device]);
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!("encoding metrics failed: {e}");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// What `/healthz` reports: reasons the daemon is degraded (empty = healthy).
+#[derive(Clone, Default)]
+pub struct Health {
+    reasons: Arc<Mutex<BTreeMap<String, String>>>,
+}
+
+impl Health {
+    /// Records (or replaces) a degradation under `key`.
+    pub fn set_problem(&self, key: &str, reason: String) {
+        if let Ok(mut r) = self.reasons.lock() {
+            r.insert(key.to_owned(), reason);
+        }
+    }
+
+    /// Clears the degradation under `key`.
+    pub fn clear(&self, key: &str) {
+        if let Ok(mut r) = self.reasons.lock() {
+            r.remove(key);
+        }
+    }
+
+    /// The current reasons, sorted by key.
+    pub fn reasons(&self) -> Vec<String> {
+        self.reasons
+            .lock()
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The `/healthz` status code and JSON body.
+    pub fn report(&self) -> (StatusCode, String) {
+        let reasons = self.reasons();
+        let status = if reasons.is_empty() { "ok" } else { "degraded" };
+        let body = serde_json::json!({ "status": status, "reasons": reasons }).to_string();
+        let code = if reasons.is_empty() {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        (code, body)
+    }
+}
+
+fn respond(code: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = code;
+    if let Ok(v) = content_type.parse() {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+/// Binds `addr` and serves `/metrics` and `/healthz` until `cancel` fires.
+/// Binding errors are returned at once so start-up can report them.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Metrics,
+    health: Health,
+    cancel: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    tracing::info!("metrics and health on http://{addr}/metrics and /healthz");
+    Ok(tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = cancel.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!("metrics listener: {e}");
+                        continue;
+                    }
+                },
+            };
+            let metrics = metrics.clone();
+            let health = health.clone();
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let resp = match req.uri().path() {
+                    "/metrics" => respond(
+                        StatusCode::OK,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        metrics.render(),
+                    ),
+                    "/healthz" => {
+                        let (code, body) = health.report();
+                        respond(code, "application/json", body)
+                    }
+                    _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+                };
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(10))
+                    .serve_connection(io, service);
+                if let Err(e) = conn.await {
+                    tracing::debug!("metrics connection: {e}");
+                }
+            });
+        }
+    }))
+}
