@@ -1,7 +1,10 @@
 //! fieldgate: an edge gateway that reads field-bus devices and publishes their
 //! normalized state to MQTT, and turns `$set` commands into device writes.
 
+pub mod command;
 pub mod config;
+pub mod daemon;
+pub mod state;
 pub mod telemetry;
 
 /// Exit code for an invalid config (systemd `RestartPreventExitStatus=78`).

@@ -38,7 +38,29 @@ fn version_line() -> String {
     )
 }
 
+/// The config path from `-c`, else `$FIELDGATE_CONFIG`, else the system default.
+fn config_path(arg: Option<PathBuf>) -> PathBuf {
+    arg.or_else(|| std::env::var_os("FIELDGATE_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/etc/fieldgate/config.yaml"))
+}
+
 fn main() {
     let cli = Cli::parse();
-    let _ = cli.command;
+    let code = match cli.command {
+        Command::Run { config } => fieldgate::daemon::run(&config_path(config)),
+        Command::Check { config } => check(&config_path(config)),
+        Command::Schema => schema(),
+    };
+    std::process::exit(code);
+}
+
+/// `fieldgate check`: prints the effective config or every error.
+fn check(path: &std::path::Path) -> i32 {
+    let _ = path;
+    todo!("config helper")
+}
+
+/// `fieldgate schema`: prints the JSON Schema of the config.
+fn schema() -> i32 {
+    todo!("config helper")
 }

@@ -126,3 +126,10 @@ impl BusRegistry {
         unimplemented!("modbus bus scheduler")
     }
 }
+
+/// Human-readable read plan of a Modbus device for `fieldgate check`: one
+/// line per request of a poll cycle, plus a summary line first.
+pub fn describe_plan(spec: &DeviceSpec) -> Vec<String> {
+    let _ = spec;
+    todo!("modbus read planner")
+}
