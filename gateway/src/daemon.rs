@@ -1,10 +1,157 @@
-//! `fieldgate run`: starts telemetry, the optional embedded broker, MQTT
-//! sessions and devices, then serves until SIGTERM/SIGINT.
+//! `fieldgate run`: loads the config, starts telemetry, the optional
+//! embedded broker, MQTT sessions and devices, reloads on SIGHUP, and stops
+//! cleanly on SIGTERM/SIGINT.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Resolved};
+use crate::supervisor::Supervisor;
+use crate::telemetry::{self, Health, Metrics};
+use crate::EXIT_CONFIG;
+
+/// A clean stop must finish within this (the contract allows 5 s).
+const STOP_DEADLINE: Duration = Duration::from_millis(4500);
 
 /// Runs the daemon with the config at `path`; returns the process exit code.
 pub fn run(path: &Path) -> i32 {
-    let _ = path;
-    todo!()
+    let resolved = match config::load(path) {
+        Ok(r) => r,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("fieldgate: invalid config, not starting");
+            return EXIT_CONFIG;
+        }
+    };
+    telemetry::init_logging(resolved.gateway.log_level, resolved.gateway.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("fieldgate")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fieldgate: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(serve(path.to_path_buf(), resolved)) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("fieldgate: {e:#}");
+            1
+        }
+    }
+}
+
+fn now_seconds() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+async fn serve(path: PathBuf, resolved: Resolved) -> anyhow::Result<()> {
+    let metrics = Metrics::new()?;
+    let health = Health::default();
+    let drivers = fieldgate_drivers::enabled_drivers().join(",");
+    metrics
+        .build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), &drivers])
+        .set(1);
+    metrics.config_last_reload.set(now_seconds());
+    let cancel = CancellationToken::new();
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+
+    let http = match resolved.gateway.metrics_listen {
+        Some(addr) => {
+            Some(telemetry::serve(addr, metrics.clone(), health.clone(), cancel.clone()).await?)
+        }
+        None => None,
+    };
+
+    #[cfg(feature = "broker")]
+    let _broker = match &resolved.broker {
+        Some(b) => Some(crate::broker::start(b.listen)?),
+        None => None,
+    };
+
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        devices = resolved.devices.len(),
+        config = %path.display(),
+        "fieldgate starting"
+    );
+    let mut supervisor = Supervisor::new(metrics.clone(), health.clone());
+    let empty = Resolved {
+        devices: Vec::new(),
+        sessions: Vec::new(),
+        ..resolved.clone()
+    };
+    supervisor.apply(&empty, &resolved).await;
+    let mut current = resolved;
+
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: reloading {}", path.display());
+                if let Some(next) = reload(&path, &metrics).await {
+                    let summary = supervisor.apply(&current, &next).await;
+                    tracing::info!(
+                        added = ?summary.added, changed = ?summary.changed,
+                        removed = ?summary.removed, unchanged = summary.unchanged.len(),
+                        "config applied"
+                    );
+                    current = next;
+                }
+            }
+        }
+    }
+
+    if tokio::time::timeout(STOP_DEADLINE, supervisor.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("clean stop took too long; exiting anyway");
+    }
+    cancel.cancel();
+    if let Some(h) = http {
+        h.abort();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Loads the config again; an invalid one changes nothing and is reported
+/// in the log and the reload metric.
+async fn reload(path: &Path, metrics: &Metrics) -> Option<Resolved> {
+    let p = path.to_path_buf();
+    let loaded = tokio::task::spawn_blocking(move || config::load(&p)).await;
+    match loaded {
+        Ok(Ok(next)) => {
+            metrics.config_reloads.with_label_values(&["ok"]).inc();
+            metrics.config_last_reload.set(now_seconds());
+            Some(next)
+        }
+        Ok(Err(errors)) => {
+            metrics.config_reloads.with_label_values(&["invalid"]).inc();
+            for e in &errors.0 {
+                tracing::error!("config not reloaded: {e}");
+            }
+            None
+        }
+        Err(e) => {
+            tracing::error!("config reload failed: {e}");
+            None
+        }
+    }
 }

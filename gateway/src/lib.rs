@@ -1,10 +1,16 @@
 //! fieldgate: an edge gateway that reads field-bus devices and publishes their
 //! normalized state to MQTT, and turns `$set` commands into device writes.
 
+#[cfg(feature = "broker")]
+pub mod broker;
 pub mod command;
 pub mod config;
 pub mod daemon;
+pub mod deadline;
+pub mod device;
+pub mod mqtt;
 pub mod state;
+pub mod supervisor;
 pub mod telemetry;
 
 /// Exit code for an invalid config (systemd `RestartPreventExitStatus=78`).

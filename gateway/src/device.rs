@@ -1,0 +1,486 @@
+//! One running device: its driver task plus the actor that turns driver
+//! events into published state (`T`, `T/$state`, `T/$meta`) and `$set` /
+//! `$get` commands into driver commands, one command at a time, in order.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use fieldgate_drivers::{
+    Buses, DeviceCommand, DeviceEvent, DeviceLink, DriverError, ErrorKind, Readings, WriteOutcome,
+};
+use prometheus::{Histogram, IntCounter, IntGauge};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::deadline::sleep_until_opt;
+use tokio_util::sync::CancellationToken;
+
+use crate::command::{self, SetRequest};
+use crate::config::resolved::DeviceSettings;
+use crate::config::types::PayloadEncode;
+use crate::mqtt::{Inbound, OutMsg, SessionHandle, SessionInput};
+use crate::state::{self, DeviceState};
+use crate::telemetry::Metrics;
+
+/// Driver events buffered between the driver and the actor.
+const EVENT_QUEUE: usize = 64;
+/// Commands buffered between the actor and the driver.
+const COMMAND_QUEUE: usize = 16;
+/// `$set`/`$get` messages buffered per device; more are refused.
+const INBOX: usize = 64;
+/// How long a driver may take to finish a write before the command fails.
+const WRITE_DEADLINE_FLOOR: Duration = Duration::from_secs(5);
+/// How long a stopping driver gets to end its task.
+const DRIVER_STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// A device task and how to stop it.
+pub struct RunningDevice {
+    /// The settings it runs with.
+    pub settings: Arc<DeviceSettings>,
+    cancel: CancellationToken,
+    clear_retained: Arc<std::sync::atomic::AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl RunningDevice {
+    /// The same running device, described by equivalent `settings` (a
+    /// reload that changed nothing it uses, e.g. a session's index).
+    pub fn with_settings(mut self, settings: Arc<DeviceSettings>) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Stops the device: `offline` on `T/$state`; with `clear` also clears
+    /// its retained `T`, `T/$meta` and `T/$state` and its subscriptions.
+    pub async fn stop(self, clear: bool) {
+        self.clear_retained
+            .store(clear, std::sync::atomic::Ordering::SeqCst);
+        self.cancel.cancel();
+        if let Err(e) = self.task.await {
+            tracing::error!(device = %self.settings.name, "device task failed: {e}");
+        }
+    }
+}
+
+/// Topics of one device, built once.
+struct Topics {
+    state: Arc<str>,
+    set: String,
+    get: String,
+    result: Arc<str>,
+    status: Arc<str>,
+    meta: Arc<str>,
+}
+
+impl Topics {
+    fn new(t: &str) -> Self {
+        Self {
+            state: t.into(),
+            set: format!("{t}/$set"),
+            get: format!("{t}/$get"),
+            result: format!("{t}/$set/result").into(),
+            status: format!("{t}/$state").into(),
+            meta: format!("{t}/$meta").into(),
+        }
+    }
+}
+
+/// Metric handles of one device, resolved once.
+struct DeviceMetrics {
+    metrics: Metrics,
+    up: IntGauge,
+    reads: IntCounter,
+    poll: Histogram,
+}
+
+/// Starts the driver and the actor of one device.
+pub fn spawn(
+    settings: Arc<DeviceSettings>,
+    session: SessionHandle,
+    buses: Buses,
+    metrics: Metrics,
+) -> RunningDevice {
+    let cancel = CancellationToken::new();
+    let clear_retained = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let actor = Actor::new(settings.clone(), session, metrics);
+    let task = tokio::spawn(actor.run(buses, cancel.clone(), clear_retained.clone()));
+    RunningDevice {
+        settings,
+        cancel,
+        clear_retained,
+        task,
+    }
+}
+
+/// A `$set` waiting for its turn or for the driver's answer.
+struct PendingSet {
+    request: SetRequest,
+    reply_to: Option<(String, Option<Bytes>)>,
+}
+
+struct Actor {
+    settings: Arc<DeviceSettings>,
+    topics: Topics,
+    session: SessionHandle,
+    state: DeviceState,
+    m: DeviceMetrics,
+    online: Option<bool>,
+}
+
+impl Actor {
+    fn new(settings: Arc<DeviceSettings>, session: SessionHandle, metrics: Metrics) -> Self {
+        let name = [settings.name.as_str()];
+        let m = DeviceMetrics {
+            up: metrics.device_up.with_label_values(&name),
+            reads: metrics.device_reads.with_label_values(&name),
+            poll: metrics.device_poll_duration.with_label_values(&name),
+            metrics,
+        };
+        m.up.set(0);
+        Self {
+            topics: Topics::new(&settings.message.topic),
+            state: DeviceState::new(&settings),
+            settings,
+            session,
+            m,
+            online: None,
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    async fn run(
+        mut self,
+        buses: Buses,
+        cancel: CancellationToken,
+        clear_retained: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
+        let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (inbox_tx, mut inbox) = mpsc::channel(INBOX);
+        let driver_cancel = cancel.child_token();
+        let spec = self.settings.spec.clone();
+        let link = DeviceLink {
+            events: events_tx,
+            commands: commands_rx,
+            cancel: driver_cancel.clone(),
+        };
+        let mut driver = tokio::spawn(async move {
+            fieldgate_drivers::run_device(spec, link, &buses).await;
+        });
+
+        let meta = state::meta_payload(&self.settings);
+        self.retain(self.topics.meta.clone(), Bytes::from(meta))
+            .await;
+        for topic in [&self.topics.set, &self.topics.get] {
+            self.session
+                .send(SessionInput::Route {
+                    topic: topic.clone(),
+                    to: inbox_tx.clone(),
+                })
+                .await;
+        }
+        drop(inbox_tx);
+
+        let mut queue: VecDeque<PendingSet> = VecDeque::new();
+        let mut in_flight: Option<(PendingSet, oneshot::Receiver<WriteOutcome>, Instant)> = None;
+        loop {
+            let heartbeat = self.state.heartbeat_due().map(Instant::from_std);
+            let write_deadline = in_flight.as_ref().map(|(_, _, d)| *d);
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                ev = events.recv() => match ev {
+                    Some(ev) => self.on_event(ev).await,
+                    None => {
+                        tracing::error!(device = %self.name(), "driver task ended unexpectedly");
+                        break;
+                    }
+                },
+                msg = inbox.recv() => if let Some(msg) = msg {
+                    self.on_inbound(msg, &commands, &mut queue).await;
+                },
+                outcome = recv_outcome(&mut in_flight) => {
+                    if let Some((pending, _, _)) = in_flight.take() {
+                        let outcome = outcome.unwrap_or_else(|_| WriteOutcome {
+                            applied: 0,
+                            failed: Some((0, DriverError::new(ErrorKind::Io, "the driver stopped before writing"))),
+                        });
+                        self.finish_set(pending, outcome).await;
+                    }
+                },
+                _ = sleep_until_opt(write_deadline) => {
+                    if let Some((pending, _, _)) = in_flight.take() {
+                        let err = DriverError::new(ErrorKind::Timeout, "the device did not complete the write in time");
+                        let failed = WriteOutcome { applied: 0, failed: Some((0, err)) };
+                        self.finish_set(pending, failed).await;
+                    }
+                },
+                _ = sleep_until_opt(heartbeat) => {
+                    let payload = self.state.publish_now(std::time::Instant::now());
+                    self.publish_state(payload).await;
+                },
+            }
+            if in_flight.is_none() {
+                if let Some(pending) = queue.pop_front() {
+                    in_flight = self.start_set(pending, &commands).await;
+                }
+            }
+        }
+
+        driver_cancel.cancel();
+        if tokio::time::timeout(DRIVER_STOP_GRACE, &mut driver)
+            .await
+            .is_err()
+        {
+            tracing::warn!(device = %self.name(), "driver did not stop in time; aborting it");
+            driver.abort();
+        }
+        self.m.up.set(0);
+        self.retain(self.topics.status.clone(), Bytes::from_static(b"offline"))
+            .await;
+        if clear_retained.load(std::sync::atomic::Ordering::SeqCst) {
+            for topic in [&self.topics.set, &self.topics.get] {
+                self.session
+                    .send(SessionInput::Unroute {
+                        topic: topic.clone(),
+                    })
+                    .await;
+            }
+            let qos = self.settings.message.qos;
+            for topic in [&self.topics.state, &self.topics.meta, &self.topics.status] {
+                self.session
+                    .send(SessionInput::ClearRetained {
+                        topic: topic.clone(),
+                        qos,
+                    })
+                    .await;
+            }
+            self.m.metrics.remove_device(&self.settings.name);
+        }
+    }
+
+    async fn on_event(&mut self, ev: DeviceEvent) {
+        match ev {
+            DeviceEvent::Readings(r) => self.on_readings(&r).await,
+            DeviceEvent::Online => self.set_online(true, None).await,
+            DeviceEvent::Offline(e) => self.set_online(false, Some(e)).await,
+        }
+    }
+
+    async fn on_readings(&mut self, r: &Readings) {
+        self.m.reads.inc();
+        if let Some(d) = r.duration {
+            self.m.poll.observe(d.as_secs_f64());
+        }
+        for (_, v) in &r.values {
+            if let Err(e) = v {
+                self.m
+                    .metrics
+                    .device_read_errors
+                    .with_label_values(&[&self.settings.name, e.kind.as_str()])
+                    .inc();
+            }
+        }
+        if let Some(payload) = self.state.apply(r, std::time::Instant::now()) {
+            self.publish_state(payload).await;
+        }
+    }
+
+    async fn set_online(&mut self, online: bool, reason: Option<DriverError>) {
+        if self.online == Some(online) {
+            return;
+        }
+        self.online = Some(online);
+        self.m.up.set(online as i64);
+        if let Some(e) = reason {
+            self.m
+                .metrics
+                .device_read_errors
+                .with_label_values(&[&self.settings.name, e.kind.as_str()])
+                .inc();
+            tracing::warn!(device = %self.name(), "offline: {e}");
+        } else {
+            tracing::info!(device = %self.name(), "online");
+        }
+        let payload: &'static [u8] = if online { b"online" } else { b"offline" };
+        self.retain(self.topics.status.clone(), Bytes::from_static(payload))
+            .await;
+    }
+
+    fn encode(&self, json: Vec<u8>) -> Bytes {
+        match self.settings.message.payload_encode {
+            PayloadEncode::Raw => Bytes::from(json),
+            PayloadEncode::Base64 => {
+                Bytes::from(base64::engine::general_purpose::STANDARD.encode(json))
+            }
+        }
+    }
+
+    async fn publish_state(&self, json: Vec<u8>) {
+        let msg = OutMsg {
+            topic: self.topics.state.clone(),
+            payload: self.encode(json),
+            qos: self.settings.message.qos,
+            retain: self.settings.message.retained,
+            correlation: None,
+        };
+        self.session.send(SessionInput::Publish(msg)).await;
+    }
+
+    async fn retain(&self, topic: Arc<str>, payload: Bytes) {
+        let msg = OutMsg {
+            topic,
+            payload,
+            qos: self.settings.message.qos,
+            retain: true,
+            correlation: None,
+        };
+        self.session.send(SessionInput::SetRetained(msg)).await;
+    }
+
+    async fn on_inbound(
+        &mut self,
+        msg: Inbound,
+        commands: &mpsc::Sender<DeviceCommand>,
+        queue: &mut VecDeque<PendingSet>,
+    ) {
+        if msg.topic == self.topics.get {
+            if commands.try_send(DeviceCommand::ReadNow).is_err() {
+                tracing::warn!(device = %self.name(), "$get ignored: the driver is busy");
+            }
+            return;
+        }
+        let reply_to = msg
+            .response_topic
+            .clone()
+            .map(|topic| (topic, msg.correlation.clone()));
+        match command::parse_set(
+            &msg.payload,
+            self.settings.message.payload_encode,
+            &self.settings,
+        ) {
+            Ok(request) => {
+                if queue.len() >= INBOX {
+                    let rejection = command::SetRejection {
+                        id: request.id,
+                        errors: vec![(
+                            "$payload".into(),
+                            "too many commands waiting for this device".into(),
+                        )],
+                    };
+                    self.count_set("rejected");
+                    self.send_result(command::rejection_payload(&rejection), reply_to)
+                        .await;
+                    return;
+                }
+                queue.push_back(PendingSet { request, reply_to });
+            }
+            Err(rejection) => {
+                self.count_set("rejected");
+                tracing::info!(
+                    device = %self.name(),
+                    "$set rejected: {}",
+                    rejection
+                        .errors
+                        .iter()
+                        .map(|(k, v)| format!("{k}: {v}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                );
+                self.send_result(command::rejection_payload(&rejection), reply_to)
+                    .await;
+            }
+        }
+    }
+
+    async fn start_set(
+        &mut self,
+        pending: PendingSet,
+        commands: &mpsc::Sender<DeviceCommand>,
+    ) -> Option<(PendingSet, oneshot::Receiver<WriteOutcome>, Instant)> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = DeviceCommand::Write {
+            writes: pending.request.writes.clone(),
+            reply,
+        };
+        match commands.try_send(cmd) {
+            Ok(()) => {
+                let budget = (self.settings.spec.timeout
+                    * (pending.request.writes.len() as u32 + 2))
+                    .max(WRITE_DEADLINE_FLOOR);
+                Some((pending, rx, Instant::now() + budget))
+            }
+            Err(_) => {
+                let err = DriverError::new(ErrorKind::Rejected, "the driver is busy; try again");
+                self.finish_set(
+                    pending,
+                    WriteOutcome {
+                        applied: 0,
+                        failed: Some((0, err)),
+                    },
+                )
+                .await;
+                None
+            }
+        }
+    }
+
+    async fn finish_set(&mut self, pending: PendingSet, outcome: WriteOutcome) {
+        let failed = outcome.failed.as_ref().map(|(i, e)| (*i, e));
+        self.count_set(if failed.is_some() { "failed" } else { "ok" });
+        if let Some((i, e)) = failed {
+            tracing::warn!(device = %self.name(), "$set write {i} refused: {e}");
+        }
+        let payload =
+            command::result_payload(&self.settings, &pending.request, outcome.applied, failed);
+        self.send_result(payload, pending.reply_to).await;
+    }
+
+    fn count_set(&self, result: &str) {
+        self.m
+            .metrics
+            .device_set_commands
+            .with_label_values(&[&self.settings.name, result])
+            .inc();
+    }
+
+    async fn send_result(&self, json: Vec<u8>, reply_to: Option<(String, Option<Bytes>)>) {
+        let payload = self.encode(json);
+        let qos = self.settings.message.qos;
+        if let Some((topic, correlation)) = reply_to {
+            self.session
+                .send(SessionInput::Publish(OutMsg {
+                    topic: topic.into(),
+                    payload: payload.clone(),
+                    qos,
+                    retain: false,
+                    correlation,
+                }))
+                .await;
+        }
+        self.session
+            .send(SessionInput::Publish(OutMsg {
+                topic: self.topics.result.clone(),
+                payload,
+                qos,
+                retain: false,
+                correlation: None,
+            }))
+            .await;
+    }
+}
+
+async fn recv_outcome(
+    in_flight: &mut Option<(PendingSet, oneshot::Receiver<WriteOutcome>, Instant)>,
+) -> Result<WriteOutcome, oneshot::error::RecvError> {
+    match in_flight {
+        Some((_, rx, _)) => rx.await,
+        None => std::future::pending().await,
+    }
+}

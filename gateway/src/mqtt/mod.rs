@@ -1,0 +1,98 @@
+//! Northbound MQTT: sessions (one per distinct client options), the in-order
+//! outbox, `$set`/`$get` routing to devices, birth/will and retained topics.
+
+mod link;
+pub mod outbox;
+mod session;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+pub use session::spawn;
+
+/// A message to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutMsg {
+    /// Topic.
+    pub topic: Arc<str>,
+    /// Payload (already encoded per `payloadEncode`).
+    pub payload: Bytes,
+    /// QoS 0..=2.
+    pub qos: u8,
+    /// Retain flag.
+    pub retain: bool,
+    /// MQTT 5 correlation data of a reply.
+    pub correlation: Option<Bytes>,
+}
+
+/// A message that arrived on a routed topic (`T/$set`, `T/$get`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inbound {
+    /// Topic it arrived on.
+    pub topic: String,
+    /// Raw payload.
+    pub payload: Bytes,
+    /// MQTT 5 response topic.
+    pub response_topic: Option<String>,
+    /// MQTT 5 correlation data.
+    pub correlation: Option<Bytes>,
+}
+
+/// Requests to a running session.
+#[derive(Debug)]
+pub enum SessionInput {
+    /// Publish in order through the outbox.
+    Publish(OutMsg),
+    /// Publish a retained message and re-publish it after every reconnect
+    /// (so a broker that lost its retained store gets it back).
+    SetRetained(OutMsg),
+    /// Forget a retained topic and clear it on the broker (empty retained
+    /// message with this QoS).
+    ClearRetained {
+        /// The topic to clear.
+        topic: Arc<str>,
+        /// QoS of the clearing message.
+        qos: u8,
+    },
+    /// Deliver messages arriving on `topic` to `to` (subscribes).
+    Route {
+        /// Exact topic.
+        topic: String,
+        /// The device's inbox.
+        to: mpsc::Sender<Inbound>,
+    },
+    /// Stop delivering `topic` (unsubscribes).
+    Unroute {
+        /// Exact topic.
+        topic: String,
+    },
+}
+
+/// A running session: send it [`SessionInput`]s; stop it with [`SessionHandle::stop`].
+#[derive(Clone)]
+pub struct SessionHandle {
+    /// The session's client id.
+    pub client_id: Arc<str>,
+    tx: mpsc::Sender<SessionInput>,
+    stop: mpsc::Sender<oneshot::Sender<()>>,
+}
+
+impl SessionHandle {
+    /// Sends a request; waits only if the session's input queue is full.
+    pub async fn send(&self, input: SessionInput) {
+        if self.tx.send(input).await.is_err() {
+            tracing::debug!(session = %self.client_id, "session already stopped");
+        }
+    }
+
+    /// Publishes the clean-stop will payload, flushes what the outbox holds
+    /// while connected (bounded by `deadline`), disconnects and ends the task.
+    pub async fn stop(self, deadline: std::time::Duration) {
+        let (done_tx, done_rx) = oneshot::channel();
+        if self.stop.send(done_tx).await.is_ok() {
+            let _ = tokio::time::timeout(deadline, done_rx).await;
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The session's in-memory outbox: messages kept in order until the broker
+//! has them (QoS 0: written to the socket; QoS 1/2: acknowledged), bounded by
+//! a message count with drop-oldest, and replayed in order after a reconnect.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::OutMsg;
+
+/// Where a stored message is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Waiting to be handed to the connection.
+    Queued,
+    /// Handed to the connection, not yet confirmed.
+    Handed,
+    /// Confirmed; removed once everything before it is confirmed too.
+    Done,
+}
+
+#[derive(Debug)]
+struct Entry {
+    msg: OutMsg,
+    stage: Stage,
+}
+
+/// A bounded, ordered store of outgoing messages.
+///
+/// Ids are consecutive: the entry with id `front_id + i` is at index `i`.
+#[derive(Debug)]
+pub struct Outbox {
+    entries: VecDeque<Entry>,
+    front_id: u64,
+    /// Id of the next entry to hand out.
+    cursor: u64,
+    capacity: usize,
+    bytes: usize,
+    dropped: u64,
+    /// Handed publishes in hand-out order, waiting for their packet id.
+    handed: VecDeque<Option<u64>>,
+    /// Packet id → entry id for handed QoS 1/2 publishes.
+    by_pkid: HashMap<u16, u64>,
+}
+
+impl Outbox {
+    /// An empty outbox holding at most `capacity` (≥ 1) messages.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            entries: VecDeque::new(),
+            front_id: 0,
+            cursor: 0,
+            capacity: capacity.max(1),
+            bytes: 0,
+            dropped: 0,
+            handed: VecDeque::new(),
+            by_pkid: HashMap::new(),
+        }
+    }
+
+    /// Messages held (queued, handed or awaiting acknowledgement).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Payload bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Messages dropped because the outbox was full, since creation.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Messages handed out and not yet confirmed.
+    pub fn in_flight(&self) -> usize {
+        self.handed.len() + self.by_pkid.len()
+    }
+
+    /// Appends a message; when full, drops the oldest message first.
+    /// Returns how many were dropped.
+    pub fn push(&mut self, msg: OutMsg) -> u64 {
+        let mut dropped = 0;
+        while self.entries.len() >= self.capacity {
+            self.pop_front();
+            self.dropped += 1;
+            dropped += 1;
+        }
+        self.bytes += msg.payload.len();
+        self.entries.push_back(Entry {
+            msg,
+            stage: Stage::Queued,
+        });
+        dropped
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(e) = self.entries.pop_front() {
+            self.bytes -= e.msg.payload.len();
+            self.front_id += 1;
+            if self.cursor < self.front_id {
+                self.cursor = self.front_id;
+            }
+        }
+    }
+
+    fn entry_mut(&mut self, id: u64) -> Option<&mut Entry> {
+        let index = id.checked_sub(self.front_id)?;
+        self.entries.get_mut(usize::try_from(index).ok()?)
+    }
+
+    /// The next message to hand to the connection, if any (not yet marked).
+    pub fn peek_queued(&self) -> Option<&OutMsg> {
+        let index = usize::try_from(self.cursor - self.front_id).ok()?;
+        self.entries.get(index).map(|e| &e.msg)
+    }
+
+    /// Marks the message [`Outbox::peek_queued`] returned as handed out.
+    pub fn mark_handed(&mut self) {
+        let id = self.cursor;
+        if let Some(entry) = self.entry_mut(id) {
+            entry.stage = Stage::Handed;
+            self.cursor += 1;
+            self.handed.push_back(Some(id));
+            self.skip_confirmed();
+        }
+    }
+
+    /// Moves the cursor past entries already confirmed (acknowledged before
+    /// a reconnect re-queued an older one).
+    fn skip_confirmed(&mut self) {
+        while let Some(e) = usize::try_from(self.cursor - self.front_id)
+            .ok()
+            .and_then(|i| self.entries.get(i))
+        {
+            if e.stage != Stage::Done {
+                break;
+            }
+            self.cursor += 1;
+        }
+    }
+
+    /// Records a publish that bypasses the store (birth, retained replays) so
+    /// that packet ids stay matched with hand-out order.
+    pub fn note_transient(&mut self) {
+        self.handed.push_back(None);
+    }
+
+    /// The connection wrote a publish with packet id `pkid` (0 for QoS 0):
+    /// matches it with the oldest handed message.
+    pub fn on_written(&mut self, pkid: u16) {
+        let Some(slot) = self.handed.pop_front() else {
+            return;
+        };
+        let Some(id) = slot else { return };
+        if pkid == 0 {
+            self.complete(id);
+        } else {
+            self.by_pkid.insert(pkid, id);
+        }
+    }
+
+    /// The broker acknowledged packet id `pkid` (PUBACK or PUBCOMP).
+    pub fn on_acked(&mut self, pkid: u16) {
+        if let Some(id) = self.by_pkid.remove(&pkid) {
+            self.complete(id);
+        }
+    }
+
+    fn complete(&mut self, id: u64) {
+        if let Some(e) = self.entry_mut(id) {
+            e.stage = Stage::Done;
+        }
+        while self.entries.front().is_some_and(|e| e.stage == Stage::Done) {
+            self.pop_front();
+        }
+    }
+
+    /// The connection was lost: everything handed but unconfirmed goes back
+    /// to the queue, to be handed again in order after the reconnect.
+    pub fn rewind(&mut self) {
+        self.handed.clear();
+        self.by_pkid.clear();
+        let mut first_unconfirmed = None;
+        for (i, e) in self.entries.iter_mut().enumerate() {
+            if e.stage == Stage::Handed {
+                e.stage = Stage::Queued;
+                first_unconfirmed.get_or_insert(i);
+            }
+        }
+        if let Some(i) = first_unconfirmed {
+            self.cursor = self.cursor.min(self.front_id + i as u64);
+        }
+        // Confirmed entries behind a re-queued one are not sent again.
+        self.skip_confirmed();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn msg(n: u32, qos: u8) -> OutMsg {
+        OutMsg {
+            topic: "t".into(),
+            payload: Bytes::from(n.to_string()),
+            qos,
+            retain: false,
+            correlation: None,
+        }
+    }
+
+    fn hand(o: &mut Outbox) -> Option<String> {
+        let text = String::from_utf8_lossy(&o.peek_queued()?.payload).into_owned();
+        o.mark_handed();
+        Some(text)
+    }
+
+    #[test]
+    fn qos0_leaves_when_written_qos1_when_acked() {
+        let mut o = Outbox::new(10);
+        o.push(msg(1, 0));
+        o.push(msg(2, 1));
+        assert_eq!(hand(&mut o).as_deref(), Some("1"));
+        assert_eq!(hand(&mut o).as_deref(), Some("2"));
+        assert_eq!(hand(&mut o), None);
+        o.on_written(0);
+        assert_eq!(o.len(), 1);
+        o.on_written(7);
+        assert_eq!(o.len(), 1, "written but not acked");
+        o.on_acked(7);
+        assert!(o.is_empty());
+        assert_eq!(o.bytes(), 0);
+    }
+
+    #[test]
+    fn full_outbox_drops_oldest_and_counts() {
+        let mut o = Outbox::new(3);
+        for n in 1..=5 {
+            o.push(msg(n, 1));
+        }
+        assert_eq!(o.len(), 3);
+        assert_eq!(o.dropped(), 2);
+        assert_eq!(hand(&mut o).as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn rewind_replays_unacked_in_order_and_skips_acked() {
+        let mut o = Outbox::new(10);
+        for n in 1..=4 {
+            o.push(msg(n, 1));
+        }
+        for pkid in 1..=3 {
+            hand(&mut o);
+            o.on_written(pkid);
+        }
+        // Broker acks 2 but not 1 and 3, then the connection drops.
+        o.on_acked(2);
+        o.rewind();
+        let replay: Vec<_> = std::iter::from_fn(|| hand(&mut o)).collect();
+        assert_eq!(replay, vec!["1", "3", "4"]);
+    }
+
+    #[test]
+    fn acks_out_of_order_release_from_the_front_only() {
+        let mut o = Outbox::new(10);
+        for n in 1..=3 {
+            o.push(msg(n, 1));
+            hand(&mut o);
+            o.on_written(n as u16);
+        }
+        o.on_acked(3);
+        assert_eq!(o.len(), 3);
+        o.on_acked(1);
+        assert_eq!(o.len(), 2);
+        o.on_acked(2);
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn transient_publishes_keep_pkids_aligned() {
+        let mut o = Outbox::new(10);
+        o.push(msg(1, 1));
+        o.note_transient();
+        hand(&mut o);
+        o.on_written(0); // the transient one
+        o.on_written(5);
+        o.on_acked(5);
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn dropping_a_handed_message_is_safe() {
+        let mut o = Outbox::new(1);
+        o.push(msg(1, 1));
+        hand(&mut o);
+        o.on_written(1);
+        o.push(msg(2, 1));
+        assert_eq!(o.dropped(), 1);
+        o.on_acked(1);
+        assert_eq!(o.len(), 1);
+        assert_eq!(hand(&mut o).as_deref(), Some("2"));
+    }
+}

@@ -1,0 +1,390 @@
+//! One MQTT session task: connects with backoff and jitter (from start-up
+//! on), publishes the birth message, restores subscriptions and retained
+//! topics after every connect, and feeds the outbox to the connection in
+//! order within a bounded in-flight window.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fieldgate_drivers::Backoff;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::deadline::sleep_until_opt;
+
+use super::link::{self, LinkClient, NetEvent, WINDOW};
+use super::outbox::Outbox;
+use super::{Inbound, OutMsg, SessionHandle, SessionInput};
+use crate::config::resolved::SessionSettings;
+use crate::telemetry::{Health, Metrics};
+
+/// First reconnect delay; doubles up to `maxReconnectInterval`.
+const FIRST_RECONNECT: Duration = Duration::from_secs(1);
+/// Subscriptions for commands use at least QoS 1 so commands are not lost
+/// between broker and gateway.
+const COMMAND_QOS: u8 = 1;
+
+/// Starts a session task for `settings`.
+pub fn spawn(settings: SessionSettings, metrics: Metrics, health: Health) -> SessionHandle {
+    let (tx, rx) = mpsc::channel(1024);
+    let (stop_tx, stop_rx) = mpsc::channel(1);
+    let client_id: Arc<str> = settings.client_id.as_str().into();
+    let link = link::open(&settings);
+    let session = Session::new(settings, link.client.clone(), metrics, health);
+    tokio::spawn(session.run(link, rx, stop_rx));
+    SessionHandle {
+        client_id,
+        tx,
+        stop: stop_tx,
+    }
+}
+
+struct Session {
+    settings: SessionSettings,
+    client: LinkClient,
+    metrics: Metrics,
+    health: Health,
+    outbox: Outbox,
+    /// Birth and retained replays: sent before the outbox after a connect.
+    priority: VecDeque<OutMsg>,
+    retained: HashMap<Arc<str>, OutMsg>,
+    routes: HashMap<String, mpsc::Sender<Inbound>>,
+    connected: bool,
+    ever_connected: bool,
+    backoff: Backoff,
+    reconnect_at: Option<Instant>,
+    dropped_reported: u64,
+}
+
+impl Session {
+    fn new(
+        settings: SessionSettings,
+        client: LinkClient,
+        metrics: Metrics,
+        health: Health,
+    ) -> Self {
+        let backoff = Backoff::new(FIRST_RECONNECT, settings.max_reconnect_interval);
+        let outbox = Outbox::new(settings.message_channel_depth);
+        health.set_problem(
+            &health_key(&settings.client_id),
+            format!("MQTT session {} is connecting", settings.client_id),
+        );
+        metrics
+            .mqtt_connected
+            .with_label_values(&[&settings.client_id])
+            .set(0);
+        Self {
+            settings,
+            client,
+            metrics,
+            health,
+            outbox,
+            priority: VecDeque::new(),
+            retained: HashMap::new(),
+            routes: HashMap::new(),
+            connected: false,
+            ever_connected: false,
+            backoff,
+            reconnect_at: None,
+            dropped_reported: 0,
+        }
+    }
+
+    fn id(&self) -> &str {
+        &self.settings.client_id
+    }
+
+    async fn run(
+        mut self,
+        mut link: link::Link,
+        mut inputs: mpsc::Receiver<SessionInput>,
+        mut stop: mpsc::Receiver<oneshot::Sender<()>>,
+    ) {
+        let done = loop {
+            let reconnect_at = self.reconnect_at;
+            tokio::select! {
+                ev = link.events.recv() => match ev {
+                    Some(ev) => self.on_net(ev, &link.permits).await,
+                    None => break None,
+                },
+                input = inputs.recv() => match input {
+                    Some(input) => self.on_input(input),
+                    None => break None,
+                },
+                done = stop.recv() => break done,
+                _ = sleep_until_opt(reconnect_at) => {
+                    self.reconnect_at = None;
+                    tracing::debug!(session = %self.id(), "reconnecting");
+                    let _ = link.permits.try_send(());
+                }
+            }
+            self.feed();
+        };
+        self.shutdown(&mut link, &mut inputs).await;
+        link.task.abort();
+        self.metrics
+            .mqtt_connected
+            .with_label_values(&[&self.settings.client_id])
+            .set(0);
+        self.health.clear(&health_key(&self.settings.client_id));
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+    }
+
+    /// Clean stop: the will payload on the will topic, flush while
+    /// connected, then DISCONNECT. The caller bounds the time.
+    async fn shutdown(&mut self, link: &mut link::Link, inputs: &mut mpsc::Receiver<SessionInput>) {
+        // Take what devices sent last (their `offline` states).
+        while let Ok(input) = inputs.try_recv() {
+            self.on_input(input);
+        }
+        let will = &self.settings.will;
+        self.outbox.push(OutMsg {
+            topic: will.topic.as_str().into(),
+            payload: Bytes::from(will.payload.clone()),
+            qos: will.qos,
+            retain: will.retained,
+            correlation: None,
+        });
+        self.feed();
+        while self.connected && !(self.outbox.is_empty() && self.priority.is_empty()) {
+            match link.events.recv().await {
+                Some(NetEvent::Down(reason)) => {
+                    tracing::warn!(session = %self.id(), "connection lost while stopping: {reason}");
+                    break;
+                }
+                Some(ev) => self.on_net(ev, &link.permits).await,
+                None => break,
+            }
+            self.feed();
+        }
+        if self.connected && self.client.try_disconnect().is_ok() {
+            let flushed = tokio::time::timeout(Duration::from_secs(1), async {
+                while let Some(ev) = link.events.recv().await {
+                    if matches!(ev, NetEvent::Disconnected | NetEvent::Down(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+            if flushed.is_err() {
+                tracing::debug!(session = %self.id(), "no DISCONNECT confirmation");
+            }
+        }
+        let left = self.outbox.len();
+        if left > 0 {
+            tracing::warn!(
+                session = %self.id(),
+                "stopping with {left} message(s) not delivered (broker unreachable)"
+            );
+        }
+    }
+
+    fn on_input(&mut self, input: SessionInput) {
+        match input {
+            SessionInput::Publish(msg) => self.store(msg),
+            SessionInput::SetRetained(msg) => {
+                self.retained.insert(msg.topic.clone(), msg.clone());
+                self.store(msg);
+            }
+            SessionInput::ClearRetained { topic, qos } => {
+                self.retained.remove(&topic);
+                self.store(OutMsg {
+                    topic,
+                    payload: Bytes::new(),
+                    qos,
+                    retain: true,
+                    correlation: None,
+                });
+            }
+            SessionInput::Route { topic, to } => {
+                if self.connected {
+                    if let Err(e) = self
+                        .client
+                        .try_subscribe(std::slice::from_ref(&topic), COMMAND_QOS)
+                    {
+                        tracing::warn!(session = %self.id(), "subscribe {topic}: {e}");
+                    }
+                }
+                self.routes.insert(topic, to);
+            }
+            SessionInput::Unroute { topic } => {
+                if self.routes.remove(&topic).is_some() && self.connected {
+                    if let Err(e) = self.client.try_unsubscribe(&topic) {
+                        tracing::debug!(session = %self.id(), "unsubscribe {topic}: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn store(&mut self, msg: OutMsg) {
+        let dropped = self.outbox.push(msg);
+        if dropped > 0 {
+            self.metrics
+                .mqtt_dropped
+                .with_label_values(&[&self.settings.client_id])
+                .inc_by(dropped);
+            let total = self.outbox.dropped();
+            if self.dropped_reported == 0 || total >= self.dropped_reported * 2 {
+                tracing::warn!(
+                    session = %self.id(),
+                    "outbox full ({} messages): dropped the oldest, {total} dropped so far",
+                    self.settings.message_channel_depth
+                );
+                self.dropped_reported = total;
+            }
+        }
+        self.update_store_gauges();
+    }
+
+    fn update_store_gauges(&self) {
+        let id = [self.settings.client_id.as_str()];
+        self.metrics
+            .mqtt_store_messages
+            .with_label_values(&id)
+            .set(self.outbox.len() as i64);
+        self.metrics
+            .mqtt_store_bytes
+            .with_label_values(&id)
+            .set(self.outbox.bytes() as i64);
+    }
+
+    async fn on_net(&mut self, ev: NetEvent, permits: &mpsc::Sender<()>) {
+        match ev {
+            NetEvent::Connected { session_present } => self.on_connected(session_present),
+            NetEvent::Message(msg) => self.route(msg),
+            NetEvent::Written(pkid) => {
+                self.metrics
+                    .mqtt_published
+                    .with_label_values(&[&self.settings.client_id])
+                    .inc();
+                self.outbox.on_written(pkid);
+                self.update_store_gauges();
+            }
+            NetEvent::Acked(pkid) => {
+                self.outbox.on_acked(pkid);
+                self.update_store_gauges();
+            }
+            NetEvent::Disconnected => {}
+            NetEvent::Down(reason) => {
+                let was_connected = self.connected;
+                self.connected = false;
+                self.outbox.rewind();
+                self.priority.clear();
+                self.metrics
+                    .mqtt_connected
+                    .with_label_values(&[&self.settings.client_id])
+                    .set(0);
+                self.health.set_problem(
+                    &health_key(&self.settings.client_id),
+                    format!(
+                        "MQTT session {} is not connected: {reason}",
+                        self.settings.client_id
+                    ),
+                );
+                if was_connected {
+                    tracing::warn!(session = %self.id(), "connection to the broker lost: {reason}");
+                }
+                if was_connected && !self.settings.auto_reconnect {
+                    tracing::error!(
+                        session = %self.id(),
+                        "autoReconnect is off: not reconnecting"
+                    );
+                    return;
+                }
+                let delay = self.backoff.next_delay();
+                if !was_connected {
+                    tracing::warn!(
+                        session = %self.id(),
+                        "cannot connect to the broker: {reason}; retrying in {:.1}s",
+                        delay.as_secs_f64()
+                    );
+                }
+                if delay.is_zero() {
+                    let _ = permits.try_send(());
+                } else {
+                    self.reconnect_at = Some(Instant::now() + delay);
+                }
+            }
+        }
+    }
+
+    fn on_connected(&mut self, session_present: bool) {
+        let id = self.settings.client_id.clone();
+        if self.ever_connected {
+            self.metrics.mqtt_reconnects.with_label_values(&[&id]).inc();
+        }
+        tracing::info!(session = %id, session_present, "connected to the broker");
+        self.connected = true;
+        self.ever_connected = true;
+        self.backoff.reset();
+        self.metrics.mqtt_connected.with_label_values(&[&id]).set(1);
+        self.health.clear(&health_key(&id));
+        let topics: Vec<String> = self.routes.keys().cloned().collect();
+        if let Err(e) = self.client.try_subscribe(&topics, COMMAND_QOS) {
+            tracing::warn!(session = %id, "restoring subscriptions failed: {e}");
+        }
+        let will = &self.settings.will;
+        self.priority.push_back(OutMsg {
+            topic: will.topic.as_str().into(),
+            payload: Bytes::from_static(b"online"),
+            qos: will.qos,
+            retain: will.retained,
+            correlation: None,
+        });
+        self.priority.extend(self.retained.values().cloned());
+    }
+
+    fn route(&mut self, msg: Inbound) {
+        match self.routes.get(&msg.topic) {
+            Some(to) => {
+                if let Err(e) = to.try_send(msg) {
+                    let topic = match &e {
+                        mpsc::error::TrySendError::Full(m)
+                        | mpsc::error::TrySendError::Closed(m) => m.topic.clone(),
+                    };
+                    tracing::warn!(
+                        session = %self.id(),
+                        "command on {topic} dropped: the device is busy with earlier commands"
+                    );
+                }
+            }
+            None => {
+                tracing::debug!(session = %self.id(), "message on unrouted topic {}", msg.topic)
+            }
+        }
+    }
+
+    /// Hands queued messages to the connection, birth/retained replays
+    /// first, keeping at most [`WINDOW`] in flight.
+    fn feed(&mut self) {
+        if !self.connected {
+            return;
+        }
+        while self.outbox.in_flight() < WINDOW {
+            if let Some(msg) = self.priority.front() {
+                if self.client.try_publish(msg).is_err() {
+                    break;
+                }
+                self.priority.pop_front();
+                self.outbox.note_transient();
+                continue;
+            }
+            let Some(msg) = self.outbox.peek_queued() else {
+                break;
+            };
+            if self.client.try_publish(msg).is_err() {
+                break;
+            }
+            self.outbox.mark_handed();
+        }
+    }
+}
+
+fn health_key(client_id: &str) -> String {
+    format!("mqtt:{client_id}")
+}
