@@ -9,7 +9,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Resolved};
-use crate::supervisor::Supervisor;
+use crate::reload;
+use crate::supervisor::{DiffSummary, Supervisor};
 use crate::telemetry::{self, Health, Metrics};
 use crate::EXIT_CONFIG;
 
@@ -89,6 +90,19 @@ async fn serve(path: PathBuf, resolved: Resolved) -> anyhow::Result<()> {
         config = %path.display(),
         "fieldgate starting"
     );
+    let mut loaded_hash = file_hash(&path).await;
+    set_config_hash(&metrics, loaded_hash.as_deref());
+    let mut watcher = match reload::watch(&path) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(
+                "not watching {} for changes ({e}); reload with SIGHUP",
+                path.display()
+            );
+            None
+        }
+    };
+
     let mut supervisor = Supervisor::new(metrics.clone(), health.clone());
     let empty = Resolved {
         devices: Vec::new(),
@@ -102,15 +116,34 @@ async fn serve(path: PathBuf, resolved: Resolved) -> anyhow::Result<()> {
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            changed = watched(&mut watcher) => {
+                if changed.is_none() {
+                    tracing::warn!("config watcher stopped; reload with SIGHUP");
+                    watcher = None;
+                    continue;
+                }
+                let hash = file_hash(&path).await;
+                if hash.is_some() && hash == loaded_hash {
+                    tracing::debug!("config file touched but unchanged");
+                    continue;
+                }
+                tracing::info!("config file changed: reloading {}", path.display());
+                if let Some(next) = reload(&path, &metrics).await {
+                    loaded_hash = hash;
+                    set_config_hash(&metrics, loaded_hash.as_deref());
+                    let summary = supervisor.apply(&current, &next).await;
+                    log_summary(&summary);
+                    current = next;
+                }
+            }
             _ = sighup.recv() => {
                 tracing::info!("SIGHUP: reloading {}", path.display());
+                let hash = file_hash(&path).await;
                 if let Some(next) = reload(&path, &metrics).await {
+                    loaded_hash = hash;
+                    set_config_hash(&metrics, loaded_hash.as_deref());
                     let summary = supervisor.apply(&current, &next).await;
-                    tracing::info!(
-                        added = ?summary.added, changed = ?summary.changed,
-                        removed = ?summary.removed, unchanged = summary.unchanged.len(),
-                        "config applied"
-                    );
+                    log_summary(&summary);
                     current = next;
                 }
             }
@@ -129,6 +162,41 @@ async fn serve(path: PathBuf, resolved: Resolved) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+fn log_summary(summary: &DiffSummary) {
+    tracing::info!(
+        added = ?summary.added,
+        changed = ?summary.changed,
+        removed = ?summary.removed,
+        unchanged = summary.unchanged.len(),
+        sessions_started = ?summary.sessions_started,
+        sessions_stopped = ?summary.sessions_stopped,
+        "config applied"
+    );
+}
+
+/// The config file's content hash, `None` if it cannot be read.
+async fn file_hash(path: &Path) -> Option<String> {
+    tokio::fs::read(path)
+        .await
+        .ok()
+        .map(|b| reload::content_hash(&b))
+}
+
+fn set_config_hash(metrics: &Metrics, hash: Option<&str>) {
+    metrics.config_info.reset();
+    if let Some(h) = hash {
+        metrics.config_info.with_label_values(&[h]).set(1);
+    }
+}
+
+/// Waits for the watcher's next trigger; never fires without a watcher.
+async fn watched(watcher: &mut Option<reload::ConfigWatcher>) -> Option<()> {
+    match watcher {
+        Some(w) => w.changed.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Loads the config again; an invalid one changes nothing and is reported

@@ -330,7 +330,25 @@ impl Actor {
             retain: self.settings.message.retained,
             correlation: None,
         };
-        self.session.send(SessionInput::Publish(msg)).await;
+        self.publish(SessionInput::Publish(msg)).await;
+    }
+
+    /// Hands a message to the session within `waitTimeout`; a message the
+    /// session cannot take in time is dropped and counted.
+    async fn publish(&self, input: SessionInput) {
+        let wait = self.settings.message.wait_timeout;
+        if !self.session.send_within(input, wait).await {
+            tracing::warn!(
+                device = %self.name(),
+                "publish not accepted within waitTimeout ({}); dropped",
+                humantime::format_duration(wait)
+            );
+            self.m
+                .metrics
+                .mqtt_dropped
+                .with_label_values(&[&self.session.client_id])
+                .inc();
+        }
     }
 
     async fn retain(&self, topic: Arc<str>, payload: Bytes) {
@@ -341,7 +359,7 @@ impl Actor {
             retain: true,
             correlation: None,
         };
-        self.session.send(SessionInput::SetRetained(msg)).await;
+        self.publish(SessionInput::SetRetained(msg)).await;
     }
 
     async fn on_inbound(
@@ -454,25 +472,23 @@ impl Actor {
         let payload = self.encode(json);
         let qos = self.settings.message.qos;
         if let Some((topic, correlation)) = reply_to {
-            self.session
-                .send(SessionInput::Publish(OutMsg {
-                    topic: topic.into(),
-                    payload: payload.clone(),
-                    qos,
-                    retain: false,
-                    correlation,
-                }))
-                .await;
-        }
-        self.session
-            .send(SessionInput::Publish(OutMsg {
-                topic: self.topics.result.clone(),
-                payload,
+            self.publish(SessionInput::Publish(OutMsg {
+                topic: topic.into(),
+                payload: payload.clone(),
                 qos,
                 retain: false,
-                correlation: None,
+                correlation,
             }))
             .await;
+        }
+        self.publish(SessionInput::Publish(OutMsg {
+            topic: self.topics.result.clone(),
+            payload,
+            qos,
+            retain: false,
+            correlation: None,
+        }))
+        .await;
     }
 }
 

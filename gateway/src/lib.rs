@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod deadline;
 pub mod device;
 pub mod mqtt;
+pub mod reload;
 pub mod state;
 pub mod supervisor;
 pub mod telemetry;

@@ -74,6 +74,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `fieldgate_config_last_reload_timestamp_seconds`
     pub config_last_reload: Gauge,
+    /// `fieldgate_config_info{hash}` = 1 for the loaded config's content hash
+    pub config_info: IntGaugeVec,
 }
 
 impl Metrics {
@@ -169,6 +171,11 @@ impl Metrics {
                 &["result"],
             )?,
             config_last_reload,
+            config_info: gauge(
+                "fieldgate_config_info",
+                "Content hash of the loaded config file (always 1)",
+                &["hash"],
+            )?,
             registry,
         })
     }

@@ -87,6 +87,19 @@ impl SessionHandle {
         }
     }
 
+    /// Sends a request, waiting at most `wait` for room in the session's
+    /// input queue (`waitTimeout`; zero waits as long as it takes). Returns
+    /// false when the request was dropped.
+    pub async fn send_within(&self, input: SessionInput, wait: std::time::Duration) -> bool {
+        if wait.is_zero() {
+            return self.tx.send(input).await.is_ok();
+        }
+        matches!(
+            tokio::time::timeout(wait, self.tx.send(input)).await,
+            Ok(Ok(()))
+        )
+    }
+
     /// Publishes the clean-stop will payload, flushes what the outbox holds
     /// while connected (bounded by `deadline`), disconnects and ends the task.
     pub async fn stop(self, deadline: std::time::Duration) {
