@@ -12,7 +12,7 @@ use fieldgate_drivers::{
     Buses, DeviceCommand, DeviceEvent, DeviceLink, DriverError, ErrorKind, Readings, WriteOutcome,
 };
 use prometheus::{Histogram, IntCounter, IntGauge};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -41,6 +41,7 @@ const DRIVER_STOP_GRACE: Duration = Duration::from_secs(1);
 pub struct RunningDevice {
     /// The settings it runs with.
     pub settings: Arc<DeviceSettings>,
+    session: watch::Sender<SessionHandle>,
     cancel: CancellationToken,
     clear_retained: Arc<std::sync::atomic::AtomicBool>,
     task: JoinHandle<()>,
@@ -52,6 +53,13 @@ impl RunningDevice {
     pub fn with_settings(mut self, settings: Arc<DeviceSettings>) -> Self {
         self.settings = settings;
         self
+    }
+
+    /// Moves the device to another MQTT session without restarting its
+    /// driver: it re-subscribes its command topics and re-publishes its
+    /// retained topics there.
+    pub fn move_to(&self, session: SessionHandle) {
+        self.session.send_replace(session);
     }
 
     /// Stops the device: `offline` on `T/$state`; with `clear` also clears
@@ -106,10 +114,12 @@ pub fn spawn(
 ) -> RunningDevice {
     let cancel = CancellationToken::new();
     let clear_retained = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let actor = Actor::new(settings.clone(), session, metrics);
+    let (session_tx, session_rx) = watch::channel(session);
+    let actor = Actor::new(settings.clone(), session_rx, metrics);
     let task = tokio::spawn(actor.run(buses, cancel.clone(), clear_retained.clone()));
     RunningDevice {
         settings,
+        session: session_tx,
         cancel,
         clear_retained,
         task,
@@ -125,6 +135,7 @@ struct PendingSet {
 struct Actor {
     settings: Arc<DeviceSettings>,
     topics: Topics,
+    session_rx: watch::Receiver<SessionHandle>,
     session: SessionHandle,
     state: DeviceState,
     m: DeviceMetrics,
@@ -132,7 +143,12 @@ struct Actor {
 }
 
 impl Actor {
-    fn new(settings: Arc<DeviceSettings>, session: SessionHandle, metrics: Metrics) -> Self {
+    fn new(
+        settings: Arc<DeviceSettings>,
+        mut session_rx: watch::Receiver<SessionHandle>,
+        metrics: Metrics,
+    ) -> Self {
+        let session = session_rx.borrow_and_update().clone();
         let name = [settings.name.as_str()];
         let m = DeviceMetrics {
             up: metrics.device_up.with_label_values(&name),
@@ -145,6 +161,7 @@ impl Actor {
             topics: Topics::new(&settings.message.topic),
             state: DeviceState::new(&settings),
             settings,
+            session_rx,
             session,
             m,
             online: None,
@@ -175,18 +192,8 @@ impl Actor {
             fieldgate_drivers::run_device(spec, link, &buses).await;
         });
 
-        let meta = state::meta_payload(&self.settings);
-        self.retain(self.topics.meta.clone(), Bytes::from(meta))
-            .await;
-        for topic in [&self.topics.set, &self.topics.get] {
-            self.session
-                .send(SessionInput::Route {
-                    topic: topic.clone(),
-                    to: inbox_tx.clone(),
-                })
-                .await;
-        }
-        drop(inbox_tx);
+        let meta = Bytes::from(state::meta_payload(&self.settings));
+        self.announce(&meta, &inbox_tx).await;
 
         let mut queue: VecDeque<PendingSet> = VecDeque::new();
         let mut in_flight: Option<(PendingSet, oneshot::Receiver<WriteOutcome>, Instant)> = None;
@@ -195,6 +202,11 @@ impl Actor {
             let write_deadline = in_flight.as_ref().map(|(_, _, d)| *d);
             tokio::select! {
                 _ = cancel.cancelled() => break,
+                moved = self.session_rx.changed() => if moved.is_ok() {
+                    self.session = self.session_rx.borrow_and_update().clone();
+                    tracing::info!(device = %self.name(), session = %self.session.client_id, "moved to another MQTT session");
+                    self.announce(&meta, &inbox_tx).await;
+                },
                 ev = events.recv() => match ev {
                     Some(ev) => self.on_event(ev).await,
                     None => {
@@ -262,6 +274,25 @@ impl Actor {
                     .await;
             }
             self.m.metrics.remove_device(&self.settings.name);
+        }
+    }
+
+    /// Registers the command topics with the current session and publishes
+    /// the retained `$meta` (and `$state`, once known) there.
+    async fn announce(&self, meta: &Bytes, inbox: &mpsc::Sender<Inbound>) {
+        self.retain(self.topics.meta.clone(), meta.clone()).await;
+        if let Some(online) = self.online {
+            let payload: &'static [u8] = if online { b"online" } else { b"offline" };
+            self.retain(self.topics.status.clone(), Bytes::from_static(payload))
+                .await;
+        }
+        for topic in [&self.topics.set, &self.topics.get] {
+            self.session
+                .send(SessionInput::Route {
+                    topic: topic.clone(),
+                    to: inbox.clone(),
+                })
+                .await;
         }
     }
 

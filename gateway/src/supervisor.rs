@@ -37,27 +37,23 @@ pub struct DiffSummary {
     pub removed: Vec<String>,
     /// Devices left running untouched.
     pub unchanged: Vec<String>,
+    /// Devices left running but moved to another MQTT session.
+    pub moved: Vec<String>,
     /// Sessions (client ids) started.
     pub sessions_started: Vec<String>,
     /// Sessions (client ids) stopped.
     pub sessions_stopped: Vec<String>,
 }
 
-/// Equal when a device can keep running: same settings and same session options.
-fn same_device(
-    a: &DeviceSettings,
-    a_sess: &SessionSettings,
-    b: &DeviceSettings,
-    b_sess: &SessionSettings,
-) -> bool {
-    a_sess == b_sess
-        && DeviceSettings {
-            session: 0,
-            ..a.clone()
-        } == DeviceSettings {
-            session: 0,
-            ..b.clone()
-        }
+/// Equal when a device's driver can keep running: everything but the
+/// session it publishes through is the same.
+fn same_device(a: &DeviceSettings, b: &DeviceSettings) -> bool {
+    a.name == b.name
+        && a.driver == b.driver
+        && a.spec == b.spec
+        && a.properties == b.properties
+        && a.publish == b.publish
+        && a.message == b.message
 }
 
 impl Supervisor {
@@ -72,19 +68,16 @@ impl Supervisor {
         }
     }
 
-    /// The session settings a running device uses.
-    fn session_of(&self, device: &RunningDevice, old: &Resolved) -> Option<SessionSettings> {
-        old.sessions.get(device.settings.session).cloned()
-    }
-
     /// Moves the running topology from `old` (what runs now; empty at
     /// start-up) to `new`.
     pub async fn apply(&mut self, old: &Resolved, new: &Resolved) -> DiffSummary {
         let mut summary = DiffSummary::default();
 
-        // Decide per device.
+        // 1. Decide per running device: keep, move to another session,
+        //    restart, or remove.
         let mut stop: Vec<(RunningDevice, bool)> = Vec::new();
         let mut start: Vec<Arc<DeviceSettings>> = Vec::new();
+        let mut moving: Vec<String> = Vec::new();
         let new_by_name: HashMap<&str, &DeviceSettings> =
             new.devices.iter().map(|d| (d.name.as_str(), d)).collect();
         let names: Vec<String> = self.devices.keys().cloned().collect();
@@ -92,34 +85,30 @@ impl Supervisor {
             let Some(running) = self.devices.remove(&name) else {
                 continue;
             };
-            let old_sess = self.session_of(&running, old);
-            match new_by_name.get(name.as_str()) {
-                None => {
-                    summary.removed.push(name);
-                    stop.push((running, true));
+            let Some(next) = new_by_name.get(name.as_str()) else {
+                summary.removed.push(name);
+                stop.push((running, true));
+                continue;
+            };
+            let old_sess = old.sessions.get(running.settings.session);
+            let next_sess = new.sessions.get(next.session);
+            if same_device(&running.settings, next) {
+                let mut settings = (*running.settings).clone();
+                settings.session = next.session;
+                if old_sess == next_sess {
+                    summary.unchanged.push(name.clone());
+                } else {
+                    summary.moved.push(name.clone());
+                    moving.push(name.clone());
                 }
-                Some(next) => {
-                    let next_sess = new.sessions.get(next.session);
-                    let keep = match (old_sess.as_ref(), next_sess) {
-                        (Some(a), Some(b)) => same_device(&running.settings, a, next, b),
-                        _ => false,
-                    };
-                    if keep {
-                        summary.unchanged.push(name.clone());
-                        // Keep the new index into `new.sessions`.
-                        let mut settings = (*running.settings).clone();
-                        settings.session = next.session;
-                        self.devices
-                            .insert(name, running.with_settings(Arc::new(settings)));
-                    } else {
-                        // A new topic or session means the old retained topics go.
-                        let clear = running.settings.message.topic != next.message.topic
-                            || old_sess.as_ref() != next_sess;
-                        summary.changed.push(name);
-                        stop.push((running, clear));
-                        start.push(Arc::new((*next).clone()));
-                    }
-                }
+                self.devices
+                    .insert(name, running.with_settings(Arc::new(settings)));
+            } else {
+                // A new topic means the old retained topics go.
+                let clear = running.settings.message.topic != next.message.topic;
+                summary.changed.push(name);
+                stop.push((running, clear));
+                start.push(Arc::new((*next).clone()));
             }
         }
         for d in &new.devices {
@@ -129,17 +118,49 @@ impl Supervisor {
             }
         }
 
-        // Stop what goes, all at once; their sessions are still up.
-        futures_join_all(stop.into_iter().map(|(d, clear)| d.stop(clear))).await;
+        // 2. Stop what goes, all at once, while its session is still up.
+        join_all(stop.into_iter().map(|(d, clear)| d.stop(clear))).await;
 
-        // Sessions: start new ones, stop ones no longer used.
+        // 3. Start new sessions. One that replaces a session with the same
+        //    client id takes over its undelivered messages before connecting.
+        let mut successors = Vec::new();
         for s in &new.sessions {
-            if !self.sessions.contains_key(s) {
-                summary.sessions_started.push(s.client_id.clone());
-                let handle = mqtt::spawn(s.clone(), self.metrics.clone(), self.health.clone());
-                self.sessions.insert(s.clone(), handle);
+            if self.sessions.contains_key(s) {
+                continue;
+            }
+            summary.sessions_started.push(s.client_id.clone());
+            let replaces = self
+                .sessions
+                .keys()
+                .find(|o| o.client_id == s.client_id && !new.sessions.contains(o))
+                .cloned();
+            let handle = match replaces {
+                Some(o) => {
+                    let (handle, takeover) =
+                        mqtt::spawn_successor(s.clone(), self.metrics.clone(), self.health.clone());
+                    successors.push((o, takeover));
+                    handle
+                }
+                None => mqtt::spawn(s.clone(), self.metrics.clone(), self.health.clone()),
+            };
+            self.sessions.insert(s.clone(), handle);
+        }
+
+        // 4. Point moved devices at their new session.
+        for name in &moving {
+            if let Some(d) = self.devices.get(name) {
+                if let Some(h) = new
+                    .sessions
+                    .get(d.settings.session)
+                    .and_then(|s| self.sessions.get(s))
+                {
+                    d.move_to(h.clone());
+                }
             }
         }
+
+        // 5. Retire sessions no longer used: hand over to a successor, or
+        //    stop cleanly.
         let gone: Vec<SessionSettings> = self
             .sessions
             .keys()
@@ -147,13 +168,21 @@ impl Supervisor {
             .cloned()
             .collect();
         for s in gone {
-            if let Some(handle) = self.sessions.remove(&s) {
-                summary.sessions_stopped.push(s.client_id.clone());
-                handle.stop(SESSION_STOP_DEADLINE).await;
+            let Some(handle) = self.sessions.remove(&s) else {
+                continue;
+            };
+            summary.sessions_stopped.push(s.client_id.clone());
+            match successors.iter().position(|(o, _)| *o == s) {
+                Some(i) => {
+                    let (_, takeover) = successors.swap_remove(i);
+                    let left = handle.hand_over(SESSION_STOP_DEADLINE).await;
+                    let _ = takeover.send(left);
+                }
+                None => handle.stop(SESSION_STOP_DEADLINE).await,
             }
         }
 
-        // Start what is new or changed.
+        // 6. Start what is new or changed.
         for settings in start {
             let Some(session) = new
                 .sessions
@@ -176,14 +205,14 @@ impl Supervisor {
     /// publishes its will payload, flushes and disconnects.
     pub async fn shutdown(&mut self) {
         let devices: Vec<RunningDevice> = self.devices.drain().map(|(_, d)| d).collect();
-        futures_join_all(devices.into_iter().map(|d| d.stop(false))).await;
+        join_all(devices.into_iter().map(|d| d.stop(false))).await;
         let sessions: Vec<SessionHandle> = self.sessions.drain().map(|(_, s)| s).collect();
-        futures_join_all(sessions.into_iter().map(|s| s.stop(SESSION_STOP_DEADLINE))).await;
+        join_all(sessions.into_iter().map(|s| s.stop(SESSION_STOP_DEADLINE))).await;
     }
 }
 
 /// Awaits all futures concurrently (each on its own task).
-async fn futures_join_all<F>(futs: impl IntoIterator<Item = F>)
+async fn join_all<F>(futs: impl IntoIterator<Item = F>)
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {

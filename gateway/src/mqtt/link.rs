@@ -160,7 +160,7 @@ pub struct Link {
 }
 
 /// Creates the client for `settings` and starts its connection task; the
-/// first connection attempt starts at once.
+/// first connection attempt waits for the first permit.
 pub fn open(settings: &SessionSettings) -> Link {
     let ServerAddress::Tcp { host, port } = &settings.server;
     let (events_tx, events) = mpsc::channel(1024);
@@ -228,6 +228,9 @@ async fn drive_v4(
     mut permits: mpsc::Receiver<()>,
 ) {
     use rumqttc::{Event, Outgoing, Packet};
+    if permits.recv().await.is_none() {
+        return;
+    }
     loop {
         let ev = match el.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => Some(NetEvent::Connected {
@@ -276,6 +279,9 @@ async fn drive_v5(
     use rumqttc::v5::mqttbytes::v5::Packet;
     use rumqttc::v5::Event;
     use rumqttc::Outgoing;
+    if permits.recv().await.is_none() {
+        return;
+    }
     loop {
         let ev = match el.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => Some(NetEvent::Connected {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-pub use session::spawn;
+pub use session::{spawn, spawn_successor};
 
 /// A message to publish.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,13 +70,30 @@ pub enum SessionInput {
     },
 }
 
+/// How a session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Publish the will payload, flush, disconnect: the gateway is stopping.
+    Clean,
+    /// Disconnect quietly and hand the undelivered messages to a successor
+    /// session (client options changed on reload).
+    Handover,
+}
+
+/// A stop request and where the undelivered messages go.
+#[derive(Debug)]
+pub struct StopRequest {
+    mode: StopMode,
+    done: oneshot::Sender<Vec<OutMsg>>,
+}
+
 /// A running session: send it [`SessionInput`]s; stop it with [`SessionHandle::stop`].
 #[derive(Clone)]
 pub struct SessionHandle {
     /// The session's client id.
     pub client_id: Arc<str>,
     tx: mpsc::Sender<SessionInput>,
-    stop: mpsc::Sender<oneshot::Sender<()>>,
+    stop: mpsc::Sender<StopRequest>,
 }
 
 impl SessionHandle {
@@ -103,9 +120,22 @@ impl SessionHandle {
     /// Publishes the clean-stop will payload, flushes what the outbox holds
     /// while connected (bounded by `deadline`), disconnects and ends the task.
     pub async fn stop(self, deadline: std::time::Duration) {
-        let (done_tx, done_rx) = oneshot::channel();
-        if self.stop.send(done_tx).await.is_ok() {
-            let _ = tokio::time::timeout(deadline, done_rx).await;
+        self.end(StopMode::Clean, deadline).await;
+    }
+
+    /// Ends the session quietly and returns what it had not delivered yet,
+    /// oldest first, for its successor.
+    pub async fn hand_over(self, deadline: std::time::Duration) -> Vec<OutMsg> {
+        self.end(StopMode::Handover, deadline).await
+    }
+
+    async fn end(self, mode: StopMode, deadline: std::time::Duration) -> Vec<OutMsg> {
+        let (done, done_rx) = oneshot::channel();
+        if self.stop.send(StopRequest { mode, done }).await.is_ok() {
+            if let Ok(Ok(left)) = tokio::time::timeout(deadline, done_rx).await {
+                return left;
+            }
         }
+        Vec::new()
     }
 }

@@ -23,6 +23,9 @@ struct Entry {
     stage: Stage,
 }
 
+/// Ids start high so a predecessor's messages can be prepended below them.
+const FIRST_ID: u64 = 1 << 40;
+
 /// A bounded, ordered store of outgoing messages.
 ///
 /// Ids are consecutive: the entry with id `front_id + i` is at index `i`.
@@ -46,8 +49,8 @@ impl Outbox {
     pub fn new(capacity: usize) -> Self {
         Self {
             entries: VecDeque::new(),
-            front_id: 0,
-            cursor: 0,
+            front_id: FIRST_ID,
+            cursor: FIRST_ID,
             capacity: capacity.max(1),
             bytes: 0,
             dropped: 0,
@@ -96,6 +99,46 @@ impl Outbox {
             stage: Stage::Queued,
         });
         dropped
+    }
+
+    /// Puts older messages (a predecessor session's) in front of what is
+    /// queued, keeping the capacity bound by dropping the oldest. Only valid
+    /// before anything was handed out. Returns how many were dropped.
+    pub fn prepend(&mut self, older: Vec<OutMsg>) -> u64 {
+        let room = self.capacity.saturating_sub(self.entries.len());
+        let skip = older.len().saturating_sub(room);
+        let mut dropped = skip as u64;
+        for msg in older.into_iter().skip(skip).rev() {
+            self.bytes += msg.payload.len();
+            self.entries.push_front(Entry {
+                msg,
+                stage: Stage::Queued,
+            });
+            self.front_id -= 1;
+        }
+        self.cursor = self.front_id;
+        while self.entries.len() > self.capacity {
+            self.pop_front();
+            dropped += 1;
+        }
+        self.dropped += dropped;
+        dropped
+    }
+
+    /// Everything not yet confirmed, oldest first; empties the outbox.
+    pub fn drain_unconfirmed(&mut self) -> Vec<OutMsg> {
+        self.front_id += self.entries.len() as u64;
+        self.cursor = self.front_id;
+        let left = self
+            .entries
+            .drain(..)
+            .filter(|e| e.stage != Stage::Done)
+            .map(|e| e.msg)
+            .collect();
+        self.bytes = 0;
+        self.handed.clear();
+        self.by_pkid.clear();
+        left
     }
 
     fn pop_front(&mut self) {
@@ -292,6 +335,37 @@ mod tests {
         o.on_written(5);
         o.on_acked(5);
         assert!(o.is_empty());
+    }
+
+    #[test]
+    fn prepend_puts_a_predecessors_messages_first_within_capacity() {
+        let mut o = Outbox::new(4);
+        o.push(msg(10, 1));
+        o.push(msg(11, 1));
+        let dropped = o.prepend(vec![msg(1, 1), msg(2, 1), msg(3, 1)]);
+        assert_eq!(dropped, 1);
+        let all: Vec<_> = std::iter::from_fn(|| hand(&mut o)).collect();
+        assert_eq!(all, vec!["2", "3", "10", "11"]);
+    }
+
+    #[test]
+    fn drain_returns_unconfirmed_in_order() {
+        let mut o = Outbox::new(10);
+        for n in 1..=3 {
+            o.push(msg(n, 1));
+            hand(&mut o);
+            o.on_written(n as u16);
+        }
+        o.on_acked(2);
+        let left: Vec<_> = o
+            .drain_unconfirmed()
+            .into_iter()
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+            .collect();
+        assert_eq!(left, vec!["1", "3"]);
+        assert!(o.is_empty());
+        o.push(msg(4, 0));
+        assert_eq!(hand(&mut o).as_deref(), Some("4"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::deadline::sleep_until_opt;
 
 use super::link::{self, LinkClient, NetEvent, WINDOW};
 use super::outbox::Outbox;
-use super::{Inbound, OutMsg, SessionHandle, SessionInput};
+use super::{Inbound, OutMsg, SessionHandle, SessionInput, StopMode, StopRequest};
 use crate::config::resolved::SessionSettings;
 use crate::telemetry::{Health, Metrics};
 
@@ -26,14 +26,35 @@ const FIRST_RECONNECT: Duration = Duration::from_secs(1);
 /// between broker and gateway.
 const COMMAND_QOS: u8 = 1;
 
-/// Starts a session task for `settings`.
+/// Starts a session task for `settings`; it connects at once.
 pub fn spawn(settings: SessionSettings, metrics: Metrics, health: Health) -> SessionHandle {
+    start(settings, metrics, health, None)
+}
+
+/// Starts a session that takes messages at once but connects only when its
+/// predecessor's undelivered messages arrive on the returned sender (they
+/// go in front of its own, in order).
+pub fn spawn_successor(
+    settings: SessionSettings,
+    metrics: Metrics,
+    health: Health,
+) -> (SessionHandle, oneshot::Sender<Vec<OutMsg>>) {
+    let (tx, rx) = oneshot::channel();
+    (start(settings, metrics, health, Some(rx)), tx)
+}
+
+fn start(
+    settings: SessionSettings,
+    metrics: Metrics,
+    health: Health,
+    predecessor: Option<oneshot::Receiver<Vec<OutMsg>>>,
+) -> SessionHandle {
     let (tx, rx) = mpsc::channel(1024);
     let (stop_tx, stop_rx) = mpsc::channel(1);
     let client_id: Arc<str> = settings.client_id.as_str().into();
     let link = link::open(&settings);
     let session = Session::new(settings, link.client.clone(), metrics, health);
-    tokio::spawn(session.run(link, rx, stop_rx));
+    tokio::spawn(session.run(link, rx, stop_rx, predecessor));
     SessionHandle {
         client_id,
         tx,
@@ -100,9 +121,13 @@ impl Session {
         mut self,
         mut link: link::Link,
         mut inputs: mpsc::Receiver<SessionInput>,
-        mut stop: mpsc::Receiver<oneshot::Sender<()>>,
+        mut stop: mpsc::Receiver<StopRequest>,
+        mut predecessor: Option<oneshot::Receiver<Vec<OutMsg>>>,
     ) {
-        let done = loop {
+        if predecessor.is_none() {
+            let _ = link.permits.try_send(());
+        }
+        let request = loop {
             let reconnect_at = self.reconnect_at;
             tokio::select! {
                 ev = link.events.recv() => match ev {
@@ -113,7 +138,18 @@ impl Session {
                     Some(input) => self.on_input(input),
                     None => break None,
                 },
-                done = stop.recv() => break done,
+                request = stop.recv() => break request,
+                older = recv_predecessor(&mut predecessor) => {
+                    predecessor = None;
+                    let older = older.unwrap_or_default();
+                    if !older.is_empty() {
+                        tracing::info!(session = %self.id(), "taking over {} undelivered message(s)", older.len());
+                    }
+                    let dropped = self.outbox.prepend(older);
+                    self.count_dropped(dropped);
+                    self.update_store_gauges();
+                    let _ = link.permits.try_send(());
+                }
                 _ = sleep_until_opt(reconnect_at) => {
                     self.reconnect_at = None;
                     tracing::debug!(session = %self.id(), "reconnecting");
@@ -122,24 +158,35 @@ impl Session {
             }
             self.feed();
         };
-        self.shutdown(&mut link, &mut inputs).await;
+        let mode = request.as_ref().map_or(StopMode::Clean, |r| r.mode);
+        let left = self.shutdown(&mut link, &mut inputs, mode).await;
         link.task.abort();
         self.metrics
             .mqtt_connected
             .with_label_values(&[&self.settings.client_id])
             .set(0);
         self.health.clear(&health_key(&self.settings.client_id));
-        if let Some(done) = done {
-            let _ = done.send(());
+        if let Some(request) = request {
+            let _ = request.done.send(left);
         }
     }
 
     /// Clean stop: the will payload on the will topic, flush while
-    /// connected, then DISCONNECT. The caller bounds the time.
-    async fn shutdown(&mut self, link: &mut link::Link, inputs: &mut mpsc::Receiver<SessionInput>) {
+    /// connected, then DISCONNECT. Handover: DISCONNECT at once and return
+    /// what is undelivered. The caller bounds the time.
+    async fn shutdown(
+        &mut self,
+        link: &mut link::Link,
+        inputs: &mut mpsc::Receiver<SessionInput>,
+        mode: StopMode,
+    ) -> Vec<OutMsg> {
         // Take what devices sent last (their `offline` states).
         while let Ok(input) = inputs.try_recv() {
             self.on_input(input);
+        }
+        if mode == StopMode::Handover {
+            self.disconnect(link).await;
+            return self.outbox.drain_unconfirmed();
         }
         let will = &self.settings.will;
         self.outbox.push(OutMsg {
@@ -161,6 +208,19 @@ impl Session {
             }
             self.feed();
         }
+        self.disconnect(link).await;
+        let left = self.outbox.len();
+        if left > 0 {
+            tracing::warn!(
+                session = %self.id(),
+                "stopping with {left} message(s) not delivered (broker unreachable)"
+            );
+        }
+        Vec::new()
+    }
+
+    /// Sends DISCONNECT when connected and waits briefly for it to be written.
+    async fn disconnect(&mut self, link: &mut link::Link) {
         if self.connected && self.client.try_disconnect().is_ok() {
             let flushed = tokio::time::timeout(Duration::from_secs(1), async {
                 while let Some(ev) = link.events.recv().await {
@@ -174,13 +234,7 @@ impl Session {
                 tracing::debug!(session = %self.id(), "no DISCONNECT confirmation");
             }
         }
-        let left = self.outbox.len();
-        if left > 0 {
-            tracing::warn!(
-                session = %self.id(),
-                "stopping with {left} message(s) not delivered (broker unreachable)"
-            );
-        }
+        self.connected = false;
     }
 
     fn on_input(&mut self, input: SessionInput) {
@@ -223,6 +277,11 @@ impl Session {
 
     fn store(&mut self, msg: OutMsg) {
         let dropped = self.outbox.push(msg);
+        self.count_dropped(dropped);
+        self.update_store_gauges();
+    }
+
+    fn count_dropped(&mut self, dropped: u64) {
         if dropped > 0 {
             self.metrics
                 .mqtt_dropped
@@ -238,7 +297,6 @@ impl Session {
                 self.dropped_reported = total;
             }
         }
-        self.update_store_gauges();
     }
 
     fn update_store_gauges(&self) {
@@ -387,4 +445,13 @@ impl Session {
 
 fn health_key(client_id: &str) -> String {
     format!("mqtt:{client_id}")
+}
+
+async fn recv_predecessor(
+    rx: &mut Option<oneshot::Receiver<Vec<OutMsg>>>,
+) -> Result<Vec<OutMsg>, oneshot::error::RecvError> {
+    match rx {
+        Some(rx) => rx.await,
+        None => std::future::pending().await,
+    }
 }
