@@ -110,9 +110,20 @@ impl Fan {
 #[derive(Debug)]
 enum Slot {
     Fixed(Value),
-    Counter { next: f64, start: f64, step: f64 },
-    Sine { min: f64, max: f64, period: Duration },
-    Random { min: f64, max: f64 },
+    Counter {
+        next: f64,
+        start: f64,
+        step: f64,
+    },
+    Sine {
+        min: f64,
+        max: f64,
+        period: Duration,
+    },
+    Random {
+        min: f64,
+        max: f64,
+    },
     FanOn,
     FanGear,
     FanSpeed,
@@ -356,7 +367,10 @@ mod tests {
         )]));
         let now = Instant::now();
         let got: Vec<_> = (0..3).map(|_| sim.read(0, now).unwrap()).collect();
-        assert_eq!(got, vec![Value::Uint(254), Value::Uint(255), Value::Uint(254)]);
+        assert_eq!(
+            got,
+            vec![Value::Uint(254), Value::Uint(255), Value::Uint(254)]
+        );
     }
 
     #[test]
@@ -399,19 +413,35 @@ mod tests {
         sim.write(1, Value::Uint(1), t0).unwrap();
         assert_eq!(sim.read(2, t0).unwrap(), Value::Int(100));
         // Off: no climbing.
-        assert_eq!(sim.read(2, t0 + Duration::from_secs(10)).unwrap(), Value::Int(100));
+        assert_eq!(
+            sim.read(2, t0 + Duration::from_secs(10)).unwrap(),
+            Value::Int(100)
+        );
         let t1 = t0 + Duration::from_secs(10);
         sim.write(0, Value::Bool(true), t1).unwrap();
         // Middle gear: +1 every 2 s.
-        assert_eq!(sim.read(2, t1 + Duration::from_secs(7)).unwrap(), Value::Int(103));
+        assert_eq!(
+            sim.read(2, t1 + Duration::from_secs(7)).unwrap(),
+            Value::Int(103)
+        );
         // Capped at 200.
-        assert_eq!(sim.read(2, t1 + Duration::from_secs(1000)).unwrap(), Value::Int(200));
+        assert_eq!(
+            sim.read(2, t1 + Duration::from_secs(1000)).unwrap(),
+            Value::Int(200)
+        );
         let t2 = t1 + Duration::from_secs(1000);
         sim.write(1, Value::Uint(2), t2).unwrap();
         assert_eq!(sim.read(2, t2).unwrap(), Value::Int(200));
-        assert_eq!(sim.read(2, t2 + Duration::from_secs(5)).unwrap(), Value::Int(205));
-        sim.write(1, Value::Uint(0), t2 + Duration::from_secs(5)).unwrap();
-        assert_eq!(sim.read(2, t2 + Duration::from_secs(5)).unwrap(), Value::Int(0));
+        assert_eq!(
+            sim.read(2, t2 + Duration::from_secs(5)).unwrap(),
+            Value::Int(205)
+        );
+        sim.write(1, Value::Uint(0), t2 + Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(
+            sim.read(2, t2 + Duration::from_secs(5)).unwrap(),
+            Value::Int(0)
+        );
         assert!(sim.write(1, Value::Uint(7), t2).is_err());
     }
 

@@ -278,7 +278,13 @@ mod tests {
     #[test]
     fn backoff_doubles_within_jitter_and_caps() {
         let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
-        let bounds = [(500, 1000), (1000, 2000), (2000, 4000), (4000, 8000), (4000, 8000)];
+        let bounds = [
+            (500, 1000),
+            (1000, 2000),
+            (2000, 4000),
+            (4000, 8000),
+            (4000, 8000),
+        ];
         for (lo, hi) in bounds {
             let d = b.next_delay().as_millis() as u64;
             assert!((lo..=hi).contains(&d), "{d} not in {lo}..={hi}");

@@ -1,9 +1,14 @@
 //! Modbus driver: TCP, RTU and RTU-over-TCP transports, read planner, codecs
 //! and the per-bus scheduler.
 
-use std::time::Duration;
+pub mod bus;
+pub mod codec;
+pub mod plan;
+pub mod transport;
 
-use crate::{DeviceLink, DeviceSpec};
+pub use bus::BusRegistry;
+
+use crate::{Connection, DeviceSpec};
 
 /// How the bus is reached.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -114,22 +119,14 @@ pub struct RegisterAddress {
     pub byte: ByteSelect,
 }
 
-/// The buses in use, keyed by transport; each runs one task.
-#[derive(Default, Clone)]
-pub struct BusRegistry {}
-
-impl BusRegistry {
-    /// Attaches a device to its bus (opening the bus if needed) and serves it
-    /// until cancelled.
-    pub async fn run_device(&self, spec: DeviceSpec, link: DeviceLink) {
-        let _ = (spec, link, Duration::ZERO);
-        unimplemented!("modbus bus scheduler")
-    }
-}
-
 /// Human-readable read plan of a Modbus device for `fieldgate check`: one
 /// line per request of a poll cycle, plus a summary line first.
 pub fn describe_plan(spec: &DeviceSpec) -> Vec<String> {
-    let _ = spec;
-    todo!("modbus read planner")
+    match &spec.connection {
+        Connection::Modbus(conn) => {
+            plan::Plan::for_device(spec, conn.max_registers_per_read, conn.max_gap).describe(spec)
+        }
+        #[allow(unreachable_patterns)]
+        _ => Vec::new(),
+    }
 }
