@@ -53,6 +53,8 @@ struct WriteItem {
     address: Option<super::RegisterAddress>,
     writable: bool,
     value: Value,
+    /// False when the index names no property of the device.
+    exists: bool,
 }
 
 /// What a device asks its bus to do.
@@ -381,6 +383,9 @@ impl Bus {
         write: WriteItem,
     ) -> Result<(), DriverError> {
         let rejected = |m: String| DriverError::new(ErrorKind::Rejected, m);
+        if !write.exists {
+            return Err(DriverError::new(ErrorKind::NotFound, "no such property"));
+        }
         let Some(address) = write.address else {
             return Err(rejected("not a Modbus property".into()));
         };
@@ -621,11 +626,7 @@ impl DeviceLoop {
                     return false;
                 }
             }
-        } else {
-            let err = cycle
-                .failure
-                .clone()
-                .unwrap_or_else(|| DriverError::new(ErrorKind::Io, "no answer"));
+        } else if let Some(err) = cycle.failure.clone() {
             if err.kind == ErrorKind::Timeout && cause == ReadCause::Poll {
                 // A silent unit is skipped for a while so it costs its
                 // neighbours on the bus at most one timeout per attempt.
@@ -640,9 +641,6 @@ impl DeviceLoop {
                 if !self.emit(link, DeviceEvent::Offline(err)).await {
                     return false;
                 }
-            }
-            if cause == ReadCause::Poll {
-                return true;
             }
         }
         let readings = Readings {
@@ -672,12 +670,14 @@ impl DeviceLoop {
                     },
                     writable: p.writable,
                     value,
+                    exists: true,
                 },
                 None => WriteItem {
                     data_type: DataType::Bool,
                     address: None,
                     writable: false,
                     value,
+                    exists: false,
                 },
             })
             .collect();

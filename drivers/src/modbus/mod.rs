@@ -130,3 +130,52 @@ pub fn describe_plan(spec: &DeviceSpec) -> Vec<String> {
         _ => Vec::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DataType, PropertyAddress, PropertySpec};
+    use std::time::Duration;
+
+    fn device(connection: Connection) -> DeviceSpec {
+        DeviceSpec {
+            name: "d".into(),
+            sync_interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            connection,
+            properties: vec![PropertySpec {
+                name: "serial".into(),
+                data_type: DataType::String,
+                writable: false,
+                address: PropertyAddress::Modbus(RegisterAddress {
+                    kind: RegisterKind::Input,
+                    address: 20,
+                    bit: None,
+                    quantity: Some(8),
+                    byte_order: ByteOrder::Abcd,
+                    byte: ByteSelect::Low,
+                }),
+            }],
+        }
+    }
+
+    #[test]
+    fn describe_plan_summarises_then_lists_requests() {
+        let spec = device(Connection::Modbus(ModbusConnection {
+            transport: Transport::Tcp {
+                endpoint: "127.0.0.1:502".into(),
+            },
+            unit_id: 1,
+            max_registers_per_read: 125,
+            max_gap: 10,
+        }));
+        assert_eq!(
+            describe_plan(&spec),
+            vec![
+                "read plan: 1 request per cycle (input 20..=27)".to_string(),
+                "  FC4 input 20..=27 (8 registers): serial".to_string(),
+            ]
+        );
+        assert!(describe_plan(&device(Connection::Dummy)).is_empty());
+    }
+}
