@@ -27,6 +27,8 @@ const QUEUE_DEPTH: usize = 64;
 const RECONNECT_INITIAL: Duration = Duration::from_millis(500);
 /// Longest reconnect delay of a bus.
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// How often (in cycles) a plan split after exceptions is merged again.
+const REMERGE_EVERY: u32 = 100;
 /// Longest pause of a unit that timed out on a whole cycle.
 const UNIT_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
@@ -181,6 +183,8 @@ struct Bus {
     last_error: Option<DriverError>,
     gap: Option<Duration>,
     last_frame: Option<Instant>,
+    /// The exception code of the last transaction, if it got one.
+    last_exception: Option<ExceptionCode>,
 }
 
 impl Bus {
@@ -197,6 +201,7 @@ impl Bus {
             last_error: None,
             gap,
             last_frame: None,
+            last_exception: None,
         }
     }
 
@@ -271,6 +276,10 @@ impl Bus {
         ctx.set_slave(Slave(unit));
         let result = tokio::time::timeout(timeout, ctx.call(request)).await;
         self.last_frame = Some(Instant::now());
+        self.last_exception = match &result {
+            Ok(Ok(Err(code))) => Some(*code),
+            _ => None,
+        };
         match result {
             Err(_) => Err(DriverError::timeout(timeout)),
             Ok(Ok(Ok(response))) => Ok(response),
@@ -285,6 +294,9 @@ impl Bus {
             Ok(Err(tokio_modbus::Error::Transport(e)))
                 if e.kind() == std::io::ErrorKind::InvalidData =>
             {
+                // The framed reader stops after a decode error: start afresh.
+                self.conn = None;
+                self.retry_at = None;
                 Err(DriverError::new(
                     ErrorKind::Decode,
                     format!("bad frame (CRC or framing): {e}"),
@@ -325,7 +337,27 @@ impl Bus {
                     i += 1;
                 }
                 Err(e) if e.kind == ErrorKind::Exception => {
-                    answered = true;
+                    match self.last_exception {
+                        // A gateway whose target does not answer: as silent
+                        // as a timeout.
+                        Some(
+                            ExceptionCode::GatewayPathUnavailable
+                            | ExceptionCode::GatewayTargetDevice,
+                        ) => {
+                            fail_items(&mut values, request, &e);
+                            failure = Some(e);
+                            i += 1;
+                            continue;
+                        }
+                        // Transient: the request itself is fine.
+                        Some(ExceptionCode::Acknowledge | ExceptionCode::ServerDeviceBusy) => {
+                            answered = true;
+                            fail_items(&mut values, request, &e);
+                            i += 1;
+                            continue;
+                        }
+                        _ => answered = true,
+                    }
                     if plan.split_at(i) {
                         debug!(unit, error = %e, "splitting refused read request");
                         continue;
@@ -520,6 +552,9 @@ struct DeviceLoop {
     spec: DeviceSpec,
     unit: u8,
     plan: Option<Plan>,
+    /// The merged plan, restored every [`REMERGE_EVERY`] cycles after splits.
+    merged: Plan,
+    cycles: u32,
     attachment: Attachment,
     online: Option<bool>,
     offline_reason: Option<String>,
@@ -533,7 +568,9 @@ impl DeviceLoop {
         let initial = spec.sync_interval.max(Duration::from_millis(100));
         Self {
             unit: conn.unit_id,
+            merged: plan.clone(),
             plan: Some(plan),
+            cycles: 0,
             attachment,
             online: None,
             offline_reason: None,
@@ -605,9 +642,14 @@ impl DeviceLoop {
     }
 
     async fn read(&mut self, link: &DeviceLink, cause: ReadCause) -> bool {
-        let Some(plan) = self.plan.take() else {
+        let Some(mut plan) = self.plan.take() else {
             return false;
         };
+        self.cycles = self.cycles.wrapping_add(1);
+        if self.cycles % REMERGE_EVERY == 0 && plan != self.merged {
+            // Refusals may have been temporary: try the merged reads again.
+            plan = self.merged.clone();
+        }
         let Some(Done::Read(plan, cycle)) = self
             .submit(link, Work::Read(plan), cause == ReadCause::Forced)
             .await
