@@ -646,7 +646,7 @@ impl DeviceLoop {
             return false;
         };
         self.cycles = self.cycles.wrapping_add(1);
-        if self.cycles % REMERGE_EVERY == 0 && plan != self.merged {
+        if self.cycles.is_multiple_of(REMERGE_EVERY) && plan != self.merged {
             // Refusals may have been temporary: try the merged reads again.
             plan = self.merged.clone();
         }
