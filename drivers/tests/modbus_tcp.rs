@@ -392,3 +392,47 @@ async fn the_bus_closes_with_its_last_device() {
     b.stop().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_write_the_device_refuses_stops_the_batch() {
+    let storage = Storage::with(|t| {
+        t.holding.insert(0, 1);
+    });
+    let server = tcp_server(storage.clone(), "127.0.0.1:0").await;
+    let props = vec![
+        prop("ok", DataType::Uint16, reg(Holding, 0)),
+        prop("missing", DataType::Uint16, reg(Holding, 50)),
+    ];
+    let buses = Buses::new();
+    let mut dev = start(
+        spec("plc", tcp(server.addr), 1, NEVER, TIMEOUT, props),
+        &buses,
+    );
+    dev.next_readings().await;
+    let outcome = write(
+        &dev,
+        vec![
+            (0, Value::Uint(5)),
+            (1, Value::Uint(6)),
+            (0, Value::Uint(7)),
+        ],
+    )
+    .await;
+    assert_eq!(outcome.applied, 1);
+    let (at, err) = outcome.failed.unwrap();
+    assert_eq!(at, 1);
+    assert_eq!(err.kind, ErrorKind::Exception);
+    assert_eq!(err.message, "illegal data address (2)");
+    assert_eq!(storage.holding(0), Some(5));
+    let r = dev.next_readings().await;
+    assert_eq!(r.cause, ReadCause::Forced);
+    assert_eq!(
+        values(&r),
+        vec![
+            Ok(Value::Uint(5)),
+            Err("illegal data address (2)".to_string())
+        ]
+    );
+    dev.stop().await;
+    server.stop().await;
+}
