@@ -242,8 +242,9 @@ impl Bus {
             match connect(&self.transport, timeout).await {
                 Ok(ctx) => {
                     info!(bus = %describe(&self.transport), "connected");
+                    // The backoff is reset by the first answer, so a peer
+                    // that accepts and then drops us is still retried slowly.
                     self.conn = Some(ctx);
-                    self.backoff.reset();
                     self.retry_at = None;
                     self.last_error = None;
                 }
@@ -280,6 +281,9 @@ impl Bus {
             Ok(Ok(Err(code))) => Some(*code),
             _ => None,
         };
+        if let Ok(Ok(_)) = &result {
+            self.backoff.reset();
+        }
         match result {
             Err(_) => Err(DriverError::timeout(timeout)),
             Ok(Ok(Ok(response))) => Ok(response),
@@ -304,12 +308,11 @@ impl Bus {
             }
             Ok(Err(tokio_modbus::Error::Transport(e))) => {
                 warn!(bus = %describe(&self.transport), error = %e, "connection lost");
+                let err = DriverError::new(ErrorKind::Io, format!("connection lost: {e}"));
                 self.conn = None;
-                self.retry_at = None;
-                Err(DriverError::new(
-                    ErrorKind::Io,
-                    format!("connection lost: {e}"),
-                ))
+                self.retry_at = Some(Instant::now() + self.backoff.next_delay());
+                self.last_error = Some(err.clone());
+                Err(err)
             }
         }
     }

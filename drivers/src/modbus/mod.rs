@@ -1,5 +1,17 @@
 //! Modbus driver: TCP, RTU and RTU-over-TCP transports, read planner, codecs
 //! and the per-bus scheduler.
+//!
+//! - `codec`: values ⇄ registers per type and byte order. 16-bit values swap
+//!   their bytes under BADC/DCBA; strings and bytes are never reordered.
+//! - `plan`: merged reads per data table; a request refused with an exception
+//!   (other than busy/acknowledge/gateway) is split in halves down to single
+//!   properties; the merged plan is tried again every 100 cycles.
+//! - `transport`: TCP, RTU (3.5-character gap between frames), RTU over TCP.
+//! - `bus`: one task per transport, one transaction in flight, writes and
+//!   forced reads ahead of polls. A cycle stops at the first timeout or I/O
+//!   failure (the rest of its properties get that error); a unit that gave
+//!   no answer at all is offline and, after a timeout, skipped with backoff.
+//!   Bits and bytes of a register are written read-modify-write (FC3, FC6).
 
 pub mod bus;
 pub mod codec;
