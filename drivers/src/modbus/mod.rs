@@ -1,9 +1,26 @@
 //! Modbus driver: TCP, RTU and RTU-over-TCP transports, read planner, codecs
 //! and the per-bus scheduler.
+//!
+//! - `codec`: values ⇄ registers per type and byte order. 16-bit values swap
+//!   their bytes under BADC/DCBA; strings and bytes are never reordered.
+//! - `plan`: merged reads per data table; a request refused with an exception
+//!   (other than busy/acknowledge/gateway) is split in halves down to single
+//!   properties; the merged plan is tried again every 100 cycles.
+//! - `transport`: TCP, RTU (3.5-character gap between frames), RTU over TCP.
+//! - `bus`: one task per transport, one transaction in flight, writes and
+//!   forced reads ahead of polls. A cycle stops at the first timeout or I/O
+//!   failure (the rest of its properties get that error); a unit that gave
+//!   no answer at all is offline and, after a timeout, skipped with backoff.
+//!   Bits and bytes of a register are written read-modify-write (FC3, FC6).
 
-use std::time::Duration;
+pub mod bus;
+pub mod codec;
+pub mod plan;
+pub mod transport;
 
-use crate::{DeviceLink, DeviceSpec};
+pub use bus::BusRegistry;
+
+use crate::{Connection, DeviceSpec};
 
 /// How the bus is reached.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -114,22 +131,63 @@ pub struct RegisterAddress {
     pub byte: ByteSelect,
 }
 
-/// The buses in use, keyed by transport; each runs one task.
-#[derive(Default, Clone)]
-pub struct BusRegistry {}
-
-impl BusRegistry {
-    /// Attaches a device to its bus (opening the bus if needed) and serves it
-    /// until cancelled.
-    pub async fn run_device(&self, spec: DeviceSpec, link: DeviceLink) {
-        let _ = (spec, link, Duration::ZERO);
-        unimplemented!("modbus bus scheduler")
-    }
-}
-
 /// Human-readable read plan of a Modbus device for `fieldgate check`: one
 /// line per request of a poll cycle, plus a summary line first.
 pub fn describe_plan(spec: &DeviceSpec) -> Vec<String> {
-    let _ = spec;
-    todo!("modbus read planner")
+    match &spec.connection {
+        Connection::Modbus(conn) => {
+            plan::Plan::for_device(spec, conn.max_registers_per_read, conn.max_gap).describe(spec)
+        }
+        #[allow(unreachable_patterns)]
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DataType, PropertyAddress, PropertySpec};
+    use std::time::Duration;
+
+    fn device(connection: Connection) -> DeviceSpec {
+        DeviceSpec {
+            name: "d".into(),
+            sync_interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            connection,
+            properties: vec![PropertySpec {
+                name: "serial".into(),
+                data_type: DataType::String,
+                writable: false,
+                address: PropertyAddress::Modbus(RegisterAddress {
+                    kind: RegisterKind::Input,
+                    address: 20,
+                    bit: None,
+                    quantity: Some(8),
+                    byte_order: ByteOrder::Abcd,
+                    byte: ByteSelect::Low,
+                }),
+            }],
+        }
+    }
+
+    #[test]
+    fn describe_plan_summarises_then_lists_requests() {
+        let spec = device(Connection::Modbus(ModbusConnection {
+            transport: Transport::Tcp {
+                endpoint: "127.0.0.1:502".into(),
+            },
+            unit_id: 1,
+            max_registers_per_read: 125,
+            max_gap: 10,
+        }));
+        assert_eq!(
+            describe_plan(&spec),
+            vec![
+                "read plan: 1 request per cycle (input 20..=27)".to_string(),
+                "  FC4 input 20..=27 (8 registers): serial".to_string(),
+            ]
+        );
+        assert!(describe_plan(&device(Connection::Dummy)).is_empty());
+    }
 }
