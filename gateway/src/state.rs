@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::config::resolved::{DeviceSettings, PropertySemantics, PublishPolicy};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// Error text published for a NaN or infinite reading.
 const NOT_FINITE: &str = "value is not finite";
