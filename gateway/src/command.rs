@@ -1,7 +1,8 @@
 //! `$set` commands: decoding and validating a request against the device's
 //! properties (all-or-nothing), and building the `$set/result` reply.
 
-use base64::Engine as _;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::{alphabet, Engine as _};
 use fieldgate_drivers::{DataType, DriverError, Value};
 use serde_json::{Map, Number};
 
@@ -17,6 +18,12 @@ pub const MAX_SET_PAYLOAD: usize = 64 * 1024;
 
 /// Error key for problems not tied to one property.
 const PAYLOAD_KEY: &str = "$payload";
+
+/// Standard base64, accepting input with or without `=` padding.
+const BASE64_IN: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// Key of the request id.
 const ID_KEY: &str = "$id";
@@ -77,7 +84,7 @@ pub fn parse_set(
     let json = match encode {
         PayloadEncode::Raw => payload,
         PayloadEncode::Base64 => {
-            decoded = base64::engine::general_purpose::STANDARD
+            decoded = BASE64_IN
                 .decode(payload.trim_ascii())
                 .map_err(|e| SetRejection::payload(format!("payload is not valid base64: {e}")))?;
             decoded.as_slice()

@@ -47,7 +47,7 @@ impl Published {
         }
     }
 
-    /// The value as a JSON tree (for `$set/result`; `labels` of its property).
+    /// The value as a JSON tree (for `$set/result`), labels taken from `prop`.
     pub(crate) fn to_json(&self, prop: &PropertySemantics) -> serde_json::Value {
         match self {
             Published::Bool(b) => serde_json::Value::Bool(*b),

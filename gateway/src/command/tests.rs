@@ -302,6 +302,15 @@ fn floats_overflow_and_non_finite() {
         error_of(r#"{"ratio": 1e10}"#, "ratio"),
         "10000000000.0 is not finite after scaling"
     );
+    let scaled_f32 = device(vec![PropertySemantics {
+        scale: Some(1e-10),
+        ..w("tiny", DataType::Float32)
+    }]);
+    let e = parse_set(br#"{"tiny": 1e30}"#, PayloadEncode::Raw, &scaled_f32).expect_err("overflow");
+    assert_eq!(
+        e.errors[0].1,
+        "1e+30 does not fit float32 after scaling (raw 10000000000000000000000000000000000000000)"
+    );
     // Numbers beyond f64 cannot even be parsed as JSON.
     let e = error_of(r#"{"level": 1e400}"#, "$payload");
     assert!(e.starts_with("not JSON: "), "{e}");
@@ -386,6 +395,10 @@ fn base64_requests() {
         e.errors[0].1.starts_with("payload is not valid base64: "),
         "{e:?}"
     );
+    // Padding is optional.
+    let unpadded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(r#"{"pump":true}"#);
+    assert!(!unpadded.ends_with('='));
+    assert!(parse_set(unpadded.as_bytes(), PayloadEncode::Base64, &device).is_ok());
     // Raw mode does not decode.
     let e = parse_set(payload.as_bytes(), PayloadEncode::Raw, &device).expect_err("not JSON");
     assert!(e.errors[0].1.starts_with("not JSON: "), "{e:?}");
