@@ -1,13 +1,32 @@
 //! `$set` commands: decoding and validating a request against the device's
 //! properties (all-or-nothing), and building the `$set/result` reply.
 
-use fieldgate_drivers::{DriverError, Value};
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::{alphabet, Engine as _};
+use fieldgate_drivers::{DataType, DriverError, Value};
+use serde_json::{Map, Number};
 
-use crate::config::resolved::DeviceSettings;
+use crate::config::resolved::{DeviceSettings, PropertySemantics};
 use crate::config::types::PayloadEncode;
+use crate::state::{normalize, round_significant, scaling};
+
+#[cfg(test)]
+mod tests;
 
 /// Largest `$set` payload accepted, counted before base64 decoding.
 pub const MAX_SET_PAYLOAD: usize = 64 * 1024;
+
+/// Error key for problems not tied to one property.
+const PAYLOAD_KEY: &str = "$payload";
+
+/// Standard base64, accepting input with or without `=` padding.
+const BASE64_IN: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Key of the request id.
+const ID_KEY: &str = "$id";
 
 /// A validated `$set`: raw writes in request order.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,14 +46,280 @@ pub struct SetRejection {
     pub errors: Vec<(String, String)>,
 }
 
+impl SetRejection {
+    /// A rejection of the whole payload (no `$id` known).
+    fn payload(reason: impl Into<String>) -> Self {
+        Self {
+            id: None,
+            errors: vec![(PAYLOAD_KEY.to_owned(), reason.into())],
+        }
+    }
+}
+
+/// "a string", "an array", … for error messages.
+fn kind_of(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
 /// Decodes (per `encode`) and validates a `$set` payload.
 pub fn parse_set(
     payload: &[u8],
     encode: PayloadEncode,
     device: &DeviceSettings,
 ) -> Result<SetRequest, SetRejection> {
-    let _ = (payload, encode, device);
-    todo!()
+    if payload.len() > MAX_SET_PAYLOAD {
+        return Err(SetRejection::payload(format!(
+            "payload is too large: {} bytes, at most {MAX_SET_PAYLOAD} allowed",
+            payload.len()
+        )));
+    }
+    let decoded;
+    let json = match encode {
+        PayloadEncode::Raw => payload,
+        PayloadEncode::Base64 => {
+            decoded = BASE64_IN
+                .decode(payload.trim_ascii())
+                .map_err(|e| SetRejection::payload(format!("payload is not valid base64: {e}")))?;
+            decoded.as_slice()
+        }
+    };
+    let doc: serde_json::Value = serde_json::from_slice(json)
+        .map_err(|e| SetRejection::payload(format!("not JSON: {e}")))?;
+    let serde_json::Value::Object(map) = doc else {
+        return Err(SetRejection::payload(format!(
+            "expected a JSON object of property values, got {}",
+            kind_of(&doc)
+        )));
+    };
+
+    let mut id = None;
+    let mut errors = Vec::new();
+    let mut writes = Vec::new();
+    for (key, value) in &map {
+        if key == ID_KEY {
+            match value {
+                serde_json::Value::Array(_) | serde_json::Value::Object(_) => errors.push((
+                    key.clone(),
+                    format!(
+                        "expected a string, number, boolean or null, got {}",
+                        kind_of(value)
+                    ),
+                )),
+                _ => id = Some(value.clone()),
+            }
+            continue;
+        }
+        if key.starts_with('$') {
+            errors.push((
+                key.clone(),
+                "unknown control key; the only one allowed is \"$id\"".to_owned(),
+            ));
+            continue;
+        }
+        let Some(index) = device.properties.iter().position(|p| &p.name == key) else {
+            errors.push((key.clone(), unknown_property(key, device)));
+            continue;
+        };
+        let prop = &device.properties[index];
+        if !prop.writable {
+            errors.push((key.clone(), "property is read-only".to_owned()));
+            continue;
+        }
+        match to_raw(prop, value) {
+            Ok(raw) => writes.push((index, raw)),
+            Err(reason) => errors.push((key.clone(), reason)),
+        }
+    }
+    if errors.is_empty() && writes.is_empty() {
+        errors.push((PAYLOAD_KEY.to_owned(), "no properties to set".to_owned()));
+    }
+    if errors.is_empty() {
+        Ok(SetRequest { id, writes })
+    } else {
+        Err(SetRejection { id, errors })
+    }
+}
+
+/// The message for an unknown property: a close match, and what is writable.
+fn unknown_property(key: &str, device: &DeviceSettings) -> String {
+    let writable: Vec<&str> = device
+        .properties
+        .iter()
+        .filter(|p| p.writable)
+        .map(|p| p.name.as_str())
+        .collect();
+    let mut msg = "unknown property".to_owned();
+    let closest = writable
+        .iter()
+        .map(|name| (strsim::jaro_winkler(key, name), *name))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    if let Some((_, name)) = closest {
+        msg.push_str(&format!(" (did you mean \"{name}\"?)"));
+    }
+    if writable.is_empty() {
+        msg.push_str("; this device has no writable properties");
+    } else {
+        msg.push_str("; writable properties: ");
+        msg.push_str(&writable.join(", "));
+    }
+    msg
+}
+
+/// A quoted, comma-separated list of the enum labels of `prop`.
+fn label_list(prop: &PropertySemantics) -> String {
+    prop.enum_entries
+        .iter()
+        .map(|e| format!("\"{}\"", e.label))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Converts one requested value (published units, or a label) to the raw
+/// value to write, or says why it cannot be written.
+fn to_raw(prop: &PropertySemantics, value: &serde_json::Value) -> Result<Value, String> {
+    if !prop.enum_entries.is_empty() {
+        let Some(label) = value.as_str() else {
+            return Err(format!(
+                "expected one of the labels {}, got {}",
+                label_list(prop),
+                kind_of(value)
+            ));
+        };
+        return prop
+            .enum_entries
+            .iter()
+            .find(|e| e.label == label)
+            .map(|e| e.raw.clone())
+            .ok_or_else(|| format!("unknown label \"{label}\"; allowed: {}", label_list(prop)));
+    }
+    match prop.data_type {
+        DataType::Bool => value
+            .as_bool()
+            .map(Value::Bool)
+            .ok_or_else(|| format!("expected true or false, got {}", kind_of(value))),
+        DataType::String => value
+            .as_str()
+            .map(|s| Value::String(s.to_owned()))
+            .ok_or_else(|| format!("expected a string, got {}", kind_of(value))),
+        DataType::Bytes => {
+            let s = value
+                .as_str()
+                .ok_or_else(|| format!("expected a hex string of bytes, got {}", kind_of(value)))?;
+            parse_hex(s).map(Value::Bytes)
+        }
+        data_type => {
+            let serde_json::Value::Number(n) = value else {
+                return Err(format!("expected a number, got {}", kind_of(value)));
+            };
+            numeric_raw(prop, data_type, n)
+        }
+    }
+}
+
+/// Decodes an even-length hex string.
+fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
+    if !s.len().is_multiple_of(2) {
+        return Err(format!(
+            "expected an even-length hex string, got {} characters",
+            s.chars().count()
+        ));
+    }
+    let digit = |i: usize, c: u8| -> Result<u8, String> {
+        (c as char).to_digit(16).map(|d| d as u8).ok_or_else(|| {
+            format!(
+                "expected a hex string, found {:?} at position {i}",
+                c as char
+            )
+        })
+    };
+    s.as_bytes()
+        .chunks_exact(2)
+        .enumerate()
+        .map(|(i, pair)| Ok(digit(2 * i, pair[0])? << 4 | digit(2 * i + 1, pair[1])?))
+        .collect()
+}
+
+/// Checks bounds and converts a number in published units to the raw value.
+fn numeric_raw(prop: &PropertySemantics, data_type: DataType, n: &Number) -> Result<Value, String> {
+    let Some(v) = n.as_f64().filter(|v| v.is_finite()) else {
+        return Err(format!("{n} is not a finite number"));
+    };
+    if let Some(min) = prop.min.filter(|min| v < *min) {
+        return Err(format!("{n} is below the minimum {min}"));
+    }
+    if let Some(max) = prop.max.filter(|max| v > *max) {
+        return Err(format!("{n} is above the maximum {max}"));
+    }
+    let scaling = scaling(prop);
+    if let Some((lo, hi)) = data_type.integer_range() {
+        let exact = n
+            .as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from));
+        let raw = match (scaling, exact) {
+            (None, Some(raw)) => raw,
+            (None, None) if v.fract() != 0.0 => {
+                return Err(format!("expected an integer for {data_type}, got {n}"));
+            }
+            (None, None) => v as i128,
+            (Some((scale, offset)), _) => {
+                let r = round_significant((v - offset) / scale).round();
+                if !r.is_finite() {
+                    return Err(format!("{n} is not finite after scaling"));
+                }
+                if r < lo as f64 || r > hi as f64 {
+                    return Err(format!(
+                        "{n} does not fit {data_type} after scaling (raw {r})"
+                    ));
+                }
+                r as i128
+            }
+        };
+        return Value::integer_of(data_type, raw)
+            .ok_or_else(|| format!("{n} does not fit {data_type}"));
+    }
+    let raw = match scaling {
+        None => v,
+        Some((scale, offset)) => round_significant((v - offset) / scale),
+    };
+    if !raw.is_finite() {
+        return Err(format!("{n} is not finite after scaling"));
+    }
+    if data_type == DataType::Float32 {
+        if raw.abs() > f64::from(f32::MAX) {
+            return Err(match scaling {
+                None => format!("{n} does not fit float32"),
+                Some(_) => format!("{n} does not fit float32 after scaling (raw {raw})"),
+            });
+        }
+        return Ok(Value::Float(f64::from(raw as f32)));
+    }
+    Ok(Value::Float(raw))
+}
+
+/// Builds a result object in the documented key order.
+fn result_json(
+    id: Option<&serde_json::Value>,
+    ok: bool,
+    applied: Map<String, serde_json::Value>,
+    errors: Map<String, serde_json::Value>,
+) -> Vec<u8> {
+    let mut out = Map::new();
+    if let Some(id) = id {
+        out.insert(ID_KEY.to_owned(), id.clone());
+    }
+    out.insert("ok".to_owned(), serde_json::Value::Bool(ok));
+    out.insert("applied".to_owned(), serde_json::Value::Object(applied));
+    out.insert("errors".to_owned(), serde_json::Value::Object(errors));
+    serde_json::to_vec(&serde_json::Value::Object(out)).unwrap_or_default()
 }
 
 /// The `$set/result` payload (plain JSON, not yet base64) for a request that
@@ -46,12 +331,44 @@ pub fn result_payload(
     applied: usize,
     failed: Option<(usize, &DriverError)>,
 ) -> Vec<u8> {
-    let _ = (device, request, applied, failed);
-    todo!()
+    let applied = applied.min(request.writes.len());
+    let mut applied_map = Map::new();
+    for (index, raw) in &request.writes[..applied] {
+        let Some(prop) = device.properties.get(*index) else {
+            continue;
+        };
+        let value = normalize(prop, raw).map_or(serde_json::Value::Null, |p| p.to_json(prop));
+        applied_map.insert(prop.name.clone(), value);
+    }
+    let mut errors = Map::new();
+    if let Some((position, error)) = failed {
+        let name = request
+            .writes
+            .get(position)
+            .and_then(|(index, _)| device.properties.get(*index))
+            .map_or(PAYLOAD_KEY, |p| p.name.as_str());
+        errors.insert(
+            name.to_owned(),
+            serde_json::Value::from(error.message.as_str()),
+        );
+    } else if applied < request.writes.len() {
+        errors.insert(
+            PAYLOAD_KEY.to_owned(),
+            serde_json::Value::from(format!(
+                "only {applied} of {} writes reached the device",
+                request.writes.len()
+            )),
+        );
+    }
+    result_json(request.id.as_ref(), errors.is_empty(), applied_map, errors)
 }
 
 /// The `$set/result` payload for a rejected request.
 pub fn rejection_payload(rejection: &SetRejection) -> Vec<u8> {
-    let _ = rejection;
-    todo!()
+    let errors = rejection
+        .errors
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+        .collect();
+    result_json(rejection.id.as_ref(), false, Map::new(), errors)
 }
