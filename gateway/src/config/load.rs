@@ -86,25 +86,18 @@ impl Ctx {
                     if consequence {
                         return None;
                     }
-                    let (line, column, epath) = e
-                        .at
-                        .clone()
-                        .unwrap_or((cur.line, cur.column, path.to_string()));
+                    let (line, column, epath) =
+                        e.at.clone()
+                            .unwrap_or((cur.line, cur.column, path.to_string()));
                     self.at_pos(line, column, &epath, e.message.clone());
                     let rest = if path.is_empty() {
                         Some(epath.as_str())
                     } else {
-                        epath
-                            .strip_prefix(path)
-                            .and_then(|r| r.strip_prefix('.'))
+                        epath.strip_prefix(path).and_then(|r| r.strip_prefix('.'))
                     };
-                    let Some(rest) = rest.filter(|r| !r.is_empty()) else {
-                        return None;
-                    };
+                    let rest = rest.filter(|r| !r.is_empty())?;
                     let key = rest.split(['.', '[']).next().unwrap_or(rest).to_string();
-                    if cur.entry(&[key.as_str()]).is_none() {
-                        return None;
-                    }
+                    cur.entry(&[key.as_str()])?;
                     cur = cur.without(&[key.as_str()]);
                     removed.push(key);
                 }
@@ -153,7 +146,10 @@ pub fn check_topic(t: &str) -> Result<(), String> {
         ));
     }
     if t.contains('\0') {
-        return Err(format!("topic `{}` contains a NUL character", t.escape_debug()));
+        return Err(format!(
+            "topic `{}` contains a NUL character",
+            t.escape_debug()
+        ));
     }
     if t.starts_with('/') {
         return Err(format!("topic `{t}` must not start with `/`"));
@@ -257,7 +253,12 @@ pub fn load_str(text: &str, file_label: &str, base_dir: &Path) -> Result<Resolve
         Ok(n) => n,
         Err(e) => {
             let path = enclosing_path(text, e.line, e.column);
-            ctx.at_pos(e.line, e.column, &path, format!("YAML syntax error: {}", e.message));
+            ctx.at_pos(
+                e.line,
+                e.column,
+                &path,
+                format!("YAML syntax error: {}", e.message),
+            );
             return Err(ConfigErrors(ctx.errors));
         }
     };
@@ -334,9 +335,22 @@ const COMMON_PROPERTY: &[&str] = &[
     "description",
 ];
 const DUMMY_PROPERTY: &[&str] = &["simulate"];
-const MODBUS_PROPERTY: &[&str] = &["register", "address", "bit", "quantity", "byte", "byteOrder"];
+const MODBUS_PROPERTY: &[&str] = &[
+    "register",
+    "address",
+    "bit",
+    "quantity",
+    "byte",
+    "byteOrder",
+];
 const OPCUA_PROPERTY: &[&str] = &["nodeId"];
-const BLE_PROPERTY: &[&str] = &["service", "characteristic", "access", "byteOffset", "byteOrder"];
+const BLE_PROPERTY: &[&str] = &[
+    "service",
+    "characteristic",
+    "access",
+    "byteOffset",
+    "byteOrder",
+];
 
 fn driver_protocol_keys(d: DriverKind) -> &'static [&'static str] {
     match d {
@@ -533,7 +547,7 @@ impl Loader<'_> {
             format!("fieldgate-{ns}"),
             format!("{gateway_topic}/$will"),
         );
-        sessions.push(gw_session.unwrap_or_else(|| placeholder_session()));
+        sessions.push(gw_session.unwrap_or_else(placeholder_session));
 
         let mut devices = Vec::new();
         let mut topics: HashMap<String, String> = HashMap::new();
@@ -555,7 +569,10 @@ impl Loader<'_> {
                 .and_then(|m| m.topic.as_ref())
                 .and_then(|t| t.name.clone())
                 .filter(|n| !n.is_empty());
-            let prefix = topic_opts.prefix.clone().unwrap_or_else(|| "fieldgate".into());
+            let prefix = topic_opts
+                .prefix
+                .clone()
+                .unwrap_or_else(|| "fieldgate".into());
             let t = match &own_name {
                 Some(n) => n.clone(),
                 None => match topic_opts.with.unwrap_or_default() {
@@ -591,7 +608,9 @@ impl Loader<'_> {
                     None => self.ctx.val(d.node, &d.path, &["name"], msg),
                 }
             } else {
-                topics.entry(t.clone()).or_insert_with(|| d.config.name.clone());
+                topics
+                    .entry(t.clone())
+                    .or_insert_with(|| d.config.name.clone());
             }
 
             // Session.
@@ -635,7 +654,10 @@ impl Loader<'_> {
                 payload_encode: merged_msg.payload_encode.unwrap_or_default(),
                 qos: merged_msg.qos.unwrap_or(0),
                 retained: merged_msg.retained.unwrap_or(false),
-                wait_timeout: merged_msg.wait_timeout.map(|d| d.0).unwrap_or(Duration::ZERO),
+                wait_timeout: merged_msg
+                    .wait_timeout
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::ZERO),
             };
             if let Some((spec, props)) = self.device_spec(d) {
                 devices.push(DeviceSettings {
@@ -678,7 +700,10 @@ impl Loader<'_> {
                 self.ctx.at(
                     n,
                     path,
-                    format!("expected a mapping with keys `client`, `message`, found {}", n.describe()),
+                    format!(
+                        "expected a mapping with keys `client`, `message`, found {}",
+                        n.describe()
+                    ),
                 );
                 return out;
             }
@@ -725,7 +750,12 @@ impl Loader<'_> {
         }
         if let Some(id) = &c.client_id {
             if id.len() > 65_535 || id.contains('\0') {
-                ctx.val(n, path, &["clientId"], "client id is too long or contains NUL");
+                ctx.val(
+                    n,
+                    path,
+                    &["clientId"],
+                    "client id is too long or contains NUL",
+                );
             }
         }
         if let Some(w) = &c.will {
@@ -748,12 +778,23 @@ impl Loader<'_> {
             }
             if let Some(q) = w.qos {
                 if q > 2 {
-                    ctx.val(wn, &wp, &["qos"], format!("qos {q} is out of range; allowed: 0, 1, 2"));
+                    ctx.val(
+                        wn,
+                        &wp,
+                        &["qos"],
+                        format!("qos {q} is out of range; allowed: 0, 1, 2"),
+                    );
                 }
             }
             if w.payload_encode == Some(PayloadEncode::Base64) {
-                let content = w.payload_content.clone().unwrap_or_else(|| "offline".into());
-                if base64::engine::general_purpose::STANDARD.decode(content.trim()).is_err() {
+                let content = w
+                    .payload_content
+                    .clone()
+                    .unwrap_or_else(|| "offline".into());
+                if base64::engine::general_purpose::STANDARD
+                    .decode(content.trim())
+                    .is_err()
+                {
                     ctx.val(
                         wn,
                         &wp,
@@ -825,10 +866,20 @@ impl Loader<'_> {
             }
         }
         if c.resume_subs == Some(true) {
-            ctx.val(n, path, &["resumeSubs"], "`resumeSubs: true` is not supported yet; remove it or set false");
+            ctx.val(
+                n,
+                path,
+                &["resumeSubs"],
+                "`resumeSubs: true` is not supported yet; remove it or set false",
+            );
         }
         if c.order == Some(false) {
-            ctx.val(n, path, &["order"], "`order: false` is not supported yet; messages are always sent in order");
+            ctx.val(
+                n,
+                path,
+                &["order"],
+                "`order: false` is not supported yet; messages are always sent in order",
+            );
         }
         if c.http_headers.is_some() {
             ctx.key(n, path, &["httpHeaders"], "`httpHeaders` is not supported yet (WebSocket transports are not implemented); remove it");
@@ -839,7 +890,10 @@ impl Loader<'_> {
                     n,
                     path,
                     &["pingTimeout"],
-                    format!("a `pingTimeout` other than 10s is not supported yet (got {}); remove it", secs(p.0)),
+                    format!(
+                        "a `pingTimeout` other than 10s is not supported yet (got {}); remove it",
+                        secs(p.0)
+                    ),
                 );
             }
         }
@@ -849,13 +903,21 @@ impl Loader<'_> {
                     n,
                     path,
                     &["writeTimeout"],
-                    format!("a `writeTimeout` other than 30s is not supported yet (got {}); remove it", secs(p.0)),
+                    format!(
+                        "a `writeTimeout` other than 30s is not supported yet (got {}); remove it",
+                        secs(p.0)
+                    ),
                 );
             }
         }
         if let Some(k) = c.keep_alive {
             if !k.0.is_zero() && k.0 < Duration::from_secs(1) {
-                ctx.val(n, path, &["keepAlive"], "keepAlive must be 0s (off) or at least 1s");
+                ctx.val(
+                    n,
+                    path,
+                    &["keepAlive"],
+                    "keepAlive must be 0s (off) or at least 1s",
+                );
             } else if k.0 > Duration::from_secs(65_535) {
                 ctx.val(n, path, &["keepAlive"], "keepAlive must be at most 65535s");
             }
@@ -871,7 +933,12 @@ impl Loader<'_> {
             }
         }
         if c.message_channel_depth == Some(0) {
-            ctx.val(n, path, &["messageChannelDepth"], "messageChannelDepth must be at least 1");
+            ctx.val(
+                n,
+                path,
+                &["messageChannelDepth"],
+                "messageChannelDepth must be at least 1",
+            );
         }
     }
 
@@ -879,7 +946,12 @@ impl Loader<'_> {
         let ctx = &mut *self.ctx;
         if let Some(q) = m.qos {
             if q > 2 {
-                ctx.val(n, path, &["qos"], format!("qos {q} is out of range; allowed: 0, 1, 2"));
+                ctx.val(
+                    n,
+                    path,
+                    &["qos"],
+                    format!("qos {q} is out of range; allowed: 0, 1, 2"),
+                );
             }
         }
         if let (Some(t), Some(tn)) = (&m.topic, n.get("topic")) {
@@ -910,7 +982,10 @@ impl Loader<'_> {
             self.ctx.at(
                 node,
                 &path,
-                format!("expected a device mapping (name, driver, …), found {}", node.describe()),
+                format!(
+                    "expected a device mapping (name, driver, …), found {}",
+                    node.describe()
+                ),
             );
             return None;
         }
@@ -927,7 +1002,10 @@ impl Loader<'_> {
                             self.ctx.at(
                                 p,
                                 &pp,
-                                format!("expected a property mapping (name, type, …), found {}", p.describe()),
+                                format!(
+                                    "expected a property mapping (name, type, …), found {}",
+                                    p.describe()
+                                ),
                             );
                             props_ok = false;
                             continue;
@@ -996,7 +1074,10 @@ impl Loader<'_> {
                 d.node,
                 path,
                 &["model"],
-                format!("`model` belongs to the dummy driver; a {} device does not take it", drv.as_str()),
+                format!(
+                    "`model` belongs to the dummy driver; a {} device does not take it",
+                    drv.as_str()
+                ),
             );
         }
         if let Some(pn) = d.node.get("protocol") {
@@ -1049,7 +1130,12 @@ impl Loader<'_> {
                 }
             }
             if p.name.starts_with('$') {
-                ctx.val(pn, pp, &["name"], format!("property name `{}` must not start with `$`", p.name));
+                ctx.val(
+                    pn,
+                    pp,
+                    &["name"],
+                    format!("property name `{}` must not start with `$`", p.name),
+                );
             } else if p.name.is_empty() {
                 ctx.val(pn, pp, &["name"], "property name must not be empty");
             }
@@ -1077,9 +1163,20 @@ impl Loader<'_> {
                 }
             } else {
                 if p.scale == Some(0.0) {
-                    ctx.val(pn, pp, &["scale"], "scale must not be 0 (writes divide by it)");
+                    ctx.val(
+                        pn,
+                        pp,
+                        &["scale"],
+                        "scale must not be 0 (writes divide by it)",
+                    );
                 }
-                for (key, v) in [("scale", p.scale), ("offset", p.offset), ("min", p.min), ("max", p.max), ("deadband", p.deadband)] {
+                for (key, v) in [
+                    ("scale", p.scale),
+                    ("offset", p.offset),
+                    ("min", p.min),
+                    ("max", p.max),
+                    ("deadband", p.deadband),
+                ] {
                     if v.is_some_and(|x| !x.is_finite()) {
                         ctx.val(pn, pp, &[key], format!("`{key}` must be a finite number"));
                     }
@@ -1096,7 +1193,12 @@ impl Loader<'_> {
             if let Some(en) = pn.get("enum") {
                 let ep = join(pp, "enum");
                 if t == DataType::Bytes {
-                    ctx.key(pn, pp, &["enum"], "`enum` is not allowed on `bytes` properties");
+                    ctx.key(
+                        pn,
+                        pp,
+                        &["enum"],
+                        "`enum` is not allowed on `bytes` properties",
+                    );
                 } else if let Some(entries) = en.entries() {
                     for (k, _) in entries {
                         if let Err(e) = enum_raw(t, k) {
@@ -1113,21 +1215,39 @@ impl Loader<'_> {
                 DriverKind::Modbus => check_modbus_property(ctx, p, pn, pp),
                 DriverKind::Opcua => {
                     if p.node_id.as_deref().is_none_or(str::is_empty) {
-                        ctx.at(pn, pp, "an opcua property needs `nodeId` (e.g. \"ns=2;s=Line1.Speed\")");
+                        ctx.at(
+                            pn,
+                            pp,
+                            "an opcua property needs `nodeId` (e.g. \"ns=2;s=Line1.Speed\")",
+                        );
                     }
                 }
                 DriverKind::Ble => {
                     if p.characteristic.as_deref().is_none_or(str::is_empty) {
-                        ctx.at(pn, pp, "a ble property needs `characteristic` (a GATT UUID)");
+                        ctx.at(
+                            pn,
+                            pp,
+                            "a ble property needs `characteristic` (a GATT UUID)",
+                        );
                     }
                 }
             }
         }
         if d.config.sync_interval.0.is_zero() {
-            ctx.val(d.node, path, &["syncInterval"], "syncInterval must be greater than 0s");
+            ctx.val(
+                d.node,
+                path,
+                &["syncInterval"],
+                "syncInterval must be greater than 0s",
+            );
         }
         if d.config.timeout.0.is_zero() {
-            ctx.val(d.node, path, &["timeout"], "timeout must be greater than 0s");
+            ctx.val(
+                d.node,
+                path,
+                &["timeout"],
+                "timeout must be greater than 0s",
+            );
         }
         let proto = d.config.protocol.clone().unwrap_or_default();
         let pnode = d.node.get("protocol");
@@ -1194,21 +1314,46 @@ impl Loader<'_> {
                     if let (Some(r), Some(rn)) = (&proto.rtu, pn.get("rtu")) {
                         let rp = join(&ppath, "rtu");
                         if r.port.is_empty() {
-                            ctx.val(rn, &rp, &["port"], "port must not be empty (e.g. /dev/ttyUSB0)");
+                            ctx.val(
+                                rn,
+                                &rp,
+                                &["port"],
+                                "port must not be empty (e.g. /dev/ttyUSB0)",
+                            );
                         }
                         if r.baud_rate == 0 {
                             ctx.val(rn, &rp, &["baudRate"], "baudRate must be greater than 0");
                         }
                         if !(5..=8).contains(&r.data_bits) {
-                            ctx.val(rn, &rp, &["dataBits"], format!("dataBits {} is out of range; allowed: 5, 6, 7, 8", r.data_bits));
+                            ctx.val(
+                                rn,
+                                &rp,
+                                &["dataBits"],
+                                format!(
+                                    "dataBits {} is out of range; allowed: 5, 6, 7, 8",
+                                    r.data_bits
+                                ),
+                            );
                         }
                         if !(1..=2).contains(&r.stop_bits) {
-                            ctx.val(rn, &rp, &["stopBits"], format!("stopBits {} is out of range; allowed: 1, 2", r.stop_bits));
+                            ctx.val(
+                                rn,
+                                &rp,
+                                &["stopBits"],
+                                format!("stopBits {} is out of range; allowed: 1, 2", r.stop_bits),
+                            );
                         }
                     }
                     if let Some(m) = proto.max_registers_per_read {
                         if !(1..=125).contains(&m) {
-                            ctx.val(pn, &ppath, &["maxRegistersPerRead"], format!("maxRegistersPerRead {m} is out of range; allowed: 1..=125"));
+                            ctx.val(
+                                pn,
+                                &ppath,
+                                &["maxRegistersPerRead"],
+                                format!(
+                                    "maxRegistersPerRead {m} is out of range; allowed: 1..=125"
+                                ),
+                            );
                         }
                     }
                     if let Some(bo) = proto.byte_order {
@@ -1216,18 +1361,31 @@ impl Loader<'_> {
                     }
                 }
                 if d.props.is_empty() && d.node.get("properties").is_none() {
-                    ctx.key(d.node, path, &["name"], "a modbus device needs `properties`");
+                    ctx.key(
+                        d.node,
+                        path,
+                        &["name"],
+                        "a modbus device needs `properties`",
+                    );
                 }
             }
             DriverKind::Opcua | DriverKind::Ble => {
-                if drv == DriverKind::Opcua
-                    && proto.endpoint.as_deref().is_none_or(str::is_empty)
-                {
-                    ctx.key(d.node, path, &["protocol"], "an opcua device needs `protocol.endpoint` (e.g. opc.tcp://plc:4840)");
+                if drv == DriverKind::Opcua && proto.endpoint.as_deref().is_none_or(str::is_empty) {
+                    ctx.key(
+                        d.node,
+                        path,
+                        &["protocol"],
+                        "an opcua device needs `protocol.endpoint` (e.g. opc.tcp://plc:4840)",
+                    );
                 }
                 if drv == DriverKind::Ble {
                     if proto.address.is_none() && proto.name.is_none() {
-                        ctx.key(d.node, path, &["protocol"], "a ble device needs `protocol.address` or `protocol.name`");
+                        ctx.key(
+                            d.node,
+                            path,
+                            &["protocol"],
+                            "a ble device needs `protocol.address` or `protocol.name`",
+                        );
                     }
                     if let (Some(bo), Some(pn)) = (proto.byte_order, pnode) {
                         check_byte_order(ctx, drv, pn, &ppath, bo);
@@ -1247,7 +1405,12 @@ impl Loader<'_> {
         }
         #[cfg(not(feature = "modbus"))]
         if drv == DriverKind::Modbus {
-            ctx.val(d.node, path, &["driver"], "driver `modbus` is not enabled in this build (feature `modbus`)");
+            ctx.val(
+                d.node,
+                path,
+                &["driver"],
+                "driver `modbus` is not enabled in this build (feature `modbus`)",
+            );
         }
     }
 
@@ -1265,7 +1428,12 @@ impl Loader<'_> {
             Some(s) => parse_server(s).ok()?,
             None => match broker {
                 Some(b) => ServerAddress::Tcp {
-                    host: b.listen.ip().to_string(),
+                    // A broker listening on every address is reached locally.
+                    host: match b.listen.ip() {
+                        std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".into(),
+                        std::net::IpAddr::V6(ip) if ip.is_unspecified() => "::1".into(),
+                        ip => ip.to_string(),
+                    },
                     port: b.listen.port(),
                 },
                 None => ServerAddress::Tcp {
@@ -1281,7 +1449,10 @@ impl Loader<'_> {
             .map(|t| t.as_str().to_string())
             .filter(|t| !t.is_empty())
             .unwrap_or(default_will);
-        let content = w.payload_content.clone().unwrap_or_else(|| "offline".into());
+        let content = w
+            .payload_content
+            .clone()
+            .unwrap_or_else(|| "offline".into());
         let payload = match w.payload_encode.unwrap_or_default() {
             PayloadEncode::Raw => content.into_bytes(),
             PayloadEncode::Base64 => base64::engine::general_purpose::STANDARD
@@ -1321,9 +1492,15 @@ impl Loader<'_> {
             password,
             clean_session: c.clean_session.unwrap_or(true),
             store: c.store.as_ref().and_then(|s| s.kind).unwrap_or_default(),
-            connect_timeout: c.connect_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
+            connect_timeout: c
+                .connect_timeout
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(30)),
             keep_alive: c.keep_alive.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
-            ping_timeout: c.ping_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10)),
+            ping_timeout: c
+                .ping_timeout
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(10)),
             auto_reconnect: c.auto_reconnect.unwrap_or(true),
             max_reconnect_interval: c
                 .max_reconnect_interval
@@ -1334,7 +1511,10 @@ impl Loader<'_> {
     }
 
     /// Lowers one device to the driver's spec and the gateway's semantics.
-    fn device_spec(&mut self, d: &ParsedDevice<'_>) -> Option<(DeviceSpec, Vec<PropertySemantics>)> {
+    fn device_spec(
+        &mut self,
+        d: &ParsedDevice<'_>,
+    ) -> Option<(DeviceSpec, Vec<PropertySemantics>)> {
         let mut specs = Vec::new();
         let mut sems = Vec::new();
         let connection = match d.config.driver {
@@ -1405,7 +1585,10 @@ impl Loader<'_> {
                 } else {
                     return None;
                 };
-                let dev_order = proto.byte_order.and_then(modbus_order).unwrap_or(mb::ByteOrder::Abcd);
+                let dev_order = proto
+                    .byte_order
+                    .and_then(modbus_order)
+                    .unwrap_or(mb::ByteOrder::Abcd);
                 for (p, pn, _) in &d.props {
                     let kind = match p.register? {
                         RegisterName::Coil => mb::RegisterKind::Coil,
@@ -1546,7 +1729,9 @@ pub fn parse_server(s: &str) -> Result<ServerAddress, String> {
     }
     let rest = rest.trim_end_matches('/');
     if rest.is_empty() {
-        return Err(format!("server `{s}` has no host; write e.g. tcp://127.0.0.1:1883"));
+        return Err(format!(
+            "server `{s}` has no host; write e.g. tcp://127.0.0.1:1883"
+        ));
     }
     let (host, port) = if let Some(r) = rest.strip_prefix('[') {
         // [v6]:port
@@ -1570,7 +1755,9 @@ pub fn parse_server(s: &str) -> Result<ServerAddress, String> {
             .ok_or_else(|| format!("server `{s}`: `{p}` is not a port (1..65535)"))?,
     };
     if host.is_empty() || host.contains('/') {
-        return Err(format!("server `{s}` has no valid host; write e.g. tcp://127.0.0.1:1883"));
+        return Err(format!(
+            "server `{s}` has no valid host; write e.g. tcp://127.0.0.1:1883"
+        ));
     }
     Ok(ServerAddress::Tcp { host, port })
 }
@@ -1578,10 +1765,22 @@ pub fn parse_server(s: &str) -> Result<ServerAddress, String> {
 /// The first line of a password file, without its line ending.
 pub fn read_password_file(base: &Path, f: &str) -> Result<String, String> {
     let p = Path::new(f);
-    let full = if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    let full = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
     match std::fs::read_to_string(&full) {
-        Ok(s) => Ok(s.split('\n').next().unwrap_or("").trim_end_matches('\r').to_string()),
-        Err(e) => Err(format!("cannot read password file `{}`: {e}", full.display())),
+        Ok(s) => Ok(s
+            .split('\n')
+            .next()
+            .unwrap_or("")
+            .trim_end_matches('\r')
+            .to_string()),
+        Err(e) => Err(format!(
+            "cannot read password file `{}`: {e}",
+            full.display()
+        )),
     }
 }
 
@@ -1678,7 +1877,9 @@ fn enum_raw(t: DataType, k: &Node) -> Result<Value, String> {
     };
     match (&k.kind, t) {
         (Kind::Bool(b), DataType::Bool) => Ok(Value::Bool(*b)),
-        (Kind::Str(s), DataType::Bool) if s == "true" || s == "false" => Ok(Value::Bool(s == "true")),
+        (Kind::Str(s), DataType::Bool) if s == "true" || s == "false" => {
+            Ok(Value::Bool(s == "true"))
+        }
         (Kind::Int(i), t) if t.is_integer() => Value::integer_of(t, *i).ok_or_else(|| {
             let (lo, hi) = t.integer_range().unwrap_or_default();
             format!("enum key `{i}` is out of range for `{t}` ({lo}..={hi})")
@@ -1731,7 +1932,12 @@ fn semantics(p: &PropertyConfig, pn: &Node) -> Option<PropertySemantics> {
 }
 
 fn constant_value(t: DataType, v: &Node) -> Result<Value, String> {
-    let bad = || format!("constant {} does not fit the property's type `{t}`", v.describe());
+    let bad = || {
+        format!(
+            "constant {} does not fit the property's type `{t}`",
+            v.describe()
+        )
+    };
     match (&v.kind, t) {
         (Kind::Bool(b), DataType::Bool) => Ok(Value::Bool(*b)),
         (Kind::Int(i), t) if t.is_integer() => Value::integer_of(t, *i).ok_or_else(|| {
@@ -1754,7 +1960,7 @@ fn constant_value(t: DataType, v: &Node) -> Result<Value, String> {
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
     let s = s.strip_prefix("0x").unwrap_or(s);
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -1859,21 +2065,46 @@ fn check_modbus_property(ctx: &mut Ctx, p: &PropertyConfig, pn: &Node, pp: &str)
             pn,
             pp,
             &["type"],
-            format!("{} holds a single bit; its type must be `bool`, not `{t}`", a_reg(reg)),
+            format!(
+                "{} holds a single bit; its type must be `bool`, not `{t}`",
+                a_reg(reg)
+            ),
         );
     }
     if let Some(b) = p.bit {
         if bit_reg {
-            ctx.key(pn, pp, &["bit"], format!("`bit` applies only to input and holding registers, not {}", a_reg(reg)));
+            ctx.key(
+                pn,
+                pp,
+                &["bit"],
+                format!(
+                    "`bit` applies only to input and holding registers, not {}",
+                    a_reg(reg)
+                ),
+            );
         } else if t != DataType::Bool {
-            ctx.key(pn, pp, &["bit"], format!("`bit` needs `type: bool`, not `{t}`"));
+            ctx.key(
+                pn,
+                pp,
+                &["bit"],
+                format!("`bit` needs `type: bool`, not `{t}`"),
+            );
         } else if b > 15 {
-            ctx.val(pn, pp, &["bit"], format!("bit {b} is out of range; allowed: 0..=15"));
+            ctx.val(
+                pn,
+                pp,
+                &["bit"],
+                format!("bit {b} is out of range; allowed: 0..=15"),
+            );
         }
     }
     let var = matches!(t, DataType::String | DataType::Bytes);
     match (var, p.quantity) {
-        (true, None) => ctx.at(pn, pp, format!("a `{t}` property needs `quantity` (number of registers)")),
+        (true, None) => ctx.at(
+            pn,
+            pp,
+            format!("a `{t}` property needs `quantity` (number of registers)"),
+        ),
         (true, Some(0)) => ctx.val(pn, pp, &["quantity"], "quantity must be at least 1"),
         (true, Some(_)) if bit_reg => {}
         (false, Some(_)) => ctx.key(
@@ -1884,18 +2115,31 @@ fn check_modbus_property(ctx: &mut Ctx, p: &PropertyConfig, pn: &Node, pp: &str)
         ),
         _ => {}
     }
-    if p.byte.is_some() && !(matches!(t, DataType::Int8 | DataType::Uint8) && !bit_reg) {
-        ctx.key(pn, pp, &["byte"], "`byte` applies only to int8/uint8 in input or holding registers");
+    if p.byte.is_some() && (bit_reg || !matches!(t, DataType::Int8 | DataType::Uint8)) {
+        ctx.key(
+            pn,
+            pp,
+            &["byte"],
+            "`byte` applies only to int8/uint8 in input or holding registers",
+        );
     }
     if p.byte_order.is_some() && (bit_reg || t.fixed_size().is_some_and(|s| s < 4)) {
-        ctx.key(pn, pp, &["byteOrder"], format!("`byteOrder` applies only to 32/64-bit values, string and bytes, not `{t}`"));
+        ctx.key(
+            pn,
+            pp,
+            &["byteOrder"],
+            format!("`byteOrder` applies only to 32/64-bit values, string and bytes, not `{t}`"),
+        );
     }
     if p.writable && matches!(reg, RegisterName::DiscreteInput | RegisterName::Input) {
         ctx.val(
             pn,
             pp,
             &["writable"],
-            format!("{} is read-only; only coils and holding registers are writable", a_reg(reg)),
+            format!(
+                "{} is read-only; only coils and holding registers are writable",
+                a_reg(reg)
+            ),
         );
     }
     let size: u32 = if bit_reg || p.bit.is_some() {
@@ -1924,4 +2168,3 @@ fn a_reg(r: RegisterName) -> &'static str {
         RegisterName::Holding => "a holding register",
     }
 }
-

@@ -66,7 +66,11 @@ fn session(out: &mut String, i: usize, s: &SessionSettings) {
             out,
             "      username: {}, password: {}",
             s.username.as_deref().unwrap_or("(none)"),
-            if s.password.is_some() { "(set)" } else { "(none)" }
+            if s.password.is_some() {
+                "(set)"
+            } else {
+                "(none)"
+            }
         );
     }
     let _ = writeln!(
@@ -104,7 +108,11 @@ fn device(out: &mut String, r: &Resolved, d: &DeviceSettings) {
         let _ = writeln!(
             out,
             "    publish: on change (heartbeat {})",
-            if d.publish.heartbeat.is_zero() { "never".to_string() } else { dur(d.publish.heartbeat) }
+            if d.publish.heartbeat.is_zero() {
+                "never".to_string()
+            } else {
+                dur(d.publish.heartbeat)
+            }
         );
     } else {
         let _ = writeln!(out, "    publish: after every poll");

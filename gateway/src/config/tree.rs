@@ -121,9 +121,7 @@ impl Node {
                 column: self.column,
                 kind: Kind::Map(
                     m.iter()
-                        .filter(|(k, _)| {
-                            !k.text().is_some_and(|t| drop.contains(&t.as_str()))
-                        })
+                        .filter(|(k, _)| !k.text().is_some_and(|t| drop.contains(&t.as_str())))
                         .cloned()
                         .collect(),
                 ),
@@ -311,7 +309,10 @@ impl de::Error for DeError {
     }
 
     fn invalid_value(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
-        DeError::custom(format!("invalid value {}, expected {exp}", unexpected(unexp)))
+        DeError::custom(format!(
+            "invalid value {}, expected {exp}",
+            unexpected(unexp)
+        ))
     }
 }
 
@@ -578,7 +579,10 @@ impl<'de> de::SeqAccess<'de> for SeqAcc<'de> {
                 let path = format!("{}[{}]", self.path, self.index);
                 self.index += 1;
                 let de = NodeDe { node: n, path };
-                let r = seed.deserialize(NodeDe { node: n, path: de.path.clone() });
+                let r = seed.deserialize(NodeDe {
+                    node: n,
+                    path: de.path.clone(),
+                });
                 de.locate(r).map(Some)
             }
         }
@@ -603,7 +607,10 @@ impl<'de> de::MapAccess<'de> for MapAcc<'de> {
                 let path = join(&self.path, &k.text().unwrap_or_else(|| "?".into()));
                 self.value = Some((v, path.clone()));
                 let de = NodeDe { node: k, path };
-                let r = seed.deserialize(NodeDe { node: k, path: de.path.clone() });
+                let r = seed.deserialize(NodeDe {
+                    node: k,
+                    path: de.path.clone(),
+                });
                 de.locate(r).map(Some)
             }
         }
@@ -615,7 +622,10 @@ impl<'de> de::MapAccess<'de> for MapAcc<'de> {
             .take()
             .ok_or_else(|| <DeError as de::Error>::custom("value without key"))?;
         let de = NodeDe { node, path };
-        let r = seed.deserialize(NodeDe { node, path: de.path.clone() });
+        let r = seed.deserialize(NodeDe {
+            node,
+            path: de.path.clone(),
+        });
         de.locate(r)
     }
 }
