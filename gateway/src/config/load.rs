@@ -269,6 +269,7 @@ pub fn load_str(text: &str, file_label: &str, base_dir: &Path) -> Result<Resolve
     .run(&root);
     ctx.errors.sort_by_key(|e| (e.line, e.column));
     ctx.errors.dedup();
+    drop_consequential(&mut ctx.errors);
     match resolved {
         Some(r) if ctx.errors.is_empty() => Ok(r),
         _ => {
@@ -278,6 +279,26 @@ pub fn load_str(text: &str, file_label: &str, base_dir: &Path) -> Result<Resolve
             Err(ConfigErrors(ctx.errors))
         }
     }
+}
+
+/// Drops "needs `k`" errors at path P when `P.k` itself already has an
+/// error (the key was given but invalid, so it was set aside).
+fn drop_consequential(errors: &mut Vec<ConfigError>) {
+    let paths: Vec<String> = errors.iter().map(|e| e.key_path.clone()).collect();
+    errors.retain(|e| {
+        let Some(i) = e.message.find("needs `") else {
+            return true;
+        };
+        let rest = &e.message[i + 7..];
+        let key = rest.split(['`', ':', ' ']).next().unwrap_or("");
+        if key.is_empty() {
+            return true;
+        }
+        let want = join(&e.key_path, key);
+        !paths.iter().any(|p| {
+            p == &want || p.starts_with(&format!("{want}.")) || p.starts_with(&format!("{want}["))
+        })
+    });
 }
 
 struct Loader<'c> {

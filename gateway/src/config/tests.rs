@@ -539,6 +539,11 @@ fn modbus_rules() {
         let e = errs(&format!("{head}      - {p}\n"));
         has(&e, prefix, needle);
     }
+    // An invalid `register` is reported once, not also as missing.
+    let e = errs(&format!(
+        "{head}      - {{name: a, register: hold, address: 0, type: int16}}\n"
+    ));
+    assert_eq!(e.len(), 1, "{e:?}");
     let e = errs("devices:\n  - name: m\n    driver: modbus\n    protocol: {tcp: {endpoint: 'h:502'}, rtu: {port: /dev/x}, maxRegistersPerRead: 126, byteOrder: big}\n    properties: [{name: a, register: coil, address: 0, type: bool}]\n");
     has(
         &e,
