@@ -810,7 +810,9 @@ impl FromStr for ByteSize {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let split = t
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         let n: u64 = num
             .parse()
@@ -891,10 +893,7 @@ mod tests {
             Duration::from_millis(500)
         );
         assert_eq!("0s".parse::<HumanDuration>().unwrap().get(), Duration::ZERO);
-        assert_eq!(
-            "10m".parse::<HumanDuration>().unwrap().get(),
-            Duration::from_secs(600)
-        );
+        assert_eq!("10m".parse::<HumanDuration>().unwrap().get(), Duration::from_secs(600));
         assert!("ten".parse::<HumanDuration>().is_err());
         assert_eq!("64MiB".parse::<ByteSize>().unwrap().0, 64 << 20);
         assert_eq!("100".parse::<ByteSize>().unwrap().0, 100);
