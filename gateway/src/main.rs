@@ -56,11 +56,22 @@ fn main() {
 
 /// `fieldgate check`: prints the effective config or every error.
 fn check(path: &std::path::Path) -> i32 {
-    let _ = path;
-    todo!("config helper")
+    match fieldgate::config::load(path) {
+        Ok(resolved) => {
+            print!("{}", fieldgate::config::report::render(&resolved));
+            0
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            fieldgate::EXIT_CONFIG
+        }
+    }
 }
 
 /// `fieldgate schema`: prints the JSON Schema of the config.
 fn schema() -> i32 {
-    todo!("config helper")
+    println!("{}", fieldgate::config::schema::schema_pretty());
+    0
 }

@@ -2,7 +2,11 @@
 //! (`FILE:LINE:COLUMN: KEY.PATH: message`), validation, and resolution into
 //! the effective settings the running gateway uses.
 
+pub mod load;
+pub mod report;
 pub mod resolved;
+pub mod schema;
+pub mod tree;
 pub mod types;
 
 use std::fmt;
@@ -55,6 +59,42 @@ impl std::error::Error for ConfigErrors {}
 
 /// Reads, parses, validates and resolves the config file at `path`.
 pub fn load(path: &Path) -> Result<Resolved, ConfigErrors> {
-    let _ = path;
-    todo!("config loader (config helper)")
+    let label = path.display().to_string();
+    let text = match std::fs::read(path) {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(_) => {
+                return Err(ConfigErrors(vec![ConfigError {
+                    file: label,
+                    line: 1,
+                    column: 1,
+                    key_path: String::new(),
+                    message: "cannot read the config: it is not UTF-8 text".into(),
+                }]))
+            }
+        },
+        Err(e) => {
+            return Err(ConfigErrors(vec![ConfigError {
+                file: label,
+                line: 1,
+                column: 1,
+                key_path: String::new(),
+                message: format!("cannot read {}: {e}", path.display()),
+            }]))
+        }
+    };
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    load_str(&text, &label, base)
 }
+
+/// Parses, validates and resolves config `text`; errors name `file_label`;
+/// relative `passwordFile`s are resolved against `base_dir`.
+pub fn load_str(text: &str, file_label: &str, base_dir: &Path) -> Result<Resolved, ConfigErrors> {
+    load::load_str(text, file_label, base_dir)
+}
+
+#[cfg(test)]
+mod tests;

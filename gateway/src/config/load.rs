@@ -1,0 +1,2191 @@
+//! Loading: YAML text → located tree → typed sections (subtree by subtree, so
+//! independent mistakes are all reported) → validation → [`Resolved`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde::de::DeserializeOwned;
+
+use fieldgate_drivers::dummy::Generator;
+use fieldgate_drivers::{Connection, DataType, DeviceSpec, PropertyAddress, PropertySpec, Value};
+
+use super::resolved::*;
+use super::tree::{self, from_node, join, list, Kind, Node};
+use super::types::*;
+use super::{ConfigError, ConfigErrors};
+
+/// Collects located errors for one file.
+pub(crate) struct Ctx {
+    file: String,
+    pub(crate) errors: Vec<ConfigError>,
+}
+
+impl Ctx {
+    fn new(file: &str) -> Self {
+        Ctx {
+            file: file.to_string(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// An error at `node`, key path `path`.
+    fn at(&mut self, node: &Node, path: &str, msg: impl Into<String>) {
+        self.at_pos(node.line, node.column, path, msg);
+    }
+
+    fn at_pos(&mut self, line: usize, column: usize, path: &str, msg: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            line: line.max(1),
+            column: column.max(1),
+            key_path: path.to_string(),
+            message: msg.into(),
+        });
+    }
+
+    /// An error at the key `keys[..]` (any alias) of mapping `map` (falls back
+    /// to the mapping itself when the key is absent).
+    fn key(&mut self, map: &Node, path: &str, keys: &[&str], msg: impl Into<String>) {
+        match map.entry(keys) {
+            Some((k, _)) => {
+                let p = join(path, &k.text().unwrap_or_default());
+                self.at(k, &p, msg)
+            }
+            None => self.at(map, path, msg),
+        }
+    }
+
+    /// An error at the value of `keys[..]` of mapping `map`.
+    fn val(&mut self, map: &Node, path: &str, keys: &[&str], msg: impl Into<String>) {
+        match map.entry(keys) {
+            Some((k, v)) => {
+                let p = join(path, &k.text().unwrap_or_default());
+                self.at(v, &p, msg)
+            }
+            None => self.at(map, path, msg),
+        }
+    }
+
+    /// Deserializes `T` from `node`. On an error inside one entry of the
+    /// mapping, reports it, drops that entry and tries again, so every bad
+    /// entry is reported once. `None` when the mapping as a whole is invalid
+    /// (wrong kind, missing required key).
+    fn de<T: DeserializeOwned>(&mut self, node: &Node, path: &str) -> Option<T> {
+        let mut cur = node.clone();
+        let mut removed: Vec<String> = Vec::new();
+        loop {
+            match from_node::<T>(&cur, path) {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    let consequence = removed
+                        .iter()
+                        .any(|k| e.message == format!("missing required key `{k}`"));
+                    if consequence {
+                        return None;
+                    }
+                    let (line, column, epath) =
+                        e.at.clone()
+                            .unwrap_or((cur.line, cur.column, path.to_string()));
+                    self.at_pos(line, column, &epath, e.message.clone());
+                    let rest = if path.is_empty() {
+                        Some(epath.as_str())
+                    } else {
+                        epath.strip_prefix(path).and_then(|r| r.strip_prefix('.'))
+                    };
+                    let rest = rest.filter(|r| !r.is_empty())?;
+                    let key = rest.split(['.', '[']).next().unwrap_or(rest).to_string();
+                    cur.entry(&[key.as_str()])?;
+                    cur = cur.without(&[key.as_str()]);
+                    removed.push(key);
+                }
+            }
+        }
+    }
+
+    /// Reports every key of mapping `node` not in `allowed`.
+    fn only_keys(&mut self, node: &Node, path: &str, allowed: &[&str]) -> bool {
+        let mut ok = true;
+        if let Some(entries) = node.entries() {
+            for (k, _) in entries {
+                let name = k.text().unwrap_or_default();
+                if !allowed.contains(&name.as_str()) {
+                    ok = false;
+                    self.at(
+                        k,
+                        &join(path, &name),
+                        tree::unknown_key_message(&name, allowed),
+                    );
+                }
+            }
+        }
+        ok
+    }
+}
+
+/// `[A-Za-z0-9][A-Za-z0-9_.-]*`
+pub fn is_valid_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) if c.is_ascii_alphanumeric() => {}
+        _ => return false,
+    }
+    chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Checks a topic (or topic prefix) against the topic rules.
+pub fn check_topic(t: &str) -> Result<(), String> {
+    if t.is_empty() {
+        return Err("a topic must not be empty".into());
+    }
+    if t.contains('+') || t.contains('#') {
+        return Err(format!(
+            "topic `{t}` contains a wildcard (`+` or `#`); topics here are plain names"
+        ));
+    }
+    if t.contains('\0') {
+        return Err(format!(
+            "topic `{}` contains a NUL character",
+            t.escape_debug()
+        ));
+    }
+    if t.starts_with('/') {
+        return Err(format!("topic `{t}` must not start with `/`"));
+    }
+    if t.starts_with('$') {
+        return Err(format!(
+            "topic `{t}` must not start with `$` (reserved for broker topics)"
+        ));
+    }
+    if t.split('/').any(str::is_empty) {
+        return Err(format!(
+            "topic `{t}` has an empty level (`//` or a trailing `/`)"
+        ));
+    }
+    if t.len() > 60_000 {
+        return Err("topic is too long".into());
+    }
+    Ok(())
+}
+
+const NAME_RULE: &str = "use letters, digits, `_`, `.` and `-`, starting with a letter or digit";
+
+/// The path of the mapping that encloses (line, column), from indentation:
+/// YAML syntax errors come before a tree exists.
+pub(crate) fn enclosing_path(text: &str, line: usize, column: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    if line == 0 || lines.is_empty() {
+        return String::new();
+    }
+    let last = (line - 1).min(lines.len() - 1);
+    let mut limit = column.saturating_sub(1);
+    let mut segs: Vec<String> = Vec::new();
+    let key_of = |s: &str| -> Option<String> {
+        let s = s.trim_start();
+        let s = s.strip_prefix("- ").unwrap_or(s);
+        let end = s.find(':')?;
+        let k = s[..end].trim().trim_matches(|c| c == '"' || c == '\'');
+        let rest = &s[end + 1..];
+        if k.is_empty() || k.contains(' ') || !(rest.is_empty() || rest.starts_with(' ')) {
+            return None;
+        }
+        Some(k.to_string())
+    };
+    for i in (0..=last).rev() {
+        let l = lines[i];
+        let content = l.trim_start();
+        if content.is_empty() || content.starts_with('#') {
+            continue;
+        }
+        let ind = l.len() - content.len();
+        if i == last && ind >= limit {
+            continue;
+        }
+        let dash = content.starts_with("- ") || content == "-";
+        let key_ind = if dash { ind + 2 } else { ind };
+        if let Some(k) = key_of(content) {
+            if key_ind < limit {
+                segs.push(k);
+                limit = key_ind;
+            }
+        }
+        if dash && ind < limit {
+            // Count earlier items at this indentation under the same parent.
+            let mut n = 0;
+            for l2 in lines[..i].iter().rev() {
+                let c2 = l2.trim_start();
+                if c2.is_empty() || c2.starts_with('#') {
+                    continue;
+                }
+                let ind2 = l2.len() - c2.len();
+                if ind2 < ind {
+                    break;
+                }
+                if ind2 == ind && (c2.starts_with("- ") || c2 == "-") {
+                    n += 1;
+                }
+            }
+            segs.push(format!("[{n}]"));
+            limit = ind;
+        }
+        if limit == 0 {
+            break;
+        }
+    }
+    let mut out = String::new();
+    for s in segs.iter().rev() {
+        if s.starts_with('[') {
+            out.push_str(s);
+        } else {
+            out = join(&out, s);
+        }
+    }
+    out
+}
+
+/// Parses, validates and resolves config text. `file_label` is used in
+/// error lines; `base_dir` resolves relative `passwordFile`s.
+pub fn load_str(text: &str, file_label: &str, base_dir: &Path) -> Result<Resolved, ConfigErrors> {
+    let mut ctx = Ctx::new(file_label);
+    let root = match tree::parse(text) {
+        Ok(n) => n,
+        Err(e) => {
+            let path = enclosing_path(text, e.line, e.column);
+            ctx.at_pos(
+                e.line,
+                e.column,
+                &path,
+                format!("YAML syntax error: {}", e.message),
+            );
+            return Err(ConfigErrors(ctx.errors));
+        }
+    };
+    let resolved = Loader {
+        ctx: &mut ctx,
+        base_dir,
+    }
+    .run(&root);
+    ctx.errors.sort_by_key(|e| (e.line, e.column));
+    ctx.errors.dedup();
+    drop_consequential(&mut ctx.errors);
+    match resolved {
+        Some(r) if ctx.errors.is_empty() => Ok(r),
+        _ => {
+            if ctx.errors.is_empty() {
+                ctx.at_pos(1, 1, "", "invalid configuration");
+            }
+            Err(ConfigErrors(ctx.errors))
+        }
+    }
+}
+
+/// Drops "needs `k`" errors at path P when `P.k` itself already has an
+/// error (the key was given but invalid, so it was set aside).
+fn drop_consequential(errors: &mut Vec<ConfigError>) {
+    let paths: Vec<String> = errors.iter().map(|e| e.key_path.clone()).collect();
+    errors.retain(|e| {
+        let Some(i) = e.message.find("needs `") else {
+            return true;
+        };
+        let rest = &e.message[i + 7..];
+        let key = rest.split(['`', ':', ' ']).next().unwrap_or("");
+        if key.is_empty() {
+            return true;
+        }
+        let want = join(&e.key_path, key);
+        !paths.iter().any(|p| {
+            p == &want || p.starts_with(&format!("{want}.")) || p.starts_with(&format!("{want}["))
+        })
+    });
+}
+
+struct Loader<'c> {
+    ctx: &'c mut Ctx,
+    base_dir: &'c Path,
+}
+
+/// One device as parsed, with the nodes needed to locate later errors.
+struct ParsedDevice<'n> {
+    index: usize,
+    node: &'n Node,
+    path: String,
+    config: DeviceConfig,
+    /// Per-device MQTT overrides and their node.
+    mqtt: Option<(MqttOptions, &'n Node)>,
+    /// Properties that parsed, with their node and path.
+    props: Vec<(PropertyConfig, &'n Node, String)>,
+}
+
+const ROOT_KEYS: &[&str] = &["gateway", "broker", "mqtt", "devices"];
+const MQTT_KEYS: &[&str] = &["client", "message"];
+const MODBUS_PROTOCOL: &[&str] = &[
+    "tcp",
+    "rtu",
+    "rtuOverTcp",
+    "unitId",
+    "byteOrder",
+    "maxRegistersPerRead",
+    "maxGap",
+];
+const OPCUA_PROTOCOL: &[&str] = &[
+    "endpoint",
+    "securityPolicy",
+    "securityMode",
+    "username",
+    "password",
+    "passwordFile",
+    "certificate",
+    "privateKey",
+    "trustedServerCertificates",
+    "mode",
+];
+const BLE_PROTOCOL: &[&str] = &["address", "name", "adapter", "scanTimeout", "byteOrder"];
+const COMMON_PROPERTY: &[&str] = &[
+    "name",
+    "type",
+    "writable",
+    "scale",
+    "offset",
+    "enum",
+    "min",
+    "max",
+    "deadband",
+    "unit",
+    "description",
+];
+const DUMMY_PROPERTY: &[&str] = &["simulate"];
+const MODBUS_PROPERTY: &[&str] = &[
+    "register",
+    "address",
+    "bit",
+    "quantity",
+    "byte",
+    "byteOrder",
+];
+const OPCUA_PROPERTY: &[&str] = &["nodeId"];
+const BLE_PROPERTY: &[&str] = &[
+    "service",
+    "characteristic",
+    "access",
+    "byteOffset",
+    "byteOrder",
+];
+
+fn driver_protocol_keys(d: DriverKind) -> &'static [&'static str] {
+    match d {
+        DriverKind::Dummy => &[],
+        DriverKind::Modbus => MODBUS_PROTOCOL,
+        DriverKind::Opcua => OPCUA_PROTOCOL,
+        DriverKind::Ble => BLE_PROTOCOL,
+    }
+}
+
+fn driver_property_keys(d: DriverKind) -> &'static [&'static str] {
+    match d {
+        DriverKind::Dummy => DUMMY_PROPERTY,
+        DriverKind::Modbus => MODBUS_PROPERTY,
+        DriverKind::Opcua => OPCUA_PROPERTY,
+        DriverKind::Ble => BLE_PROPERTY,
+    }
+}
+
+/// Which drivers a key belongs to, for messages.
+fn owners(key: &str, table: fn(DriverKind) -> &'static [&'static str]) -> Vec<&'static str> {
+    [
+        DriverKind::Dummy,
+        DriverKind::Modbus,
+        DriverKind::Opcua,
+        DriverKind::Ble,
+    ]
+    .into_iter()
+    .filter(|d| table(*d).contains(&key))
+    .map(|d| d.as_str())
+    .collect()
+}
+
+fn secs(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+impl Loader<'_> {
+    fn run(&mut self, root: &Node) -> Option<Resolved> {
+        let empty = Node::synthetic(Kind::Map(vec![]));
+        let root = match &root.kind {
+            Kind::Null => &empty,
+            Kind::Map(_) => root,
+            _ => {
+                self.ctx.at(
+                    root,
+                    "",
+                    format!(
+                        "the config must be a mapping with keys {}, found {}",
+                        list(ROOT_KEYS),
+                        root.describe()
+                    ),
+                );
+                return None;
+            }
+        };
+        self.ctx.only_keys(root, "", ROOT_KEYS);
+
+        // gateway
+        let gateway = match root.get("gateway") {
+            Some(n) if !n.is_null() => self.ctx.de::<GatewaySection>(n, "gateway"),
+            _ => Some(GatewaySection::default()),
+        }
+        .unwrap_or_default();
+        let gw_node = root.get("gateway");
+        let gw_map = |key: &str| gw_node.and_then(|g| g.entry(&[key]).map(|_| g));
+        if !is_valid_name(&gateway.namespace) {
+            if let Some(g) = gw_map("namespace") {
+                self.ctx.val(
+                    g,
+                    "gateway",
+                    &["namespace"],
+                    format!("invalid namespace `{}`; {NAME_RULE}", gateway.namespace),
+                );
+            }
+        }
+        let metrics_listen = if gateway.metrics.listen.is_empty() {
+            None
+        } else {
+            match gateway.metrics.listen.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    if let Some(m) = gw_node.and_then(|g| g.get("metrics")) {
+                        self.ctx.val(
+                            m,
+                            "gateway.metrics",
+                            &["listen"],
+                            format!(
+                                "`{}` is not a socket address; write e.g. 127.0.0.1:9880, or \"\" to turn metrics off",
+                                gateway.metrics.listen
+                            ),
+                        );
+                    }
+                    None
+                }
+            }
+        };
+        if gateway.state_directory.is_empty() {
+            if let Some(g) = gw_map("stateDirectory") {
+                self.ctx
+                    .val(g, "gateway", &["stateDirectory"], "must not be empty");
+            }
+        }
+
+        // broker
+        let broker = match root.get("broker") {
+            Some(n) if !n.is_null() => {
+                let b = self.ctx.de::<BrokerSection>(n, "broker");
+                b.and_then(|b| match b.listen.parse::<SocketAddr>() {
+                    Ok(listen) => Some(BrokerSettings { listen }),
+                    Err(_) => {
+                        self.ctx.val(
+                            n,
+                            "broker",
+                            &["listen"],
+                            format!(
+                                "`{}` is not a socket address; write e.g. 127.0.0.1:11883",
+                                b.listen
+                            ),
+                        );
+                        None
+                    }
+                })
+            }
+            _ => None,
+        };
+
+        // top-level mqtt
+        let top_mqtt_node = root.get("mqtt");
+        let top = match top_mqtt_node {
+            Some(n) => self.mqtt_section(n, "mqtt", true),
+            None => MqttOptions::default(),
+        };
+
+        // devices
+        let mut parsed = Vec::new();
+        if let Some(dn) = root.get("devices") {
+            match &dn.kind {
+                Kind::Null => {}
+                Kind::Seq(items) => {
+                    for (i, d) in items.iter().enumerate() {
+                        if let Some(p) = self.parse_device(i, d) {
+                            parsed.push(p);
+                        }
+                    }
+                }
+                _ => {
+                    let (k, _) = root.entry(&["devices"]).unwrap();
+                    let _ = k;
+                    self.ctx.at(
+                        dn,
+                        "devices",
+                        format!("expected a list of devices, found {}", dn.describe()),
+                    )
+                }
+            }
+        }
+
+        // Duplicate device names (second occurrence).
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for d in &parsed {
+            if let Some(first) = seen.get(&d.config.name) {
+                self.ctx.val(
+                    d.node,
+                    &d.path,
+                    &["name"],
+                    format!(
+                        "duplicate device name `{}`: already used by devices[{first}]; device names must be unique",
+                        d.config.name
+                    ),
+                );
+            } else {
+                seen.insert(d.config.name.clone(), d.index);
+            }
+        }
+
+        let ns = gateway.namespace.clone();
+        let top_prefix = top
+            .message
+            .topic
+            .as_ref()
+            .and_then(|t| t.prefix.clone())
+            .unwrap_or_else(|| "fieldgate".into());
+        let gateway_topic = format!("{top_prefix}/{ns}");
+
+        // Sessions: the gateway session first.
+        let mut session_keys: Vec<ClientOptions> = vec![top.client.clone()];
+        let mut sessions: Vec<SessionSettings> = Vec::new();
+        let gw_session = self.resolve_session(
+            &top.client,
+            top_mqtt_node.and_then(|n| n.get("client")),
+            "mqtt.client",
+            &broker,
+            format!("fieldgate-{ns}"),
+            format!("{gateway_topic}/$will"),
+        );
+        sessions.push(gw_session.unwrap_or_else(placeholder_session));
+
+        let mut devices = Vec::new();
+        let mut topics: HashMap<String, String> = HashMap::new();
+        for d in &parsed {
+            let dev_client = d.mqtt.as_ref().map(|(m, _)| m.client.clone());
+            let dev_msg = d.mqtt.as_ref().map(|(m, _)| m.message.clone());
+            let merged_client = match &dev_client {
+                Some(c) => merge_client(c, &top.client),
+                None => top.client.clone(),
+            };
+            let merged_msg = match &dev_msg {
+                Some(m) => merge_message(m, &top.message),
+                None => top.message.clone(),
+            };
+            // Topic T.
+            let topic_opts = merged_msg.topic.clone().unwrap_or_default();
+            let own_name = dev_msg
+                .as_ref()
+                .and_then(|m| m.topic.as_ref())
+                .and_then(|t| t.name.clone())
+                .filter(|n| !n.is_empty());
+            let prefix = topic_opts
+                .prefix
+                .clone()
+                .unwrap_or_else(|| "fieldgate".into());
+            let t = match &own_name {
+                Some(n) => n.clone(),
+                None => match topic_opts.with.unwrap_or_default() {
+                    TopicWith::Nn => format!("{prefix}/{ns}/{}", d.config.name),
+                    TopicWith::Uid => format!("{prefix}/{}", device_uid(&ns, &d.config.name)),
+                },
+            };
+            let topic_loc = d
+                .mqtt
+                .as_ref()
+                .and_then(|(_, n)| n.get("message"))
+                .and_then(|m| m.get("topic"))
+                .filter(|t| t.get("name").is_some() && own_name.is_some());
+            if own_name.is_none() {
+                if let Err(e) = check_topic(&t) {
+                    self.ctx.val(
+                        d.node,
+                        &d.path,
+                        &["name"],
+                        format!("the device topic is invalid: {e}"),
+                    );
+                }
+            }
+            if let Some(other) = topics.get(&t).filter(|o| **o != d.config.name) {
+                let msg = format!(
+                    "topic `{t}` is already used by device `{other}`; every device needs its own topic"
+                );
+                match topic_loc {
+                    Some(tn) => {
+                        let p = format!("{}.mqtt.message.topic", d.path);
+                        self.ctx.val(tn, &p, &["name"], msg)
+                    }
+                    None => self.ctx.val(d.node, &d.path, &["name"], msg),
+                }
+            } else {
+                topics
+                    .entry(t.clone())
+                    .or_insert_with(|| d.config.name.clone());
+            }
+
+            // Session.
+            let session = match session_keys.iter().position(|k| *k == merged_client) {
+                Some(i) => i,
+                None => {
+                    let client_node = d.mqtt.as_ref().and_then(|(_, n)| n.get("client"));
+                    let s = self.resolve_session(
+                        &merged_client,
+                        client_node,
+                        &format!("{}.mqtt.client", d.path),
+                        &broker,
+                        format!("fieldgate-{ns}-{}", d.config.name),
+                        format!("{t}/$will"),
+                    );
+                    let s = s.unwrap_or_else(placeholder_session);
+                    if let Some(j) = sessions.iter().position(|o| o.client_id == s.client_id) {
+                        let _ = j;
+                        let msg = format!(
+                            "client id `{}` is already used by another MQTT session; devices with different client options need different client ids",
+                            s.client_id
+                        );
+                        match client_node.filter(|c| c.get("clientId").is_some()) {
+                            Some(c) => self.ctx.val(
+                                c,
+                                &format!("{}.mqtt.client", d.path),
+                                &["clientId"],
+                                msg,
+                            ),
+                            None => self.ctx.val(d.node, &d.path, &["name"], msg),
+                        }
+                    }
+                    session_keys.push(merged_client.clone());
+                    sessions.push(s);
+                    sessions.len() - 1
+                }
+            };
+
+            let message = MessageSettings {
+                topic: t,
+                payload_encode: merged_msg.payload_encode.unwrap_or_default(),
+                qos: merged_msg.qos.unwrap_or(0),
+                retained: merged_msg.retained.unwrap_or(false),
+                wait_timeout: merged_msg
+                    .wait_timeout
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::ZERO),
+            };
+            if let Some((spec, props)) = self.device_spec(d) {
+                devices.push(DeviceSettings {
+                    name: d.config.name.clone(),
+                    driver: d.config.driver,
+                    spec,
+                    properties: props,
+                    publish: PublishPolicy {
+                        on_change: d.config.publish.on_change,
+                        heartbeat: d.config.publish.heartbeat.0,
+                    },
+                    session,
+                    message,
+                });
+            }
+        }
+
+        Some(Resolved {
+            gateway: GatewaySettings {
+                namespace: ns,
+                state_directory: gateway.state_directory.clone().into(),
+                metrics_listen,
+                log_level: gateway.log.level,
+                log_format: gateway.log.format,
+            },
+            broker,
+            gateway_topic,
+            sessions,
+            devices,
+        })
+    }
+
+    /// `mqtt:` (top level or per device): client and message, each validated.
+    fn mqtt_section(&mut self, n: &Node, path: &str, top: bool) -> MqttOptions {
+        let mut out = MqttOptions::default();
+        match &n.kind {
+            Kind::Null => return out,
+            Kind::Map(_) => {}
+            _ => {
+                self.ctx.at(
+                    n,
+                    path,
+                    format!(
+                        "expected a mapping with keys `client`, `message`, found {}",
+                        n.describe()
+                    ),
+                );
+                return out;
+            }
+        }
+        self.ctx.only_keys(n, path, MQTT_KEYS);
+        if let Some(c) = n.get("client").filter(|c| !c.is_null()) {
+            let p = join(path, "client");
+            if let Some(opts) = self.ctx.de::<ClientOptions>(c, &p) {
+                self.check_client(c, &p, &opts);
+                out.client = opts;
+            }
+        }
+        if let Some(m) = n.get("message").filter(|m| !m.is_null()) {
+            let p = join(path, "message");
+            if let Some(opts) = self.ctx.de::<MessageOptions>(m, &p) {
+                self.check_message(m, &p, &opts, top);
+                out.message = opts;
+            }
+        }
+        out
+    }
+
+    fn check_client(&mut self, n: &Node, path: &str, c: &ClientOptions) {
+        let ctx = &mut *self.ctx;
+        if let Some(s) = &c.server {
+            if let Err(e) = parse_server(s) {
+                ctx.val(n, path, &["server"], e);
+            }
+        }
+        match c.protocol_version {
+            None | Some(4) | Some(5) => {}
+            Some(3) => ctx.val(
+                n,
+                path,
+                &["protocolVersion"],
+                "protocolVersion 3 (MQTT 3.1) is not supported yet; use 4 (MQTT 3.1.1) or 5 (MQTT 5)",
+            ),
+            Some(v) => ctx.val(
+                n,
+                path,
+                &["protocolVersion"],
+                format!("protocolVersion {v} is not an MQTT version; allowed: 3 (MQTT 3.1, not supported yet), 4 (MQTT 3.1.1), 5 (MQTT 5)"),
+            ),
+        }
+        if let Some(id) = &c.client_id {
+            if id.len() > 65_535 || id.contains('\0') {
+                ctx.val(
+                    n,
+                    path,
+                    &["clientId"],
+                    "client id is too long or contains NUL",
+                );
+            }
+        }
+        if let Some(w) = &c.will {
+            let wn = n.get("will").unwrap_or(n);
+            let wp = join(path, "will");
+            if let Some(t) = &w.topic {
+                let t = t.as_str();
+                if !t.is_empty() {
+                    if let Err(e) = check_topic(t) {
+                        let tn = wn.get("topic").unwrap_or(wn);
+                        let target = tn.get("name").unwrap_or(tn);
+                        let p = if tn.get("name").is_some() {
+                            join(&join(&wp, "topic"), "name")
+                        } else {
+                            join(&wp, "topic")
+                        };
+                        ctx.at(target, &p, e);
+                    }
+                }
+            }
+            if let Some(q) = w.qos {
+                if q > 2 {
+                    ctx.val(
+                        wn,
+                        &wp,
+                        &["qos"],
+                        format!("qos {q} is out of range; allowed: 0, 1, 2"),
+                    );
+                }
+            }
+            if w.payload_encode == Some(PayloadEncode::Base64) {
+                let content = w
+                    .payload_content
+                    .clone()
+                    .unwrap_or_else(|| "offline".into());
+                if base64::engine::general_purpose::STANDARD
+                    .decode(content.trim())
+                    .is_err()
+                {
+                    ctx.val(
+                        wn,
+                        &wp,
+                        &["payloadContent"],
+                        "with `payloadEncode: base64`, `payloadContent` must be base64 text (e.g. b2ZmbGluZQ== for `offline`)",
+                    );
+                }
+            }
+        }
+        if let Some(a) = &c.basic_auth {
+            let an = n.get("basicAuth").unwrap_or(n);
+            let ap = join(path, "basicAuth");
+            if a.password.is_some() && a.password_file.as_deref().is_some_and(|f| !f.is_empty()) {
+                ctx.key(
+                    an,
+                    &ap,
+                    &["passwordFile"],
+                    "give either `password` or `passwordFile`, not both",
+                );
+            }
+            if let Some(f) = a.password_file.as_deref().filter(|f| !f.is_empty()) {
+                if let Err(e) = read_password_file(self.base_dir, f) {
+                    ctx.val(an, &ap, &["passwordFile"], e);
+                }
+            }
+        }
+        if let Some(tn) = n.get("tlsConfig") {
+            match tn.entries() {
+                Some(entries) if !entries.is_empty() => {
+                    let tp = join(path, "tlsConfig");
+                    for (k, _) in entries {
+                        let name = k.text().unwrap_or_default();
+                        ctx.at(
+                            k,
+                            &join(&tp, &name),
+                            format!("`tlsConfig.{name}` is not supported yet (TLS connections are not implemented in this version); remove it"),
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = &c.store {
+            let sn = n.get("store").unwrap_or(n);
+            let sp = join(path, "store");
+            if s.kind == Some(StoreKind::File) {
+                ctx.val(
+                    sn,
+                    &sp,
+                    &["type"],
+                    "`store.type: file` is not supported yet; use `memory` (messageChannelDepth messages held while offline)",
+                );
+            }
+            if s.directory_prefix.is_some() {
+                ctx.key(
+                    sn,
+                    &sp,
+                    &["directoryPrefix", "direcotryPrefix"],
+                    "`store.directoryPrefix` is not supported yet (only the memory store exists); remove it",
+                );
+            }
+            if s.max_bytes.is_some() {
+                ctx.key(
+                    sn,
+                    &sp,
+                    &["maxBytes"],
+                    "`store.maxBytes` is not supported yet (only the memory store exists); remove it",
+                );
+            }
+        }
+        if c.resume_subs == Some(true) {
+            ctx.val(
+                n,
+                path,
+                &["resumeSubs"],
+                "`resumeSubs: true` is not supported yet; remove it or set false",
+            );
+        }
+        if c.order == Some(false) {
+            ctx.val(
+                n,
+                path,
+                &["order"],
+                "`order: false` is not supported yet; messages are always sent in order",
+            );
+        }
+        if c.http_headers.is_some() {
+            ctx.key(n, path, &["httpHeaders"], "`httpHeaders` is not supported yet (WebSocket transports are not implemented); remove it");
+        }
+        if let Some(p) = c.ping_timeout {
+            if p.0 != Duration::from_secs(10) {
+                ctx.val(
+                    n,
+                    path,
+                    &["pingTimeout"],
+                    format!(
+                        "a `pingTimeout` other than 10s is not supported yet (got {}); remove it",
+                        secs(p.0)
+                    ),
+                );
+            }
+        }
+        if let Some(p) = c.write_timeout {
+            if p.0 != Duration::from_secs(30) {
+                ctx.val(
+                    n,
+                    path,
+                    &["writeTimeout"],
+                    format!(
+                        "a `writeTimeout` other than 30s is not supported yet (got {}); remove it",
+                        secs(p.0)
+                    ),
+                );
+            }
+        }
+        if let Some(k) = c.keep_alive {
+            if !k.0.is_zero() && k.0 < Duration::from_secs(1) {
+                ctx.val(
+                    n,
+                    path,
+                    &["keepAlive"],
+                    "keepAlive must be 0s (off) or at least 1s",
+                );
+            } else if k.0 > Duration::from_secs(65_535) {
+                ctx.val(n, path, &["keepAlive"], "keepAlive must be at most 65535s");
+            }
+        }
+        if let Some(m) = c.max_reconnect_interval {
+            if m.0 < Duration::from_secs(1) {
+                ctx.val(
+                    n,
+                    path,
+                    &["maxReconnectInterval"],
+                    "maxReconnectInterval must be at least 1s (the backoff starts at 1s)",
+                );
+            }
+        }
+        if c.message_channel_depth == Some(0) {
+            ctx.val(
+                n,
+                path,
+                &["messageChannelDepth"],
+                "messageChannelDepth must be at least 1",
+            );
+        }
+    }
+
+    fn check_message(&mut self, n: &Node, path: &str, m: &MessageOptions, top: bool) {
+        let ctx = &mut *self.ctx;
+        if let Some(q) = m.qos {
+            if q > 2 {
+                ctx.val(
+                    n,
+                    path,
+                    &["qos"],
+                    format!("qos {q} is out of range; allowed: 0, 1, 2"),
+                );
+            }
+        }
+        if let (Some(t), Some(tn)) = (&m.topic, n.get("topic")) {
+            let tp = join(path, "topic");
+            if let Some(name) = &t.name {
+                if top {
+                    ctx.key(
+                        tn,
+                        &tp,
+                        &["name"],
+                        "a static topic `name` is allowed only per device (devices[N].mqtt.message.topic.name); at the top level use `prefix` and `with`",
+                    );
+                } else if let Err(e) = check_topic(name) {
+                    ctx.val(tn, &tp, &["name"], e);
+                }
+            }
+            if let Some(p) = &t.prefix {
+                if let Err(e) = check_topic(p) {
+                    ctx.val(tn, &tp, &["prefix"], format!("invalid prefix: {e}"));
+                }
+            }
+        }
+    }
+
+    fn parse_device<'n>(&mut self, index: usize, node: &'n Node) -> Option<ParsedDevice<'n>> {
+        let path = format!("devices[{index}]");
+        if node.entries().is_none() {
+            self.ctx.at(
+                node,
+                &path,
+                format!(
+                    "expected a device mapping (name, driver, …), found {}",
+                    node.describe()
+                ),
+            );
+            return None;
+        }
+        // Properties one by one.
+        let mut props = Vec::new();
+        let mut props_ok = true;
+        if let Some(pn) = node.get("properties") {
+            match &pn.kind {
+                Kind::Null => {}
+                Kind::Seq(items) => {
+                    for (j, p) in items.iter().enumerate() {
+                        let pp = format!("{path}.properties[{j}]");
+                        if p.entries().is_none() {
+                            self.ctx.at(
+                                p,
+                                &pp,
+                                format!(
+                                    "expected a property mapping (name, type, …), found {}",
+                                    p.describe()
+                                ),
+                            );
+                            props_ok = false;
+                            continue;
+                        }
+                        match self.ctx.de::<PropertyConfig>(p, &pp) {
+                            Some(c) => props.push((c, p, pp)),
+                            None => props_ok = false,
+                        }
+                    }
+                }
+                _ => {
+                    self.ctx.at(
+                        pn,
+                        &join(&path, "properties"),
+                        format!("expected a list of properties, found {}", pn.describe()),
+                    );
+                    props_ok = false;
+                }
+            }
+        }
+        let _ = props_ok;
+        let mqtt = node
+            .get("mqtt")
+            .map(|m| (self.mqtt_section(m, &join(&path, "mqtt"), false), m));
+        let protocol = match node.get("protocol") {
+            Some(pn) if !pn.is_null() => {
+                match self.ctx.de::<ProtocolConfig>(pn, &join(&path, "protocol")) {
+                    Some(p) => Some(p),
+                    None => return None,
+                }
+            }
+            _ => None,
+        };
+        let mut config = self
+            .ctx
+            .de::<DeviceConfig>(&node.without(&["properties", "mqtt", "protocol"]), &path)?;
+        config.protocol = protocol;
+        if !is_valid_name(&config.name) {
+            self.ctx.val(
+                node,
+                &path,
+                &["name"],
+                format!("invalid device name `{}`; {NAME_RULE}", config.name),
+            );
+        }
+        let d = ParsedDevice {
+            index,
+            node,
+            path,
+            config,
+            mqtt,
+            props,
+        };
+        self.check_device(&d);
+        Some(d)
+    }
+
+    /// Driver-independent and driver-specific checks of one device.
+    fn check_device(&mut self, d: &ParsedDevice<'_>) {
+        let drv = d.config.driver;
+        let path = &d.path;
+        let ctx = &mut *self.ctx;
+        // Driver-specific device keys.
+        if d.config.model.is_some() && drv != DriverKind::Dummy {
+            ctx.key(
+                d.node,
+                path,
+                &["model"],
+                format!(
+                    "`model` belongs to the dummy driver; a {} device does not take it",
+                    drv.as_str()
+                ),
+            );
+        }
+        if let Some(pn) = d.node.get("protocol") {
+            let allowed = driver_protocol_keys(drv);
+            if let Some(entries) = pn.entries() {
+                for (k, _) in entries {
+                    let key = k.text().unwrap_or_default();
+                    let own = owners(&key, driver_protocol_keys);
+                    if !allowed.contains(&key.as_str()) && !own.is_empty() {
+                        let msg = if allowed.is_empty() {
+                            format!("`protocol.{key}` belongs to the {} driver; a {} device takes no protocol keys", own.join("/"), drv.as_str())
+                        } else {
+                            format!(
+                                "`protocol.{key}` belongs to the {} driver; a {} device takes {}",
+                                own.join("/"),
+                                drv.as_str(),
+                                list(allowed)
+                            )
+                        };
+                        ctx.at(k, &join(&join(path, "protocol"), &key), msg);
+                    }
+                }
+            }
+        }
+        // Properties: driver keys, names, common rules.
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for (j, (p, pn, pp)) in d.props.iter().enumerate() {
+            let _ = j;
+            let allowed = driver_property_keys(drv);
+            if let Some(entries) = pn.entries() {
+                for (k, _) in entries {
+                    let key = k.text().unwrap_or_default();
+                    if COMMON_PROPERTY.contains(&key.as_str()) || allowed.contains(&key.as_str()) {
+                        continue;
+                    }
+                    let own = owners(&key, driver_property_keys);
+                    if own.is_empty() {
+                        continue;
+                    }
+                    ctx.at(
+                        k,
+                        &join(pp, &key),
+                        format!(
+                            "`{key}` belongs to the {} driver; a {} property takes {}",
+                            own.join("/"),
+                            drv.as_str(),
+                            list(&[COMMON_PROPERTY, allowed].concat())
+                        ),
+                    );
+                }
+            }
+            if p.name.starts_with('$') {
+                ctx.val(
+                    pn,
+                    pp,
+                    &["name"],
+                    format!("property name `{}` must not start with `$`", p.name),
+                );
+            } else if p.name.is_empty() {
+                ctx.val(pn, pp, &["name"], "property name must not be empty");
+            }
+            if let Some(first) = names.get(&p.name) {
+                ctx.val(
+                    pn,
+                    pp,
+                    &["name"],
+                    format!("duplicate property name `{}`: already used by properties[{first}] of this device", p.name),
+                );
+            } else {
+                names.insert(p.name.clone(), d.props[..j].len());
+            }
+            let t = p.data_type;
+            if !t.is_numeric() {
+                for key in ["scale", "offset", "min", "max", "deadband"] {
+                    if pn.get(key).is_some_and(|v| !v.is_null()) {
+                        ctx.key(
+                            pn,
+                            pp,
+                            &[key],
+                            format!("`{key}` applies only to numeric types (int*, uint*, float*), not `{t}`"),
+                        );
+                    }
+                }
+            } else {
+                if p.scale == Some(0.0) {
+                    ctx.val(
+                        pn,
+                        pp,
+                        &["scale"],
+                        "scale must not be 0 (writes divide by it)",
+                    );
+                }
+                for (key, v) in [
+                    ("scale", p.scale),
+                    ("offset", p.offset),
+                    ("min", p.min),
+                    ("max", p.max),
+                    ("deadband", p.deadband),
+                ] {
+                    if v.is_some_and(|x| !x.is_finite()) {
+                        ctx.val(pn, pp, &[key], format!("`{key}` must be a finite number"));
+                    }
+                }
+                if let (Some(lo), Some(hi)) = (p.min, p.max) {
+                    if lo > hi {
+                        ctx.val(pn, pp, &["max"], format!("max ({hi}) is below min ({lo})"));
+                    }
+                }
+                if p.deadband.is_some_and(|x| x < 0.0) {
+                    ctx.val(pn, pp, &["deadband"], "deadband must not be negative");
+                }
+            }
+            if let Some(en) = pn.get("enum") {
+                let ep = join(pp, "enum");
+                if t == DataType::Bytes {
+                    ctx.key(
+                        pn,
+                        pp,
+                        &["enum"],
+                        "`enum` is not allowed on `bytes` properties",
+                    );
+                } else if let Some(entries) = en.entries() {
+                    for (k, _) in entries {
+                        if let Err(e) = enum_raw(t, k) {
+                            ctx.at(k, &join(&ep, &k.text().unwrap_or_default()), e);
+                        }
+                    }
+                }
+            }
+            if let Some(bo) = p.byte_order {
+                check_byte_order(ctx, drv, pn, pp, bo);
+            }
+            match drv {
+                DriverKind::Dummy => check_dummy_property(ctx, p, pn, pp),
+                DriverKind::Modbus => check_modbus_property(ctx, p, pn, pp),
+                DriverKind::Opcua => {
+                    if p.node_id.as_deref().is_none_or(str::is_empty) {
+                        ctx.at(
+                            pn,
+                            pp,
+                            "an opcua property needs `nodeId` (e.g. \"ns=2;s=Line1.Speed\")",
+                        );
+                    }
+                }
+                DriverKind::Ble => {
+                    if p.characteristic.as_deref().is_none_or(str::is_empty) {
+                        ctx.at(
+                            pn,
+                            pp,
+                            "a ble property needs `characteristic` (a GATT UUID)",
+                        );
+                    }
+                }
+            }
+        }
+        if d.config.sync_interval.0.is_zero() {
+            ctx.val(
+                d.node,
+                path,
+                &["syncInterval"],
+                "syncInterval must be greater than 0s",
+            );
+        }
+        if d.config.timeout.0.is_zero() {
+            ctx.val(
+                d.node,
+                path,
+                &["timeout"],
+                "timeout must be greater than 0s",
+            );
+        }
+        let proto = d.config.protocol.clone().unwrap_or_default();
+        let pnode = d.node.get("protocol");
+        let ppath = join(path, "protocol");
+        match drv {
+            DriverKind::Dummy => {
+                let has_props = d.node.get("properties").is_some_and(|p| !p.is_null());
+                match (d.config.model.is_some(), has_props) {
+                    (true, true) => ctx.key(
+                        d.node,
+                        path,
+                        &["properties"],
+                        "a dummy device takes either `model` or `properties`, not both",
+                    ),
+                    (false, false) => ctx.key(
+                        d.node,
+                        path,
+                        &["driver"],
+                        "a dummy device needs `model: fan` or a list of `properties` with `simulate`",
+                    ),
+                    _ => {}
+                }
+            }
+            DriverKind::Modbus => {
+                let given: Vec<&str> = [
+                    ("tcp", proto.tcp.is_some()),
+                    ("rtu", proto.rtu.is_some()),
+                    ("rtuOverTcp", proto.rtu_over_tcp.is_some()),
+                ]
+                .into_iter()
+                .filter(|(_, b)| *b)
+                .map(|(k, _)| k)
+                .collect();
+                match (given.len(), pnode) {
+                    (1, _) => {}
+                    (0, Some(pn)) => ctx.key(d.node, path, &["protocol"], {
+                        let _ = pn;
+                        "a modbus device needs exactly one of `tcp`, `rtu`, `rtuOverTcp` under `protocol`"
+                    }),
+                    (0, None) => ctx.key(
+                        d.node,
+                        path,
+                        &["driver"],
+                        "a modbus device needs `protocol` with exactly one of `tcp`, `rtu`, `rtuOverTcp`",
+                    ),
+                    (_, Some(pn)) => ctx.key(
+                        pn,
+                        &ppath,
+                        &[given[1]],
+                        format!("give exactly one of `tcp`, `rtu`, `rtuOverTcp`, not {}", list(&given)),
+                    ),
+                    _ => {}
+                }
+                if let Some(pn) = pnode {
+                    for (k, e) in [("tcp", &proto.tcp), ("rtuOverTcp", &proto.rtu_over_tcp)] {
+                        if let Some(e) = e {
+                            if let Err(m) = check_endpoint(&e.endpoint) {
+                                if let Some(en) = pn.get(k) {
+                                    ctx.val(en, &join(&ppath, k), &["endpoint"], m);
+                                }
+                            }
+                        }
+                    }
+                    if let (Some(r), Some(rn)) = (&proto.rtu, pn.get("rtu")) {
+                        let rp = join(&ppath, "rtu");
+                        if r.port.is_empty() {
+                            ctx.val(
+                                rn,
+                                &rp,
+                                &["port"],
+                                "port must not be empty (e.g. /dev/ttyUSB0)",
+                            );
+                        }
+                        if r.baud_rate == 0 {
+                            ctx.val(rn, &rp, &["baudRate"], "baudRate must be greater than 0");
+                        }
+                        if !(5..=8).contains(&r.data_bits) {
+                            ctx.val(
+                                rn,
+                                &rp,
+                                &["dataBits"],
+                                format!(
+                                    "dataBits {} is out of range; allowed: 5, 6, 7, 8",
+                                    r.data_bits
+                                ),
+                            );
+                        }
+                        if !(1..=2).contains(&r.stop_bits) {
+                            ctx.val(
+                                rn,
+                                &rp,
+                                &["stopBits"],
+                                format!("stopBits {} is out of range; allowed: 1, 2", r.stop_bits),
+                            );
+                        }
+                    }
+                    if let Some(m) = proto.max_registers_per_read {
+                        if !(1..=125).contains(&m) {
+                            ctx.val(
+                                pn,
+                                &ppath,
+                                &["maxRegistersPerRead"],
+                                format!(
+                                    "maxRegistersPerRead {m} is out of range; allowed: 1..=125"
+                                ),
+                            );
+                        }
+                    }
+                    if let Some(bo) = proto.byte_order {
+                        check_byte_order(ctx, drv, pn, &ppath, bo);
+                    }
+                }
+                if d.props.is_empty() && d.node.get("properties").is_none() {
+                    ctx.key(
+                        d.node,
+                        path,
+                        &["name"],
+                        "a modbus device needs `properties`",
+                    );
+                }
+            }
+            DriverKind::Opcua | DriverKind::Ble => {
+                if drv == DriverKind::Opcua && proto.endpoint.as_deref().is_none_or(str::is_empty) {
+                    ctx.key(
+                        d.node,
+                        path,
+                        &["protocol"],
+                        "an opcua device needs `protocol.endpoint` (e.g. opc.tcp://plc:4840)",
+                    );
+                }
+                if drv == DriverKind::Ble {
+                    if proto.address.is_none() && proto.name.is_none() {
+                        ctx.key(
+                            d.node,
+                            path,
+                            &["protocol"],
+                            "a ble device needs `protocol.address` or `protocol.name`",
+                        );
+                    }
+                    if let (Some(bo), Some(pn)) = (proto.byte_order, pnode) {
+                        check_byte_order(ctx, drv, pn, &ppath, bo);
+                    }
+                }
+                ctx.val(
+                    d.node,
+                    path,
+                    &["driver"],
+                    format!(
+                        "driver `{}` is not supported by this build yet; drivers available: {}",
+                        drv.as_str(),
+                        fieldgate_drivers::enabled_drivers().join(", ")
+                    ),
+                );
+            }
+        }
+        #[cfg(not(feature = "modbus"))]
+        if drv == DriverKind::Modbus {
+            ctx.val(
+                d.node,
+                path,
+                &["driver"],
+                "driver `modbus` is not enabled in this build (feature `modbus`)",
+            );
+        }
+    }
+
+    /// Resolves one session from merged configured options.
+    fn resolve_session(
+        &mut self,
+        c: &ClientOptions,
+        node: Option<&Node>,
+        path: &str,
+        broker: &Option<BrokerSettings>,
+        default_id: String,
+        default_will: String,
+    ) -> Option<SessionSettings> {
+        let server = match &c.server {
+            Some(s) => parse_server(s).ok()?,
+            None => match broker {
+                Some(b) => ServerAddress::Tcp {
+                    // A broker listening on every address is reached locally.
+                    host: match b.listen.ip() {
+                        std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".into(),
+                        std::net::IpAddr::V6(ip) if ip.is_unspecified() => "::1".into(),
+                        ip => ip.to_string(),
+                    },
+                    port: b.listen.port(),
+                },
+                None => ServerAddress::Tcp {
+                    host: "127.0.0.1".into(),
+                    port: 1883,
+                },
+            },
+        };
+        let w = c.will.clone().unwrap_or_default();
+        let will_topic = w
+            .topic
+            .as_ref()
+            .map(|t| t.as_str().to_string())
+            .filter(|t| !t.is_empty())
+            .unwrap_or(default_will);
+        let content = w
+            .payload_content
+            .clone()
+            .unwrap_or_else(|| "offline".into());
+        let payload = match w.payload_encode.unwrap_or_default() {
+            PayloadEncode::Raw => content.into_bytes(),
+            PayloadEncode::Base64 => base64::engine::general_purpose::STANDARD
+                .decode(content.trim())
+                .ok()?,
+        };
+        let auth = c.basic_auth.clone().unwrap_or_default();
+        let password = match auth.password_file.as_deref().filter(|f| !f.is_empty()) {
+            Some(f) => match read_password_file(self.base_dir, f) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    // Reported by check_client for the node that set it; a
+                    // merged (inherited) file is reported here.
+                    if node.and_then(|n| n.get("basicAuth")).is_none() {
+                        let _ = (path, e);
+                    }
+                    None
+                }
+            },
+            None => auth.password.clone(),
+        };
+        Some(SessionSettings {
+            client_id: c
+                .client_id
+                .clone()
+                .filter(|s| !s.is_empty())
+                .unwrap_or(default_id),
+            server,
+            protocol_version: c.protocol_version.unwrap_or(4),
+            will: WillSettings {
+                topic: will_topic,
+                payload,
+                qos: w.qos.unwrap_or(1),
+                retained: w.retained.unwrap_or(true),
+            },
+            username: auth.name.clone().filter(|s| !s.is_empty()),
+            password,
+            clean_session: c.clean_session.unwrap_or(true),
+            store: c.store.as_ref().and_then(|s| s.kind).unwrap_or_default(),
+            connect_timeout: c
+                .connect_timeout
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(30)),
+            keep_alive: c.keep_alive.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
+            ping_timeout: c
+                .ping_timeout
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(10)),
+            auto_reconnect: c.auto_reconnect.unwrap_or(true),
+            max_reconnect_interval: c
+                .max_reconnect_interval
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(600)),
+            message_channel_depth: c.message_channel_depth.unwrap_or(100).max(1) as usize,
+        })
+    }
+
+    /// Lowers one device to the driver's spec and the gateway's semantics.
+    fn device_spec(
+        &mut self,
+        d: &ParsedDevice<'_>,
+    ) -> Option<(DeviceSpec, Vec<PropertySemantics>)> {
+        let mut specs = Vec::new();
+        let mut sems = Vec::new();
+        let connection = match d.config.driver {
+            DriverKind::Dummy => {
+                if d.config.model == Some(DummyModel::Fan) {
+                    for (name, t, w, g) in [
+                        ("on", DataType::Bool, true, Generator::FanOn),
+                        ("gear", DataType::Uint8, true, Generator::FanGear),
+                        ("rotatingSpeed", DataType::Int32, false, Generator::FanSpeed),
+                    ] {
+                        specs.push(PropertySpec {
+                            name: name.into(),
+                            data_type: t,
+                            writable: w,
+                            address: PropertyAddress::Simulated(g),
+                        });
+                        let mut s = plain_semantics(name, t, w);
+                        if name == "gear" {
+                            s.enum_entries = ["slow", "middle", "fast"]
+                                .iter()
+                                .enumerate()
+                                .map(|(i, l)| EnumEntry {
+                                    raw: Value::Uint(i as u64),
+                                    label: (*l).into(),
+                                })
+                                .collect();
+                        }
+                        sems.push(s);
+                    }
+                } else {
+                    for (p, pn, _) in &d.props {
+                        let g = generator(p, pn)?;
+                        specs.push(PropertySpec {
+                            name: p.name.clone(),
+                            data_type: p.data_type,
+                            writable: p.writable,
+                            address: PropertyAddress::Simulated(g),
+                        });
+                        sems.push(semantics(p, pn)?);
+                    }
+                }
+                Connection::Dummy
+            }
+            #[cfg(feature = "modbus")]
+            DriverKind::Modbus => {
+                use fieldgate_drivers::modbus as mb;
+                let proto = d.config.protocol.clone().unwrap_or_default();
+                let transport = if let Some(t) = &proto.tcp {
+                    mb::Transport::Tcp {
+                        endpoint: t.endpoint.clone(),
+                    }
+                } else if let Some(t) = &proto.rtu_over_tcp {
+                    mb::Transport::RtuOverTcp {
+                        endpoint: t.endpoint.clone(),
+                    }
+                } else if let Some(r) = &proto.rtu {
+                    mb::Transport::Rtu(mb::SerialSettings {
+                        port: r.port.clone(),
+                        baud_rate: r.baud_rate,
+                        data_bits: r.data_bits,
+                        parity: match r.parity {
+                            ParityName::None => mb::Parity::None,
+                            ParityName::Even => mb::Parity::Even,
+                            ParityName::Odd => mb::Parity::Odd,
+                        },
+                        stop_bits: r.stop_bits,
+                    })
+                } else {
+                    return None;
+                };
+                let dev_order = proto
+                    .byte_order
+                    .and_then(modbus_order)
+                    .unwrap_or(mb::ByteOrder::Abcd);
+                for (p, pn, _) in &d.props {
+                    let kind = match p.register? {
+                        RegisterName::Coil => mb::RegisterKind::Coil,
+                        RegisterName::DiscreteInput => mb::RegisterKind::DiscreteInput,
+                        RegisterName::Input => mb::RegisterKind::Input,
+                        RegisterName::Holding => mb::RegisterKind::Holding,
+                    };
+                    specs.push(PropertySpec {
+                        name: p.name.clone(),
+                        data_type: p.data_type,
+                        writable: p.writable,
+                        address: PropertyAddress::Modbus(mb::RegisterAddress {
+                            kind,
+                            address: p.address?,
+                            bit: p.bit,
+                            quantity: p.quantity,
+                            byte_order: p.byte_order.and_then(modbus_order).unwrap_or(dev_order),
+                            byte: match p.byte {
+                                Some(ByteName::High) => mb::ByteSelect::High,
+                                _ => mb::ByteSelect::Low,
+                            },
+                        }),
+                    });
+                    sems.push(semantics(p, pn)?);
+                }
+                Connection::Modbus(mb::ModbusConnection {
+                    transport,
+                    unit_id: proto.unit_id.unwrap_or(1),
+                    max_registers_per_read: proto.max_registers_per_read.unwrap_or(125),
+                    max_gap: proto.max_gap.unwrap_or(10),
+                })
+            }
+            _ => return None,
+        };
+        Some((
+            DeviceSpec {
+                name: d.config.name.clone(),
+                sync_interval: d.config.sync_interval.0,
+                timeout: d.config.timeout.0,
+                connection,
+                properties: specs,
+            },
+            sems,
+        ))
+    }
+}
+
+fn placeholder_session() -> SessionSettings {
+    SessionSettings {
+        client_id: String::new(),
+        server: ServerAddress::Tcp {
+            host: "127.0.0.1".into(),
+            port: 1883,
+        },
+        protocol_version: 4,
+        will: WillSettings {
+            topic: String::new(),
+            payload: Vec::new(),
+            qos: 1,
+            retained: true,
+        },
+        username: None,
+        password: None,
+        clean_session: true,
+        store: StoreKind::Memory,
+        connect_timeout: Duration::from_secs(30),
+        keep_alive: Duration::from_secs(30),
+        ping_timeout: Duration::from_secs(10),
+        auto_reconnect: true,
+        max_reconnect_interval: Duration::from_secs(600),
+        message_channel_depth: 100,
+    }
+}
+
+#[cfg(feature = "modbus")]
+fn modbus_order(b: ByteOrderName) -> Option<fieldgate_drivers::modbus::ByteOrder> {
+    use fieldgate_drivers::modbus::ByteOrder as B;
+    Some(match b {
+        ByteOrderName::Abcd => B::Abcd,
+        ByteOrderName::Badc => B::Badc,
+        ByteOrderName::Cdab => B::Cdab,
+        ByteOrderName::Dcba => B::Dcba,
+        _ => return None,
+    })
+}
+
+fn check_byte_order(ctx: &mut Ctx, drv: DriverKind, n: &Node, path: &str, bo: ByteOrderName) {
+    let modbus = matches!(
+        bo,
+        ByteOrderName::Abcd | ByteOrderName::Badc | ByteOrderName::Cdab | ByteOrderName::Dcba
+    );
+    match drv {
+        DriverKind::Modbus if !modbus => ctx.val(
+            n,
+            path,
+            &["byteOrder"],
+            "a modbus byteOrder is one of `ABCD`, `BADC`, `CDAB`, `DCBA`",
+        ),
+        DriverKind::Ble if modbus => ctx.val(
+            n,
+            path,
+            &["byteOrder"],
+            "a ble byteOrder is `little` or `big`",
+        ),
+        _ => {}
+    }
+}
+
+fn check_endpoint(e: &str) -> Result<(), String> {
+    let ok = e
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{e}` is not `host:port` (e.g. 192.168.1.10:502)"))
+    }
+}
+
+/// Parses `scheme://host[:port]` (or `host[:port]`, meaning tcp).
+pub fn parse_server(s: &str) -> Result<ServerAddress, String> {
+    let (scheme, rest) = match s.split_once("://") {
+        Some((sc, r)) => (sc.to_ascii_lowercase(), r),
+        None => ("tcp".to_string(), s),
+    };
+    match scheme.as_str() {
+        "tcp" | "mqtt" => {}
+        "ssl" | "tls" | "tcps" | "ws" | "wss" | "unix" | "mqtts" => {
+            return Err(format!(
+                "server scheme `{scheme}` is not supported yet; use tcp://host:port"
+            ))
+        }
+        other => {
+            return Err(format!(
+                "unknown server scheme `{other}`; allowed: tcp (ssl, tls, tcps, ws, wss, unix are not supported yet)"
+            ))
+        }
+    }
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() {
+        return Err(format!(
+            "server `{s}` has no host; write e.g. tcp://127.0.0.1:1883"
+        ));
+    }
+    let (host, port) = if let Some(r) = rest.strip_prefix('[') {
+        // [v6]:port
+        let (h, p) = r
+            .split_once(']')
+            .ok_or_else(|| format!("server `{s}`: unclosed `[`"))?;
+        (h.to_string(), p.strip_prefix(':'))
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => (h.to_string(), Some(p)),
+            Some(_) => (rest.to_string(), None),
+            None => (rest.to_string(), None),
+        }
+    };
+    let port = match port {
+        None => 1883,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("server `{s}`: `{p}` is not a port (1..65535)"))?,
+    };
+    if host.is_empty() || host.contains('/') {
+        return Err(format!(
+            "server `{s}` has no valid host; write e.g. tcp://127.0.0.1:1883"
+        ));
+    }
+    Ok(ServerAddress::Tcp { host, port })
+}
+
+/// The first line of a password file, without its line ending.
+pub fn read_password_file(base: &Path, f: &str) -> Result<String, String> {
+    let p = Path::new(f);
+    let full = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
+    match std::fs::read_to_string(&full) {
+        Ok(s) => Ok(s
+            .split('\n')
+            .next()
+            .unwrap_or("")
+            .trim_end_matches('\r')
+            .to_string()),
+        Err(e) => Err(format!(
+            "cannot read password file `{}`: {e}",
+            full.display()
+        )),
+    }
+}
+
+/// UUIDv5 (URL namespace) of `fieldgate://<ns>/<device>`.
+pub fn device_uid(ns: &str, device: &str) -> String {
+    uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_URL,
+        format!("fieldgate://{ns}/{device}").as_bytes(),
+    )
+    .to_string()
+}
+
+fn merge_client(d: &ClientOptions, t: &ClientOptions) -> ClientOptions {
+    fn m<T: Clone>(a: &Option<T>, b: &Option<T>) -> Option<T> {
+        a.clone().or_else(|| b.clone())
+    }
+    ClientOptions {
+        server: m(&d.server, &t.server),
+        protocol_version: m(&d.protocol_version, &t.protocol_version),
+        client_id: m(&d.client_id, &t.client_id),
+        will: match (&d.will, &t.will) {
+            (Some(a), Some(b)) => Some(WillOptions {
+                topic: m(&a.topic, &b.topic),
+                payload_encode: m(&a.payload_encode, &b.payload_encode),
+                payload_content: m(&a.payload_content, &b.payload_content),
+                qos: m(&a.qos, &b.qos),
+                retained: m(&a.retained, &b.retained),
+            }),
+            (a, b) => m(a, b),
+        },
+        basic_auth: match (&d.basic_auth, &t.basic_auth) {
+            (Some(a), Some(b)) => Some(BasicAuth {
+                name: m(&a.name, &b.name),
+                password: m(&a.password, &b.password),
+                password_file: m(&a.password_file, &b.password_file),
+            }),
+            (a, b) => m(a, b),
+        },
+        tls_config: m(&d.tls_config, &t.tls_config),
+        clean_session: m(&d.clean_session, &t.clean_session),
+        store: match (&d.store, &t.store) {
+            (Some(a), Some(b)) => Some(StoreOptions {
+                kind: m(&a.kind, &b.kind),
+                directory_prefix: m(&a.directory_prefix, &b.directory_prefix),
+                max_bytes: m(&a.max_bytes, &b.max_bytes),
+            }),
+            (a, b) => m(a, b),
+        },
+        resume_subs: m(&d.resume_subs, &t.resume_subs),
+        connect_timeout: m(&d.connect_timeout, &t.connect_timeout),
+        keep_alive: m(&d.keep_alive, &t.keep_alive),
+        ping_timeout: m(&d.ping_timeout, &t.ping_timeout),
+        order: m(&d.order, &t.order),
+        write_timeout: m(&d.write_timeout, &t.write_timeout),
+        auto_reconnect: m(&d.auto_reconnect, &t.auto_reconnect),
+        max_reconnect_interval: m(&d.max_reconnect_interval, &t.max_reconnect_interval),
+        message_channel_depth: m(&d.message_channel_depth, &t.message_channel_depth),
+        http_headers: m(&d.http_headers, &t.http_headers),
+    }
+}
+
+fn merge_message(d: &MessageOptions, t: &MessageOptions) -> MessageOptions {
+    fn m<T: Clone>(a: &Option<T>, b: &Option<T>) -> Option<T> {
+        a.clone().or_else(|| b.clone())
+    }
+    MessageOptions {
+        topic: match (&d.topic, &t.topic) {
+            (Some(a), Some(b)) => Some(TopicOptions {
+                name: a.name.clone(),
+                prefix: m(&a.prefix, &b.prefix),
+                with: m(&a.with, &b.with),
+            }),
+            (Some(a), None) => Some(a.clone()),
+            (None, Some(b)) => Some(TopicOptions {
+                name: None,
+                ..b.clone()
+            }),
+            (None, None) => None,
+        },
+        payload_encode: m(&d.payload_encode, &t.payload_encode),
+        qos: m(&d.qos, &t.qos),
+        retained: m(&d.retained, &t.retained),
+        wait_timeout: m(&d.wait_timeout, &t.wait_timeout),
+    }
+}
+
+/// The raw value an enum key node stands for, for type `t`.
+fn enum_raw(t: DataType, k: &Node) -> Result<Value, String> {
+    let bad = || {
+        format!(
+            "enum key {} does not fit the property's type `{t}`",
+            k.describe()
+        )
+    };
+    match (&k.kind, t) {
+        (Kind::Bool(b), DataType::Bool) => Ok(Value::Bool(*b)),
+        (Kind::Str(s), DataType::Bool) if s == "true" || s == "false" => {
+            Ok(Value::Bool(s == "true"))
+        }
+        (Kind::Int(i), t) if t.is_integer() => Value::integer_of(t, *i).ok_or_else(|| {
+            let (lo, hi) = t.integer_range().unwrap_or_default();
+            format!("enum key `{i}` is out of range for `{t}` ({lo}..={hi})")
+        }),
+        (Kind::Str(s), t) if t.is_integer() => match s.trim().parse::<i128>() {
+            Ok(i) => Value::integer_of(t, i).ok_or_else(bad),
+            Err(_) => Err(bad()),
+        },
+        (Kind::Int(i), t) if t.is_float() => Ok(Value::Float(*i as f64)),
+        (Kind::Float(f), t) if t.is_float() => Ok(Value::Float(*f)),
+        (_, DataType::String) => Ok(Value::String(k.text().ok_or_else(bad)?)),
+        _ => Err(bad()),
+    }
+}
+
+fn plain_semantics(name: &str, t: DataType, writable: bool) -> PropertySemantics {
+    PropertySemantics {
+        name: name.into(),
+        data_type: t,
+        writable,
+        scale: None,
+        offset: None,
+        enum_entries: Vec::new(),
+        min: None,
+        max: None,
+        deadband: None,
+        unit: None,
+        description: None,
+    }
+}
+
+fn semantics(p: &PropertyConfig, pn: &Node) -> Option<PropertySemantics> {
+    let mut s = plain_semantics(&p.name, p.data_type, p.writable);
+    s.scale = p.scale;
+    s.offset = p.offset;
+    s.min = p.min;
+    s.max = p.max;
+    s.deadband = p.deadband;
+    s.unit = p.unit.clone();
+    s.description = p.description.clone();
+    if let Some(en) = pn.get("enum").and_then(|e| e.entries()) {
+        for (k, v) in en {
+            s.enum_entries.push(EnumEntry {
+                raw: enum_raw(p.data_type, k).ok()?,
+                label: v.text().unwrap_or_default(),
+            });
+        }
+    }
+    Some(s)
+}
+
+fn constant_value(t: DataType, v: &Node) -> Result<Value, String> {
+    let bad = || {
+        format!(
+            "constant {} does not fit the property's type `{t}`",
+            v.describe()
+        )
+    };
+    match (&v.kind, t) {
+        (Kind::Bool(b), DataType::Bool) => Ok(Value::Bool(*b)),
+        (Kind::Int(i), t) if t.is_integer() => Value::integer_of(t, *i).ok_or_else(|| {
+            let (lo, hi) = t.integer_range().unwrap_or_default();
+            format!("constant `{i}` is out of range for `{t}` ({lo}..={hi})")
+        }),
+        (Kind::Float(f), t) if t.is_integer() && f.fract() == 0.0 => {
+            Value::integer_of(t, *f as i128).ok_or_else(bad)
+        }
+        (Kind::Int(i), t) if t.is_float() => Ok(Value::Float(*i as f64)),
+        (Kind::Float(f), t) if t.is_float() => Ok(Value::Float(*f)),
+        (Kind::Str(s), DataType::String) => Ok(Value::String(s.clone())),
+        (Kind::Str(s), DataType::Bytes) => decode_hex(s)
+            .map(Value::Bytes)
+            .ok_or_else(|| format!("constant `{s}` is not hex bytes (e.g. \"01ff\")")),
+        _ => Err(bad()),
+    }
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim();
+    let s = s.strip_prefix("0x").unwrap_or(s);
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn generator(p: &PropertyConfig, pn: &Node) -> Option<Generator> {
+    Some(match p.simulate.as_ref()? {
+        SimulateConfig::Constant(_) => {
+            let v = pn.get("simulate")?.get("constant")?;
+            Generator::Constant(constant_value(p.data_type, v).ok()?)
+        }
+        SimulateConfig::Counter { start, step } => Generator::Counter {
+            start: *start,
+            step: *step,
+        },
+        SimulateConfig::Random { min, max } => Generator::Random {
+            min: *min,
+            max: *max,
+        },
+        SimulateConfig::Sine { min, max, period } => Generator::Sine {
+            min: *min,
+            max: *max,
+            period: period.0,
+        },
+    })
+}
+
+fn check_dummy_property(ctx: &mut Ctx, p: &PropertyConfig, pn: &Node, pp: &str) {
+    let Some(sim) = &p.simulate else {
+        ctx.at(
+            pn,
+            pp,
+            "a dummy property needs `simulate` with one of `constant`, `counter`, `random`, `sine`",
+        );
+        return;
+    };
+    let sn = pn.get("simulate").unwrap_or(pn);
+    let sp = join(pp, "simulate");
+    let t = p.data_type;
+    match sim {
+        SimulateConfig::Constant(_) => {
+            if let Some(v) = sn.get("constant") {
+                if let Err(e) = constant_value(t, v) {
+                    ctx.at(v, &join(&sp, "constant"), e);
+                }
+            }
+        }
+        other => {
+            let (key, lo_hi, period) = match other {
+                SimulateConfig::Counter { .. } => ("counter", None, None),
+                SimulateConfig::Random { min, max } => ("random", Some((*min, *max)), None),
+                SimulateConfig::Sine { min, max, period } => {
+                    ("sine", Some((*min, *max)), Some(period.0))
+                }
+                SimulateConfig::Constant(_) => unreachable!(),
+            };
+            let gn = sn.get(key).unwrap_or(sn);
+            let gp = join(&sp, key);
+            if !t.is_numeric() {
+                ctx.key(
+                    sn,
+                    &sp,
+                    &[key],
+                    format!("`{key}` generates numbers; a `{t}` property needs `constant`"),
+                );
+            }
+            if let Some((lo, hi)) = lo_hi {
+                if lo > hi {
+                    ctx.val(gn, &gp, &["max"], format!("max ({hi}) is below min ({lo})"));
+                }
+            }
+            if period.is_some_and(|p| p.is_zero()) {
+                ctx.val(gn, &gp, &["period"], "period must be greater than 0s");
+            }
+        }
+    }
+}
+
+fn check_modbus_property(ctx: &mut Ctx, p: &PropertyConfig, pn: &Node, pp: &str) {
+    let t = p.data_type;
+    let Some(reg) = p.register else {
+        ctx.at(
+            pn,
+            pp,
+            "a modbus property needs `register` (coil | discreteInput | input | holding)",
+        );
+        if p.address.is_none() {
+            ctx.at(pn, pp, "a modbus property needs `address` (0-based)");
+        }
+        return;
+    };
+    let Some(addr) = p.address else {
+        ctx.at(pn, pp, "a modbus property needs `address` (0-based)");
+        return;
+    };
+    let bit_reg = matches!(reg, RegisterName::Coil | RegisterName::DiscreteInput);
+    if bit_reg && t != DataType::Bool {
+        ctx.val(
+            pn,
+            pp,
+            &["type"],
+            format!(
+                "{} holds a single bit; its type must be `bool`, not `{t}`",
+                a_reg(reg)
+            ),
+        );
+    }
+    if let Some(b) = p.bit {
+        if bit_reg {
+            ctx.key(
+                pn,
+                pp,
+                &["bit"],
+                format!(
+                    "`bit` applies only to input and holding registers, not {}",
+                    a_reg(reg)
+                ),
+            );
+        } else if t != DataType::Bool {
+            ctx.key(
+                pn,
+                pp,
+                &["bit"],
+                format!("`bit` needs `type: bool`, not `{t}`"),
+            );
+        } else if b > 15 {
+            ctx.val(
+                pn,
+                pp,
+                &["bit"],
+                format!("bit {b} is out of range; allowed: 0..=15"),
+            );
+        }
+    }
+    let var = matches!(t, DataType::String | DataType::Bytes);
+    match (var, p.quantity) {
+        (true, None) => ctx.at(
+            pn,
+            pp,
+            format!("a `{t}` property needs `quantity` (number of registers)"),
+        ),
+        (true, Some(0)) => ctx.val(pn, pp, &["quantity"], "quantity must be at least 1"),
+        (true, Some(_)) if bit_reg => {}
+        (false, Some(_)) => ctx.key(
+            pn,
+            pp,
+            &["quantity"],
+            format!("`quantity` applies only to `string` and `bytes`; `{t}` has a fixed size"),
+        ),
+        _ => {}
+    }
+    if p.byte.is_some() && (bit_reg || !matches!(t, DataType::Int8 | DataType::Uint8)) {
+        ctx.key(
+            pn,
+            pp,
+            &["byte"],
+            "`byte` applies only to int8/uint8 in input or holding registers",
+        );
+    }
+    if p.byte_order.is_some() && (bit_reg || t.fixed_size().is_some_and(|s| s < 4)) {
+        ctx.key(
+            pn,
+            pp,
+            &["byteOrder"],
+            format!("`byteOrder` applies only to 32/64-bit values, string and bytes, not `{t}`"),
+        );
+    }
+    if p.writable && matches!(reg, RegisterName::DiscreteInput | RegisterName::Input) {
+        ctx.val(
+            pn,
+            pp,
+            &["writable"],
+            format!(
+                "{} is read-only; only coils and holding registers are writable",
+                a_reg(reg)
+            ),
+        );
+    }
+    let size: u32 = if bit_reg || p.bit.is_some() {
+        1
+    } else {
+        match t.fixed_size() {
+            Some(n) => (n as u32).div_ceil(2),
+            None => p.quantity.unwrap_or(1).max(1) as u32,
+        }
+    };
+    if addr as u32 + size - 1 > 65_535 {
+        ctx.val(
+            pn,
+            pp,
+            &["address"],
+            format!("address {addr} + {size} registers runs past 65535"),
+        );
+    }
+}
+
+fn a_reg(r: RegisterName) -> &'static str {
+    match r {
+        RegisterName::Coil => "a coil",
+        RegisterName::DiscreteInput => "a discrete input",
+        RegisterName::Input => "an input register",
+        RegisterName::Holding => "a holding register",
+    }
+}

@@ -1,0 +1,246 @@
+//! The human-readable report `fieldgate check` prints for a valid config:
+//! sessions, devices, their topics and effective settings (never passwords).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use fieldgate_drivers::{Connection, Value};
+
+use super::resolved::{DeviceSettings, Resolved, ServerAddress, SessionSettings};
+use super::types::PayloadEncode;
+
+fn dur(d: Duration) -> String {
+    if d.is_zero() {
+        "0s".into()
+    } else {
+        humantime::format_duration(d).to_string()
+    }
+}
+
+fn value(v: &Value) -> String {
+    match v {
+        Value::Bool(b) => b.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::Uint(u) => u.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::String(s) => format!("{s:?}"),
+        Value::Bytes(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
+    }
+}
+
+fn encode(e: PayloadEncode) -> &'static str {
+    match e {
+        PayloadEncode::Raw => "raw",
+        PayloadEncode::Base64 => "base64",
+    }
+}
+
+fn server(s: &ServerAddress) -> String {
+    match s {
+        ServerAddress::Tcp { host, port } if host.contains(':') => format!("tcp://[{host}]:{port}"),
+        ServerAddress::Tcp { host, port } => format!("tcp://{host}:{port}"),
+    }
+}
+
+fn session(out: &mut String, i: usize, s: &SessionSettings) {
+    let _ = writeln!(out, "  [{i}] client id {}", s.client_id);
+    let _ = writeln!(
+        out,
+        "      server {}, MQTT {}",
+        server(&s.server),
+        match s.protocol_version {
+            5 => "5",
+            _ => "3.1.1",
+        }
+    );
+    let payload = String::from_utf8(s.will.payload.clone())
+        .map(|p| format!("{p:?}"))
+        .unwrap_or_else(|_| format!("{} bytes", s.will.payload.len()));
+    let _ = writeln!(
+        out,
+        "      will {} payload {payload} qos {} retained {}",
+        s.will.topic, s.will.qos, s.will.retained
+    );
+    if s.username.is_some() || s.password.is_some() {
+        let _ = writeln!(
+            out,
+            "      username: {}, password: {}",
+            s.username.as_deref().unwrap_or("(none)"),
+            if s.password.is_some() {
+                "(set)"
+            } else {
+                "(none)"
+            }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "      cleanSession {}, connectTimeout {}, keepAlive {}, autoReconnect {}, maxReconnectInterval {}, store {:?} ({} messages)",
+        s.clean_session,
+        dur(s.connect_timeout),
+        dur(s.keep_alive),
+        s.auto_reconnect,
+        dur(s.max_reconnect_interval),
+        s.store,
+        s.message_channel_depth
+    );
+}
+
+fn device(out: &mut String, r: &Resolved, d: &DeviceSettings) {
+    let s = &r.sessions[d.session];
+    let _ = writeln!(out, "  {} (driver {})", d.name, d.driver.as_str());
+    let _ = writeln!(out, "    session: {}", s.client_id);
+    let t = &d.message.topic;
+    let _ = writeln!(out, "    topics:");
+    let _ = writeln!(out, "      {t}  (state)");
+    let _ = writeln!(out, "      {t}/$set  (commands in)");
+    let _ = writeln!(out, "      {t}/$set/result  (command results)");
+    let _ = writeln!(out, "      {t}/$get  (read now)");
+    let _ = writeln!(out, "      {t}/$state  (online/offline)");
+    let _ = writeln!(out, "      {t}/$meta  (metadata)");
+    let _ = writeln!(
+        out,
+        "    syncInterval {}, timeout {}",
+        dur(d.spec.sync_interval),
+        dur(d.spec.timeout)
+    );
+    if d.publish.on_change {
+        let _ = writeln!(
+            out,
+            "    publish: on change (heartbeat {})",
+            if d.publish.heartbeat.is_zero() {
+                "never".to_string()
+            } else {
+                dur(d.publish.heartbeat)
+            }
+        );
+    } else {
+        let _ = writeln!(out, "    publish: after every poll");
+    }
+    let _ = writeln!(
+        out,
+        "    message: qos {}, retained {}, encoding {}, waitTimeout {}",
+        d.message.qos,
+        d.message.retained,
+        encode(d.message.payload_encode),
+        dur(d.message.wait_timeout)
+    );
+    match &d.spec.connection {
+        Connection::Dummy => {}
+        #[cfg(feature = "modbus")]
+        Connection::Modbus(c) => {
+            use fieldgate_drivers::modbus::Transport;
+            let tr = match &c.transport {
+                Transport::Tcp { endpoint } => format!("tcp {endpoint}"),
+                Transport::RtuOverTcp { endpoint } => format!("rtu over tcp {endpoint}"),
+                Transport::Rtu(s) => format!(
+                    "rtu {} {} {}{}{}",
+                    s.port,
+                    s.baud_rate,
+                    s.data_bits,
+                    match s.parity {
+                        fieldgate_drivers::modbus::Parity::None => "N",
+                        fieldgate_drivers::modbus::Parity::Even => "E",
+                        fieldgate_drivers::modbus::Parity::Odd => "O",
+                    },
+                    s.stop_bits
+                ),
+            };
+            let _ = writeln!(
+                out,
+                "    connection: {tr}, unit {}, maxRegistersPerRead {}, maxGap {}",
+                c.unit_id, c.max_registers_per_read, c.max_gap
+            );
+        }
+    }
+    let _ = writeln!(out, "    properties:");
+    for (spec, sem) in d.spec.properties.iter().zip(&d.properties) {
+        let mut line = format!("      {}: {}", sem.name, sem.data_type);
+        if sem.writable {
+            line.push_str(", writable");
+        } else {
+            line.push_str(", read-only");
+        }
+        if let Some(s) = sem.scale {
+            let _ = write!(line, ", scale {s}");
+        }
+        if let Some(o) = sem.offset {
+            let _ = write!(line, ", offset {o}");
+        }
+        if let Some(m) = sem.min {
+            let _ = write!(line, ", min {m}");
+        }
+        if let Some(m) = sem.max {
+            let _ = write!(line, ", max {m}");
+        }
+        if let Some(db) = sem.deadband {
+            let _ = write!(line, ", deadband {db}");
+        }
+        if let Some(u) = &sem.unit {
+            let _ = write!(line, ", unit {u:?}");
+        }
+        if !sem.enum_entries.is_empty() {
+            let e: Vec<String> = sem
+                .enum_entries
+                .iter()
+                .map(|e| format!("{}: {}", value(&e.raw), e.label))
+                .collect();
+            let _ = write!(line, ", enum {{{}}}", e.join(", "));
+        }
+        match &spec.address {
+            fieldgate_drivers::PropertyAddress::Simulated(g) => {
+                let _ = write!(line, ", simulated {g:?}");
+            }
+            #[cfg(feature = "modbus")]
+            fieldgate_drivers::PropertyAddress::Modbus(a) => {
+                let _ = write!(line, ", {:?} {}", a.kind, a.address);
+                if let Some(b) = a.bit {
+                    let _ = write!(line, " bit {b}");
+                }
+                if let Some(q) = a.quantity {
+                    let _ = write!(line, " quantity {q}");
+                }
+                let _ = write!(line, " {:?}", a.byte_order);
+            }
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    #[cfg(feature = "modbus")]
+    if matches!(d.spec.connection, Connection::Modbus(_)) {
+        let _ = writeln!(out, "    read plan:");
+        for l in fieldgate_drivers::modbus::describe_plan(&d.spec) {
+            let _ = writeln!(out, "      {l}");
+        }
+    }
+}
+
+/// The report for a valid config.
+pub fn render(r: &Resolved) -> String {
+    let mut out = String::new();
+    let g = &r.gateway;
+    let _ = writeln!(out, "config OK");
+    let _ = writeln!(out, "gateway:");
+    let _ = writeln!(out, "  namespace {}", g.namespace);
+    let _ = writeln!(out, "  stateDirectory {}", g.state_directory.display());
+    let _ = writeln!(
+        out,
+        "  metrics {}",
+        g.metrics_listen
+            .map(|a| format!("http://{a}/metrics"))
+            .unwrap_or_else(|| "off".into())
+    );
+    let _ = writeln!(out, "  log {:?} {:?}", g.log_level, g.log_format);
+    let _ = writeln!(out, "  topic {}", r.gateway_topic);
+    if let Some(b) = &r.broker {
+        let _ = writeln!(out, "broker: embedded, listening on {}", b.listen);
+    }
+    let _ = writeln!(out, "sessions:");
+    for (i, s) in r.sessions.iter().enumerate() {
+        session(&mut out, i, s);
+    }
+    let _ = writeln!(out, "devices: {}", r.devices.len());
+    for d in &r.devices {
+        device(&mut out, r, d);
+    }
+    out
+}

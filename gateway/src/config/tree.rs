@@ -1,0 +1,708 @@
+//! A located YAML tree (every node knows its line and column) and a serde
+//! `Deserializer` over it that reports errors with their position and key
+//! path, so the loader can validate subtree by subtree and report every
+//! mistake, not only the first.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// One YAML node with its 1-based position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// The value.
+    pub kind: Kind,
+}
+
+/// What a node holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    /// `~`, `null` or nothing.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// An integer.
+    Int(i128),
+    /// A float.
+    Float(f64),
+    /// A string.
+    Str(String),
+    /// A sequence.
+    Seq(Vec<Node>),
+    /// A mapping, in file order (keys are nodes too).
+    Map(Vec<(Node, Node)>),
+}
+
+impl Node {
+    /// A node without a position (1:1).
+    pub fn synthetic(kind: Kind) -> Self {
+        Node {
+            line: 1,
+            column: 1,
+            kind,
+        }
+    }
+
+    /// The entries when this is a mapping.
+    pub fn entries(&self) -> Option<&[(Node, Node)]> {
+        match &self.kind {
+            Kind::Map(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The items when this is a sequence.
+    pub fn items(&self) -> Option<&[Node]> {
+        match &self.kind {
+            Kind::Seq(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The (key, value) entry whose key is `key` (or one of its aliases).
+    pub fn entry(&self, keys: &[&str]) -> Option<(&Node, &Node)> {
+        self.entries()?
+            .iter()
+            .find(|(k, _)| keys.iter().any(|want| k.text().as_deref() == Some(*want)))
+            .map(|(k, v)| (k, v))
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        self.entry(&[key]).map(|(_, v)| v)
+    }
+
+    /// The scalar as text (keys, strings, numbers, booleans).
+    pub fn text(&self) -> Option<String> {
+        match &self.kind {
+            Kind::Null => Some(String::new()),
+            Kind::Bool(b) => Some(b.to_string()),
+            Kind::Int(i) => Some(i.to_string()),
+            Kind::Float(f) => Some(f.to_string()),
+            Kind::Str(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    /// The position as `(line, column)`.
+    pub fn pos(&self) -> (usize, usize) {
+        (self.line, self.column)
+    }
+
+    /// True for null.
+    pub fn is_null(&self) -> bool {
+        matches!(self.kind, Kind::Null)
+    }
+
+    /// A short description of the node's kind for messages.
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            Kind::Null => "nothing (null)".into(),
+            Kind::Bool(b) => format!("boolean `{b}`"),
+            Kind::Int(i) => format!("integer `{i}`"),
+            Kind::Float(f) => format!("number `{f}`"),
+            Kind::Str(s) => format!("string `{s}`"),
+            Kind::Seq(_) => "a list".into(),
+            Kind::Map(_) => "a mapping".into(),
+        }
+    }
+
+    /// This mapping without the entries whose key is in `drop`.
+    pub fn without(&self, drop: &[&str]) -> Node {
+        match &self.kind {
+            Kind::Map(m) => Node {
+                line: self.line,
+                column: self.column,
+                kind: Kind::Map(
+                    m.iter()
+                        .filter(|(k, _)| !k.text().is_some_and(|t| drop.contains(&t.as_str())))
+                        .cloned()
+                        .collect(),
+                ),
+            },
+            _ => self.clone(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = Spanned::<Kind>::deserialize(d)?;
+        Ok(Node {
+            line: s.referenced.line().max(1) as usize,
+            column: s.referenced.column().max(1) as usize,
+            kind: s.value,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Kind {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Kind;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any YAML value")
+            }
+            fn visit_unit<E>(self) -> Result<Kind, E> {
+                Ok(Kind::Null)
+            }
+            fn visit_none<E>(self) -> Result<Kind, E> {
+                Ok(Kind::Null)
+            }
+            fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Kind, D::Error> {
+                Kind::deserialize(d)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Kind, E> {
+                Ok(Kind::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Kind, E> {
+                Ok(Kind::Int(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Kind, E> {
+                Ok(Kind::Int(v.into()))
+            }
+            fn visit_i128<E>(self, v: i128) -> Result<Kind, E> {
+                Ok(Kind::Int(v))
+            }
+            fn visit_u128<E: de::Error>(self, v: u128) -> Result<Kind, E> {
+                i128::try_from(v)
+                    .map(Kind::Int)
+                    .map_err(|_| E::custom("integer too large"))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Kind, E> {
+                Ok(Kind::Float(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Kind, E> {
+                Ok(Kind::Str(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Kind, E> {
+                Ok(Kind::Str(v))
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Kind, E> {
+                Ok(Kind::Str(String::from_utf8_lossy(v).into_owned()))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<Kind, A::Error> {
+                let mut v = Vec::new();
+                while let Some(n) = a.next_element::<Node>()? {
+                    v.push(n);
+                }
+                Ok(Kind::Seq(v))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut a: A) -> Result<Kind, A::Error> {
+                let mut v = Vec::new();
+                while let Some((k, val)) = a.next_entry::<Node, Node>()? {
+                    v.push((k, val));
+                }
+                Ok(Kind::Map(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A YAML syntax (or structure) error from the parser.
+#[derive(Debug, Clone)]
+pub struct SyntaxError {
+    /// 1-based line (0 when unknown).
+    pub line: usize,
+    /// 1-based column (0 when unknown).
+    pub column: usize,
+    /// The parser's message.
+    pub message: String,
+}
+
+/// Parses YAML text into a located tree. An empty document is `Null`.
+pub fn parse(text: &str) -> Result<Node, SyntaxError> {
+    if text.trim().is_empty() {
+        return Ok(Node::synthetic(Kind::Null));
+    }
+    let opts = serde_saphyr::options! {
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::LastWins,
+        strict_booleans: true,
+    };
+    match serde_saphyr::from_str_with_options::<Option<Node>>(text, opts) {
+        Ok(Some(n)) => Ok(n),
+        Ok(None) => Ok(Node::synthetic(Kind::Null)),
+        Err(e) => {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line() as usize, l.column() as usize))
+                .unwrap_or((0, 0));
+            let message = first_line(&e.without_snippet().to_string());
+            Err(SyntaxError {
+                line,
+                column,
+                message,
+            })
+        }
+    }
+}
+
+fn first_line(s: &str) -> String {
+    let l = s.lines().next().unwrap_or("").trim();
+    // Strip a trailing " at line X, column Y" that the parser may add.
+    match l.find(" at line ") {
+        Some(i) => l[..i].to_string(),
+        None => l.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Deserializer over the tree.
+
+/// A deserialization error with the position and key path of the offending
+/// node (filled in by the innermost node that saw the error).
+#[derive(Debug, Clone)]
+pub struct DeError {
+    /// Message.
+    pub message: String,
+    /// Position and key path, once known.
+    pub at: Option<(usize, usize, String)>,
+}
+
+impl fmt::Display for DeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for DeError {}
+
+impl de::Error for DeError {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        DeError {
+            message: msg.to_string(),
+            at: None,
+        }
+    }
+
+    fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
+        DeError::custom(unknown_key_message(field, expected))
+    }
+
+    fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
+        let mut m = format!("unknown value `{variant}`");
+        if let Some(s) = did_you_mean(variant, expected) {
+            m.push_str(&format!(" (did you mean `{s}`?)"));
+        }
+        m.push_str(&format!("; allowed: {}", list(expected)));
+        DeError::custom(m)
+    }
+
+    fn missing_field(field: &'static str) -> Self {
+        DeError::custom(format!("missing required key `{field}`"))
+    }
+
+    fn duplicate_field(field: &'static str) -> Self {
+        DeError::custom(format!("key `{field}` given twice"))
+    }
+
+    fn invalid_type(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
+        DeError::custom(format!("expected {exp}, found {}", unexpected(unexp)))
+    }
+
+    fn invalid_value(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
+        DeError::custom(format!(
+            "invalid value {}, expected {exp}",
+            unexpected(unexp)
+        ))
+    }
+}
+
+fn unexpected(u: de::Unexpected<'_>) -> String {
+    match u {
+        de::Unexpected::Unit => "nothing (null)".into(),
+        de::Unexpected::Map => "a mapping".into(),
+        de::Unexpected::Seq => "a list".into(),
+        de::Unexpected::Str(s) => format!("string `{s}`"),
+        de::Unexpected::Signed(i) => format!("integer `{i}`"),
+        de::Unexpected::Unsigned(i) => format!("integer `{i}`"),
+        de::Unexpected::Float(f) => format!("number `{f}`"),
+        de::Unexpected::Bool(b) => format!("boolean `{b}`"),
+        other => other.to_string(),
+    }
+}
+
+/// `a, b, c` with backticks.
+pub fn list(items: &[&str]) -> String {
+    items
+        .iter()
+        .map(|s| format!("`{s}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The closest candidate to `word`, when it is close enough.
+pub fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let lw = word.to_ascii_lowercase();
+    candidates
+        .iter()
+        .map(|c| (strsim::jaro_winkler(&lw, &c.to_ascii_lowercase()), *c))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+/// "unknown key `x`; did you mean `y`? allowed keys: …"
+pub fn unknown_key_message(field: &str, expected: &[&str]) -> String {
+    let mut m = format!("unknown key `{field}`");
+    if let Some(s) = did_you_mean(field, expected) {
+        m.push_str(&format!(" (did you mean `{s}`?)"));
+    }
+    if expected.is_empty() {
+        m.push_str("; no keys are allowed here");
+    } else {
+        m.push_str(&format!("; allowed keys: {}", list(expected)));
+    }
+    m
+}
+
+/// Joins a key path and a key.
+pub fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// Deserializes `T` from `node`, whose key path is `path`.
+pub fn from_node<'a, T: Deserialize<'a>>(node: &'a Node, path: &str) -> Result<T, DeError> {
+    T::deserialize(NodeDe {
+        node,
+        path: path.to_string(),
+    })
+}
+
+/// The deserializer of one node.
+pub struct NodeDe<'a> {
+    node: &'a Node,
+    path: String,
+}
+
+impl<'a> NodeDe<'a> {
+    fn locate<T>(&self, r: Result<T, DeError>) -> Result<T, DeError> {
+        r.map_err(|mut e| {
+            if e.at.is_none() {
+                e.at = Some((self.node.line, self.node.column, self.path.clone()));
+            }
+            e
+        })
+    }
+}
+
+macro_rules! forward_any {
+    ($($m:ident)*) => {$(
+        fn $m<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+            self.deserialize_any(v)
+        }
+    )*};
+}
+
+impl<'de> de::Deserializer<'de> for NodeDe<'de> {
+    type Error = DeError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        let r = match &self.node.kind {
+            Kind::Null => v.visit_unit(),
+            Kind::Bool(b) => v.visit_bool(*b),
+            Kind::Int(i) => {
+                if let Ok(x) = i64::try_from(*i) {
+                    v.visit_i64(x)
+                } else if let Ok(x) = u64::try_from(*i) {
+                    v.visit_u64(x)
+                } else {
+                    v.visit_i128(*i)
+                }
+            }
+            Kind::Float(f) => v.visit_f64(*f),
+            Kind::Str(s) => v.visit_str(s),
+            Kind::Seq(items) => v.visit_seq(SeqAcc {
+                items: items.iter(),
+                path: self.path.clone(),
+                index: 0,
+            }),
+            Kind::Map(entries) => v.visit_map(MapAcc {
+                entries: entries.iter(),
+                path: self.path.clone(),
+                value: None,
+            }),
+        };
+        self.locate(r)
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        if self.node.is_null() {
+            let r = v.visit_none();
+            self.locate(r)
+        } else {
+            v.visit_some(self)
+        }
+    }
+
+    fn deserialize_str<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        let r = match &self.node.kind {
+            Kind::Str(s) => v.visit_str(s),
+            Kind::Int(_) | Kind::Float(_) | Kind::Bool(_) => {
+                v.visit_string(self.node.text().unwrap_or_default())
+            }
+            _ => return self.deserialize_any(v),
+        };
+        self.locate(r)
+    }
+
+    fn deserialize_string<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        self.deserialize_str(v)
+    }
+
+    fn deserialize_identifier<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        self.deserialize_str(v)
+    }
+
+    fn deserialize_f64<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        match &self.node.kind {
+            Kind::Int(i) => {
+                let r = v.visit_f64(*i as f64);
+                self.locate(r)
+            }
+            _ => self.deserialize_any(v),
+        }
+    }
+
+    fn deserialize_f32<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        self.deserialize_f64(v)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        v: V,
+    ) -> Result<V::Value, DeError> {
+        v.visit_newtype_struct(self)
+    }
+
+    fn deserialize_unit<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        self.deserialize_any(v)
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        v.visit_unit()
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, DeError> {
+        let r = match &self.node.kind {
+            Kind::Str(_) | Kind::Int(_) | Kind::Bool(_) => {
+                let text = self.node.text().unwrap_or_default();
+                v.visit_enum(text.into_deserializer())
+            }
+            Kind::Map(m) if m.len() == 1 => {
+                let (k, val) = &m[0];
+                v.visit_enum(EnumAcc {
+                    key: k,
+                    value: val,
+                    path: self.path.clone(),
+                })
+            }
+            Kind::Map(_) => Err(de::Error::custom(
+                "expected exactly one key (the variant) in this mapping",
+            )),
+            _ => return self.deserialize_any(v),
+        };
+        self.locate(r)
+    }
+
+    forward_any! {
+        deserialize_bool deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64
+        deserialize_i128 deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64
+        deserialize_u128 deserialize_char deserialize_bytes deserialize_byte_buf
+        deserialize_seq deserialize_map
+    }
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        v: V,
+    ) -> Result<V::Value, DeError> {
+        self.deserialize_any(v)
+    }
+
+    fn deserialize_tuple<V: Visitor<'de>>(self, _len: usize, v: V) -> Result<V::Value, DeError> {
+        self.deserialize_any(v)
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _len: usize,
+        v: V,
+    ) -> Result<V::Value, DeError> {
+        self.deserialize_any(v)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, DeError> {
+        self.deserialize_any(v)
+    }
+}
+
+struct SeqAcc<'a> {
+    items: std::slice::Iter<'a, Node>,
+    path: String,
+    index: usize,
+}
+
+impl<'de> de::SeqAccess<'de> for SeqAcc<'de> {
+    type Error = DeError;
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, DeError> {
+        match self.items.next() {
+            None => Ok(None),
+            Some(n) => {
+                let path = format!("{}[{}]", self.path, self.index);
+                self.index += 1;
+                let de = NodeDe { node: n, path };
+                let r = seed.deserialize(NodeDe {
+                    node: n,
+                    path: de.path.clone(),
+                });
+                de.locate(r).map(Some)
+            }
+        }
+    }
+}
+
+struct MapAcc<'a> {
+    entries: std::slice::Iter<'a, (Node, Node)>,
+    path: String,
+    value: Option<(&'a Node, String)>,
+}
+
+impl<'de> de::MapAccess<'de> for MapAcc<'de> {
+    type Error = DeError;
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, DeError> {
+        match self.entries.next() {
+            None => Ok(None),
+            Some((k, v)) => {
+                let path = join(&self.path, &k.text().unwrap_or_else(|| "?".into()));
+                self.value = Some((v, path.clone()));
+                let de = NodeDe { node: k, path };
+                let r = seed.deserialize(NodeDe {
+                    node: k,
+                    path: de.path.clone(),
+                });
+                de.locate(r).map(Some)
+            }
+        }
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
+        let (node, path) = self
+            .value
+            .take()
+            .ok_or_else(|| <DeError as de::Error>::custom("value without key"))?;
+        let de = NodeDe { node, path };
+        let r = seed.deserialize(NodeDe {
+            node,
+            path: de.path.clone(),
+        });
+        de.locate(r)
+    }
+}
+
+struct EnumAcc<'a> {
+    key: &'a Node,
+    value: &'a Node,
+    path: String,
+}
+
+impl<'de> de::EnumAccess<'de> for EnumAcc<'de> {
+    type Error = DeError;
+    type Variant = NodeDe<'de>;
+    fn variant_seed<V: DeserializeSeed<'de>>(
+        self,
+        seed: V,
+    ) -> Result<(V::Value, NodeDe<'de>), DeError> {
+        let name = self.key.text().unwrap_or_default();
+        let path = join(&self.path, &name);
+        let v = seed.deserialize(NodeDe {
+            node: self.key,
+            path: path.clone(),
+        })?;
+        Ok((
+            v,
+            NodeDe {
+                node: self.value,
+                path,
+            },
+        ))
+    }
+}
+
+impl<'de> de::VariantAccess<'de> for NodeDe<'de> {
+    type Error = DeError;
+    fn unit_variant(self) -> Result<(), DeError> {
+        if self.node.is_null() {
+            Ok(())
+        } else {
+            let r = Err(de::Error::custom("this variant takes no value"));
+            self.locate(r)
+        }
+    }
+    fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, DeError> {
+        seed.deserialize(self)
+    }
+    fn tuple_variant<V: Visitor<'de>>(self, _len: usize, v: V) -> Result<V::Value, DeError> {
+        de::Deserializer::deserialize_any(self, v)
+    }
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        _fields: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, DeError> {
+        de::Deserializer::deserialize_any(self, v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_with_positions() {
+        let n = parse("a: 1\nb:\n  - x\n  - {c: true}\n").unwrap();
+        let (k, v) = n.entry(&["b"]).unwrap();
+        assert_eq!(k.pos(), (2, 1));
+        assert_eq!(v.items().unwrap()[0].pos(), (3, 5));
+        assert_eq!(n.get("a").unwrap().kind, Kind::Int(1));
+        let c = v.items().unwrap()[1].entry(&["c"]).unwrap();
+        assert_eq!(c.0.pos(), (4, 6));
+        assert_eq!(c.1.kind, Kind::Bool(true));
+    }
+
+    #[test]
+    fn syntax_error_position() {
+        let e = parse("a: [1, 2\nb: 3\n").unwrap_err();
+        assert!(e.line >= 1, "{e:?}");
+    }
+}
