@@ -373,7 +373,8 @@ impl Session {
 
     fn on_connected(&mut self, session_present: bool) {
         let id = self.settings.client_id.clone();
-        if self.ever_connected {
+        let reconnect = self.ever_connected;
+        if reconnect {
             self.metrics.mqtt_reconnects.with_label_values(&[&id]).inc();
         }
         tracing::info!(session = %id, session_present, "connected to the broker");
@@ -394,7 +395,12 @@ impl Session {
             retain: will.retained,
             correlation: None,
         });
-        self.priority.extend(self.retained.values().cloned());
+        // After a reconnect the broker may have lost its retained store
+        // (restart without persistence): give it the retained topics again.
+        // On the first connect they are still queued in the outbox.
+        if reconnect {
+            self.priority.extend(self.retained.values().cloned());
+        }
     }
 
     fn route(&mut self, msg: Inbound) {
