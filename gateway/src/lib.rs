@@ -1,6 +1,8 @@
 //! fieldgate: an edge gateway that reads field-bus devices and publishes their
 //! normalized state to MQTT, and turns `$set` commands into device writes.
 
+#[cfg(feature = "broker")]
+pub mod broker;
 pub mod command;
 pub mod config;
 pub mod daemon;
