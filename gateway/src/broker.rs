@@ -5,6 +5,13 @@
 //! rumqttd has no shutdown: once started, the broker runs until the process
 //! exits. [`start`] blocks for up to [`START_TIMEOUT`]; from async code use
 //! [`start_async`].
+//!
+//! Known rumqttd 0.20 issue (rumqtt#1062, fix not released): when a client's
+//! connection fails during its CONNECT (e.g. it raced the teardown of an
+//! earlier connection that had sent DISCONNECT), a later reconnect with the
+//! same client id panics inside rumqttd and poisons that listener, which then
+//! refuses every new connection. The embedded broker is meant for demos and
+//! standalone boxes; production sites should run Mosquitto or another broker.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -139,7 +146,7 @@ impl BrokerOptions {
     }
 }
 
-/// A running embedded broker.
+/// A running embedded broker. Dropping it does not stop the broker.
 #[derive(Debug)]
 pub struct EmbeddedBroker {
     listen: SocketAddr,
