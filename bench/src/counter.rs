@@ -1,0 +1,262 @@
+//! Counts the device state messages (and the values in them) that fieldgate
+//! publishes under a topic prefix, as an MQTT subscriber would see them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// What one received message was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A device state `<prefix>/<namespace>/<device>` with this many values
+    /// and errors.
+    State {
+        /// Entries of `properties`.
+        values: u64,
+        /// Entries of `errors`.
+        errors: u64,
+    },
+    /// A state topic whose payload is not a state object.
+    Malformed,
+    /// Anything else (`$state`, `$meta`, will, `$set/result`, …).
+    Other,
+}
+
+/// Classifies a message published under `prefix` (topic layout `with: nn`).
+pub fn classify(prefix: &str, topic: &str, payload: &[u8]) -> Kind {
+    let Some(rest) = topic.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) else {
+        return Kind::Other;
+    };
+    let levels: Vec<&str> = rest.split('/').collect();
+    if levels.len() != 2 || levels.iter().any(|l| l.is_empty() || l.starts_with('$')) {
+        return Kind::Other;
+    }
+    let Ok(state) = serde_json::from_slice::<serde_json::Value>(payload) else {
+        return Kind::Malformed;
+    };
+    let count = |key: &str| {
+        state
+            .get(key)
+            .and_then(|v| v.as_object())
+            .map_or(0, |m| m.len() as u64)
+    };
+    match state.get("properties") {
+        Some(serde_json::Value::Object(_)) => Kind::State {
+            values: count("properties"),
+            errors: count("errors"),
+        },
+        _ => Kind::Malformed,
+    }
+}
+
+/// Running totals of received messages.
+#[derive(Debug, Default)]
+struct Totals {
+    states: AtomicU64,
+    values: AtomicU64,
+    errors: AtomicU64,
+    malformed: AtomicU64,
+    other: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// A snapshot of the totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Device state messages.
+    pub states: u64,
+    /// Property values in them.
+    pub values: u64,
+    /// Property errors in them.
+    pub errors: u64,
+    /// State-topic messages that were not state objects.
+    pub malformed: u64,
+    /// Other messages under the prefix.
+    pub other: u64,
+    /// Payload bytes of state messages.
+    pub bytes: u64,
+}
+
+impl Counts {
+    /// `self - earlier`, field by field.
+    pub fn since(&self, earlier: &Counts) -> Counts {
+        Counts {
+            states: self.states - earlier.states,
+            values: self.values - earlier.values,
+            errors: self.errors - earlier.errors,
+            malformed: self.malformed - earlier.malformed,
+            other: self.other - earlier.other,
+            bytes: self.bytes - earlier.bytes,
+        }
+    }
+}
+
+/// An MQTT 3.1.1 subscriber on `<prefix>/#` that counts what arrives.
+pub struct StateCounter {
+    totals: Arc<Totals>,
+    task: JoinHandle<()>,
+    _client: AsyncClient,
+}
+
+impl StateCounter {
+    /// Connects to 127.0.0.1:`port` and subscribes to `<prefix>/#`; returns
+    /// once the subscription is acknowledged.
+    pub async fn connect(port: u16, prefix: &str) -> anyhow::Result<Self> {
+        let mut opts = MqttOptions::new(
+            format!("fieldgate-bench-{}", std::process::id()),
+            "127.0.0.1",
+            port,
+        );
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_max_packet_size(16 << 20, 64 << 10);
+        let (client, mut eventloop) = AsyncClient::new(opts, 100);
+        client
+            .subscribe(format!("{prefix}/#"), QoS::AtMostOnce)
+            .await
+            .context("queue the subscription")?;
+        let totals = Arc::new(Totals::default());
+        let (subscribed_tx, mut subscribed_rx) = watch::channel(false);
+        let task = {
+            let totals = totals.clone();
+            let prefix = prefix.to_owned();
+            tokio::spawn(async move {
+                loop {
+                    match eventloop.poll().await {
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            match classify(&prefix, &p.topic, &p.payload) {
+                                Kind::State { values, errors } => {
+                                    totals.states.fetch_add(1, Ordering::Relaxed);
+                                    totals.values.fetch_add(values, Ordering::Relaxed);
+                                    totals.errors.fetch_add(errors, Ordering::Relaxed);
+                                    totals
+                                        .bytes
+                                        .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
+                                }
+                                Kind::Malformed => {
+                                    totals.malformed.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Kind::Other => {
+                                    totals.other.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                        Ok(Event::Incoming(Packet::SubAck(_))) => {
+                            let _ = subscribed_tx.send(true);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            eprintln!("fieldgate-bench: subscriber connection: {e}; retrying");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+            })
+        };
+        let acked = tokio::time::timeout(Duration::from_secs(10), subscribed_rx.wait_for(|s| *s));
+        match acked.await {
+            Ok(Ok(_)) => {}
+            _ => {
+                task.abort();
+                bail!("no SUBACK from the broker on port {port} within 10 s");
+            }
+        }
+        Ok(Self {
+            totals,
+            task,
+            _client: client,
+        })
+    }
+
+    /// The totals so far.
+    pub fn snapshot(&self) -> Counts {
+        let t = &self.totals;
+        Counts {
+            states: t.states.load(Ordering::Relaxed),
+            values: t.values.load(Ordering::Relaxed),
+            errors: t.errors.load(Ordering::Relaxed),
+            malformed: t.malformed.load(Ordering::Relaxed),
+            other: t.other.load(Ordering::Relaxed),
+            bytes: t.bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for StateCounter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_messages_are_counted_with_their_values() {
+        let payload = br#"{"name":"d1","timestamp":"2026-11-21T10:00:00Z",
+            "properties":{"a":1,"b":2.5},"errors":{"c":"timeout after 1s"}}"#;
+        assert_eq!(
+            classify("fieldgate", "fieldgate/bench/d1", payload),
+            Kind::State {
+                values: 2,
+                errors: 1
+            }
+        );
+        let no_errors = br#"{"name":"d1","properties":{"a":1}}"#;
+        assert_eq!(
+            classify("fieldgate", "fieldgate/bench/d1", no_errors),
+            Kind::State {
+                values: 1,
+                errors: 0
+            }
+        );
+    }
+
+    #[test]
+    fn other_topics_are_not_states() {
+        for topic in [
+            "fieldgate/bench/d1/$state",
+            "fieldgate/bench/d1/$meta",
+            "fieldgate/bench/$will",
+            "fieldgate/bench/d1/$set/result",
+            "fieldgate/bench",
+            "other/bench/d1",
+            "fieldgatex/bench/d1",
+        ] {
+            assert_eq!(classify("fieldgate", topic, b"{}"), Kind::Other, "{topic}");
+        }
+    }
+
+    #[test]
+    fn bad_payloads_on_state_topics_are_malformed() {
+        assert_eq!(
+            classify("fieldgate", "fieldgate/bench/d1", b"not json"),
+            Kind::Malformed
+        );
+        assert_eq!(
+            classify("fieldgate", "fieldgate/bench/d1", br#"{"name":"d1"}"#),
+            Kind::Malformed
+        );
+    }
+
+    #[test]
+    fn counts_subtract() {
+        let a = Counts {
+            states: 10,
+            values: 100,
+            ..Counts::default()
+        };
+        let b = Counts {
+            states: 4,
+            values: 40,
+            ..Counts::default()
+        };
+        assert_eq!(a.since(&b).states, 6);
+        assert_eq!(a.since(&b).values, 60);
+    }
+}

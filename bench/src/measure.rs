@@ -1,0 +1,244 @@
+//! Resource usage of a process from Linux `/proc`: CPU time (utime + stime
+//! from `/proc/<pid>/stat`) and peak resident memory (`VmHWM` from
+//! `/proc/<pid>/status`).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Why a `/proc` file could not be read or understood.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    /// The file could not be read (process gone, not Linux, …).
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file's content was not in the expected format.
+    #[error("unexpected format of {what}: {detail}")]
+    Format {
+        /// Which file or field.
+        what: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// CPU time a process has used, in clock ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuTicks {
+    /// Time in user mode.
+    pub utime: u64,
+    /// Time in kernel mode.
+    pub stime: u64,
+}
+
+impl CpuTicks {
+    /// User plus kernel time.
+    pub fn total(self) -> u64 {
+        self.utime + self.stime
+    }
+}
+
+/// Parses utime and stime (fields 14 and 15) out of a `/proc/<pid>/stat` line.
+/// The command name (field 2) is in parentheses and may itself contain
+/// spaces and parentheses, so fields are counted after its last `)`.
+pub fn parse_stat(line: &str) -> Result<CpuTicks, ProcError> {
+    let close = line.rfind(')').ok_or_else(|| ProcError::Format {
+        what: "/proc/<pid>/stat",
+        detail: "no `)` after the command name".into(),
+    })?;
+    // After `)`: field 3 (state) is token 0, so field N is token N - 3.
+    let fields: Vec<&str> = line[close + 1..].split_whitespace().collect();
+    let field = |n: usize, name: &'static str| -> Result<u64, ProcError> {
+        let raw = fields.get(n - 3).ok_or_else(|| ProcError::Format {
+            what: "/proc/<pid>/stat",
+            detail: format!("only {} fields, no {name} (field {n})", fields.len() + 2),
+        })?;
+        raw.parse().map_err(|_| ProcError::Format {
+            what: "/proc/<pid>/stat",
+            detail: format!("{name} (field {n}) is not a number: {raw:?}"),
+        })
+    };
+    Ok(CpuTicks {
+        utime: field(14, "utime")?,
+        stime: field(15, "stime")?,
+    })
+}
+
+/// Parses `VmHWM` (peak resident set size) out of `/proc/<pid>/status`, in bytes.
+pub fn parse_vm_hwm(status: &str) -> Result<u64, ProcError> {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .ok_or_else(|| ProcError::Format {
+            what: "/proc/<pid>/status",
+            detail: "no VmHWM line".into(),
+        })?;
+    let mut parts = line["VmHWM:".len()..].split_whitespace();
+    let value: u64 =
+        parts
+            .next()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| ProcError::Format {
+                what: "VmHWM",
+                detail: format!("no number in {line:?}"),
+            })?;
+    let unit = match parts.next() {
+        Some("kB") => 1024,
+        Some("mB") => 1024 * 1024,
+        None => 1,
+        Some(other) => {
+            return Err(ProcError::Format {
+                what: "VmHWM",
+                detail: format!("unknown unit {other:?}"),
+            })
+        }
+    };
+    Ok(value * unit)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`), 100 if that cannot be asked.
+pub fn clock_ticks_per_second() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .filter(|&t: &u64| t > 0)
+        .unwrap_or(100)
+}
+
+fn read_proc(pid: u32, file: &str) -> Result<String, ProcError> {
+    let path = PathBuf::from(format!("/proc/{pid}/{file}"));
+    std::fs::read_to_string(&path).map_err(|source| ProcError::Read { path, source })
+}
+
+/// The CPU ticks process `pid` has used so far.
+pub fn cpu_ticks(pid: u32) -> Result<CpuTicks, ProcError> {
+    parse_stat(&read_proc(pid, "stat")?)
+}
+
+/// The peak resident memory of process `pid`, in bytes.
+pub fn peak_rss_bytes(pid: u32) -> Result<u64, ProcError> {
+    parse_vm_hwm(&read_proc(pid, "status")?)
+}
+
+/// Measures one process's CPU use over a window.
+#[derive(Debug, Clone)]
+pub struct CpuWindow {
+    pid: u32,
+    ticks_per_second: u64,
+    start_ticks: u64,
+    started: Instant,
+}
+
+/// CPU use over a finished window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CpuUsage {
+    /// Wall-clock length of the window.
+    pub elapsed: Duration,
+    /// CPU seconds used in the window.
+    pub cpu_seconds: f64,
+}
+
+impl CpuUsage {
+    /// CPU use as a percentage of one core (may exceed 100 on several cores).
+    pub fn percent_of_one_core(&self) -> f64 {
+        let wall = self.elapsed.as_secs_f64();
+        if wall > 0.0 {
+            100.0 * self.cpu_seconds / wall
+        } else {
+            0.0
+        }
+    }
+}
+
+impl CpuWindow {
+    /// Starts a window now.
+    pub fn start(pid: u32, ticks_per_second: u64) -> Result<Self, ProcError> {
+        Ok(Self {
+            pid,
+            ticks_per_second: ticks_per_second.max(1),
+            start_ticks: cpu_ticks(pid)?.total(),
+            started: Instant::now(),
+        })
+    }
+
+    /// Ends the window now.
+    pub fn finish(&self) -> Result<CpuUsage, ProcError> {
+        let ticks = cpu_ticks(self.pid)?.total();
+        Ok(CpuUsage {
+            elapsed: self.started.elapsed(),
+            cpu_seconds: ticks.saturating_sub(self.start_ticks) as f64
+                / self.ticks_per_second as f64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAT: &str = "4242 (fieldgate) S 1 4242 4242 0 -1 4194560 1234 0 0 0 \
+                        150 37 0 0 20 0 9 0 123456 98765432 3210 18446744073709551615 \
+                        1 1 0 0 0 0 0 4096 17987 0 0 0 17 1 0 0 0 0 0";
+
+    #[test]
+    fn stat_fields_14_and_15() {
+        assert_eq!(
+            parse_stat(STAT).unwrap(),
+            CpuTicks {
+                utime: 150,
+                stime: 37
+            }
+        );
+    }
+
+    #[test]
+    fn stat_command_names_with_spaces_and_parens() {
+        let line = STAT.replace("(fieldgate)", "(tokio (worker) 1)");
+        let t = parse_stat(&line).unwrap();
+        assert_eq!(t.total(), 187);
+    }
+
+    #[test]
+    fn stat_errors_are_reported() {
+        assert!(parse_stat("4242 fieldgate S 1").is_err());
+        assert!(parse_stat("4242 (fieldgate) S 1 2 3").is_err());
+        let bad = STAT.replace(" 150 ", " x ");
+        assert!(matches!(parse_stat(&bad), Err(ProcError::Format { .. })));
+    }
+
+    #[test]
+    fn vm_hwm_in_bytes() {
+        let status =
+            "Name:\tfieldgate\nVmPeak:\t  200000 kB\nVmHWM:\t   12800 kB\nVmRSS:\t   11000 kB\n";
+        assert_eq!(parse_vm_hwm(status).unwrap(), 12800 * 1024);
+        assert!(parse_vm_hwm("Name:\tx\n").is_err());
+        assert!(parse_vm_hwm("VmHWM:\t  12 parsecs\n").is_err());
+    }
+
+    #[test]
+    fn own_process_is_measurable() {
+        let pid = std::process::id();
+        assert!(peak_rss_bytes(pid).unwrap() > 0);
+        let window = CpuWindow::start(pid, clock_ticks_per_second()).unwrap();
+        let usage = window.finish().unwrap();
+        assert!(usage.cpu_seconds >= 0.0);
+        assert!(usage.percent_of_one_core() >= 0.0);
+    }
+
+    #[test]
+    fn percent_of_one_core() {
+        let u = CpuUsage {
+            elapsed: Duration::from_secs(10),
+            cpu_seconds: 2.5,
+        };
+        assert!((u.percent_of_one_core() - 25.0).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,122 @@
+//! The result of one benchmark run: one human-readable line, or JSON.
+
+use std::time::Duration;
+
+use crate::counter::Counts;
+use crate::measure::CpuUsage;
+
+/// What one run measured over its measurement window.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Scenario and parameters, e.g. `dummy devices=10 properties=10 interval=1s`.
+    pub scenario: String,
+    /// Values per second the config should produce.
+    pub expected_values_per_second: f64,
+    /// What arrived during the window.
+    pub delivered: Counts,
+    /// The window's CPU use by the gateway (its wall-clock length included).
+    pub cpu: CpuUsage,
+    /// Peak resident memory of the gateway, bytes.
+    pub peak_rss_bytes: u64,
+}
+
+impl Report {
+    fn window(&self) -> Duration {
+        self.cpu.elapsed
+    }
+
+    fn per_second(&self, n: u64) -> f64 {
+        let secs = self.window().as_secs_f64();
+        if secs > 0.0 {
+            n as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Delivered values per second.
+    pub fn delivered_values_per_second(&self) -> f64 {
+        self.per_second(self.delivered.values)
+    }
+
+    /// Delivered as a percentage of expected.
+    pub fn delivery_percent(&self) -> f64 {
+        if self.expected_values_per_second > 0.0 {
+            100.0 * self.delivered_values_per_second() / self.expected_values_per_second
+        } else {
+            0.0
+        }
+    }
+
+    /// Peak RSS in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        self.peak_rss_bytes as f64 / (1024.0 * 1024.0)
+    }
+
+    /// The one-line summary.
+    pub fn line(&self) -> String {
+        format!(
+            "{}: values/s expected {:.1} delivered {:.1} ({:.1}%), states/s {:.1}, \
+             errors {}, cpu {:.1}% of one core, peak RSS {:.1} MiB (window {:.1}s)",
+            self.scenario,
+            self.expected_values_per_second,
+            self.delivered_values_per_second(),
+            self.delivery_percent(),
+            self.per_second(self.delivered.states),
+            self.delivered.errors + self.delivered.malformed,
+            self.cpu.percent_of_one_core(),
+            self.peak_rss_mib(),
+            self.window().as_secs_f64(),
+        )
+    }
+
+    /// The same as a JSON object.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "scenario": self.scenario,
+            "window_seconds": self.window().as_secs_f64(),
+            "expected_values_per_second": self.expected_values_per_second,
+            "delivered_values_per_second": self.delivered_values_per_second(),
+            "delivery_percent": self.delivery_percent(),
+            "states_per_second": self.per_second(self.delivered.states),
+            "state_bytes_per_second": self.per_second(self.delivered.bytes),
+            "property_errors": self.delivered.errors,
+            "malformed_states": self.delivered.malformed,
+            "cpu_percent_of_one_core": self.cpu.percent_of_one_core(),
+            "peak_rss_mib": self.peak_rss_mib(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_and_line() {
+        let r = Report {
+            scenario: "dummy devices=2 properties=5 interval=1s".into(),
+            expected_values_per_second: 10.0,
+            delivered: Counts {
+                states: 40,
+                values: 200,
+                ..Counts::default()
+            },
+            cpu: CpuUsage {
+                elapsed: Duration::from_secs(20),
+                cpu_seconds: 1.0,
+            },
+            peak_rss_bytes: 12 << 20,
+        };
+        assert!((r.delivered_values_per_second() - 10.0).abs() < 1e-9);
+        assert!((r.delivery_percent() - 100.0).abs() < 1e-9);
+        let line = r.line();
+        assert!(
+            line.contains("expected 10.0 delivered 10.0 (100.0%)"),
+            "{line}"
+        );
+        assert!(line.contains("cpu 5.0% of one core"), "{line}");
+        assert!(line.contains("peak RSS 12.0 MiB"), "{line}");
+        assert_eq!(r.json()["states_per_second"], 2.0);
+    }
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# THE test command of fieldgate: installs the system packages the tests need
+# (when missing, with apt-get) and runs every test of the workspace:
+#
+#     bash tests/run-tests.sh            # = cargo test --workspace --all-features
+#     bash tests/run-tests.sh -- --nocapture
+#
+# Extra arguments are passed to `cargo test`. The end-to-end tests start their
+# own Mosquitto on free loopback ports; the system broker on 1883 is never used.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
+}
+
+# Debian packages the tests need at run time (mosquitto, mosquitto-clients)
+# and that --all-features needs to build (the BLE driver links libdbus).
+needed=(mosquitto mosquitto-clients pkg-config libdbus-1-dev)
+missing=()
+if command -v dpkg-query >/dev/null 2>&1; then
+    for pkg in "${needed[@]}"; do
+        installed "$pkg" || missing+=("$pkg")
+    done
+elif ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+    echo "run-tests.sh: mosquitto is not installed and this is not a Debian-like system;" >&2
+    echo "install mosquitto (and pkg-config + libdbus-1 headers) and run again." >&2
+    exit 1
+fi
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "run-tests.sh: installing ${missing[*]}" >&2
+    sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        sudo=(sudo)
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get update
+    "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" </dev/null
+fi
+
+exec cargo test --workspace --all-features "$@"
