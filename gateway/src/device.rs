@@ -200,8 +200,21 @@ impl Actor {
         loop {
             let heartbeat = self.state.heartbeat_due().map(Instant::from_std);
             let write_deadline = in_flight.as_ref().map(|(_, _, d)| *d);
+            // Biased: a write's outcome is handled before the driver's
+            // read-back (drivers reply first), so `$set/result` always
+            // precedes the state it caused.
             tokio::select! {
+                biased;
                 _ = cancel.cancelled() => break,
+                outcome = recv_outcome(&mut in_flight) => {
+                    if let Some((pending, _, _)) = in_flight.take() {
+                        let outcome = outcome.unwrap_or_else(|_| WriteOutcome {
+                            applied: 0,
+                            failed: Some((0, DriverError::new(ErrorKind::Io, "the driver stopped before writing"))),
+                        });
+                        self.finish_set(pending, outcome).await;
+                    }
+                },
                 moved = self.session_rx.changed() => if moved.is_ok() {
                     self.session = self.session_rx.borrow_and_update().clone();
                     tracing::info!(device = %self.name(), session = %self.session.client_id, "moved to another MQTT session");
@@ -216,15 +229,6 @@ impl Actor {
                 },
                 msg = inbox.recv() => if let Some(msg) = msg {
                     self.on_inbound(msg, &commands, &mut queue).await;
-                },
-                outcome = recv_outcome(&mut in_flight) => {
-                    if let Some((pending, _, _)) = in_flight.take() {
-                        let outcome = outcome.unwrap_or_else(|_| WriteOutcome {
-                            applied: 0,
-                            failed: Some((0, DriverError::new(ErrorKind::Io, "the driver stopped before writing"))),
-                        });
-                        self.finish_set(pending, outcome).await;
-                    }
                 },
                 _ = sleep_until_opt(write_deadline) => {
                     if let Some((pending, _, _)) = in_flight.take() {

@@ -39,13 +39,20 @@ pub fn watch(config: &Path) -> notify::Result<ConfigWatcher> {
         .filter(|p| !p.as_os_str().is_empty())
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
+    let relevant = relevant_names(config);
     let (raw_tx, raw_rx) = mpsc::channel::<()>(64);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         match res {
             Ok(ev) if ev.kind.is_access() => {}
-            Ok(_) => {
-                // A full channel already holds a pending trigger.
-                let _ = raw_tx.try_send(());
+            Ok(ev) => {
+                let touches_config = ev.paths.iter().any(|p| {
+                    p.file_name()
+                        .is_some_and(|n| relevant.iter().any(|r| r.as_os_str() == n))
+                });
+                if touches_config {
+                    // A full channel already holds a pending trigger.
+                    let _ = raw_tx.try_send(());
+                }
             }
             Err(e) => tracing::warn!("config watcher: {e}"),
         }
@@ -57,6 +64,25 @@ pub fn watch(config: &Path) -> notify::Result<ConfigWatcher> {
         _watcher: watcher,
         changed,
     })
+}
+
+/// Names in the config's directory whose change can change the config: the
+/// file itself and, when it is a relative symlink, the first component of
+/// its target (Kubernetes-style `config.yaml -> ..data/config.yaml`, where
+/// `..data` is the link that gets swapped).
+fn relevant_names(config: &Path) -> Vec<PathBuf> {
+    let mut names = Vec::new();
+    if let Some(name) = config.file_name() {
+        names.push(PathBuf::from(name));
+    }
+    if let Ok(target) = std::fs::read_link(config) {
+        if target.is_relative() {
+            if let Some(first) = target.components().next() {
+                names.push(PathBuf::from(first.as_os_str()));
+            }
+        }
+    }
+    names
 }
 
 /// Turns bursts of raw events into single triggers.
@@ -103,6 +129,37 @@ mod tests {
         // Nothing more comes for that burst.
         drop(raw_tx);
         assert_eq!(rx.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn other_files_in_the_directory_do_not_trigger() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, "a: 1\n").unwrap();
+        let mut w = watch(&path).unwrap();
+        std::fs::write(dir.path().join("gateway.log"), "busy\n").unwrap();
+        // Then a real change: the only trigger is for the config.
+        std::fs::write(&path, "a: 2\n").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), w.changed.recv())
+            .await
+            .expect("a trigger for the config")
+            .unwrap();
+        assert!(w.changed.try_recv().is_err());
+    }
+
+    #[test]
+    fn symlink_chain_names_are_relevant() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("..2026_11_22")).unwrap();
+        std::fs::write(dir.path().join("..2026_11_22/config.yaml"), "a: 1\n").unwrap();
+        std::os::unix::fs::symlink("..2026_11_22", dir.path().join("..data")).unwrap();
+        let link = dir.path().join("config.yaml");
+        std::os::unix::fs::symlink("..data/config.yaml", &link).unwrap();
+        let names = relevant_names(&link);
+        assert_eq!(
+            names,
+            vec![PathBuf::from("config.yaml"), PathBuf::from("..data")]
+        );
     }
 
     #[tokio::test]

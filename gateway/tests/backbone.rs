@@ -34,8 +34,50 @@ const FAN: &str = r#"  - name: fan
     syncInterval: 200ms
 "#;
 
+/// Polls `f` every 50 ms until it yields a value or `timeout` passes.
+async fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// GET on the gateway's metrics listener.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    support::http_get(&format!("127.0.0.1:{port}"), path).ok()
+}
+
+/// The value of the first sample of `family` in /metrics.
+fn metric(port: u16, family: &str) -> Option<f64> {
+    get(port, "/metrics")?
+        .1
+        .lines()
+        .find(|l| l.starts_with(family))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// Waits until every topic in `topics` carried `payload` (in any order).
+async fn wait_payload_on_all(probe: &mut MqttProbe, topics: &[&str], payload: &str) {
+    let mut missing: Vec<&str> = topics.to_vec();
+    let done = probe
+        .wait_for(WAIT, |m| {
+            if m.payload_str() == payload {
+                missing.retain(|t| *t != m.topic);
+            }
+            missing.is_empty()
+        })
+        .await;
+    assert!(done.is_some(), "`{payload}` missing on {missing:?}");
 }
 
 async fn state_on(probe: &mut MqttProbe, topic: &str) -> Message {
@@ -83,7 +125,10 @@ async fn state_arrives_with_configured_qos_and_retain() {
     assert_eq!(v["properties"]["t"], json!(3.0));
     assert!(v.get("errors").is_none());
     let ts = v["timestamp"].as_str().unwrap();
-    assert!(ts.ends_with('Z') && ts.len() == 24, "RFC 3339 with millis: {ts}");
+    assert!(
+        ts.ends_with('Z') && ts.len() == 24,
+        "RFC 3339 with millis: {ts}"
+    );
 
     // A late subscriber gets the retained state.
     let mut late = MqttProbe::connect(broker.port()).await;
@@ -183,11 +228,11 @@ async fn base64_encoding_both_ways() {
       - { name: setpoint, type: float32, writable: true, simulate: { constant: 21.0 } }
 "#,
     );
-    let _gw = Gateway::start(&yaml);
     let t = "fieldgate/test/sp";
     let mut probe = MqttProbe::connect(broker.port()).await;
     probe.subscribe(&format!("{t}/#"), 1).await;
     probe.subscribe(t, 1).await;
+    let _gw = Gateway::start(&yaml);
     let raw = state_on(&mut probe, t).await;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(&raw.payload)
@@ -196,7 +241,9 @@ async fn base64_encoding_both_ways() {
     assert_eq!(v["properties"]["setpoint"], json!(21.0));
 
     // $state and $meta stay plain.
-    let st = state_on(&mut probe, &format!("{t}/$state")).await;
+    let mut fresh = MqttProbe::connect(broker.port()).await;
+    fresh.subscribe(&format!("{t}/$state"), 1).await;
+    let st = state_on(&mut fresh, &format!("{t}/$state")).await;
     assert_eq!(st.payload_str(), "online");
 
     probe
@@ -247,11 +294,11 @@ async fn base64_encoding_both_ways() {
 async fn set_changes_the_fan_and_state_follows_at_once() {
     let broker = Mosquitto::start();
     let yaml = config(broker.port(), "", &FAN.replace("200ms", "1h"));
-    let _gw = Gateway::start(&yaml);
     let t = "fieldgate/test/fan";
     let mut probe = MqttProbe::connect(broker.port()).await;
     probe.subscribe(t, 1).await;
     probe.subscribe(&format!("{t}/$set/result"), 1).await;
+    let _gw = Gateway::start(&yaml);
     let first = state_on(&mut probe, t).await.json();
     assert_eq!(first["properties"]["gear"], "slow");
     assert_eq!(first["properties"]["on"], false);
@@ -289,24 +336,47 @@ async fn bad_set_payloads_get_errors_and_write_nothing() {
       - { name: serial, type: string, simulate: { constant: "SN1" } }
 "#,
     );
-    let _gw = Gateway::start(&yaml);
     let t = "fieldgate/test/dev";
     let mut probe = MqttProbe::connect(broker.port()).await;
     probe.subscribe(t, 1).await;
     probe.subscribe(&format!("{t}/$set/result"), 1).await;
+    let _gw = Gateway::start(&yaml);
     let before = state_on(&mut probe, t).await.json()["properties"].clone();
-    assert_eq!(before, json!({"level": 0.5, "mode": "auto", "flag": false, "serial": "SN1"}));
+    assert_eq!(
+        before,
+        json!({"level": 0.5, "mode": "auto", "flag": false, "serial": "SN1"})
+    );
 
     let big = format!(r#"{{"flag": true, "pad": "{}"}}"#, "x".repeat(70 * 1024));
     let cases: Vec<(&str, String, &str)> = vec![
         ("not JSON", "{nope".into(), "$payload"),
         ("not an object", "[1, 2]".into(), "$payload"),
-        ("unknown property", r#"{"nope": 1, "flag": true}"#.into(), "nope"),
-        ("read-only", r#"{"serial": "x", "flag": true}"#.into(), "serial"),
+        (
+            "unknown property",
+            r#"{"nope": 1, "flag": true}"#.into(),
+            "nope",
+        ),
+        (
+            "read-only",
+            r#"{"serial": "x", "flag": true}"#.into(),
+            "serial",
+        ),
         ("wrong type", r#"{"flag": "yes"}"#.into(), "flag"),
-        ("unknown enum label", r#"{"mode": "turbo", "flag": true}"#.into(), "mode"),
-        ("above max", r#"{"level": 11, "flag": true}"#.into(), "level"),
-        ("below min", r#"{"level": -10.5, "flag": true}"#.into(), "level"),
+        (
+            "unknown enum label",
+            r#"{"mode": "turbo", "flag": true}"#.into(),
+            "mode",
+        ),
+        (
+            "above max",
+            r#"{"level": 11, "flag": true}"#.into(),
+            "level",
+        ),
+        (
+            "below min",
+            r#"{"level": -10.5, "flag": true}"#.into(),
+            "level",
+        ),
         ("too large", big, "$payload"),
     ];
     for (what, payload, key) in cases {
@@ -316,7 +386,12 @@ async fn bad_set_payloads_get_errors_and_write_nothing() {
         assert_eq!(res["applied"], json!({}), "{what}: nothing applied");
     }
     // Several errors at once are all reported.
-    let res = set(&mut probe, t, r#"{"nope": 1, "serial": "x", "level": 99, "$id": "m"}"#).await;
+    let res = set(
+        &mut probe,
+        t,
+        r#"{"nope": 1, "serial": "x", "level": 99, "$id": "m"}"#,
+    )
+    .await;
     assert_eq!(res["$id"], "m");
     for key in ["nope", "serial", "level"] {
         assert!(res["errors"][key].is_string(), "{key}: {res}");
@@ -354,17 +429,31 @@ async fn will_on_kill_online_on_restart_offline_on_sigterm() {
     let m = state_on(&mut probe, "fieldgate/test/$will").await;
     assert_eq!(m.payload_str(), "online", "birth after restart");
     probe
-        .wait_for(WAIT, |m| m.topic == "fieldgate/test/fan/$state" && m.payload_str() == "online")
+        .wait_for(WAIT, |m| {
+            m.topic == "fieldgate/test/fan/$state" && m.payload_str() == "online"
+        })
         .await
         .expect("device online");
 
     gw.sigterm();
-    let status = gw.wait_exit(Duration::from_secs(5)).expect("exits within 5 s");
-    assert!(status.success(), "exit 0 on SIGTERM: {status:?}\n{}", gw.log());
-    let m = probe
-        .wait_for(WAIT, |m| m.topic == "fieldgate/test/fan/$state" && m.payload_str() == "offline")
-        .await;
-    assert!(m.is_some_and(|m| m.retain), "device offline, retained");
+    let status = gw
+        .wait_exit(Duration::from_secs(5))
+        .expect("exits within 5 s");
+    assert!(
+        status.success(),
+        "exit 0 on SIGTERM: {status:?}\n{}",
+        gw.log()
+    );
+    probe
+        .wait_for(WAIT, |m| {
+            m.topic == "fieldgate/test/fan/$state" && m.payload_str() == "offline"
+        })
+        .await
+        .expect("device offline on a clean stop");
+    let mut fresh = MqttProbe::connect(broker.port()).await;
+    fresh.subscribe("fieldgate/test/fan/$state", 1).await;
+    let m = state_on(&mut fresh, "fieldgate/test/fan/$state").await;
+    assert!(m.retain && m.payload_str() == "offline", "retained offline");
     let m = probe
         .wait_for(WAIT, |m| m.topic == "fieldgate/test/$will")
         .await
@@ -392,19 +481,10 @@ async fn device_with_own_client_gets_own_session_and_will() {
     probe.subscribe("fieldgate/test/$will", 1).await;
     probe.subscribe("fieldgate/test/own/$will", 1).await;
     let mut gw = Gateway::start(&yaml);
-    for t in ["fieldgate/test/$will", "fieldgate/test/own/$will"] {
-        let m = probe
-            .wait_for(WAIT, |m| m.topic == t && m.payload_str() == "online")
-            .await;
-        assert!(m.is_some(), "birth on {t}");
-    }
+    let wills = ["fieldgate/test/$will", "fieldgate/test/own/$will"];
+    wait_payload_on_all(&mut probe, &wills, "online").await;
     gw.kill9();
-    for t in ["fieldgate/test/$will", "fieldgate/test/own/$will"] {
-        let m = probe
-            .wait_for(WAIT, |m| m.topic == t && m.payload_str() == "offline")
-            .await;
-        assert!(m.is_some(), "will on {t}");
-    }
+    wait_payload_on_all(&mut probe, &wills, "offline").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,7 +515,7 @@ async fn broker_restart_reconnects_resubscribes_and_delivers_the_queue() {
         .as_u64()
         .unwrap();
 
-    broker.stop();
+    broker.stop_graceful();
     // While the broker is down the gateway keeps polling into its outbox.
     broker.restart();
 
@@ -474,21 +554,20 @@ async fn full_outbox_drops_the_oldest() {
       - { name: n, type: uint32, simulate: { counter: { start: 0, step: 1 } } }
 "#,
     )
-    .replace(r#"metrics: { listen: "" }"#, &format!(r#"metrics: {{ listen: "127.0.0.1:{metrics_port}" }}"#));
+    .replace(
+        r#"metrics: { listen: "" }"#,
+        &format!(r#"metrics: {{ listen: "127.0.0.1:{metrics_port}" }}"#),
+    );
     let _gw = Gateway::start(&yaml);
     let mut probe = MqttProbe::connect_persistent(port, "observer2").await;
     probe.subscribe("fieldgate/test/c", 1).await;
     let first = state_on(&mut probe, "fieldgate/test/c").await.json()["properties"]["n"]
         .as_u64()
         .unwrap();
-    broker.stop();
+    broker.stop_graceful();
     // Wait until the gateway has dropped messages (20 ms polls, depth 5).
-    let dropped = support::wait_until(WAIT, || {
-        support::http_get(metrics_port, "/metrics")
-            .lines()
-            .find(|l| l.starts_with("fieldgate_mqtt_dropped_total"))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .filter(|n| *n > 10.0)
+    let dropped = poll_until(WAIT, || {
+        metric(metrics_port, "fieldgate_mqtt_dropped_total").filter(|n| *n > 10.0)
     })
     .await
     .expect("dropped counter rises while the broker is down");
@@ -507,7 +586,10 @@ async fn full_outbox_drops_the_oldest() {
         }
         last = last.max(n);
     }
-    assert!(saw_gap, "oldest messages were dropped when the outbox was full");
+    assert!(
+        saw_gap,
+        "oldest messages were dropped when the outbox was full"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -519,17 +601,18 @@ async fn metrics_and_health() {
         &format!(r#"metrics: {{ listen: "127.0.0.1:{metrics_port}" }}"#),
     );
     let _gw = Gateway::start(&yaml);
-    let healthy = support::wait_until(WAIT, || {
-        let body = support::http_get(metrics_port, "/healthz");
-        body.starts_with("HTTP/1.1 200").then_some(body)
+    let healthy = poll_until(WAIT, || {
+        get(metrics_port, "/healthz").filter(|(c, _)| *c == 200)
     })
     .await
-    .expect("healthy once connected");
+    .expect("healthy once connected")
+    .1;
     assert!(healthy.contains(r#""status":"ok""#), "{healthy}");
     assert!(healthy.contains(r#""reasons":[]"#), "{healthy}");
-    let text = support::wait_until(WAIT, || {
-        let body = support::http_get(metrics_port, "/metrics");
-        body.contains("fieldgate_device_reads_total{device=\"fan\"}").then_some(body)
+    let text = poll_until(WAIT, || {
+        get(metrics_port, "/metrics")
+            .map(|(_, body)| body)
+            .filter(|b| b.contains("fieldgate_device_reads_total{device=\"fan\"}"))
     })
     .await
     .expect("metrics");
@@ -545,12 +628,12 @@ async fn metrics_and_health() {
         assert!(text.contains(family), "missing {family} in\n{text}");
     }
     broker.stop();
-    let degraded = support::wait_until(WAIT, || {
-        let body = support::http_get(metrics_port, "/healthz");
-        body.starts_with("HTTP/1.1 503").then_some(body)
+    let degraded = poll_until(WAIT, || {
+        get(metrics_port, "/healthz").filter(|(c, _)| *c == 503)
     })
     .await
-    .expect("degraded while the broker is down");
+    .expect("degraded while the broker is down")
+    .1;
     assert!(degraded.contains("degraded"), "{degraded}");
     assert!(degraded.contains("fieldgate-test"), "{degraded}");
 }
@@ -564,7 +647,9 @@ async fn mqtt5_response_topic_and_correlation_data() {
     probe.subscribe("replies/me", 1).await;
     probe.subscribe("fieldgate/test/fan/$state", 1).await;
     probe
-        .wait_for(WAIT, |m| m.topic == "fieldgate/test/fan/$state" && m.payload_str() == "online")
+        .wait_for(WAIT, |m| {
+            m.topic == "fieldgate/test/fan/$state" && m.payload_str() == "online"
+        })
         .await
         .expect("online");
     probe
@@ -599,7 +684,11 @@ async fn starts_before_the_broker_exists_and_connects_when_it_appears() {
 fn run_with_an_invalid_config_exits_78() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.yaml");
-    std::fs::write(&path, "devices:\n  - name: x\n    driver: dummy\n    bogus: 1\n").unwrap();
+    std::fs::write(
+        &path,
+        "devices:\n  - name: x\n    driver: dummy\n    bogus: 1\n",
+    )
+    .unwrap();
     let out = support::fieldgate(&["run", "-c", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -609,11 +698,15 @@ fn run_with_an_invalid_config_exits_78() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_config_runs_on_the_embedded_broker() {
     let port = support::free_port();
-    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/demo.yaml"))
-        .expect("configs/demo.yaml");
+    let demo =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/demo.yaml"))
+            .expect("configs/demo.yaml");
     let yaml = demo
         .replace("127.0.0.1:11883", &format!("127.0.0.1:{port}"))
-        .replace("127.0.0.1:9880", &format!("127.0.0.1:{}", support::free_port()));
+        .replace(
+            "127.0.0.1:9880",
+            &format!("127.0.0.1:{}", support::free_port()),
+        );
     let _gw = Gateway::start(&yaml);
     let mut probe = MqttProbe::connect(port).await;
     probe.subscribe("fieldgate/demo/#", 0).await;

@@ -140,8 +140,18 @@ impl Mosquitto {
 
     /// Like [`Mosquitto::start`], with `extra_conf` appended to the config file.
     pub fn start_with(extra_conf: &str) -> Self {
+        Self::start_on_with(free_port(), extra_conf)
+    }
+
+    /// Starts the broker on a given port (e.g. one a gateway already
+    /// tries to reach).
+    pub fn start_on(port: u16) -> Self {
+        Self::start_on_with(port, "")
+    }
+
+    /// [`Mosquitto::start_on`] with `extra_conf` appended to the config file.
+    pub fn start_on_with(port: u16, extra_conf: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for mosquitto");
-        let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
         let text = format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra_conf}\n"
@@ -180,6 +190,15 @@ impl Mosquitto {
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the broker with SIGTERM (it saves its persistence file) and
+    /// waits for it to exit.
+    pub fn stop_graceful(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            send_signal(child.id(), "TERM");
             let _ = child.wait();
         }
     }
@@ -463,10 +482,19 @@ pub struct MqttProbe {
 impl MqttProbe {
     /// Connects to 127.0.0.1:`port`; returns after the CONNACK (panics after 10 s).
     pub async fn connect(port: u16) -> Self {
-        let client_id = probe_client_id("");
+        Self::connect_as(port, probe_client_id(""), true).await
+    }
+
+    /// Connects with a fixed client id and `cleanSession: false`, so a broker
+    /// with persistence keeps its QoS 1/2 messages while it is away.
+    pub async fn connect_persistent(port: u16, client_id: &str) -> Self {
+        Self::connect_as(port, client_id.to_owned(), false).await
+    }
+
+    async fn connect_as(port: u16, client_id: String, clean_session: bool) -> Self {
         let mut opts = rumqttc::MqttOptions::new(client_id.clone(), "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(30));
-        opts.set_clean_session(true);
+        opts.set_clean_session(clean_session);
         opts.set_max_packet_size(4 << 20, 4 << 20);
         opts.set_request_channel_capacity(1000);
         let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 1000);
