@@ -519,8 +519,6 @@ impl Loader<'_> {
                     }
                 }
                 _ => {
-                    let (k, _) = root.entry(&["devices"]).unwrap();
-                    let _ = k;
                     self.ctx.at(
                         dn,
                         "devices",
