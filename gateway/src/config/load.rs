@@ -518,13 +518,11 @@ impl Loader<'_> {
                         }
                     }
                 }
-                _ => {
-                    self.ctx.at(
-                        dn,
-                        "devices",
-                        format!("expected a list of devices, found {}", dn.describe()),
-                    )
-                }
+                _ => self.ctx.at(
+                    dn,
+                    "devices",
+                    format!("expected a list of devices, found {}", dn.describe()),
+                ),
             }
         }
 

@@ -218,15 +218,30 @@ pub struct SyntaxError {
     pub message: String,
 }
 
+/// Largest config text accepted.
+pub const MAX_CONFIG_BYTES: usize = 32 * 1024 * 1024;
+
+/// The parser's safety limits, sized for large gateways: a config of 5 000
+/// devices × 50 properties is about 2 million nodes. Aliases stay bounded
+/// (the parser's defaults) so alias bombs are still refused.
+fn parse_budget() -> serde_saphyr::Budget {
+    let mut b = serde_saphyr::Budget::default();
+    b.max_reader_input_bytes = Some(MAX_CONFIG_BYTES);
+    b.max_nodes = 4_000_000;
+    b.max_events = 16_000_000;
+    b
+}
+
 /// Parses YAML text into a located tree. An empty document is `Null`.
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     if text.trim().is_empty() {
         return Ok(Node::synthetic(Kind::Null));
     }
-    let opts = serde_saphyr::options! {
+    let mut opts = serde_saphyr::options! {
         duplicate_keys: serde_saphyr::DuplicateKeyPolicy::LastWins,
         strict_booleans: true,
     };
+    opts.budget = Some(parse_budget());
     match serde_saphyr::from_str_with_options::<Option<Node>>(text, opts) {
         Ok(Some(n)) => Ok(n),
         Ok(None) => Ok(Node::synthetic(Kind::Null)),
@@ -687,6 +702,22 @@ impl<'de> de::VariantAccess<'de> for NodeDe<'de> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_configs_parse() {
+        let mut text = String::from("devices:\n");
+        for d in 0..1000 {
+            text.push_str(&format!(
+                "  - name: d{d}\n    driver: dummy\n    properties:\n"
+            ));
+            for p in 0..20 {
+                text.push_str(&format!(
+                    "      - {{ name: p{p}, type: uint32, simulate: {{ counter: {{ start: 0, step: 1 }} }} }}\n"
+                ));
+            }
+        }
+        assert!(parse(&text).is_ok());
+    }
 
     #[test]
     fn parses_with_positions() {
