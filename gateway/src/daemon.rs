@@ -111,6 +111,7 @@ async fn serve(path: PathBuf, resolved: Resolved) -> anyhow::Result<()> {
     };
     supervisor.apply(&empty, &resolved).await;
     let mut current = resolved;
+    crate::heap::release_free_memory();
 
     loop {
         tokio::select! {
@@ -134,6 +135,7 @@ async fn serve(path: PathBuf, resolved: Resolved) -> anyhow::Result<()> {
                     let summary = supervisor.apply(&current, &next).await;
                     log_summary(&summary);
                     current = next;
+                    crate::heap::release_free_memory();
                 }
             }
             _ = sighup.recv() => {
@@ -145,6 +147,7 @@ async fn serve(path: PathBuf, resolved: Resolved) -> anyhow::Result<()> {
                     let summary = supervisor.apply(&current, &next).await;
                     log_summary(&summary);
                     current = next;
+                    crate::heap::release_free_memory();
                 }
             }
         }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod deadline;
 pub mod device;
+pub mod heap;
 pub mod mqtt;
 pub mod reload;
 pub mod state;

@@ -69,13 +69,23 @@ impl Node {
     pub fn entry(&self, keys: &[&str]) -> Option<(&Node, &Node)> {
         self.entries()?
             .iter()
-            .find(|(k, _)| keys.iter().any(|want| k.text().as_deref() == Some(*want)))
+            .find(|(k, _)| keys.iter().any(|want| k.is_text(want)))
             .map(|(k, v)| (k, v))
     }
 
     /// The value of `key`.
     pub fn get(&self, key: &str) -> Option<&Node> {
         self.entry(&[key]).map(|(_, v)| v)
+    }
+
+    /// True when the scalar's text is `want` (no allocation for strings).
+    pub fn is_text(&self, want: &str) -> bool {
+        match &self.kind {
+            Kind::Str(s) => s == want,
+            Kind::Null => want.is_empty(),
+            Kind::Bool(_) | Kind::Int(_) | Kind::Float(_) => self.text().is_some_and(|t| t == want),
+            Kind::Seq(_) | Kind::Map(_) => false,
+        }
     }
 
     /// The scalar as text (keys, strings, numbers, booleans).
@@ -193,6 +203,7 @@ impl<'de> Deserialize<'de> for Kind {
                 while let Some(n) = a.next_element::<Node>()? {
                     v.push(n);
                 }
+                v.shrink_to_fit();
                 Ok(Kind::Seq(v))
             }
             fn visit_map<A: de::MapAccess<'de>>(self, mut a: A) -> Result<Kind, A::Error> {
@@ -200,6 +211,7 @@ impl<'de> Deserialize<'de> for Kind {
                 while let Some((k, val)) = a.next_entry::<Node, Node>()? {
                     v.push((k, val));
                 }
+                v.shrink_to_fit();
                 Ok(Kind::Map(v))
             }
         }
