@@ -19,7 +19,7 @@ const STOP_DEADLINE: Duration = Duration::from_millis(4500);
 
 /// Runs the daemon with the config at `path`; returns the process exit code.
 pub fn run(path: &Path) -> i32 {
-    let resolved = match config::load(path) {
+    let resolved = match crate::heap::load_compact(|| config::load(path)) {
         Ok(r) => r,
         Err(errors) => {
             eprintln!("{errors}");
@@ -111,7 +111,6 @@ async fn serve(path: PathBuf, resolved: Resolved) -> anyhow::Result<()> {
     };
     supervisor.apply(&empty, &resolved).await;
     let mut current = resolved;
-    crate::heap::release_free_memory();
 
     loop {
         tokio::select! {
@@ -135,7 +134,6 @@ async fn serve(path: PathBuf, resolved: Resolved) -> anyhow::Result<()> {
                     let summary = supervisor.apply(&current, &next).await;
                     log_summary(&summary);
                     current = next;
-                    crate::heap::release_free_memory();
                 }
             }
             _ = sighup.recv() => {
@@ -147,7 +145,6 @@ async fn serve(path: PathBuf, resolved: Resolved) -> anyhow::Result<()> {
                     let summary = supervisor.apply(&current, &next).await;
                     log_summary(&summary);
                     current = next;
-                    crate::heap::release_free_memory();
                 }
             }
         }
@@ -206,7 +203,8 @@ async fn watched(watcher: &mut Option<reload::ConfigWatcher>) -> Option<()> {
 /// in the log and the reload metric.
 async fn reload(path: &Path, metrics: &Metrics) -> Option<Resolved> {
     let p = path.to_path_buf();
-    let loaded = tokio::task::spawn_blocking(move || config::load(&p)).await;
+    let loaded =
+        tokio::task::spawn_blocking(move || crate::heap::load_compact(|| config::load(&p))).await;
     match loaded {
         Ok(Ok(next)) => {
             metrics.config_reloads.with_label_values(&["ok"]).inc();
