@@ -38,7 +38,8 @@ fn encode(e: PayloadEncode) -> &'static str {
 fn server(s: &ServerAddress) -> String {
     match s {
         ServerAddress::Tcp { host, port } if host.contains(':') => format!("tcp://[{host}]:{port}"),
-        ServerAddress::Tcp { host, port } => format!("tcp://{host}:{port}"),
+        ServerAddress::Tls { host, port } if host.contains(':') => format!("tls://[{host}]:{port}"),
+        other => other.to_string(),
     }
 }
 

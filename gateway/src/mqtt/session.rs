@@ -195,6 +195,7 @@ impl Session {
             qos: will.qos,
             retain: will.retained,
             correlation: None,
+            props: None,
         });
         self.feed();
         while self.connected && !(self.outbox.is_empty() && self.priority.is_empty()) {
@@ -252,6 +253,7 @@ impl Session {
                     qos,
                     retain: true,
                     correlation: None,
+            props: None,
                 });
             }
             SessionInput::Route { topic, to } => {
@@ -328,6 +330,20 @@ impl Session {
                 self.update_store_gauges();
             }
             NetEvent::Disconnected => {}
+            NetEvent::Refused(r) => {
+                tracing::warn!(
+                    session = %self.id(),
+                    packet = r.packet,
+                    code = %r.code,
+                    "the broker refused: {} reason code {}",
+                    r.packet.to_uppercase(),
+                    r.code
+                );
+                self.metrics
+                    .mqtt_reason_codes
+                    .with_label_values(&[&self.settings.client_id, r.packet, &r.code])
+                    .inc();
+            }
             NetEvent::Down(reason) => {
                 let was_connected = self.connected;
                 self.connected = false;
@@ -394,6 +410,7 @@ impl Session {
             qos: will.qos,
             retain: will.retained,
             correlation: None,
+            props: None,
         });
         // After a reconnect the broker may have lost its retained store
         // (restart without persistence): give it the retained topics again.
