@@ -966,11 +966,18 @@ impl Loader<'_> {
         }
         if let Some(c) = &m.content_type {
             if c.contains('\0') || c.len() > 65_535 {
-                ctx.val(n, path, &["contentType"], "contentType must be a UTF-8 string without NUL, at most 65535 bytes");
+                ctx.val(
+                    n,
+                    path,
+                    &["contentType"],
+                    "contentType must be a UTF-8 string without NUL, at most 65535 bytes",
+                );
             }
         }
         if let Some(u) = &m.user_properties {
-            if u.iter().any(|(k, v)| k.contains('\0') || v.contains('\0') || k.len() > 65_535 || v.len() > 65_535) {
+            if u.iter().any(|(k, v)| {
+                k.contains('\0') || v.contains('\0') || k.len() > 65_535 || v.len() > 65_535
+            }) {
                 ctx.key(n, path, &["userProperties"], "userProperties keys and values must be strings without NUL, at most 65535 bytes each");
             }
         }
@@ -1737,7 +1744,8 @@ fn header_name_ok(name: &str) -> bool {
 
 /// An HTTP header value: visible ASCII, spaces and tabs.
 fn header_value_ok(v: &str) -> bool {
-    v.bytes().all(|b| b == b' ' || b == b'\t' || (0x21..0x7f).contains(&b))
+    v.bytes()
+        .all(|b| b == b' ' || b == b'\t' || (0x21..0x7f).contains(&b))
 }
 
 /// PEM text given inline (`…Pem`) or as a file (relative to the config file).
@@ -1778,7 +1786,12 @@ fn check_tls(ctx: &mut Ctx, base: &Path, tn: &Node, tp: &str, t: &TlsOptions) {
         let has_inline = inline.as_deref().is_some_and(|s| !s.trim().is_empty());
         let has_file = file.as_deref().is_some_and(|s| !s.is_empty());
         if has_inline && has_file {
-            ctx.key(tn, tp, &[file_key], format!("give either `{pem_key}` or `{file_key}`, not both"));
+            ctx.key(
+                tn,
+                tp,
+                &[file_key],
+                format!("give either `{pem_key}` or `{file_key}`, not both"),
+            );
             continue;
         }
         let key = if has_inline { *pem_key } else { *file_key };
@@ -1807,7 +1820,11 @@ fn check_tls(ctx: &mut Ctx, base: &Path, tn: &Node, tp: &str, t: &TlsOptions) {
     }
     if present[1] != present[2] {
         let missing = if present[1] { "keyFile" } else { "certFile" };
-        let given = if present[1] { &["certFilePem", "certFile"] } else { &["keyFilePem", "keyFile"] };
+        let given = if present[1] {
+            &["certFilePem", "certFile"]
+        } else {
+            &["keyFilePem", "keyFile"]
+        };
         ctx.key(
             tn,
             tp,
@@ -1817,7 +1834,12 @@ fn check_tls(ctx: &mut Ctx, base: &Path, tn: &Node, tp: &str, t: &TlsOptions) {
     }
     if let Some(name) = t.server_name.as_deref().filter(|s| !s.is_empty()) {
         if rustls_pki_types::ServerName::try_from(name).is_err() {
-            ctx.val(tn, tp, &["serverName"], format!("`{name}` is not a DNS name or IP address"));
+            ctx.val(
+                tn,
+                tp,
+                &["serverName"],
+                format!("`{name}` is not a DNS name or IP address"),
+            );
         }
     }
 }

@@ -219,7 +219,9 @@ impl Route {
 }
 
 /// The transport rumqttc uses and the route behind it.
-fn route_for(settings: &SessionSettings) -> Result<(String, u16, rumqttc::Transport, Route), String> {
+fn route_for(
+    settings: &SessionSettings,
+) -> Result<(String, u16, rumqttc::Transport, Route), String> {
     match &settings.server {
         ServerAddress::WebSocket { url, secure, .. } => {
             let port = url
@@ -274,7 +276,12 @@ pub fn open(settings: &SessionSettings) -> Link {
             // Cannot happen for a validated config; report it as a
             // connection that never comes up.
             tracing::error!(session = %settings.client_id, "cannot set up the transport: {e}");
-            ("127.0.0.1".into(), 1, rumqttc::Transport::Tcp, Route::Native)
+            (
+                "127.0.0.1".into(),
+                1,
+                rumqttc::Transport::Tcp,
+                Route::Native,
+            )
         }
     };
     // rumqttc bounds its connect and every flush with one timeout. Bridged,
@@ -282,7 +289,9 @@ pub fn open(settings: &SessionSettings) -> Link {
     // bridge; natively (WebSocket) the larger of the two bounds both.
     let net_timeout = match &route {
         Route::Bridged(_) => timeout_secs(settings.connect_timeout),
-        Route::Native => timeout_secs(settings.connect_timeout).max(timeout_secs(settings.write_timeout)),
+        Route::Native => {
+            timeout_secs(settings.connect_timeout).max(timeout_secs(settings.write_timeout))
+        }
     };
     let headers = settings.http_headers.clone();
     let (client, task) = if settings.protocol_version == 5 {
@@ -311,7 +320,13 @@ pub fn open(settings: &SessionSettings) -> Link {
             opts.set_credentials(user.clone(), settings.password.clone().unwrap_or_default());
         }
         let (client, eventloop) = rumqttc::v5::AsyncClient::new(opts, REQUEST_CHANNEL);
-        let task = tokio::spawn(drive_v5(eventloop, events_tx, permits_rx, route, settings.clone()));
+        let task = tokio::spawn(drive_v5(
+            eventloop,
+            events_tx,
+            permits_rx,
+            route,
+            settings.clone(),
+        ));
         (LinkClient::V5(client), task)
     } else {
         // MQTT 3.1 is MQTT 3.1.1 on the wire except for CONNECT/CONNACK;
@@ -338,7 +353,13 @@ pub fn open(settings: &SessionSettings) -> Link {
         let mut net = rumqttc::NetworkOptions::new();
         net.set_connection_timeout(net_timeout);
         eventloop.set_network_options(net);
-        let task = tokio::spawn(drive_v4(eventloop, events_tx, permits_rx, route, settings.clone()));
+        let task = tokio::spawn(drive_v4(
+            eventloop,
+            events_tx,
+            permits_rx,
+            route,
+            settings.clone(),
+        ));
         (LinkClient::V4(client), task)
     };
     Link {
@@ -438,7 +459,9 @@ async fn drive_v4(
                             code: format!("{code:?}"),
                         }));
                     }
-                    let reason = route.take_error().unwrap_or_else(|| describe_v4(&e, &settings));
+                    let reason = route
+                        .take_error()
+                        .unwrap_or_else(|| describe_v4(&e, &settings));
                     evs.push(NetEvent::Down(reason));
                     for ev in evs {
                         if tx.send(ev).await.is_err() {
@@ -503,7 +526,10 @@ async fn drive_v5(
                 }
                 Ok(Event::Incoming(Packet::PubAck(a))) => {
                     let mut evs = Vec::new();
-                    if !matches!(a.reason, PubAckReason::Success | PubAckReason::NoMatchingSubscribers) {
+                    if !matches!(
+                        a.reason,
+                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                    ) {
                         evs.push(NetEvent::Refused(ReasonCode {
                             packet: "puback",
                             code: format!("{:?}", a.reason),
@@ -514,7 +540,10 @@ async fn drive_v5(
                     evs
                 }
                 Ok(Event::Incoming(Packet::PubRec(a)))
-                    if !matches!(a.reason, PubRecReason::Success | PubRecReason::NoMatchingSubscribers) =>
+                    if !matches!(
+                        a.reason,
+                        PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+                    ) =>
                 {
                     vec![
                         NetEvent::Refused(ReasonCode {
@@ -548,7 +577,9 @@ async fn drive_v5(
                             code: format!("{code:?}"),
                         }));
                     }
-                    let reason = route.take_error().unwrap_or_else(|| describe_v5(&e, &settings));
+                    let reason = route
+                        .take_error()
+                        .unwrap_or_else(|| describe_v5(&e, &settings));
                     evs.push(NetEvent::Down(reason));
                     for ev in evs {
                         if tx.send(ev).await.is_err() {

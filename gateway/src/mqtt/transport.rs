@@ -51,9 +51,7 @@ impl From<TransportError> for String {
 }
 
 /// The rustls client configuration for `tls` (one crypto provider: ring).
-pub fn tls_client_config(
-    tls: &TlsSettings,
-) -> Result<Arc<rustls::ClientConfig>, TransportError> {
+pub fn tls_client_config(tls: &TlsSettings) -> Result<Arc<rustls::ClientConfig>, TransportError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -83,8 +81,7 @@ pub fn tls_client_config(
                 }
                 if roots.is_empty() {
                     return Err(TransportError::Tls(
-                        "no CA given (caFile/caFilePem) and no system CA certificates found"
-                            .into(),
+                        "no CA given (caFile/caFilePem) and no system CA certificates found".into(),
                     ));
                 }
             }
@@ -161,7 +158,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
 #[derive(Clone)]
 enum Target {
     Tcp(String, u16),
-    Tls(String, u16, tokio_rustls::TlsConnector, rustls_pki_types::ServerName<'static>),
+    Tls(
+        String,
+        u16,
+        tokio_rustls::TlsConnector,
+        rustls_pki_types::ServerName<'static>,
+    ),
     Unix(PathBuf),
 }
 
@@ -172,9 +174,10 @@ impl Target {
             ServerAddress::Tls { host, port } => {
                 let config = tls_client_config(&settings.tls)?;
                 let name = settings.tls.server_name.as_deref().unwrap_or(host);
-                let name = rustls_pki_types::ServerName::try_from(name.to_string()).map_err(
-                    |e| TransportError::Tls(format!("`{name}` is not a valid server name: {e}")),
-                )?;
+                let name =
+                    rustls_pki_types::ServerName::try_from(name.to_string()).map_err(|e| {
+                        TransportError::Tls(format!("`{name}` is not a valid server name: {e}"))
+                    })?;
                 Target::Tls(host.clone(), *port, config.into(), name)
             }
             ServerAddress::Unix { path } => Target::Unix(path.clone()),
@@ -507,7 +510,9 @@ async fn write_upstream<W: AsyncWrite + Unpin + ?Sized>(
         w.flush().await
     };
     if limit.is_zero() {
-        return write.await.map_err(|e| format!("write to the broker failed: {e}"));
+        return write
+            .await
+            .map_err(|e| format!("write to the broker failed: {e}"));
     }
     match tokio::time::timeout(limit, write).await {
         Ok(r) => r.map_err(|e| format!("write to the broker failed: {e}")),
