@@ -189,7 +189,7 @@ enum Route {
     /// rumqttc's own transport.
     Native,
     /// Our connection, relayed over a private Unix socket.
-    Bridged(Bridge),
+    Bridged(Box<Bridge>),
 }
 
 impl Route {
@@ -241,7 +241,12 @@ fn route_for(
         _ => {
             let bridge = Bridge::new(settings)?;
             let path = bridge.socket_path().to_string_lossy().into_owned();
-            Ok((path, 0, rumqttc::Transport::Unix, Route::Bridged(bridge)))
+            Ok((
+                path,
+                0,
+                rumqttc::Transport::Unix,
+                Route::Bridged(Box::new(bridge)),
+            ))
         }
     }
 }

@@ -663,4 +663,46 @@ mod tests {
             assert_eq!(kinds, vec![3, PINGREQ, PINGRESP], "split at {split}");
         }
     }
+
+    #[tokio::test]
+    async fn a_stalled_write_to_the_broker_fails_the_relay() {
+        let (local, mut client) = UnixStream::pair().unwrap();
+        // The "broker" never reads: its buffer of 1 KiB fills up.
+        let (upstream, _broker) = tokio::io::duplex(1024);
+        let options = RelayOptions {
+            mqtt31: false,
+            write_timeout: Duration::from_millis(200),
+            ping_timeout: Duration::ZERO,
+        };
+        let relay = tokio::spawn(relay(local, Box::new(upstream), options));
+        // A PUBLISH far larger than the broker's buffer.
+        let mut publish = vec![0x30, 0x80, 0x80, 0x01];
+        publish.extend(std::iter::repeat_n(0u8, 16 * 1024));
+        client.write_all(&publish).await.unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(10), relay)
+            .await
+            .expect("the relay ends")
+            .unwrap();
+        let err = outcome.expect_err("a stalled write is an error");
+        assert!(err.contains("writeTimeout (200ms)"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_pingresp_fails_the_relay() {
+        let (local, mut client) = UnixStream::pair().unwrap();
+        let (upstream, _broker) = tokio::io::duplex(1024);
+        let options = RelayOptions {
+            mqtt31: false,
+            write_timeout: Duration::ZERO,
+            ping_timeout: Duration::from_millis(100),
+        };
+        let relay = tokio::spawn(relay(local, Box::new(upstream), options));
+        client.write_all(&[0xC0, 0]).await.unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(10), relay)
+            .await
+            .expect("the relay ends")
+            .unwrap()
+            .expect_err("no PINGRESP is an error");
+        assert!(err.contains("pingTimeout (100ms)"), "{err}");
+    }
 }
