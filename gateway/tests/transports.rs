@@ -616,7 +616,9 @@ async fn ping_timeout_fails_a_connection_without_pingresp() {
     let broker = Mosquitto::start();
     let proxy = one_way_proxy(broker.port()).await;
     let gw = Gateway::start(&config(
-        &format!("    server: tcp://127.0.0.1:{proxy}\n    keepAlive: 1s\n    pingTimeout: 1s"),
+        // PINGREQ at 3 s; our limit fires at 4 s, before rumqttc's own
+        // check at the next keep-alive (6 s).
+        &format!("    server: tcp://127.0.0.1:{proxy}\n    keepAlive: 3s\n    pingTimeout: 1s"),
         "",
         "",
     ));
@@ -624,5 +626,52 @@ async fn ping_timeout_fails_a_connection_without_pingresp() {
         gw.wait_for_log("no PINGRESP within pingTimeout (1s)", WAIT),
         "{}",
         gw.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puback_refusal_is_logged_and_counted() {
+    // The ACL lets the gateway use every topic but publish its state.
+    let acl_dir = tempfile::tempdir().expect("acl dir");
+    readable_by_all(acl_dir.path());
+    let acl = acl_dir.path().join("acl");
+    let mut rules = String::from("topic read fieldgate/test/fan\n");
+    for t in [
+        "fan/$set",
+        "fan/$get",
+        "fan/$set/result",
+        "fan/$state",
+        "fan/$meta",
+        "$will",
+    ] {
+        rules.push_str(&format!("topic readwrite fieldgate/test/{t}\n"));
+    }
+    std::fs::write(&acl, rules).expect("acl");
+    set_mode(&acl, 0o644);
+    let broker = Mosquitto::start_with(&format!("acl_file {}\n", acl.display()));
+    let metrics = support::free_port();
+    let gw = Gateway::start(&config(
+        &format!("    server: {}\n    protocolVersion: 5", broker.url()),
+        "",
+        &format!("127.0.0.1:{metrics}"),
+    ));
+    assert!(
+        gw.wait_for_log("PUBACK reason code NotAuthorized", WAIT),
+        "{}",
+        gw.log()
+    );
+    let counted = support::wait_until(WAIT, || {
+        support::http_get(&format!("127.0.0.1:{metrics}"), "/metrics").is_ok_and(|(_, body)| {
+            body.lines().any(|l| {
+                l.starts_with("fieldgate_mqtt_reason_codes_total{")
+                    && l.contains(r#"code="NotAuthorized""#)
+                    && l.contains(r#"packet="puback""#)
+            })
+        })
+    });
+    assert!(
+        counted,
+        "{:?}",
+        support::http_get(&format!("127.0.0.1:{metrics}"), "/metrics")
     );
 }

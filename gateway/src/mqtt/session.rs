@@ -79,6 +79,8 @@ struct Session {
     /// Topics the broker's stored session holds subscriptions for
     /// (`cleanSession: false`).
     broker_subs: std::collections::HashSet<String>,
+    /// Kinds of broker refusals already logged at WARN.
+    refusals_logged: std::collections::HashSet<(&'static str, String)>,
     /// Messages that arrived before their route existed (bounded).
     unrouted: VecDeque<Inbound>,
     connected: bool,
@@ -116,6 +118,7 @@ impl Session {
             routes: HashMap::new(),
             broker_subs: Default::default(),
             unrouted: VecDeque::new(),
+            refusals_logged: Default::default(),
             connected: false,
             ever_connected: false,
             backoff,
@@ -358,14 +361,20 @@ impl Session {
             }
             NetEvent::Disconnected => {}
             NetEvent::Refused(r) => {
-                tracing::warn!(
-                    session = %self.id(),
-                    packet = r.packet,
-                    code = %r.code,
-                    "the broker refused: {} reason code {}",
-                    r.packet.to_uppercase(),
-                    r.code
-                );
+                // Warn once per kind of refusal (a refused state topic would
+                // otherwise log at every poll); the metric counts them all.
+                if self.refusals_logged.insert((r.packet, r.code.clone())) {
+                    tracing::warn!(
+                        session = %self.id(),
+                        packet = r.packet,
+                        code = %r.code,
+                        "the broker refused: {} reason code {} (further ones are counted in fieldgate_mqtt_reason_codes_total)",
+                        r.packet.to_uppercase(),
+                        r.code
+                    );
+                } else {
+                    tracing::debug!(session = %self.id(), "the broker refused: {} reason code {}", r.packet, r.code);
+                }
                 self.metrics
                     .mqtt_reason_codes
                     .with_label_values(&[&self.settings.client_id, r.packet, &r.code])

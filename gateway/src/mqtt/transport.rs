@@ -16,13 +16,12 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::rustls;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -237,7 +236,10 @@ pub struct Bridge {
     options: RelayOptions,
     dir: PathBuf,
     socket: PathBuf,
-    armed: Option<mpsc::Sender<Box<dyn Stream>>>,
+    /// The broker connection for rumqttc's next connect.
+    armed: Arc<Mutex<Option<Box<dyn Stream>>>>,
+    /// The accept loop, once started.
+    acceptor: Option<tokio::task::JoinHandle<()>>,
     error: Arc<Mutex<Option<String>>>,
     stop: CancellationToken,
     _guard: DropGuard,
@@ -267,7 +269,8 @@ impl Bridge {
             },
             dir,
             socket,
-            armed: None,
+            armed: Arc::new(Mutex::new(None)),
+            acceptor: None,
             error: Arc::new(Mutex::new(None)),
             _guard: stop.clone().drop_guard(),
             stop,
@@ -282,8 +285,8 @@ impl Bridge {
     /// Dials the broker within `connectTimeout` and arms the bridge with the
     /// connection, so rumqttc's next connect is relayed to it.
     pub async fn connect(&mut self) -> Result<(), String> {
-        if self.armed.as_ref().is_none_or(|a| a.is_closed()) {
-            self.armed = Some(self.listen()?);
+        if self.acceptor.as_ref().is_none_or(|a| a.is_finished()) {
+            self.acceptor = Some(self.listen()?);
         }
         self.take_error();
         let stream = if self.connect_timeout.is_zero() {
@@ -298,11 +301,13 @@ impl Bridge {
                     )
                 })??
         };
-        match &self.armed {
-            Some(armed) => armed
-                .try_send(stream)
-                .map_err(|_| "the bridge is not accepting connections".to_string()),
-            None => Err("the bridge is not listening".into()),
+        match self.armed.lock() {
+            Ok(mut slot) => {
+                // A connection rumqttc never picked up is stale: replace it.
+                *slot = Some(stream);
+                Ok(())
+            }
+            Err(_) => Err("the bridge's state is poisoned".into()),
         }
     }
 
@@ -312,7 +317,7 @@ impl Bridge {
     }
 
     /// Creates the private directory and socket and starts accepting.
-    fn listen(&self) -> Result<mpsc::Sender<Box<dyn Stream>>, String> {
+    fn listen(&self) -> Result<tokio::task::JoinHandle<()>, String> {
         use std::os::unix::fs::DirBuilderExt;
         let _ = std::fs::remove_dir_all(&self.dir);
         std::fs::DirBuilder::new()
@@ -321,36 +326,27 @@ impl Bridge {
             .map_err(|e| TransportError::SocketDir(self.dir.clone(), e))?;
         let listener = UnixListener::bind(&self.socket)
             .map_err(|e| TransportError::SocketDir(self.socket.clone(), e))?;
-        let (tx, rx) = mpsc::channel(1);
-        tokio::spawn(accept_loop(
+        Ok(tokio::spawn(accept_loop(
             listener,
-            rx,
+            self.armed.clone(),
             self.options,
             self.error.clone(),
             self.stop.clone(),
             self.dir.clone(),
-        ));
-        Ok(tx)
+        )))
     }
 }
 
 /// Pairs each armed broker connection with rumqttc's next connection.
 async fn accept_loop(
     listener: UnixListener,
-    mut armed: mpsc::Receiver<Box<dyn Stream>>,
+    armed: Arc<Mutex<Option<Box<dyn Stream>>>>,
     options: RelayOptions,
     error: Arc<Mutex<Option<String>>>,
     stop: CancellationToken,
     dir: PathBuf,
 ) {
     loop {
-        let upstream = tokio::select! {
-            _ = stop.cancelled() => break,
-            u = armed.recv() => match u {
-                Some(u) => u,
-                None => break,
-            },
-        };
         let local = tokio::select! {
             _ = stop.cancelled() => break,
             a = listener.accept() => match a {
@@ -361,17 +357,21 @@ async fn accept_loop(
                 }
             },
         };
+        let Some(upstream) = armed.lock().ok().and_then(|mut a| a.take()) else {
+            // Only rumqttc knows the socket, and it connects only after we
+            // armed the bridge; anything else is turned away.
+            tracing::debug!(
+                "bridge {}: connection without a broker connection",
+                dir.display()
+            );
+            continue;
+        };
         let error = error.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let outcome = tokio::select! {
-                _ = stop.cancelled() => None,
-                r = relay(local, upstream, options) => r.err(),
-            };
-            if let Some(reason) = outcome {
-                if let Ok(mut e) = error.lock() {
-                    *e = Some(reason);
-                }
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = relay(local, upstream, options, &error) => {}
             }
         });
     }
@@ -524,17 +524,24 @@ async fn write_upstream<W: AsyncWrite + Unpin + ?Sized>(
 }
 
 /// Relays rumqttc's connection (`local`) to the broker (`upstream`) until
-/// either side ends. `Err` says why, when the cause is on the broker's side.
+/// either side ends. `Err` says why, when the cause is on the broker's side;
+/// it is also stored in `error` before the sockets close, so rumqttc's
+/// driver finds it when it sees the connection end.
 async fn relay(
     local: UnixStream,
     upstream: Box<dyn Stream>,
     options: RelayOptions,
+    error: &Mutex<Option<String>>,
 ) -> Result<(), String> {
     let (mut lr, mut lw) = local.into_split();
     let (mut ur, mut uw) = tokio::io::split(upstream);
     let (ping_tx, mut ping_rx) = watch::channel::<Option<Instant>>(None);
+    // The futures below only borrow the sockets, which close when this
+    // function returns, after the outcome has been recorded.
+    let (lr, lw, ur, uw) = (&mut lr, &mut lw, &mut ur, &mut uw);
+    let ping_tx = &ping_tx;
 
-    let up = async {
+    let up = async move {
         let mut buf = vec![0u8; 16 * 1024];
         let mut framer = Framer::default();
         let mut pending: Vec<u8> = Vec::new();
@@ -560,19 +567,19 @@ async fn relay(
                 });
             }
             if connect_done {
-                write_upstream(&mut uw, data, options.write_timeout).await?;
+                write_upstream(uw, data, options.write_timeout).await?;
                 continue;
             }
             pending.extend_from_slice(data);
             if let Some((connect, used)) = connect_to_v31(&pending)? {
-                write_upstream(&mut uw, &connect, options.write_timeout).await?;
-                write_upstream(&mut uw, &pending[used..], options.write_timeout).await?;
+                write_upstream(uw, &connect, options.write_timeout).await?;
+                write_upstream(uw, &pending[used..], options.write_timeout).await?;
                 pending = Vec::new();
                 connect_done = true;
             }
         }
     };
-    let down = async {
+    let down = async move {
         let mut buf = vec![0u8; 16 * 1024];
         let mut framer = Framer::default();
         loop {
@@ -618,12 +625,17 @@ async fn relay(
             }
         }
     };
-    let up: Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> = Box::pin(up);
-    tokio::select! {
+    let outcome = tokio::select! {
         r = up => r,
         r = down => r,
         r = ping_watch => r,
+    };
+    if let Err(reason) = &outcome {
+        if let Ok(mut e) = error.lock() {
+            *e = Some(reason.clone());
+        }
     }
+    outcome
 }
 
 #[cfg(test)]
@@ -674,7 +686,9 @@ mod tests {
             write_timeout: Duration::from_millis(200),
             ping_timeout: Duration::ZERO,
         };
-        let relay = tokio::spawn(relay(local, Box::new(upstream), options));
+        let relay = tokio::spawn(async move {
+            relay(local, Box::new(upstream), options, &Mutex::new(None)).await
+        });
         // A PUBLISH far larger than the broker's buffer.
         let mut publish = vec![0x30, 0x80, 0x80, 0x01];
         publish.extend(std::iter::repeat_n(0u8, 16 * 1024));
@@ -696,7 +710,9 @@ mod tests {
             write_timeout: Duration::ZERO,
             ping_timeout: Duration::from_millis(100),
         };
-        let relay = tokio::spawn(relay(local, Box::new(upstream), options));
+        let relay = tokio::spawn(async move {
+            relay(local, Box::new(upstream), options, &Mutex::new(None)).await
+        });
         client.write_all(&[0xC0, 0]).await.unwrap();
         let err = tokio::time::timeout(Duration::from_secs(10), relay)
             .await
