@@ -17,12 +17,17 @@ installed() {
 
 # Debian packages the tests need at run time (mosquitto, mosquitto-clients)
 # and that --all-features needs to build (the BLE driver links libdbus).
-needed=(mosquitto mosquitto-clients pkg-config libdbus-1-dev)
+# openssl makes the TLS test certificates; nats-server (where the
+# distribution has it) runs the core scenarios on NATS's MQTT listener.
+needed=(mosquitto mosquitto-clients pkg-config libdbus-1-dev openssl)
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
     for pkg in "${needed[@]}"; do
         installed "$pkg" || missing+=("$pkg")
     done
+    if ! installed nats-server && apt-cache show nats-server >/dev/null 2>&1; then
+        missing+=(nats-server)
+    fi
 elif ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     echo "run-tests.sh: mosquitto is not installed and this is not a Debian-like system;" >&2
     echo "install mosquitto (and pkg-config + libdbus-1 headers) and run again." >&2

@@ -103,6 +103,8 @@ fn device(publish: PublishPolicy) -> DeviceSettings {
             qos: 0,
             retained: false,
             wait_timeout: Duration::ZERO,
+            state_props: Default::default(),
+            result_props: Default::default(),
         },
     }
 }

@@ -364,6 +364,7 @@ impl Actor {
             qos: self.settings.message.qos,
             retain: self.settings.message.retained,
             correlation: None,
+            props: Some(self.settings.message.state_props.clone()),
         };
         self.publish(SessionInput::Publish(msg)).await;
     }
@@ -393,6 +394,7 @@ impl Actor {
             qos: self.settings.message.qos,
             retain: true,
             correlation: None,
+            props: None,
         };
         self.publish(SessionInput::SetRetained(msg)).await;
     }
@@ -513,6 +515,7 @@ impl Actor {
                 qos,
                 retain: false,
                 correlation,
+                props: Some(self.settings.message.result_props.clone()),
             }))
             .await;
         }
@@ -522,6 +525,7 @@ impl Actor {
             qos,
             retain: false,
             correlation: None,
+            props: Some(self.settings.message.result_props.clone()),
         }))
         .await;
     }

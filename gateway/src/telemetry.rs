@@ -72,6 +72,8 @@ pub struct Metrics {
     pub mqtt_store_bytes: IntGaugeVec,
     /// `fieldgate_mqtt_dropped_total{session}`
     pub mqtt_dropped: IntCounterVec,
+    /// `fieldgate_mqtt_reason_codes_total{session,packet,code}`: refusals by the broker
+    pub mqtt_reason_codes: IntCounterVec,
     /// `fieldgate_config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
     /// `fieldgate_config_last_reload_timestamp_seconds`
@@ -166,6 +168,11 @@ impl Metrics {
                 "fieldgate_mqtt_dropped_total",
                 "Messages dropped because the store was full",
                 &["session"],
+            )?,
+            mqtt_reason_codes: counter(
+                "fieldgate_mqtt_reason_codes_total",
+                "Failure reason codes the broker sent (CONNACK, SUBACK, PUBACK, PUBREC)",
+                &["session", "packet", "code"],
             )?,
             config_reloads: counter(
                 "fieldgate_config_reloads_total",

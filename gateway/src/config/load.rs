@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -405,10 +405,6 @@ fn owners(key: &str, table: fn(DriverKind) -> &'static [&'static str]) -> Vec<&'
     .collect()
 }
 
-fn secs(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
-}
-
 impl Loader<'_> {
     fn run(&mut self, root: &Node) -> Option<Resolved> {
         let empty = Node::synthetic(Kind::Map(vec![]));
@@ -675,6 +671,8 @@ impl Loader<'_> {
                     .wait_timeout
                     .map(|d| d.0)
                     .unwrap_or(Duration::ZERO),
+                state_props: message_props(&merged_msg).0,
+                result_props: message_props(&merged_msg).1,
             };
             if let Some((spec, props)) = self.device_spec(d) {
                 devices.push(DeviceSettings {
@@ -750,19 +748,34 @@ impl Loader<'_> {
                 ctx.val(n, path, &["server"], e);
             }
         }
+        let server = c.server.as_deref().and_then(|s| parse_server(s).ok());
         match c.protocol_version {
             None | Some(4) | Some(5) => {}
-            Some(3) => ctx.val(
-                n,
-                path,
-                &["protocolVersion"],
-                "protocolVersion 3 (MQTT 3.1) is not supported yet; use 4 (MQTT 3.1.1) or 5 (MQTT 5)",
-            ),
+            Some(3) => {
+                if matches!(server, Some(ServerAddress::WebSocket { .. })) {
+                    ctx.val(
+                        n,
+                        path,
+                        &["protocolVersion"],
+                        "protocolVersion 3 (MQTT 3.1) works over tcp, ssl/tls/tcps and unix servers, not over ws/wss; use 4 or 5",
+                    );
+                }
+                if let Some(id) = c.client_id.as_deref().filter(|id| !id.is_empty()) {
+                    if id.len() > 23 {
+                        ctx.val(
+                            n,
+                            path,
+                            &["clientId"],
+                            format!("MQTT 3.1 (protocolVersion 3) allows client ids of at most 23 characters; `{id}` has {}", id.len()),
+                        );
+                    }
+                }
+            }
             Some(v) => ctx.val(
                 n,
                 path,
                 &["protocolVersion"],
-                format!("protocolVersion {v} is not an MQTT version; allowed: 3 (MQTT 3.1, not supported yet), 4 (MQTT 3.1.1), 5 (MQTT 5)"),
+                format!("protocolVersion {v} is not an MQTT version; allowed: 3 (MQTT 3.1), 4 (MQTT 3.1.1), 5 (MQTT 5)"),
             ),
         }
         if let Some(id) = &c.client_id {
@@ -838,20 +851,17 @@ impl Loader<'_> {
                 }
             }
         }
-        if let Some(tn) = n.get("tlsConfig") {
-            match tn.entries() {
-                Some(entries) if !entries.is_empty() => {
-                    let tp = join(path, "tlsConfig");
-                    for (k, _) in entries {
-                        let name = k.text().unwrap_or_default();
-                        ctx.at(
-                            k,
-                            &join(&tp, &name),
-                            format!("`tlsConfig.{name}` is not supported yet (TLS connections are not implemented in this version); remove it"),
-                        );
-                    }
-                }
-                _ => {}
+        if let (Some(t), Some(tn)) = (&c.tls_config, n.get("tlsConfig")) {
+            check_tls(ctx, self.base_dir, tn, &join(path, "tlsConfig"), t);
+            if t.server_name.as_deref().is_some_and(|s| !s.is_empty())
+                && matches!(server, Some(ServerAddress::WebSocket { .. }))
+            {
+                ctx.key(
+                    tn,
+                    &join(path, "tlsConfig"),
+                    &["serverName"],
+                    "`serverName` works with ssl/tls/tcps servers; a wss server is verified against the host of its URL",
+                );
             }
         }
         if let Some(s) = &c.store {
@@ -882,49 +892,21 @@ impl Loader<'_> {
                 );
             }
         }
-        if c.resume_subs == Some(true) {
-            ctx.val(
-                n,
-                path,
-                &["resumeSubs"],
-                "`resumeSubs: true` is not supported yet; remove it or set false",
-            );
-        }
-        if c.order == Some(false) {
-            ctx.val(
-                n,
-                path,
-                &["order"],
-                "`order: false` is not supported yet; messages are always sent in order",
-            );
-        }
-        if c.http_headers.is_some() {
-            ctx.key(n, path, &["httpHeaders"], "`httpHeaders` is not supported yet (WebSocket transports are not implemented); remove it");
-        }
-        if let Some(p) = c.ping_timeout {
-            if p.0 != Duration::from_secs(10) {
-                ctx.val(
-                    n,
-                    path,
-                    &["pingTimeout"],
-                    format!(
-                        "a `pingTimeout` other than 10s is not supported yet (got {}); remove it",
-                        secs(p.0)
-                    ),
-                );
-            }
-        }
-        if let Some(p) = c.write_timeout {
-            if p.0 != Duration::from_secs(30) {
-                ctx.val(
-                    n,
-                    path,
-                    &["writeTimeout"],
-                    format!(
-                        "a `writeTimeout` other than 30s is not supported yet (got {}); remove it",
-                        secs(p.0)
-                    ),
-                );
+        if let Some(h) = &c.http_headers {
+            for (name, values) in h {
+                let bad_value = match values {
+                    HeaderValues::One(v) => !header_value_ok(v),
+                    HeaderValues::Many(vs) => vs.iter().any(|v| !header_value_ok(v)),
+                };
+                if !header_name_ok(name) || bad_value {
+                    let hn = n.get("httpHeaders").unwrap_or(n);
+                    ctx.key(
+                        hn,
+                        &join(path, "httpHeaders"),
+                        &[name.as_str()],
+                        format!("`{name}` is not a valid HTTP header (name: letters, digits and !#$%&'*+-.^_`|~; values: visible ASCII and spaces)"),
+                    );
+                }
             }
         }
         if let Some(k) = c.keep_alive {
@@ -961,6 +943,40 @@ impl Loader<'_> {
 
     fn check_message(&mut self, n: &Node, path: &str, m: &MessageOptions, top: bool) {
         let ctx = &mut *self.ctx;
+        if let Some(e) = m.message_expiry_interval {
+            if e.0.as_secs() > u64::from(u32::MAX) {
+                ctx.val(
+                    n,
+                    path,
+                    &["messageExpiryInterval"],
+                    "messageExpiryInterval must be at most 4294967295s (MQTT 5 limit)",
+                );
+            } else if !e.0.is_zero() && e.0 < Duration::from_secs(1) {
+                ctx.val(
+                    n,
+                    path,
+                    &["messageExpiryInterval"],
+                    "messageExpiryInterval counts whole seconds: use 0s (none) or at least 1s",
+                );
+            }
+        }
+        if let Some(c) = &m.content_type {
+            if c.contains('\0') || c.len() > 65_535 {
+                ctx.val(
+                    n,
+                    path,
+                    &["contentType"],
+                    "contentType must be a UTF-8 string without NUL, at most 65535 bytes",
+                );
+            }
+        }
+        if let Some(u) = &m.user_properties {
+            if u.iter().any(|(k, v)| {
+                k.contains('\0') || v.contains('\0') || k.len() > 65_535 || v.len() > 65_535
+            }) {
+                ctx.key(n, path, &["userProperties"], "userProperties keys and values must be strings without NUL, at most 65535 bytes each");
+            }
+        }
         if let Some(q) = m.qos {
             if q > 2 {
                 ctx.val(
@@ -1491,14 +1507,37 @@ impl Loader<'_> {
             },
             None => auth.password.clone(),
         };
+        let client_id = c
+            .client_id
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or(default_id);
+        if c.protocol_version == Some(3)
+            && client_id.len() > 23
+            && c.client_id.as_deref().is_none_or(str::is_empty)
+        {
+            let msg = format!(
+                "MQTT 3.1 (protocolVersion 3) allows client ids of at most 23 characters; the default `{client_id}` is longer: set a shorter `clientId`"
+            );
+            match node {
+                Some(n) => self.ctx.key(n, path, &["protocolVersion"], msg),
+                None => self.ctx.at_pos(1, 1, path, msg),
+            }
+        }
         Some(SessionSettings {
-            client_id: c
-                .client_id
-                .clone()
-                .filter(|s| !s.is_empty())
-                .unwrap_or(default_id),
+            client_id,
             server,
             protocol_version: c.protocol_version.unwrap_or(4),
+            tls: resolve_tls(self.base_dir, c.tls_config.as_ref()),
+            http_headers: c
+                .http_headers
+                .iter()
+                .flatten()
+                .flat_map(|(k, v)| match v {
+                    HeaderValues::One(v) => vec![(k.clone(), v.clone())],
+                    HeaderValues::Many(vs) => vs.iter().map(|v| (k.clone(), v.clone())).collect(),
+                })
+                .collect(),
             will: WillSettings {
                 topic: will_topic,
                 payload,
@@ -1518,6 +1557,12 @@ impl Loader<'_> {
                 .ping_timeout
                 .map(|d| d.0)
                 .unwrap_or(Duration::from_secs(10)),
+            write_timeout: c
+                .write_timeout
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(30)),
+            resume_subs: c.resume_subs.unwrap_or(false),
+            order: c.order.unwrap_or(true),
             auto_reconnect: c.auto_reconnect.unwrap_or(true),
             max_reconnect_interval: c
                 .max_reconnect_interval
@@ -1661,6 +1706,8 @@ fn placeholder_session() -> SessionSettings {
             port: 1883,
         },
         protocol_version: 4,
+        tls: TlsSettings::default(),
+        http_headers: Vec::new(),
         will: WillSettings {
             topic: String::new(),
             payload: Vec::new(),
@@ -1674,9 +1721,141 @@ fn placeholder_session() -> SessionSettings {
         connect_timeout: Duration::from_secs(30),
         keep_alive: Duration::from_secs(30),
         ping_timeout: Duration::from_secs(10),
+        write_timeout: Duration::from_secs(30),
+        resume_subs: false,
+        order: true,
         auto_reconnect: true,
         max_reconnect_interval: Duration::from_secs(600),
         message_channel_depth: 100,
+    }
+}
+
+/// An HTTP header name is a token (RFC 9110).
+fn header_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// An HTTP header value: visible ASCII, spaces and tabs.
+fn header_value_ok(v: &str) -> bool {
+    v.bytes()
+        .all(|b| b == b' ' || b == b'\t' || (0x21..0x7f).contains(&b))
+}
+
+/// PEM text given inline (`…Pem`) or as a file (relative to the config file).
+fn pem_source(
+    base: &Path,
+    inline: Option<&str>,
+    file: Option<&str>,
+) -> Result<Option<String>, String> {
+    if let Some(t) = inline.filter(|t| !t.trim().is_empty()) {
+        return Ok(Some(t.to_string()));
+    }
+    let Some(f) = file.filter(|f| !f.is_empty()) else {
+        return Ok(None);
+    };
+    let p = Path::new(f);
+    let full = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
+    std::fs::read_to_string(&full)
+        .map(Some)
+        .map_err(|e| format!("cannot read `{}`: {e}", full.display()))
+}
+
+/// Validates `tlsConfig`: one source per item, readable files, parseable PEM,
+/// certificate and key together.
+fn check_tls(ctx: &mut Ctx, base: &Path, tn: &Node, tp: &str, t: &TlsOptions) {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let items: [(&str, &str, &Option<String>, &Option<String>); 3] = [
+        ("caFilePem", "caFile", &t.ca_file_pem, &t.ca_file),
+        ("certFilePem", "certFile", &t.cert_file_pem, &t.cert_file),
+        ("keyFilePem", "keyFile", &t.key_file_pem, &t.key_file),
+    ];
+    let mut present = [false; 3];
+    for (i, (pem_key, file_key, inline, file)) in items.iter().enumerate() {
+        let has_inline = inline.as_deref().is_some_and(|s| !s.trim().is_empty());
+        let has_file = file.as_deref().is_some_and(|s| !s.is_empty());
+        if has_inline && has_file {
+            ctx.key(
+                tn,
+                tp,
+                &[file_key],
+                format!("give either `{pem_key}` or `{file_key}`, not both"),
+            );
+            continue;
+        }
+        let key = if has_inline { *pem_key } else { *file_key };
+        match pem_source(base, inline.as_deref(), file.as_deref()) {
+            Err(e) => ctx.val(tn, tp, &[key], e),
+            Ok(None) => {}
+            Ok(Some(text)) => {
+                present[i] = true;
+                let ok = if i == 2 {
+                    PrivateKeyDer::from_pem_slice(text.as_bytes()).is_ok()
+                } else {
+                    CertificateDer::pem_slice_iter(text.as_bytes())
+                        .collect::<Result<Vec<_>, _>>()
+                        .is_ok_and(|v| !v.is_empty())
+                };
+                if !ok {
+                    let what = if i == 2 {
+                        "a PEM private key (PKCS#8, PKCS#1 or SEC1)"
+                    } else {
+                        "one or more PEM certificates"
+                    };
+                    ctx.val(tn, tp, &[key], format!("`{key}` must hold {what}"));
+                }
+            }
+        }
+    }
+    if present[1] != present[2] {
+        let missing = if present[1] { "keyFile" } else { "certFile" };
+        let given = if present[1] {
+            &["certFilePem", "certFile"]
+        } else {
+            &["keyFilePem", "keyFile"]
+        };
+        ctx.key(
+            tn,
+            tp,
+            given,
+            format!("mutual TLS needs both a client certificate and its key: `{missing}` (or `{missing}Pem`) is missing"),
+        );
+    }
+    if let Some(name) = t.server_name.as_deref().filter(|s| !s.is_empty()) {
+        if rustls_pki_types::ServerName::try_from(name).is_err() {
+            ctx.val(
+                tn,
+                tp,
+                &["serverName"],
+                format!("`{name}` is not a DNS name or IP address"),
+            );
+        }
+    }
+}
+
+/// The resolved TLS settings (errors were reported by [`check_tls`]).
+fn resolve_tls(base: &Path, t: Option<&TlsOptions>) -> TlsSettings {
+    let Some(t) = t else {
+        return TlsSettings::default();
+    };
+    let pem = |inline: &Option<String>, file: &Option<String>| {
+        pem_source(base, inline.as_deref(), file.as_deref())
+            .ok()
+            .flatten()
+    };
+    TlsSettings {
+        ca_pem: pem(&t.ca_file_pem, &t.ca_file),
+        cert_pem: pem(&t.cert_file_pem, &t.cert_file),
+        key_pem: pem(&t.key_file_pem, &t.key_file),
+        server_name: t.server_name.clone().filter(|s| !s.is_empty()),
+        insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
     }
 }
 
@@ -1725,46 +1904,58 @@ fn check_endpoint(e: &str) -> Result<(), String> {
     }
 }
 
-/// Parses `scheme://host[:port]` (or `host[:port]`, meaning tcp).
+/// Parses `scheme://host[:port]` (or `host[:port]`, meaning tcp),
+/// `ws[s]://host[:port][/path]` and `unix:///path/to/socket`.
 pub fn parse_server(s: &str) -> Result<ServerAddress, String> {
     let (scheme, rest) = match s.split_once("://") {
         Some((sc, r)) => (sc.to_ascii_lowercase(), r),
         None => ("tcp".to_string(), s),
     };
-    match scheme.as_str() {
-        "tcp" | "mqtt" => {}
-        "ssl" | "tls" | "tcps" | "ws" | "wss" | "unix" | "mqtts" => {
-            return Err(format!(
-                "server scheme `{scheme}` is not supported yet; use tcp://host:port"
-            ))
+    let default_port = match scheme.as_str() {
+        "tcp" | "mqtt" => 1883,
+        "ssl" | "tls" | "tcps" | "mqtts" => 8883,
+        "ws" => 80,
+        "wss" => 443,
+        "unix" => {
+            if rest.is_empty() || rest.contains('\0') {
+                return Err(format!(
+                    "server `{s}` has no socket path; write e.g. unix:///run/mosquitto/mqtt.sock"
+                ));
+            }
+            return Ok(ServerAddress::Unix {
+                path: PathBuf::from(rest),
+            });
         }
         other => {
             return Err(format!(
-                "unknown server scheme `{other}`; allowed: tcp (ssl, tls, tcps, ws, wss, unix are not supported yet)"
+                "unknown server scheme `{other}`; allowed: tcp, ssl, tls, tcps, ws, wss, unix"
             ))
         }
-    }
-    let rest = rest.trim_end_matches('/');
-    if rest.is_empty() {
+    };
+    let (authority, url_path) = match rest.find('/') {
+        Some(i) if scheme == "ws" || scheme == "wss" => (&rest[..i], &rest[i..]),
+        _ => (rest.trim_end_matches('/'), ""),
+    };
+    if authority.is_empty() {
         return Err(format!(
             "server `{s}` has no host; write e.g. tcp://127.0.0.1:1883"
         ));
     }
-    let (host, port) = if let Some(r) = rest.strip_prefix('[') {
+    let (host, port) = if let Some(r) = authority.strip_prefix('[') {
         // [v6]:port
         let (h, p) = r
             .split_once(']')
             .ok_or_else(|| format!("server `{s}`: unclosed `[`"))?;
         (h.to_string(), p.strip_prefix(':'))
     } else {
-        match rest.rsplit_once(':') {
+        match authority.rsplit_once(':') {
             Some((h, p)) if !h.contains(':') => (h.to_string(), Some(p)),
-            Some(_) => (rest.to_string(), None),
-            None => (rest.to_string(), None),
+            Some(_) => (authority.to_string(), None),
+            None => (authority.to_string(), None),
         }
     };
     let port = match port {
-        None => 1883,
+        None => default_port,
         Some(p) => p
             .parse::<u16>()
             .ok()
@@ -1776,7 +1967,23 @@ pub fn parse_server(s: &str) -> Result<ServerAddress, String> {
             "server `{s}` has no valid host; write e.g. tcp://127.0.0.1:1883"
         ));
     }
-    Ok(ServerAddress::Tcp { host, port })
+    Ok(match scheme.as_str() {
+        "ws" | "wss" => {
+            let h = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host.clone()
+            };
+            let path = if url_path.is_empty() { "/" } else { url_path };
+            ServerAddress::WebSocket {
+                url: format!("{scheme}://{h}:{port}{path}"),
+                host,
+                secure: scheme == "wss",
+            }
+        }
+        "tcp" | "mqtt" => ServerAddress::Tcp { host, port },
+        _ => ServerAddress::Tls { host, port },
+    })
 }
 
 /// The first line of a password file, without its line ending.
@@ -1881,7 +2088,44 @@ fn merge_message(d: &MessageOptions, t: &MessageOptions) -> MessageOptions {
         qos: m(&d.qos, &t.qos),
         retained: m(&d.retained, &t.retained),
         wait_timeout: m(&d.wait_timeout, &t.wait_timeout),
+        content_type: m(&d.content_type, &t.content_type),
+        user_properties: m(&d.user_properties, &t.user_properties),
+        message_expiry_interval: m(&d.message_expiry_interval, &t.message_expiry_interval),
     }
+}
+
+/// The MQTT 5 properties of state and `$set/result` messages.
+fn message_props(
+    m: &MessageOptions,
+) -> (
+    std::sync::Arc<crate::mqtt::MessageProps>,
+    std::sync::Arc<crate::mqtt::MessageProps>,
+) {
+    let content_type = match (&m.content_type, m.payload_encode.unwrap_or_default()) {
+        (Some(c), _) => Some(c.clone()).filter(|c| !c.is_empty()),
+        (None, PayloadEncode::Raw) => Some("application/json".to_string()),
+        (None, PayloadEncode::Base64) => None,
+    };
+    let expiry = m
+        .message_expiry_interval
+        .map(|d| d.0.as_secs())
+        .filter(|s| *s > 0)
+        .map(|s| u32::try_from(s).unwrap_or(u32::MAX));
+    let state = crate::mqtt::MessageProps {
+        content_type: content_type.clone(),
+        user_properties: m
+            .user_properties
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        message_expiry: expiry,
+    };
+    let result = crate::mqtt::MessageProps {
+        content_type,
+        ..Default::default()
+    };
+    (std::sync::Arc::new(state), std::sync::Arc::new(result))
 }
 
 /// The raw value an enum key node stands for, for type `t`.

@@ -38,7 +38,8 @@ fn encode(e: PayloadEncode) -> &'static str {
 fn server(s: &ServerAddress) -> String {
     match s {
         ServerAddress::Tcp { host, port } if host.contains(':') => format!("tcp://[{host}]:{port}"),
-        ServerAddress::Tcp { host, port } => format!("tcp://{host}:{port}"),
+        ServerAddress::Tls { host, port } if host.contains(':') => format!("tls://[{host}]:{port}"),
+        other => other.to_string(),
     }
 }
 
@@ -50,9 +51,37 @@ fn session(out: &mut String, i: usize, s: &SessionSettings) {
         server(&s.server),
         match s.protocol_version {
             5 => "5",
+            3 => "3.1",
             _ => "3.1.1",
         }
     );
+    if s.server.is_tls() {
+        let t = &s.tls;
+        let _ = writeln!(
+            out,
+            "      TLS: CA {}, client certificate {}, server name {}{}",
+            if t.ca_pem.is_some() {
+                "(given)"
+            } else {
+                "(system)"
+            },
+            if t.cert_pem.is_some() {
+                "(set)"
+            } else {
+                "(none)"
+            },
+            t.server_name.as_deref().unwrap_or("(host)"),
+            if t.insecure_skip_verify {
+                ", INSECURE: server certificate not verified"
+            } else {
+                ""
+            }
+        );
+    }
+    if !s.http_headers.is_empty() {
+        let names: Vec<&str> = s.http_headers.iter().map(|(k, _)| k.as_str()).collect();
+        let _ = writeln!(out, "      WebSocket headers: {}", names.join(", "));
+    }
     let payload = String::from_utf8(s.will.payload.clone())
         .map(|p| format!("{p:?}"))
         .unwrap_or_else(|_| format!("{} bytes", s.will.payload.len()));

@@ -56,6 +56,63 @@ pub enum ServerAddress {
         /// Port (default 1883).
         port: u16,
     },
+    /// TLS over TCP (`ssl`, `tls`, `tcps`, `mqtts`).
+    Tls {
+        /// Host name or address.
+        host: String,
+        /// Port (default 8883).
+        port: u16,
+    },
+    /// MQTT over WebSocket (`ws`) or secure WebSocket (`wss`).
+    WebSocket {
+        /// Full URL with an explicit port, e.g. `ws://host:80/mqtt`.
+        url: String,
+        /// Host name or address (for TLS verification).
+        host: String,
+        /// `wss`: TLS under the WebSocket.
+        secure: bool,
+    },
+    /// A Unix domain socket.
+    Unix {
+        /// Socket path.
+        path: PathBuf,
+    },
+}
+
+impl ServerAddress {
+    /// True when the transport uses TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(
+            self,
+            ServerAddress::Tls { .. } | ServerAddress::WebSocket { secure: true, .. }
+        )
+    }
+}
+
+impl std::fmt::Display for ServerAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerAddress::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+            ServerAddress::Tls { host, port } => write!(f, "tls://{host}:{port}"),
+            ServerAddress::WebSocket { url, .. } => f.write_str(url),
+            ServerAddress::Unix { path } => write!(f, "unix://{}", path.display()),
+        }
+    }
+}
+
+/// TLS material and options, resolved (PEM files already read).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct TlsSettings {
+    /// CA certificates (PEM) to trust; `None` = the system's roots.
+    pub ca_pem: Option<String>,
+    /// Client certificate chain (PEM) for mutual TLS.
+    pub cert_pem: Option<String>,
+    /// Client private key (PEM) for mutual TLS.
+    pub key_pem: Option<String>,
+    /// Name for SNI and certificate verification; default: the server host.
+    pub server_name: Option<String>,
+    /// Accept any server certificate (logged loudly at every connect).
+    pub insecure_skip_verify: bool,
 }
 
 /// The will message, resolved.
@@ -78,8 +135,12 @@ pub struct SessionSettings {
     pub client_id: String,
     /// Broker address.
     pub server: ServerAddress,
-    /// 4 = MQTT 3.1.1, 5 = MQTT 5.
+    /// 3 = MQTT 3.1, 4 = MQTT 3.1.1, 5 = MQTT 5.
     pub protocol_version: u8,
+    /// TLS options (used by `ssl`/`tls`/`tcps`/`wss` servers).
+    pub tls: TlsSettings,
+    /// Extra HTTP headers of the WebSocket handshake (`ws`/`wss`).
+    pub http_headers: Vec<(String, String)>,
     /// Will, birth (`online`) and clean-stop message topic and payload.
     pub will: WillSettings,
     /// User name, if any.
@@ -94,8 +155,14 @@ pub struct SessionSettings {
     pub connect_timeout: Duration,
     /// Keep-alive.
     pub keep_alive: Duration,
-    /// PINGRESP timeout.
+    /// PINGRESP timeout; zero = wait until the next keep-alive.
     pub ping_timeout: Duration,
+    /// A socket write taking longer fails the connection; zero = none.
+    pub write_timeout: Duration,
+    /// With a resumed session, subscribe again to every command topic.
+    pub resume_subs: bool,
+    /// `order` as configured (see docs/mqtt.md: ordering is always kept per device).
+    pub order: bool,
     /// Reconnect automatically.
     pub auto_reconnect: bool,
     /// Reconnect backoff ceiling.
@@ -117,6 +184,10 @@ pub struct MessageSettings {
     pub retained: bool,
     /// Publish completion timeout; zero = none.
     pub wait_timeout: Duration,
+    /// MQTT 5 properties of state messages.
+    pub state_props: std::sync::Arc<crate::mqtt::MessageProps>,
+    /// MQTT 5 properties of `$set/result` messages (content type only).
+    pub result_props: std::sync::Arc<crate::mqtt::MessageProps>,
 }
 
 /// When a device publishes.

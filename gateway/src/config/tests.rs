@@ -314,18 +314,9 @@ fn several_errors_at_once() {
 #[test]
 fn not_supported_yet_is_an_error() {
     let cases = [
-        ("server: 'ssl://h:8883'", "server"),
-        ("server: 'ws://h'", "server"),
-        ("protocolVersion: 3", "protocolVersion"),
-        ("tlsConfig: {caFile: x}", "tlsConfig.caFile"),
         ("store: {type: file}", "store.type"),
         ("store: {maxBytes: 64MiB}", "store.maxBytes"),
         ("store: {direcotryPrefix: /x}", "store.direcotryPrefix"),
-        ("resumeSubs: true", "resumeSubs"),
-        ("order: false", "order"),
-        ("httpHeaders: {a: b}", "httpHeaders"),
-        ("pingTimeout: 5s", "pingTimeout"),
-        ("writeTimeout: 1s", "writeTimeout"),
     ];
     for (yaml, key) in cases {
         let e = errs(&format!("mqtt:\n  client:\n    {yaml}\n"));
@@ -619,4 +610,103 @@ fn error_display_format() {
         message: "bad".into(),
     };
     assert_eq!(e.to_string(), "f.yaml:3:7: devices[0].name: bad");
+}
+
+#[test]
+fn mqtt_transports_and_options_resolve() {
+    use crate::config::resolved::ServerAddress;
+    let cases = [
+        (
+            "tcp://h",
+            ServerAddress::Tcp {
+                host: "h".into(),
+                port: 1883,
+            },
+        ),
+        (
+            "ssl://h",
+            ServerAddress::Tls {
+                host: "h".into(),
+                port: 8883,
+            },
+        ),
+        (
+            "tcps://h:1",
+            ServerAddress::Tls {
+                host: "h".into(),
+                port: 1,
+            },
+        ),
+        (
+            "ws://h/mqtt",
+            ServerAddress::WebSocket {
+                url: "ws://h:80/mqtt".into(),
+                host: "h".into(),
+                secure: false,
+            },
+        ),
+        (
+            "wss://[::1]:9",
+            ServerAddress::WebSocket {
+                url: "wss://[::1]:9/".into(),
+                host: "::1".into(),
+                secure: true,
+            },
+        ),
+        (
+            "unix:///run/m.sock",
+            ServerAddress::Unix {
+                path: "/run/m.sock".into(),
+            },
+        ),
+    ];
+    for (url, want) in cases {
+        assert_eq!(crate::config::load::parse_server(url), Ok(want), "{url}");
+    }
+    assert!(crate::config::load::parse_server("unix://").is_err());
+    assert!(crate::config::load::parse_server("quic://h").is_err());
+    ok("mqtt:\n  client: {server: 'wss://h', protocolVersion: 5, resumeSubs: true, order: false, pingTimeout: 2s, writeTimeout: 1s, httpHeaders: {X-A: b, X-B: [c, d]}, tlsConfig: {insecureSkipVerify: true}}\n  message: {contentType: text/json, userProperties: {a: b}, messageExpiryInterval: 1m}\n");
+    ok("mqtt:\n  client: {protocolVersion: 3, clientId: short}\n");
+}
+
+#[test]
+fn mqtt_option_errors_are_located() {
+    let e = errs(
+        "mqtt:\n  client:\n    protocolVersion: 3\n    clientId: a-client-id-longer-than-23\n",
+    );
+    has(
+        &e,
+        "c.yaml:4:15: mqtt.client.clientId: ",
+        "at most 23 characters",
+    );
+    let e = errs("mqtt:\n  client:\n    server: ws://h\n    protocolVersion: 3\n    clientId: x\n");
+    has(
+        &e,
+        "c.yaml:4:22: mqtt.client.protocolVersion: ",
+        "not over ws/wss",
+    );
+    let e = errs("mqtt:\n  client:\n    tlsConfig:\n      caFile: /nonexistent/ca.pem\n");
+    has(
+        &e,
+        "c.yaml:4:15: mqtt.client.tlsConfig.caFile: ",
+        "cannot read",
+    );
+    let e = errs("mqtt:\n  client:\n    tlsConfig:\n      caFilePem: not a pem\n");
+    has(&e, "mqtt.client.tlsConfig.caFilePem: ", "PEM certificates");
+    let e = errs("mqtt:\n  client:\n    tlsConfig:\n      certFilePem: x\n");
+    has(&e, "mqtt.client.tlsConfig.certFilePem: ", "keyFile");
+    let e = errs("mqtt:\n  client:\n    httpHeaders: {'bad header': x}\n");
+    has(
+        &e,
+        "c.yaml:3:19: mqtt.client.httpHeaders.bad header: ",
+        "not a valid HTTP header",
+    );
+    let e = errs("mqtt:\n  message:\n    messageExpiryInterval: 500ms\n");
+    has(&e, "mqtt.message.messageExpiryInterval: ", "whole seconds");
+    let e = errs("mqtt:\n  client:\n    server: 'quic://h'\n");
+    has(
+        &e,
+        "mqtt.client.server: ",
+        "allowed: tcp, ssl, tls, tcps, ws, wss, unix",
+    );
 }

@@ -288,6 +288,13 @@ pub struct MessageOptions {
     pub retained: Option<bool>,
     /// How long to wait for a publish to complete; 0 = forever.
     pub wait_timeout: Option<HumanDuration>,
+    /// MQTT 5 content type of state and `$set/result` messages; default
+    /// `application/json` (none with `payloadEncode: base64`); "" = none.
+    pub content_type: Option<String>,
+    /// MQTT 5 user properties added to every state message.
+    pub user_properties: Option<BTreeMap<String, String>>,
+    /// MQTT 5 message expiry interval of state messages (whole seconds); 0s = none.
+    pub message_expiry_interval: Option<HumanDuration>,
 }
 
 /// `mqtt.message.topic:`

@@ -2,11 +2,19 @@
 //! event loop runs in its own task and reports a protocol-neutral stream of
 //! [`NetEvent`]s. Reconnects happen only when the session grants a permit,
 //! so the session owns backoff and message replay.
+//!
+//! For `tcp`, `ssl`/`tls`/`tcps` and `unix` servers the connection to the
+//! broker is made here (see [`transport`]) and rumqttc talks to it through a
+//! private Unix socket: that is where MQTT 3.1's CONNECT is rewritten and
+//! where `writeTimeout` and `pingTimeout` are enforced. `ws`/`wss` use
+//! rumqttc's own WebSocket transport.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::transport::{self, Bridge};
 use super::{Inbound, OutMsg};
 use crate::config::resolved::{ServerAddress, SessionSettings};
 
@@ -38,6 +46,18 @@ pub enum NetEvent {
     Disconnected,
     /// The connection failed or was lost; waits for a permit to reconnect.
     Down(String),
+    /// The broker refused something with a reason code (CONNACK, SUBACK,
+    /// PUBACK/PUBREC with a failure code).
+    Refused(ReasonCode),
+}
+
+/// A failure reason code the broker sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReasonCode {
+    /// `connack`, `suback`, `puback` or `pubrec`.
+    pub packet: &'static str,
+    /// The reason, e.g. `NotAuthorized` or `BadUserNamePassword`.
+    pub code: String,
 }
 
 /// The request side of the client, per protocol version.
@@ -76,6 +96,11 @@ impl LinkClient {
                 let mut props = rumqttc::v5::mqttbytes::v5::PublishProperties::default();
                 if let Some(corr) = &msg.correlation {
                     props.correlation_data = Some(corr.clone());
+                }
+                if let Some(p) = &msg.props {
+                    props.content_type = p.content_type.clone();
+                    props.user_properties = p.user_properties.clone();
+                    props.message_expiry_interval = p.message_expiry;
                 }
                 c.try_publish_with_properties(
                     &*msg.topic,
@@ -159,19 +184,127 @@ pub struct Link {
     pub task: tokio::task::JoinHandle<()>,
 }
 
+/// How rumqttc reaches the broker: directly (WebSocket) or through the bridge.
+enum Route {
+    /// rumqttc's own transport.
+    Native,
+    /// Our connection, relayed over a private Unix socket.
+    Bridged(Box<Bridge>),
+}
+
+impl Route {
+    /// Before each connection attempt: warns about `insecureSkipVerify`
+    /// and, when bridged, connects to the broker.
+    async fn prepare(&mut self, settings: &SessionSettings) -> Result<(), String> {
+        if settings.server.is_tls() && settings.tls.insecure_skip_verify {
+            tracing::warn!(
+                session = %settings.client_id,
+                server = %settings.server,
+                "INSECURE: tlsConfig.insecureSkipVerify is on: the broker's certificate is NOT verified; anyone on the path can impersonate the broker"
+            );
+        }
+        match self {
+            Route::Native => Ok(()),
+            Route::Bridged(b) => b.connect().await,
+        }
+    }
+
+    /// Why the bridged connection ended, if it knows better than rumqttc.
+    fn take_error(&self) -> Option<String> {
+        match self {
+            Route::Native => None,
+            Route::Bridged(b) => b.take_error(),
+        }
+    }
+}
+
+/// The transport rumqttc uses and the route behind it.
+fn route_for(
+    settings: &SessionSettings,
+) -> Result<(String, u16, rumqttc::Transport, Route), String> {
+    match &settings.server {
+        ServerAddress::WebSocket { url, secure, .. } => {
+            let port = url
+                .rsplit_once(':')
+                .and_then(|(_, r)| r.split('/').next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(if *secure { 443 } else { 80 });
+            let transport = if *secure {
+                rumqttc::Transport::Wss(rumqttc::TlsConfiguration::Rustls(
+                    transport::tls_client_config(&settings.tls)?,
+                ))
+            } else {
+                rumqttc::Transport::Ws
+            };
+            Ok((url.clone(), port, transport, Route::Native))
+        }
+        _ => {
+            let bridge = Bridge::new(settings)?;
+            let path = bridge.socket_path().to_string_lossy().into_owned();
+            Ok((
+                path,
+                0,
+                rumqttc::Transport::Unix,
+                Route::Bridged(Box::new(bridge)),
+            ))
+        }
+    }
+}
+
+/// The WebSocket handshake's extra headers.
+fn header_modifier(
+    headers: Vec<(String, String)>,
+) -> impl Fn(http::Request<()>) -> std::future::Ready<http::Request<()>> + Send + Sync + 'static {
+    let headers = Arc::new(headers);
+    move |mut req: http::Request<()>| {
+        for (k, v) in headers.iter() {
+            if let (Ok(k), Ok(v)) = (
+                http::header::HeaderName::from_bytes(k.as_bytes()),
+                http::header::HeaderValue::from_str(v),
+            ) {
+                req.headers_mut().append(k, v);
+            }
+        }
+        std::future::ready(req)
+    }
+}
+
 /// Creates the client for `settings` and starts its connection task; the
 /// first connection attempt waits for the first permit.
 pub fn open(settings: &SessionSettings) -> Link {
-    let ServerAddress::Tcp { host, port } = &settings.server;
     let (events_tx, events) = mpsc::channel(1024);
     let (permits, permits_rx) = mpsc::channel(1);
     let will_qos = settings.will.qos;
+    let (addr, port, transport, route) = match route_for(settings) {
+        Ok(r) => r,
+        Err(e) => {
+            // Cannot happen for a validated config; report it as a
+            // connection that never comes up.
+            tracing::error!(session = %settings.client_id, "cannot set up the transport: {e}");
+            (
+                "127.0.0.1".into(),
+                1,
+                rumqttc::Transport::Tcp,
+                Route::Native,
+            )
+        }
+    };
+    // rumqttc bounds its connect and every flush with one timeout. Bridged,
+    // flushes go to a local socket and `writeTimeout` is enforced by the
+    // bridge; natively (WebSocket) the larger of the two bounds both.
+    let net_timeout = match &route {
+        Route::Bridged(_) => timeout_secs(settings.connect_timeout),
+        Route::Native => {
+            timeout_secs(settings.connect_timeout).max(timeout_secs(settings.write_timeout))
+        }
+    };
+    let headers = settings.http_headers.clone();
     let (client, task) = if settings.protocol_version == 5 {
-        let mut opts =
-            rumqttc::v5::MqttOptions::new(settings.client_id.clone(), host.clone(), *port);
-        opts.set_keep_alive(keep_alive(settings.keep_alive))
+        let mut opts = rumqttc::v5::MqttOptions::new(settings.client_id.clone(), addr, port);
+        opts.set_transport(transport)
+            .set_keep_alive(keep_alive(settings.keep_alive))
             .set_clean_start(settings.clean_session)
-            .set_connection_timeout(timeout_secs(settings.connect_timeout))
+            .set_connection_timeout(net_timeout)
             .set_max_packet_size(Some(MAX_INCOMING_PACKET as u32))
             .set_outgoing_inflight_upper_limit((WINDOW * 2) as u16)
             .set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
@@ -181,6 +314,9 @@ pub fn open(settings: &SessionSettings) -> Link {
                 settings.will.retained,
                 None,
             ));
+        if !headers.is_empty() {
+            opts.set_request_modifier(header_modifier(headers));
+        }
         if !settings.clean_session {
             // Keep the session for as long as the broker allows.
             opts.set_session_expiry_interval(Some(u32::MAX));
@@ -189,11 +325,20 @@ pub fn open(settings: &SessionSettings) -> Link {
             opts.set_credentials(user.clone(), settings.password.clone().unwrap_or_default());
         }
         let (client, eventloop) = rumqttc::v5::AsyncClient::new(opts, REQUEST_CHANNEL);
-        let task = tokio::spawn(drive_v5(eventloop, events_tx, permits_rx));
+        let task = tokio::spawn(drive_v5(
+            eventloop,
+            events_tx,
+            permits_rx,
+            route,
+            settings.clone(),
+        ));
         (LinkClient::V5(client), task)
     } else {
-        let mut opts = rumqttc::MqttOptions::new(settings.client_id.clone(), host.clone(), *port);
-        opts.set_keep_alive(keep_alive(settings.keep_alive))
+        // MQTT 3.1 is MQTT 3.1.1 on the wire except for CONNECT/CONNACK;
+        // the bridge rewrites CONNECT (see transport.rs).
+        let mut opts = rumqttc::MqttOptions::new(settings.client_id.clone(), addr, port);
+        opts.set_transport(transport)
+            .set_keep_alive(keep_alive(settings.keep_alive))
             .set_clean_session(settings.clean_session)
             .set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET)
             .set_inflight((WINDOW * 2) as u16)
@@ -203,14 +348,23 @@ pub fn open(settings: &SessionSettings) -> Link {
                 qos4(will_qos),
                 settings.will.retained,
             ));
+        if !headers.is_empty() {
+            opts.set_request_modifier(header_modifier(headers));
+        }
         if let Some(user) = &settings.username {
             opts.set_credentials(user.clone(), settings.password.clone().unwrap_or_default());
         }
         let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, REQUEST_CHANNEL);
         let mut net = rumqttc::NetworkOptions::new();
-        net.set_connection_timeout(timeout_secs(settings.connect_timeout));
+        net.set_connection_timeout(net_timeout);
         eventloop.set_network_options(net);
-        let task = tokio::spawn(drive_v4(eventloop, events_tx, permits_rx));
+        let task = tokio::spawn(drive_v4(
+            eventloop,
+            events_tx,
+            permits_rx,
+            route,
+            settings.clone(),
+        ));
         (LinkClient::V4(client), task)
     };
     Link {
@@ -221,50 +375,117 @@ pub fn open(settings: &SessionSettings) -> Link {
     }
 }
 
-/// Drives an MQTT 3.1.1 event loop, translating its events.
+/// Words for a failed connection.
+fn describe_v4(e: &rumqttc::ConnectionError, settings: &SessionSettings) -> String {
+    use rumqttc::ConnectionError as E;
+    match e {
+        E::NetworkTimeout => format!(
+            "no CONNACK within connectTimeout ({})",
+            humantime::format_duration(settings.connect_timeout)
+        ),
+        E::ConnectionRefused(code) => format!("the broker refused the connection: {code:?}"),
+        E::MqttState(rumqttc::StateError::AwaitPingResp) => {
+            "no PINGRESP before the next keep-alive".to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Words for a failed MQTT 5 connection.
+fn describe_v5(e: &rumqttc::v5::ConnectionError, settings: &SessionSettings) -> String {
+    use rumqttc::v5::ConnectionError as E;
+    match e {
+        E::Timeout(_) => format!(
+            "timed out: no CONNACK within connectTimeout ({}) or a write stalled",
+            humantime::format_duration(settings.connect_timeout)
+        ),
+        E::ConnectionRefused(code) => format!("the broker refused the connection: {code:?}"),
+        E::MqttState(rumqttc::v5::StateError::AwaitPingResp) => {
+            "no PINGRESP before the next keep-alive".to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Drives an MQTT 3.1.1 (or, bridged, 3.1) event loop, translating its events.
 async fn drive_v4(
     mut el: rumqttc::EventLoop,
     tx: mpsc::Sender<NetEvent>,
     mut permits: mpsc::Receiver<()>,
+    mut route: Route,
+    settings: SessionSettings,
 ) {
+    use rumqttc::mqttbytes::v4::SubscribeReasonCode;
     use rumqttc::{Event, Outgoing, Packet};
     if permits.recv().await.is_none() {
         return;
     }
     loop {
-        let ev = match el.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => Some(NetEvent::Connected {
-                session_present: ack.session_present,
-            }),
-            Ok(Event::Incoming(Packet::Publish(p))) => Some(NetEvent::Message(Inbound {
-                topic: p.topic,
-                payload: p.payload,
-                response_topic: None,
-                correlation: None,
-            })),
-            Ok(Event::Incoming(Packet::PubAck(a))) => Some(NetEvent::Acked(a.pkid)),
-            Ok(Event::Incoming(Packet::PubComp(a))) => Some(NetEvent::Acked(a.pkid)),
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Some(NetEvent::Written(pkid)),
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => Some(NetEvent::Disconnected),
-            Ok(_) => None,
-            Err(e) => {
-                // The session replays from its own outbox; drop rumqttc's copies.
-                el.pending.clear();
-                if tx.send(NetEvent::Down(e.to_string())).await.is_err() {
-                    return;
-                }
-                if permits.recv().await.is_none() {
-                    return;
-                }
-                // Requests queued after the failure are replayed by the session too.
-                el.clean();
-                el.pending.clear();
-                None
-            }
-        };
-        if let Some(ev) = ev {
-            if tx.send(ev).await.is_err() {
+        if let Err(reason) = route.prepare(&settings).await {
+            if tx.send(NetEvent::Down(reason)).await.is_err() || permits.recv().await.is_none() {
                 return;
+            }
+            continue;
+        }
+        loop {
+            let evs = match el.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => vec![NetEvent::Connected {
+                    session_present: ack.session_present,
+                }],
+                Ok(Event::Incoming(Packet::Publish(p))) => vec![NetEvent::Message(Inbound {
+                    topic: p.topic,
+                    payload: p.payload,
+                    response_topic: None,
+                    correlation: None,
+                })],
+                Ok(Event::Incoming(Packet::PubAck(a))) => vec![NetEvent::Acked(a.pkid)],
+                Ok(Event::Incoming(Packet::PubComp(a))) => vec![NetEvent::Acked(a.pkid)],
+                Ok(Event::Incoming(Packet::SubAck(a))) => a
+                    .return_codes
+                    .iter()
+                    .filter(|c| matches!(c, SubscribeReasonCode::Failure))
+                    .map(|_| {
+                        NetEvent::Refused(ReasonCode {
+                            packet: "suback",
+                            code: "Failure".into(),
+                        })
+                    })
+                    .collect(),
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => vec![NetEvent::Written(pkid)],
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => vec![NetEvent::Disconnected],
+                Ok(_) => Vec::new(),
+                Err(e) => {
+                    // The session replays from its own outbox; drop rumqttc's copies.
+                    el.pending.clear();
+                    let mut evs = Vec::new();
+                    if let rumqttc::ConnectionError::ConnectionRefused(code) = &e {
+                        evs.push(NetEvent::Refused(ReasonCode {
+                            packet: "connack",
+                            code: format!("{code:?}"),
+                        }));
+                    }
+                    let reason = route
+                        .take_error()
+                        .unwrap_or_else(|| describe_v4(&e, &settings));
+                    evs.push(NetEvent::Down(reason));
+                    for ev in evs {
+                        if tx.send(ev).await.is_err() {
+                            return;
+                        }
+                    }
+                    if permits.recv().await.is_none() {
+                        return;
+                    }
+                    // Requests queued after the failure are replayed by the session too.
+                    el.clean();
+                    el.pending.clear();
+                    break;
+                }
+            };
+            for ev in evs {
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
             }
         }
     }
@@ -275,51 +496,113 @@ async fn drive_v5(
     mut el: rumqttc::v5::EventLoop,
     tx: mpsc::Sender<NetEvent>,
     mut permits: mpsc::Receiver<()>,
+    mut route: Route,
+    settings: SessionSettings,
 ) {
-    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PubRecReason, SubscribeReasonCode};
     use rumqttc::v5::Event;
     use rumqttc::Outgoing;
     if permits.recv().await.is_none() {
         return;
     }
     loop {
-        let ev = match el.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => Some(NetEvent::Connected {
-                session_present: ack.session_present,
-            }),
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let (response_topic, correlation) = match p.properties {
-                    Some(props) => (props.response_topic, props.correlation_data),
-                    None => (None, None),
-                };
-                Some(NetEvent::Message(Inbound {
-                    topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                    payload: p.payload,
-                    response_topic,
-                    correlation,
-                }))
-            }
-            Ok(Event::Incoming(Packet::PubAck(a))) => Some(NetEvent::Acked(a.pkid)),
-            Ok(Event::Incoming(Packet::PubComp(a))) => Some(NetEvent::Acked(a.pkid)),
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Some(NetEvent::Written(pkid)),
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => Some(NetEvent::Disconnected),
-            Ok(_) => None,
-            Err(e) => {
-                el.pending.clear();
-                if tx.send(NetEvent::Down(e.to_string())).await.is_err() {
-                    return;
-                }
-                if permits.recv().await.is_none() {
-                    return;
-                }
-                el.clean();
-                el.pending.clear();
-                None
-            }
-        };
-        if let Some(ev) = ev {
-            if tx.send(ev).await.is_err() {
+        if let Err(reason) = route.prepare(&settings).await {
+            if tx.send(NetEvent::Down(reason)).await.is_err() || permits.recv().await.is_none() {
                 return;
+            }
+            continue;
+        }
+        loop {
+            let evs = match el.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => vec![NetEvent::Connected {
+                    session_present: ack.session_present,
+                }],
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let (response_topic, correlation) = match p.properties {
+                        Some(props) => (props.response_topic, props.correlation_data),
+                        None => (None, None),
+                    };
+                    vec![NetEvent::Message(Inbound {
+                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                        payload: p.payload,
+                        response_topic,
+                        correlation,
+                    })]
+                }
+                Ok(Event::Incoming(Packet::PubAck(a))) => {
+                    let mut evs = Vec::new();
+                    if !matches!(
+                        a.reason,
+                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                    ) {
+                        evs.push(NetEvent::Refused(ReasonCode {
+                            packet: "puback",
+                            code: format!("{:?}", a.reason),
+                        }));
+                    }
+                    // A refusal is final too: the broker will not take it on a retry.
+                    evs.push(NetEvent::Acked(a.pkid));
+                    evs
+                }
+                Ok(Event::Incoming(Packet::PubRec(a)))
+                    if !matches!(
+                        a.reason,
+                        PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+                    ) =>
+                {
+                    vec![
+                        NetEvent::Refused(ReasonCode {
+                            packet: "pubrec",
+                            code: format!("{:?}", a.reason),
+                        }),
+                        NetEvent::Acked(a.pkid),
+                    ]
+                }
+                Ok(Event::Incoming(Packet::PubComp(a))) => vec![NetEvent::Acked(a.pkid)],
+                Ok(Event::Incoming(Packet::SubAck(a))) => a
+                    .return_codes
+                    .iter()
+                    .filter(|c| !matches!(c, SubscribeReasonCode::Success(_)))
+                    .map(|c| {
+                        NetEvent::Refused(ReasonCode {
+                            packet: "suback",
+                            code: format!("{c:?}"),
+                        })
+                    })
+                    .collect(),
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => vec![NetEvent::Written(pkid)],
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => vec![NetEvent::Disconnected],
+                Ok(_) => Vec::new(),
+                Err(e) => {
+                    el.pending.clear();
+                    let mut evs = Vec::new();
+                    if let rumqttc::v5::ConnectionError::ConnectionRefused(code) = &e {
+                        evs.push(NetEvent::Refused(ReasonCode {
+                            packet: "connack",
+                            code: format!("{code:?}"),
+                        }));
+                    }
+                    let reason = route
+                        .take_error()
+                        .unwrap_or_else(|| describe_v5(&e, &settings));
+                    evs.push(NetEvent::Down(reason));
+                    for ev in evs {
+                        if tx.send(ev).await.is_err() {
+                            return;
+                        }
+                    }
+                    if permits.recv().await.is_none() {
+                        return;
+                    }
+                    el.clean();
+                    el.pending.clear();
+                    break;
+                }
+            };
+            for ev in evs {
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
             }
         }
     }

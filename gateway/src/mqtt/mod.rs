@@ -4,6 +4,7 @@
 mod link;
 pub mod outbox;
 mod session;
+mod transport;
 
 use std::sync::Arc;
 
@@ -25,6 +26,19 @@ pub struct OutMsg {
     pub retain: bool,
     /// MQTT 5 correlation data of a reply.
     pub correlation: Option<Bytes>,
+    /// MQTT 5 publish properties (ignored by MQTT 3.1 / 3.1.1 sessions).
+    pub props: Option<Arc<MessageProps>>,
+}
+
+/// MQTT 5 publish properties configured under `mqtt.message`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct MessageProps {
+    /// Content type, e.g. `application/json`.
+    pub content_type: Option<String>,
+    /// User properties, in order.
+    pub user_properties: Vec<(String, String)>,
+    /// Message expiry interval in seconds.
+    pub message_expiry: Option<u32>,
 }
 
 /// A message that arrived on a routed topic (`T/$set`, `T/$get`).

@@ -255,6 +255,7 @@ mod tests {
             qos,
             retain: false,
             correlation: None,
+            props: None,
         }
     }
 

@@ -25,6 +25,10 @@ const FIRST_RECONNECT: Duration = Duration::from_secs(1);
 /// Subscriptions for commands use at least QoS 1 so commands are not lost
 /// between broker and gateway.
 const COMMAND_QOS: u8 = 1;
+/// Commands held for topics no device has claimed yet: a resumed session
+/// delivers its queued commands right after CONNACK, possibly before the
+/// devices have registered.
+const UNROUTED_HELD: usize = 256;
 
 /// Starts a session task for `settings`; it connects at once.
 pub fn spawn(settings: SessionSettings, metrics: Metrics, health: Health) -> SessionHandle {
@@ -72,6 +76,13 @@ struct Session {
     priority: VecDeque<OutMsg>,
     retained: HashMap<Arc<str>, OutMsg>,
     routes: HashMap<String, mpsc::Sender<Inbound>>,
+    /// Topics the broker's stored session holds subscriptions for
+    /// (`cleanSession: false`).
+    broker_subs: std::collections::HashSet<String>,
+    /// Kinds of broker refusals already logged at WARN.
+    refusals_logged: std::collections::HashSet<(&'static str, String)>,
+    /// Messages that arrived before their route existed (bounded).
+    unrouted: VecDeque<Inbound>,
     connected: bool,
     ever_connected: bool,
     backoff: Backoff,
@@ -105,6 +116,9 @@ impl Session {
             priority: VecDeque::new(),
             retained: HashMap::new(),
             routes: HashMap::new(),
+            broker_subs: Default::default(),
+            unrouted: VecDeque::new(),
+            refusals_logged: Default::default(),
             connected: false,
             ever_connected: false,
             backoff,
@@ -195,6 +209,7 @@ impl Session {
             qos: will.qos,
             retain: will.retained,
             correlation: None,
+            props: None,
         });
         self.feed();
         while self.connected && !(self.outbox.is_empty() && self.priority.is_empty()) {
@@ -252,23 +267,40 @@ impl Session {
                     qos,
                     retain: true,
                     correlation: None,
+                    props: None,
                 });
             }
             SessionInput::Route { topic, to } => {
                 if self.connected {
-                    if let Err(e) = self
+                    match self
                         .client
                         .try_subscribe(std::slice::from_ref(&topic), COMMAND_QOS)
                     {
-                        tracing::warn!(session = %self.id(), "subscribe {topic}: {e}");
+                        Ok(()) => {
+                            self.broker_subs.insert(topic.clone());
+                        }
+                        Err(e) => tracing::warn!(session = %self.id(), "subscribe {topic}: {e}"),
                     }
                 }
-                self.routes.insert(topic, to);
+                self.routes.insert(topic.clone(), to);
+                let held = std::mem::take(&mut self.unrouted);
+                for msg in held {
+                    if msg.topic == topic {
+                        self.route(msg);
+                    } else {
+                        self.unrouted.push_back(msg);
+                    }
+                }
             }
             SessionInput::Unroute { topic } => {
                 if self.routes.remove(&topic).is_some() && self.connected {
-                    if let Err(e) = self.client.try_unsubscribe(&topic) {
-                        tracing::debug!(session = %self.id(), "unsubscribe {topic}: {e}");
+                    match self.client.try_unsubscribe(&topic) {
+                        Ok(()) => {
+                            self.broker_subs.remove(&topic);
+                        }
+                        Err(e) => {
+                            tracing::debug!(session = %self.id(), "unsubscribe {topic}: {e}")
+                        }
                     }
                 }
             }
@@ -328,6 +360,26 @@ impl Session {
                 self.update_store_gauges();
             }
             NetEvent::Disconnected => {}
+            NetEvent::Refused(r) => {
+                // Warn once per kind of refusal (a refused state topic would
+                // otherwise log at every poll); the metric counts them all.
+                if self.refusals_logged.insert((r.packet, r.code.clone())) {
+                    tracing::warn!(
+                        session = %self.id(),
+                        packet = r.packet,
+                        code = %r.code,
+                        "the broker refused: {} reason code {} (further ones are counted in fieldgate_mqtt_reason_codes_total)",
+                        r.packet.to_uppercase(),
+                        r.code
+                    );
+                } else {
+                    tracing::debug!(session = %self.id(), "the broker refused: {} reason code {}", r.packet, r.code);
+                }
+                self.metrics
+                    .mqtt_reason_codes
+                    .with_label_values(&[&self.settings.client_id, r.packet, &r.code])
+                    .inc();
+            }
             NetEvent::Down(reason) => {
                 let was_connected = self.connected;
                 self.connected = false;
@@ -383,10 +435,7 @@ impl Session {
         self.backoff.reset();
         self.metrics.mqtt_connected.with_label_values(&[&id]).set(1);
         self.health.clear(&health_key(&id));
-        let topics: Vec<String> = self.routes.keys().cloned().collect();
-        if let Err(e) = self.client.try_subscribe(&topics, COMMAND_QOS) {
-            tracing::warn!(session = %id, "restoring subscriptions failed: {e}");
-        }
+        self.restore_subscriptions(session_present);
         let will = &self.settings.will;
         self.priority.push_back(OutMsg {
             topic: will.topic.as_str().into(),
@@ -394,12 +443,47 @@ impl Session {
             qos: will.qos,
             retain: will.retained,
             correlation: None,
+            props: None,
         });
         // After a reconnect the broker may have lost its retained store
         // (restart without persistence): give it the retained topics again.
         // On the first connect they are still queued in the outbox.
         if reconnect {
             self.priority.extend(self.retained.values().cloned());
+        }
+    }
+
+    /// After a connect: without a stored session, subscribe to every
+    /// command topic. With a resumed session (`cleanSession: false`) the
+    /// broker still has them: subscribe only to topics added meanwhile and
+    /// drop those removed meanwhile, or, with `resumeSubs: true`, subscribe
+    /// to all of them again.
+    fn restore_subscriptions(&mut self, session_present: bool) {
+        let id = self.settings.client_id.clone();
+        if !session_present {
+            self.broker_subs.clear();
+        }
+        let resume_all = !session_present || self.settings.resume_subs;
+        let topics: Vec<String> = self
+            .routes
+            .keys()
+            .filter(|t| resume_all || !self.broker_subs.contains(*t))
+            .cloned()
+            .collect();
+        match self.client.try_subscribe(&topics, COMMAND_QOS) {
+            Ok(()) => self.broker_subs.extend(topics),
+            Err(e) => tracing::warn!(session = %id, "restoring subscriptions failed: {e}"),
+        }
+        let stale: Vec<String> = self
+            .broker_subs
+            .iter()
+            .filter(|t| !self.routes.contains_key(*t))
+            .cloned()
+            .collect();
+        for t in stale {
+            if self.client.try_unsubscribe(&t).is_ok() {
+                self.broker_subs.remove(&t);
+            }
         }
     }
 
@@ -418,7 +502,11 @@ impl Session {
                 }
             }
             None => {
-                tracing::debug!(session = %self.id(), "message on unrouted topic {}", msg.topic)
+                tracing::debug!(session = %self.id(), "holding message on unrouted topic {}", msg.topic);
+                if self.unrouted.len() >= UNROUTED_HELD {
+                    self.unrouted.pop_front();
+                }
+                self.unrouted.push_back(msg);
             }
         }
     }

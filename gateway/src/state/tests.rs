@@ -74,6 +74,8 @@ pub(crate) fn device_with(props: Vec<PropertySemantics>, publish: PublishPolicy)
             qos: 0,
             retained: false,
             wait_timeout: Duration::ZERO,
+            state_props: Default::default(),
+            result_props: Default::default(),
         },
     }
 }
