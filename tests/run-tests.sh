@@ -15,9 +15,10 @@ installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
 }
 
-# Debian packages the tests need at run time (mosquitto, mosquitto-clients)
+# Debian packages the tests need at run time (mosquitto, mosquitto-clients,
+# dbus for the private dbus-daemon of the BLE tests)
 # and that --all-features needs to build (the BLE driver links libdbus).
-needed=(mosquitto mosquitto-clients pkg-config libdbus-1-dev)
+needed=(mosquitto mosquitto-clients pkg-config libdbus-1-dev dbus)
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
     for pkg in "${needed[@]}"; do
