@@ -217,11 +217,14 @@ impl SharedAdapter {
             adapter: opened.adapter.clone(),
         };
         if first {
-            opened
-                .adapter
-                .start_scan(ScanFilter::default())
-                .await
-                .map_err(|e| io(format!("cannot start discovery on {}: {e}", opened.name)))?;
+            if let Err(e) = opened.adapter.start_scan(ScanFilter::default()).await {
+                // The adapter may be gone: list the adapters again next time.
+                self.reset().await;
+                return Err(io(format!(
+                    "cannot start discovery on {}: {e}",
+                    opened.name
+                )));
+            }
         }
         Ok(guard)
     }
@@ -339,9 +342,16 @@ async fn run_session(
     let polled = bound.iter().any(|b| b.address.access.polled());
     loop {
         tokio::select! {
-            _ = ticker.tick(), if polled => {
-                if let Err(e) = ctx.read(link, ReadCause::Poll, false, &mut errors).await {
-                    return e;
+            _ = ticker.tick() => {
+                if polled {
+                    if let Err(e) = ctx.read(link, ReadCause::Poll, false, &mut errors).await {
+                        return e;
+                    }
+                } else if !ctx.still_connected().await {
+                    // Notify-only devices: a cheap BlueZ property check
+                    // notices a link that vanished without a signal
+                    // (adapter removed).
+                    return io("disconnected");
                 }
             }
             n = notifications.next() => match n {

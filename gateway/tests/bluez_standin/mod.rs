@@ -9,7 +9,7 @@
 //! - `/`: `org.freedesktop.DBus.ObjectManager` (`GetManagedObjects`,
 //!   `InterfacesAdded`, `InterfacesRemoved`);
 //! - `/org/bluez/hci0`: `org.bluez.Adapter1` (`StartDiscovery`,
-//!   `StopDiscovery`, `SetDiscoveryFilter`, `RemoveDevice`; `Powered`,
+//!   `StopDiscovery`, `SetDiscoveryFilter`; `Powered`,
 //!   `Discovering`, ...);
 //! - `/org/bluez/hci0/dev_XX_..`: `org.bluez.Device1` (`Connect`,
 //!   `Disconnect`; `Address`, `Name`, `Connected`, `ServicesResolved`, ...);
