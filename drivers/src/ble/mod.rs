@@ -59,6 +59,16 @@ pub enum Access {
 }
 
 impl Access {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Notify => "notify",
+            Access::Write => "write",
+            Access::ReadWrite => "readWrite",
+        }
+    }
+
     /// Whether a poll reads it.
     pub fn polled(self) -> bool {
         matches!(self, Access::Read | Access::ReadWrite)
@@ -77,6 +87,16 @@ pub enum Endian {
     Little,
     /// Most significant byte first.
     Big,
+}
+
+impl Endian {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endian::Little => "little",
+            Endian::Big => "big",
+        }
+    }
 }
 
 /// Where a property lives on a BLE peripheral.

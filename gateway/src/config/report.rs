@@ -215,15 +215,15 @@ fn device(out: &mut String, r: &Resolved, d: &DeviceSettings) {
             #[cfg(feature = "ble")]
             fieldgate_drivers::PropertyAddress::Ble(a) => {
                 use fieldgate_drivers::ble::describe_uuid;
-                let _ = write!(line, ", {:?}", a.access);
+                let _ = write!(line, ", {}", a.access.as_str());
                 if let Some(s) = a.service {
                     let _ = write!(line, " service {}", describe_uuid(&s));
                 }
                 let _ = write!(
                     line,
-                    " characteristic {} {:?} byteOffset {}",
+                    " characteristic {} {} byteOffset {}",
                     describe_uuid(&a.characteristic),
-                    a.byte_order,
+                    a.byte_order.as_str(),
                     a.byte_offset
                 );
             }
