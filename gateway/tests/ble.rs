@@ -277,6 +277,32 @@ async fn device_disappearing_goes_offline_and_resumes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapter_loss_goes_offline_and_recovers() {
+    let mut r = rig(vec![lamp()], &lamp_yaml("1s")).await;
+    r.status("lamp", "online").await;
+    r.state_where("lamp", |p| p["brightness"] == json!(10))
+        .await;
+
+    // hci0 vanishes without a disconnect signal: the next poll notices.
+    r.bluez.unplug_adapter();
+    r.status("lamp", "offline").await;
+    assert!(
+        r.gateway
+            .wait_for_log("no Bluetooth adapter (BlueZ lists none)", WAIT),
+        "{}",
+        r.gateway.log()
+    );
+    assert!(r.gateway.is_running());
+
+    r.bluez
+        .set_value(LAMP, &bluez_standin::sig_uuid(0xff01), &[55]);
+    r.bluez.plug_adapter();
+    r.status("lamp", "online").await;
+    r.state_where("lamp", |p| p["brightness"] == json!(55))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_found_is_reported_and_others_are_unaffected() {
     let ghost = r#"  - name: ghost
     driver: ble

@@ -84,7 +84,10 @@ impl DbusDaemon {
             .arg("--print-address=1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            // Its notices (e.g. about the fd limit as non-root) go to a file.
+            .stderr(
+                std::fs::File::create(dir.path().join("dbus-daemon.log")).expect("dbus-daemon.log"),
+            )
             .spawn()
             .expect("start dbus-daemon (Debian package dbus-daemon)");
         let stdout = child.stdout.take().expect("dbus-daemon stdout");
@@ -237,6 +240,8 @@ struct Dev {
 
 #[derive(Debug, Default)]
 struct State {
+    /// hci0 is plugged in.
+    adapter_present: bool,
     powered: bool,
     discovering: bool,
     devices: Vec<Dev>,
@@ -325,6 +330,9 @@ impl State {
 
     /// Every exported object.
     fn objects(&self) -> Vec<(String, Interfaces)> {
+        if !self.adapter_present {
+            return Vec::new();
+        }
         let mut out = vec![(ADAPTER.to_string(), vec![(ADAPTER1, self.adapter_props())])];
         for d in self.devices.iter().filter(|d| d.exported) {
             out.extend(Self::device_objects(d));
@@ -396,6 +404,7 @@ impl Bluez {
         conn.request_name("org.bluez", false, true, true)
             .expect("own org.bluez");
         let mut state = State {
+            adapter_present: true,
             powered: true,
             ..State::default()
         };
@@ -554,6 +563,44 @@ impl Bluez {
         self.send(msgs);
     }
 
+    /// Unplugs hci0 abruptly: the adapter and every device object vanish
+    /// (`InterfacesRemoved`) without a `Connected` change.
+    pub fn unplug_adapter(&self) {
+        let mut msgs = Vec::new();
+        {
+            let mut st = self.state.lock().unwrap();
+            for (path, ifaces) in st.objects().iter().rev() {
+                msgs.push(interfaces_removed(path, ifaces));
+            }
+            st.adapter_present = false;
+            st.discovering = false;
+            for d in &mut st.devices {
+                d.exported = false;
+                d.connected = false;
+                for s in &mut d.services {
+                    for c in &mut s.chars {
+                        c.notifying = false;
+                    }
+                }
+            }
+        }
+        self.send(msgs);
+    }
+
+    /// Plugs hci0 back in (powered, not discovering).
+    pub fn plug_adapter(&self) {
+        let msgs = {
+            let mut st = self.state.lock().unwrap();
+            st.adapter_present = true;
+            st.powered = true;
+            vec![interfaces_added(
+                ADAPTER,
+                &vec![(ADAPTER1, st.adapter_props())],
+            )]
+        };
+        self.send(msgs);
+    }
+
     /// Values written to a characteristic (by UUID), oldest first.
     pub fn writes(&self, char_uuid: &str) -> Vec<Vec<u8>> {
         self.state
@@ -662,6 +709,7 @@ fn handle_call(state: &Mutex<State>, msg: &Message) -> (Message, Vec<Message>) {
     let objects = st.objects();
     let object = objects.iter().find(|(p, _)| *p == path);
     let mut signals = Vec::new();
+    let on_adapter = path == ADAPTER && st.adapter_present;
     let reply = match (iface.as_str(), member.as_str()) {
         (OM, "GetManagedObjects") if path == "/" => {
             let map: HashMap<dbus::Path<'static>, HashMap<String, PropMap>> = objects
@@ -774,8 +822,8 @@ fn handle_call(state: &Mutex<State>, msg: &Message) -> (Message, Vec<Message>) {
                 }
             }
         }
-        (ADAPTER1, "SetDiscoveryFilter") if path == ADAPTER => msg.method_return(),
-        (ADAPTER1, "StartDiscovery") if path == ADAPTER => {
+        (ADAPTER1, "SetDiscoveryFilter") if on_adapter => msg.method_return(),
+        (ADAPTER1, "StartDiscovery") if on_adapter => {
             if !st.powered {
                 error(msg, "org.bluez.Error.NotReady", "Resource Not Ready")
             } else {
@@ -796,7 +844,7 @@ fn handle_call(state: &Mutex<State>, msg: &Message) -> (Message, Vec<Message>) {
                 msg.method_return()
             }
         }
-        (ADAPTER1, "StopDiscovery") if path == ADAPTER => {
+        (ADAPTER1, "StopDiscovery") if on_adapter => {
             if st.discovering {
                 st.discovering = false;
                 signals.push(props_changed(
