@@ -15,11 +15,12 @@ installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
 }
 
-# Debian packages the tests need at run time (mosquitto, mosquitto-clients)
+# Debian packages the tests need at run time (mosquitto, mosquitto-clients,
+# dbus for the private dbus-daemon of the BLE tests)
 # and that --all-features needs to build (the BLE driver links libdbus).
 # openssl makes the TLS test certificates; nats-server (where the
 # distribution has it) runs the core scenarios on NATS's MQTT listener.
-needed=(mosquitto mosquitto-clients pkg-config libdbus-1-dev openssl)
+needed=(mosquitto mosquitto-clients pkg-config libdbus-1-dev openssl dbus)
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
     for pkg in "${needed[@]}"; do

@@ -5,6 +5,8 @@
 //! decodes raw data into [`Value`]s of the property's [`DataType`], and encodes
 //! writes. Scaling, enums, deadbands, topics and payloads belong to the gateway.
 
+#[cfg(feature = "ble")]
+pub mod ble;
 pub mod dummy;
 #[cfg(feature = "modbus")]
 pub mod modbus;
@@ -162,6 +164,9 @@ pub enum PropertyAddress {
     /// A Modbus register, coil or bit.
     #[cfg(feature = "modbus")]
     Modbus(modbus::RegisterAddress),
+    /// A GATT characteristic of a BLE peripheral.
+    #[cfg(feature = "ble")]
+    Ble(ble::CharacteristicAddress),
 }
 
 /// How to reach the device, per protocol.
@@ -172,6 +177,9 @@ pub enum Connection {
     /// A Modbus unit on a TCP endpoint or serial line.
     #[cfg(feature = "modbus")]
     Modbus(modbus::ModbusConnection),
+    /// A BLE peripheral on a BlueZ adapter.
+    #[cfg(feature = "ble")]
+    Ble(ble::BleConnection),
 }
 
 /// Everything a driver needs to run one device.
@@ -205,6 +213,8 @@ pub struct DeviceLink {
 pub struct Buses {
     #[cfg(feature = "modbus")]
     modbus: modbus::BusRegistry,
+    #[cfg(feature = "ble")]
+    ble: ble::AdapterRegistry,
 }
 
 impl Buses {
@@ -222,8 +232,10 @@ pub async fn run_device(spec: DeviceSpec, link: DeviceLink, buses: &Buses) {
         Connection::Dummy => dummy::run(spec, link).await,
         #[cfg(feature = "modbus")]
         Connection::Modbus(_) => buses.modbus.run_device(spec, link).await,
+        #[cfg(feature = "ble")]
+        Connection::Ble(_) => buses.ble.run_device(spec, link).await,
     }
-    #[cfg(not(feature = "modbus"))]
+    #[cfg(not(any(feature = "modbus", feature = "ble")))]
     let _ = buses;
 }
 
@@ -232,6 +244,9 @@ pub fn enabled_drivers() -> Vec<&'static str> {
     let mut v = vec!["dummy"];
     if cfg!(feature = "modbus") {
         v.push("modbus");
+    }
+    if cfg!(feature = "ble") {
+        v.push("ble");
     }
     v
 }

@@ -1263,6 +1263,8 @@ impl Loader<'_> {
                             "a ble property needs `characteristic` (a GATT UUID)",
                         );
                     }
+                    #[cfg(feature = "ble")]
+                    check_ble_property(ctx, p, pn, pp);
                 }
             }
         }
@@ -1410,6 +1412,11 @@ impl Loader<'_> {
                         &["protocol"],
                         "an opcua device needs `protocol.endpoint` (e.g. opc.tcp://plc:4840)",
                     );
+                }
+                #[cfg(feature = "ble")]
+                if drv == DriverKind::Ble {
+                    check_ble_protocol(ctx, &proto, d.node, path, pnode, &ppath);
+                    return;
                 }
                 if drv == DriverKind::Ble {
                     if proto.address.is_none() && proto.name.is_none() {
@@ -1683,6 +1690,49 @@ impl Loader<'_> {
                     max_gap: proto.max_gap.unwrap_or(10),
                 })
             }
+            #[cfg(feature = "ble")]
+            DriverKind::Ble => {
+                use fieldgate_drivers::ble as b;
+                let proto = d.config.protocol.clone().unwrap_or_default();
+                let target = match (&proto.address, &proto.name) {
+                    (Some(a), _) => b::Target::Address(b::parse_address(a).ok()?),
+                    (None, Some(n)) => b::Target::Name(n.clone()),
+                    (None, None) => return None,
+                };
+                let dev_order = proto
+                    .byte_order
+                    .and_then(ble_order)
+                    .unwrap_or(b::Endian::Little);
+                for (p, pn, _) in &d.props {
+                    let access = ble_access(p);
+                    specs.push(PropertySpec {
+                        name: p.name.clone(),
+                        data_type: p.data_type,
+                        writable: access.writable(),
+                        address: PropertyAddress::Ble(b::CharacteristicAddress {
+                            service: match &p.service {
+                                Some(s) => Some(b::parse_uuid(s).ok()?),
+                                None => None,
+                            },
+                            characteristic: b::parse_uuid(p.characteristic.as_deref()?).ok()?,
+                            access,
+                            byte_order: p.byte_order.and_then(ble_order).unwrap_or(dev_order),
+                            byte_offset: usize::from(p.byte_offset.unwrap_or(0)),
+                        }),
+                    });
+                    let mut sem = semantics(p, pn)?;
+                    sem.writable = access.writable();
+                    sems.push(sem);
+                }
+                Connection::Ble(b::BleConnection {
+                    adapter: proto.adapter.clone(),
+                    target,
+                    scan_timeout: proto
+                        .scan_timeout
+                        .map(|t| t.0)
+                        .unwrap_or(Duration::from_secs(30)),
+                })
+            }
             _ => return None,
         };
         Some((
@@ -1869,6 +1919,114 @@ fn modbus_order(b: ByteOrderName) -> Option<fieldgate_drivers::modbus::ByteOrder
         ByteOrderName::Dcba => B::Dcba,
         _ => return None,
     })
+}
+
+#[cfg(feature = "ble")]
+fn ble_order(b: ByteOrderName) -> Option<fieldgate_drivers::ble::Endian> {
+    use fieldgate_drivers::ble::Endian;
+    match b {
+        ByteOrderName::Little => Some(Endian::Little),
+        ByteOrderName::Big => Some(Endian::Big),
+        _ => None,
+    }
+}
+
+/// A ble property's access: as given, else `readWrite` when `writable`,
+/// else `read`.
+#[cfg(feature = "ble")]
+fn ble_access(p: &PropertyConfig) -> fieldgate_drivers::ble::Access {
+    use fieldgate_drivers::ble::Access;
+    match p.access {
+        Some(BleAccess::Read) => Access::Read,
+        Some(BleAccess::Notify) => Access::Notify,
+        Some(BleAccess::Write) => Access::Write,
+        Some(BleAccess::ReadWrite) => Access::ReadWrite,
+        None if p.writable => Access::ReadWrite,
+        None => Access::Read,
+    }
+}
+
+/// The ble keys of one property: UUIDs, and `writable` agreeing with `access`.
+#[cfg(feature = "ble")]
+fn check_ble_property(ctx: &mut Ctx, p: &PropertyConfig, pn: &Node, pp: &str) {
+    use fieldgate_drivers::ble::parse_uuid;
+    for (key, v) in [
+        ("service", &p.service),
+        ("characteristic", &p.characteristic),
+    ] {
+        if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+            if let Err(m) = parse_uuid(v) {
+                ctx.val(pn, pp, &[key], m);
+            }
+        }
+    }
+    if p.writable && matches!(p.access, Some(BleAccess::Read | BleAccess::Notify)) {
+        ctx.val(
+            pn,
+            pp,
+            &["writable"],
+            "a ble property with access `read` or `notify` cannot be writable; use access `write` or `readWrite`",
+        );
+    }
+}
+
+/// The ble `protocol:` keys: one of address/name, adapter, scanTimeout.
+#[cfg(feature = "ble")]
+fn check_ble_protocol(
+    ctx: &mut Ctx,
+    proto: &ProtocolConfig,
+    dnode: &Node,
+    path: &str,
+    pnode: Option<&Node>,
+    ppath: &str,
+) {
+    let Some(pn) = pnode else {
+        ctx.key(
+            dnode,
+            path,
+            &["driver"],
+            "a ble device needs `protocol` with `address` or `name`",
+        );
+        return;
+    };
+    match (&proto.address, &proto.name) {
+        (None, None) => ctx.key(
+            dnode,
+            path,
+            &["protocol"],
+            "a ble device needs `protocol.address` or `protocol.name`",
+        ),
+        (Some(_), Some(_)) => ctx.key(pn, ppath, &["name"], "give `address` or `name`, not both"),
+        (Some(a), None) => {
+            if let Err(m) = fieldgate_drivers::ble::parse_address(a) {
+                ctx.val(pn, ppath, &["address"], m);
+            }
+        }
+        (None, Some(n)) => {
+            if n.is_empty() {
+                ctx.val(pn, ppath, &["name"], "name must not be empty");
+            }
+        }
+    }
+    if proto.adapter.as_deref() == Some("") {
+        ctx.val(
+            pn,
+            ppath,
+            &["adapter"],
+            "adapter must not be empty (e.g. hci0; leave it out for the first adapter)",
+        );
+    }
+    if proto.scan_timeout.is_some_and(|t| t.0.is_zero()) {
+        ctx.val(
+            pn,
+            ppath,
+            &["scanTimeout"],
+            "scanTimeout must be greater than 0s",
+        );
+    }
+    if let Some(bo) = proto.byte_order {
+        check_byte_order(ctx, DriverKind::Ble, pn, ppath, bo);
+    }
 }
 
 fn check_byte_order(ctx: &mut Ctx, drv: DriverKind, n: &Node, path: &str, bo: ByteOrderName) {

@@ -181,6 +181,16 @@ fn device(out: &mut String, r: &Resolved, d: &DeviceSettings) {
                 c.unit_id, c.max_registers_per_read, c.max_gap
             );
         }
+        #[cfg(feature = "ble")]
+        Connection::Ble(c) => {
+            let _ = writeln!(
+                out,
+                "    connection: ble {} on {}, scanTimeout {}",
+                c.target,
+                c.adapter.as_deref().unwrap_or("the first adapter"),
+                dur(c.scan_timeout)
+            );
+        }
     }
     let _ = writeln!(out, "    properties:");
     for (spec, sem) in d.spec.properties.iter().zip(&d.properties) {
@@ -230,6 +240,21 @@ fn device(out: &mut String, r: &Resolved, d: &DeviceSettings) {
                     let _ = write!(line, " quantity {q}");
                 }
                 let _ = write!(line, " {:?}", a.byte_order);
+            }
+            #[cfg(feature = "ble")]
+            fieldgate_drivers::PropertyAddress::Ble(a) => {
+                use fieldgate_drivers::ble::describe_uuid;
+                let _ = write!(line, ", {}", a.access.as_str());
+                if let Some(s) = a.service {
+                    let _ = write!(line, " service {}", describe_uuid(&s));
+                }
+                let _ = write!(
+                    line,
+                    " characteristic {} {} byteOffset {}",
+                    describe_uuid(&a.characteristic),
+                    a.byte_order.as_str(),
+                    a.byte_offset
+                );
             }
         }
         let _ = writeln!(out, "{line}");

@@ -326,13 +326,33 @@ fn not_supported_yet_is_an_error() {
     // Defaults written out are fine.
     ok("mqtt:\n  client: {pingTimeout: 10s, writeTimeout: 30s, order: true, resumeSubs: false, store: {type: memory}}\n");
     let e = errs("devices:\n  - name: o\n    driver: opcua\n    protocol: {endpoint: 'opc.tcp://plc:4840'}\n    properties: [{name: s, nodeId: 'ns=2;s=S', type: float64}]\n");
-    assert_eq!(e, vec!["c.yaml:3:13: devices[0].driver: driver `opcua` is not supported by this build yet; drivers available: dummy, modbus"]);
+    assert_eq!(
+        e,
+        vec![format!(
+            "c.yaml:3:13: devices[0].driver: driver `opcua` is not supported by this build yet; drivers available: {}",
+            fieldgate_drivers::enabled_drivers().join(", ")
+        )]
+    );
     let e = errs("devices:\n  - name: o\n    driver: ble\n    protocol: {address: 'A4:C1', endpoint: x}\n    properties: [{name: s, characteristic: abc, type: int16, register: coil}]\n");
+    #[cfg(not(feature = "ble"))]
     has(
         &e,
         "c.yaml:3:13: devices[0].driver: ",
         "not supported by this build yet",
     );
+    #[cfg(feature = "ble")]
+    {
+        has(
+            &e,
+            "c.yaml:4:25: devices[0].protocol.address: ",
+            "is not a Bluetooth address",
+        );
+        has(
+            &e,
+            "c.yaml:5:44: devices[0].properties[0].characteristic: ",
+            "is not a GATT UUID",
+        );
+    }
     has(
         &e,
         "c.yaml:4:34: devices[0].protocol.endpoint: ",
@@ -709,4 +729,43 @@ fn mqtt_option_errors_are_located() {
         "mqtt.client.server: ",
         "allowed: tcp, ssl, tls, tcps, ws, wss, unix",
     );
+}
+
+#[cfg(feature = "ble")]
+#[test]
+fn ble_is_lowered_with_defaults() {
+    use fieldgate_drivers::ble::{Access, BleConnection, Endian, Target};
+    let r = ok("devices:\n  - name: t\n    driver: ble\n    protocol: {name: LYWSD03MMC, byteOrder: big}\n    properties:\n      - {name: a, service: '0x180F', characteristic: '2a19', type: uint8}\n      - {name: b, characteristic: ebe0ccc1-7a0a-4b0c-8a1a-6ff2997da3a6, type: int16, byteOrder: little, byteOffset: 2, writable: true}\n      - {name: c, characteristic: '2a00', access: notify, type: string}\n");
+    let d = &r.devices[0];
+    assert_eq!(
+        d.spec.connection,
+        Connection::Ble(BleConnection {
+            adapter: None,
+            target: Target::Name("LYWSD03MMC".into()),
+            scan_timeout: std::time::Duration::from_secs(30),
+        })
+    );
+    let addr = |i: usize| match &d.spec.properties[i].address {
+        PropertyAddress::Ble(a) => a.clone(),
+        other => panic!("{other:?}"),
+    };
+    let a = addr(0);
+    assert_eq!(
+        a.service.map(|u| u.to_string()),
+        Some("0000180f-0000-1000-8000-00805f9b34fb".to_string())
+    );
+    assert_eq!(
+        (a.access, a.byte_order, a.byte_offset),
+        (Access::Read, Endian::Big, 0)
+    );
+    let b = addr(1);
+    assert_eq!(
+        (b.access, b.byte_order, b.byte_offset),
+        (Access::ReadWrite, Endian::Little, 2)
+    );
+    assert!(d.spec.properties[1].writable && d.properties[1].writable);
+    assert_eq!(addr(2).access, Access::Notify);
+    assert!(!d.spec.properties[2].writable);
+    let e = errs("devices:\n  - name: t\n    driver: ble\n    protocol: {address: 'A4:C1:38:00:11:22', name: x}\n    properties: [{name: a, characteristic: '2a19', type: uint8}]\n");
+    has(&e, "c.yaml:4:46: devices[0].protocol.name: ", "not both");
 }
