@@ -523,3 +523,24 @@ fn check_prints_the_read_plan_with_requests_per_cycle() {
         "{stdout}"
     );
 }
+
+#[test]
+fn example_modbus_configs_pass_check() {
+    for name in ["modbus-tcp.yaml", "modbus-rtu.yaml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../configs")
+            .join(name);
+        let out = support::fieldgate(&["check", "-c", path.to_str().expect("utf-8 path")]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{name}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(" per cycle ("),
+            "{name}: no read plan in\n{stdout}"
+        );
+    }
+}
