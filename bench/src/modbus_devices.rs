@@ -96,3 +96,24 @@ impl Drop for Fleet {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_modbus::client::{tcp, Reader as _};
+
+    #[tokio::test]
+    async fn devices_answer_changing_registers_and_count_requests() {
+        let fleet = Fleet::start(2).await.unwrap();
+        assert_eq!(fleet.endpoints.len(), 2);
+        assert_ne!(fleet.endpoints[0], fleet.endpoints[1]);
+        let mut ctx = tcp::connect(fleet.endpoints[1]).await.unwrap();
+        let first = ctx.read_holding_registers(10, 3).await.unwrap().unwrap();
+        assert_eq!(first, vec![10, 11, 12]);
+        let second = ctx.read_holding_registers(10, 3).await.unwrap().unwrap();
+        assert_eq!(second, vec![11, 12, 13]);
+        let refused = ctx.read_input_registers(0, 1).await.unwrap();
+        assert_eq!(refused, Err(ExceptionCode::IllegalFunction));
+        assert_eq!(fleet.requests().load(Ordering::Relaxed), 3);
+    }
+}
