@@ -4,12 +4,15 @@
 
 mod counter;
 mod measure;
+mod modbus_devices;
 mod process;
 mod report;
 mod scenario;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -31,6 +34,35 @@ struct Cli {
 enum Scenario {
     /// N simulated devices x M counter/sine properties, polled every interval.
     Dummy(DummyArgs),
+    /// N simulated Modbus TCP devices (servers in this process, one port
+    /// each) x M holding registers, polled every interval.
+    Modbus(ModbusArgs),
+}
+
+/// Options of the `modbus` scenario.
+#[derive(Args)]
+struct ModbusArgs {
+    /// Number of devices (one Modbus TCP server each).
+    #[arg(long, default_value_t = 10)]
+    devices: usize,
+    /// Holding registers per device (uint16 properties at addresses 0..M).
+    #[arg(long, default_value_t = 30)]
+    registers: u16,
+    /// Poll interval of every device.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+    /// The read planner's `maxRegistersPerRead` (default: the gateway's, 125);
+    /// 1 turns merging off.
+    #[arg(long)]
+    max_registers_per_read: Option<u16>,
+    /// Length of the measurement window.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Time between the first state message and the measurement window.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    warmup: Duration,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 /// Options of the `dummy` scenario.
@@ -78,6 +110,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.scenario {
         Scenario::Dummy(args) => run_dummy(args).await,
+        Scenario::Modbus(args) => run_modbus(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -159,8 +192,11 @@ async fn run_dummy(args: DummyArgs) -> anyhow::Result<()> {
             warmup: args.warmup,
             duration: args.duration,
         },
-        scenario,
-        expected,
+        Load {
+            scenario,
+            expected_values_per_second: expected,
+            device_requests: None,
+        },
     )
     .await?;
     if args.common.json {
@@ -169,6 +205,84 @@ async fn run_dummy(args: DummyArgs) -> anyhow::Result<()> {
         println!("{}", report.line());
     }
     Ok(())
+}
+
+async fn run_modbus(args: ModbusArgs) -> anyhow::Result<()> {
+    if args.devices == 0 || args.registers == 0 {
+        bail!("--devices and --registers must be at least 1");
+    }
+    if args.interval.is_zero() || args.duration.is_zero() {
+        bail!("--interval and --duration must be more than 0");
+    }
+    let scenario = format!(
+        "modbus devices={} registers={} interval={} maxRegistersPerRead={}",
+        args.devices,
+        args.registers,
+        humantime::format_duration(args.interval),
+        args.max_registers_per_read
+            .map_or_else(|| "default".to_string(), |m| m.to_string())
+    );
+    let expected =
+        (args.devices * usize::from(args.registers)) as f64 / args.interval.as_secs_f64();
+    let fleet = modbus_devices::Fleet::start(args.devices).await?;
+    let dir = RunDir::create(args.common.keep)?;
+    let (_broker, port) = process::start_mosquitto(&dir.path).await?;
+    let config = dir.path.join("config.yaml");
+    std::fs::write(
+        &config,
+        scenario::modbus_config(
+            &fleet.endpoints,
+            args.registers,
+            args.interval,
+            args.max_registers_per_read,
+            port,
+            &dir.path.join("state"),
+        ),
+    )
+    .with_context(|| format!("write {}", config.display()))?;
+    let report = measure_gateway(
+        &args.common,
+        &dir.path,
+        &config,
+        port,
+        Window {
+            first_state_timeout: Duration::from_secs(30).max(args.interval * 3),
+            warmup: args.warmup,
+            duration: args.duration,
+        },
+        Load {
+            scenario,
+            expected_values_per_second: expected,
+            device_requests: Some(fleet.requests()),
+        },
+    )
+    .await?;
+    // Requests one poll cycle of one device makes, as the devices saw them.
+    let per_cycle = report
+        .device_requests_per_second()
+        .map(|r| r * args.interval.as_secs_f64() / args.devices as f64);
+    if args.common.json {
+        let mut j = report.json();
+        j["device_requests_per_cycle"] = serde_json::json!(per_cycle);
+        println!("{j}");
+    } else {
+        println!(
+            "{}, requests per device per cycle {:.2}",
+            report.line(),
+            per_cycle.unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}
+
+/// What a scenario asks of the gateway.
+struct Load {
+    /// Scenario and parameters, for the report.
+    scenario: String,
+    /// Values per second the config should produce.
+    expected_values_per_second: f64,
+    /// Requests answered by the scenario's simulated field devices, if any.
+    device_requests: Option<Arc<AtomicU64>>,
 }
 
 /// The phases of a measurement.
@@ -188,9 +302,13 @@ async fn measure_gateway(
     config: &Path,
     port: u16,
     window: Window,
-    scenario: String,
-    expected_values_per_second: f64,
+    load: Load,
 ) -> anyhow::Result<Report> {
+    let Load {
+        scenario,
+        expected_values_per_second,
+        device_requests,
+    } = load;
     let counter = StateCounter::connect(port, scenario::PREFIX).await?;
     let binary = common
         .fieldgate
@@ -215,10 +333,14 @@ async fn measure_gateway(
 
     let ticks = measure::clock_ticks_per_second();
     let before = counter.snapshot();
+    let requests_before = device_requests.as_ref().map(|r| r.load(Ordering::Relaxed));
     let cpu = measure::CpuWindow::start(gateway.pid(), ticks)?;
     run_for(&mut gateway, window.duration).await?;
     let usage = cpu.finish()?;
     let delivered = counter.snapshot().since(&before);
+    let device_requests = device_requests
+        .zip(requests_before)
+        .map(|(r, before)| r.load(Ordering::Relaxed).saturating_sub(before));
     let peak_rss_bytes = measure::peak_rss_bytes(gateway.pid())?;
 
     gateway.terminate(Duration::from_secs(5)).await;
@@ -228,6 +350,7 @@ async fn measure_gateway(
         delivered,
         cpu: usage,
         peak_rss_bytes,
+        device_requests,
     })
 }
 

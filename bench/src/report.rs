@@ -18,6 +18,9 @@ pub struct Report {
     pub cpu: CpuUsage,
     /// Peak resident memory of the gateway, bytes.
     pub peak_rss_bytes: u64,
+    /// Requests the simulated field devices answered during the window, when
+    /// the scenario has such devices.
+    pub device_requests: Option<u64>,
 }
 
 impl Report {
@@ -53,11 +56,20 @@ impl Report {
         self.peak_rss_bytes as f64 / (1024.0 * 1024.0)
     }
 
+    /// Device requests per second, when counted.
+    pub fn device_requests_per_second(&self) -> Option<f64> {
+        self.device_requests.map(|n| self.per_second(n))
+    }
+
     /// The one-line summary.
     pub fn line(&self) -> String {
+        let requests = self
+            .device_requests_per_second()
+            .map(|r| format!(", device requests/s {r:.1}"))
+            .unwrap_or_default();
         format!(
             "{}: values/s expected {:.1} delivered {:.1} ({:.1}%), states/s {:.1}, \
-             errors {}, cpu {:.1}% of one core, peak RSS {:.1} MiB (window {:.1}s)",
+             errors {}, cpu {:.1}% of one core, peak RSS {:.1} MiB (window {:.1}s){}",
             self.scenario,
             self.expected_values_per_second,
             self.delivered_values_per_second(),
@@ -67,6 +79,7 @@ impl Report {
             self.cpu.percent_of_one_core(),
             self.peak_rss_mib(),
             self.window().as_secs_f64(),
+            requests,
         )
     }
 
@@ -84,6 +97,7 @@ impl Report {
             "malformed_states": self.delivered.malformed,
             "cpu_percent_of_one_core": self.cpu.percent_of_one_core(),
             "peak_rss_mib": self.peak_rss_mib(),
+            "device_requests_per_second": self.device_requests_per_second(),
         })
     }
 }
@@ -107,6 +121,7 @@ mod tests {
                 cpu_seconds: 1.0,
             },
             peak_rss_bytes: 12 << 20,
+            device_requests: Some(60),
         };
         assert!((r.delivered_values_per_second() - 10.0).abs() < 1e-9);
         assert!((r.delivery_percent() - 100.0).abs() < 1e-9);
@@ -117,6 +132,11 @@ mod tests {
         );
         assert!(line.contains("cpu 5.0% of one core"), "{line}");
         assert!(line.contains("peak RSS 12.0 MiB"), "{line}");
+        assert!(
+            line.ends_with("(window 20.0s), device requests/s 3.0"),
+            "{line}"
+        );
         assert_eq!(r.json()["states_per_second"], 2.0);
+        assert_eq!(r.json()["device_requests_per_second"], 3.0);
     }
 }
