@@ -58,7 +58,8 @@ impl LogControl {
     }
 }
 
-/// Installs the global tracing subscriber. `RUST_LOG` overrides `level`.
+/// Installs the global tracing subscriber. `RUST_LOG` (when set and not
+/// empty) overrides `level`.
 /// No ANSI colours unless stderr is a terminal (journald-friendly). The
 /// level can be changed later through the returned [`LogControl`]; the
 /// format is fixed for the life of the process.
@@ -67,7 +68,10 @@ pub fn init_logging(level: LogLevel, format: LogFormat) -> LogControl {
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::Layer as _;
 
-    let env = tracing_subscriber::EnvFilter::try_from_default_env().ok();
+    let env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|_| tracing_subscriber::EnvFilter::try_from_default_env().ok());
     let from_env = env.is_some();
     let filter = env.unwrap_or_else(|| tracing_subscriber::EnvFilter::new(level_directive(level)));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
