@@ -194,6 +194,16 @@ fn metric(port: u16, prefix: &str) -> Option<f64> {
 const RELOADS_OK: &str = r#"fieldgate_config_reloads_total{result="ok"}"#;
 const RELOADS_INVALID: &str = r#"fieldgate_config_reloads_total{result="invalid"}"#;
 
+/// The `fieldgate_config_info` line (it carries the loaded file's hash).
+fn config_info(port: u16) -> Option<String> {
+    support::http_get(&format!("127.0.0.1:{port}"), "/metrics")
+        .ok()?
+        .1
+        .lines()
+        .find(|l| l.starts_with("fieldgate_config_info{"))
+        .map(str::to_owned)
+}
+
 /// Waits until the metric at `prefix` equals `want`.
 async fn wait_metric(port: u16, prefix: &str, want: f64) {
     let ok = support::wait_until_async(WAIT, || metric(port, prefix) == Some(want)).await;
@@ -336,6 +346,9 @@ async fn an_invalid_edit_changes_nothing_and_is_reported() {
     let mut rec = Recorder::subscribe_all(port).await;
     let gw = Gateway::start(&config(port, &metrics, "", &keep));
     rec.state("keep").await;
+    let loaded_info = config_info(mport).expect("config hash metric");
+    let loaded_at =
+        metric(mport, "fieldgate_config_last_reload_timestamp_seconds").expect("load time metric");
 
     let broken =
         config(port, &metrics, "", &keep).replace("syncInterval: 250ms", "syncInterval: soon");
@@ -366,6 +379,11 @@ async fn an_invalid_edit_changes_nothing_and_is_reported() {
     rec.states("keep", 4).await;
     assert_counting("keep", &rec.states_of("keep"));
     assert_eq!(metric(mport, RELOADS_OK), Some(0.0));
+    assert_eq!(config_info(mport).as_ref(), Some(&loaded_info));
+    assert_eq!(
+        metric(mport, "fieldgate_config_last_reload_timestamp_seconds"),
+        Some(loaded_at)
+    );
 
     // A valid edit afterwards is applied.
     let fixed = [keep.clone(), counter("later", 0, "")].concat();
@@ -373,6 +391,13 @@ async fn an_invalid_edit_changes_nothing_and_is_reported() {
     rec.state("later").await;
     wait_metric(mport, RELOADS_OK, 1.0).await;
     assert_eq!(metric(mport, RELOADS_INVALID), Some(1.0));
+    let info = config_info(mport).expect("config hash metric");
+    assert_ne!(info, loaded_info, "the hash follows the loaded file");
+    let reloaded_at = metric(mport, "fieldgate_config_last_reload_timestamp_seconds");
+    assert!(
+        reloaded_at > Some(loaded_at),
+        "{reloaded_at:?} after {loaded_at}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
