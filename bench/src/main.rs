@@ -1,8 +1,9 @@
 //! `fieldgate-bench`: runs the real `fieldgate` binary against a private
 //! Mosquitto under generated load and reports delivered values per second,
-//! the gateway's CPU use and its peak memory.
+//! the gateway's CPU use and its peak memory, or the latency of a hot reload.
 
 mod counter;
+mod first_message;
 mod measure;
 mod modbus_devices;
 mod process;
@@ -37,6 +38,9 @@ enum Scenario {
     /// N simulated Modbus TCP devices (servers in this process, one port
     /// each) x M holding registers, polled every interval.
     Modbus(ModbusArgs),
+    /// N simulated devices running, then rename-saves that add one device
+    /// each: time from the rename to the new device's first state message.
+    Reload(ReloadArgs),
 }
 
 /// Options of the `modbus` scenario.
@@ -61,6 +65,25 @@ struct ModbusArgs {
     /// Time between the first state message and the measurement window.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     warmup: Duration,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// Options of the `reload` scenario.
+#[derive(Args)]
+struct ReloadArgs {
+    /// Number of devices configured before the reloads.
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+    /// Properties per device.
+    #[arg(long, default_value_t = 2)]
+    properties: usize,
+    /// Poll interval of every device.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+    /// Number of reloads (each adds one device) to measure.
+    #[arg(long, default_value_t = 7)]
+    runs: usize,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -111,6 +134,7 @@ async fn main() -> ExitCode {
     let result = match cli.scenario {
         Scenario::Dummy(args) => run_dummy(args).await,
         Scenario::Modbus(args) => run_modbus(args).await,
+        Scenario::Reload(args) => run_reload(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -283,6 +307,97 @@ struct Load {
     expected_values_per_second: f64,
     /// Requests answered by the scenario's simulated field devices, if any.
     device_requests: Option<Arc<AtomicU64>>,
+}
+
+async fn run_reload(args: ReloadArgs) -> anyhow::Result<()> {
+    if args.devices == 0 || args.properties == 0 || args.runs == 0 {
+        bail!("--devices, --properties and --runs must be at least 1");
+    }
+    let dir = RunDir::create(args.common.keep)?;
+    let (_broker, port) = process::start_mosquitto(&dir.path).await?;
+    let state = dir.path.join("state");
+    let config = dir.path.join("config.yaml");
+    let write = |path: &Path, extra: &[String]| -> anyhow::Result<()> {
+        let yaml = scenario::dummy_config_with(
+            args.devices,
+            args.properties,
+            args.interval,
+            port,
+            &state,
+            extra,
+        );
+        std::fs::write(path, yaml).with_context(|| format!("write {}", path.display()))
+    };
+    write(&config, &[])?;
+    let counter = StateCounter::connect(port, scenario::PREFIX).await?;
+    let mut stopwatch = first_message::FirstMessage::connect(port).await?;
+    let binary = args
+        .common
+        .fieldgate
+        .clone()
+        .unwrap_or_else(process::default_fieldgate_binary);
+    let mut gateway = process::start_fieldgate(&binary, &config, &dir.path)?;
+
+    // Up: every configured device has published about once.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while counter.snapshot().states < args.devices as u64 {
+        gateway.ensure_running()?;
+        if Instant::now() >= deadline {
+            bail!(
+                "the {} devices did not all publish within 120 s; last log lines:\n{}",
+                args.devices,
+                process::log_tail(gateway.log_path(), 30)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    run_for(&mut gateway, Duration::from_secs(2)).await?;
+
+    let mut extra: Vec<String> = Vec::new();
+    let mut latencies: Vec<Duration> = Vec::new();
+    for run in 1..=args.runs {
+        let name = format!("added-{run:03}");
+        let topic = format!("{}/{}/{name}", scenario::PREFIX, scenario::NAMESPACE);
+        stopwatch.watch(&topic).await?;
+        extra.push(name);
+        let tmp = dir.path.join(".config.yaml.tmp");
+        write(&tmp, &extra)?;
+        let renamed = Instant::now();
+        std::fs::rename(&tmp, &config).context("rename the new config over the old")?;
+        let arrived = loop {
+            if let Some(t) = stopwatch.arrival(&topic) {
+                break t;
+            }
+            gateway.ensure_running()?;
+            if renamed.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "{topic}: no state within 30 s of the rename; last log lines:\n{}",
+                    process::log_tail(gateway.log_path(), 30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        let latency = arrived.saturating_duration_since(renamed);
+        eprintln!("fieldgate-bench: reload {run}: {latency:?}");
+        latencies.push(latency);
+        // Space the reloads out so each one is its own.
+        run_for(&mut gateway, Duration::from_secs(1)).await?;
+    }
+    gateway.terminate(Duration::from_secs(5)).await;
+
+    let scenario = format!(
+        "reload devices={} properties={} interval={}",
+        args.devices,
+        args.properties,
+        humantime::format_duration(args.interval)
+    );
+    let summary = report::Latencies::new(scenario, latencies);
+    if args.common.json {
+        println!("{}", summary.json());
+    } else {
+        println!("{}", summary.line());
+    }
+    Ok(())
 }
 
 /// The phases of a measurement.

@@ -102,9 +102,84 @@ impl Report {
     }
 }
 
+/// Latencies of repeated runs of one scenario.
+pub struct Latencies {
+    /// What was measured.
+    pub scenario: String,
+    /// One per run, sorted.
+    pub sorted: Vec<std::time::Duration>,
+}
+
+impl Latencies {
+    /// Sorts `runs`.
+    pub fn new(scenario: String, mut runs: Vec<std::time::Duration>) -> Self {
+        runs.sort();
+        Self {
+            scenario,
+            sorted: runs,
+        }
+    }
+
+    fn ms(d: std::time::Duration) -> f64 {
+        d.as_secs_f64() * 1000.0
+    }
+
+    /// The median (mean of the middle two for an even count); zero when empty.
+    pub fn median(&self) -> std::time::Duration {
+        let n = self.sorted.len();
+        match n {
+            0 => std::time::Duration::ZERO,
+            _ if n % 2 == 1 => self.sorted[n / 2],
+            _ => (self.sorted[n / 2 - 1] + self.sorted[n / 2]) / 2,
+        }
+    }
+
+    /// One human-readable line.
+    pub fn line(&self) -> String {
+        let all: Vec<String> = self
+            .sorted
+            .iter()
+            .map(|d| format!("{:.0}", Self::ms(*d)))
+            .collect();
+        format!(
+            "{}: runs {}, median {:.0} ms, min {:.0} ms, max {:.0} ms (all, sorted: {} ms)",
+            self.scenario,
+            self.sorted.len(),
+            Self::ms(self.median()),
+            self.sorted.first().map(|d| Self::ms(*d)).unwrap_or(0.0),
+            self.sorted.last().map(|d| Self::ms(*d)).unwrap_or(0.0),
+            all.join(", ")
+        )
+    }
+
+    /// The same as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "scenario": self.scenario,
+            "runs": self.sorted.len(),
+            "median_ms": Self::ms(self.median()),
+            "min_ms": self.sorted.first().map(|d| Self::ms(*d)),
+            "max_ms": self.sorted.last().map(|d| Self::ms(*d)),
+            "sorted_ms": self.sorted.iter().map(|d| Self::ms(*d)).collect::<Vec<_>>(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        let ms = std::time::Duration::from_millis;
+        let odd = Latencies::new("x".into(), vec![ms(30), ms(10), ms(20)]);
+        assert_eq!(odd.median(), ms(20));
+        assert_eq!(odd.sorted, vec![ms(10), ms(20), ms(30)]);
+        let even = Latencies::new("x".into(), vec![ms(40), ms(10), ms(20), ms(30)]);
+        assert_eq!(even.median(), ms(25));
+        assert!(even.line().contains("median 25 ms, min 10 ms, max 40 ms"));
+        assert_eq!(even.json()["runs"], 4);
+    }
 
     #[test]
     fn rates_and_line() {

@@ -27,24 +27,50 @@ pub fn dummy_config(
         state_directory,
     );
     for d in 0..devices {
-        y.push(format!("  - name: dev-{d:05}"));
-        y.push("    driver: dummy".into());
-        y.push(format!("    syncInterval: {interval}"));
-        y.push("    properties:".into());
-        for p in 0..properties {
-            y.push(if p % 2 == 0 {
-                format!(
-                    "      - {{ name: p{p:04}, type: uint32, simulate: {{ counter: {{ start: {p}, step: 1 }} }} }}"
-                )
-            } else {
-                format!(
-                    "      - {{ name: p{p:04}, type: float64, simulate: {{ sine: {{ min: 0, max: 100, period: 60s }} }} }}"
-                )
-            });
-        }
+        y.extend(dummy_device(&format!("dev-{d:05}"), properties, &interval));
     }
     y.push(String::new());
     y.join("\n")
+}
+
+/// The YAML lines of one simulated device (a `devices:` list item).
+pub fn dummy_device(name: &str, properties: usize, interval: &str) -> Vec<String> {
+    let mut y = vec![
+        format!("  - name: {name}"),
+        "    driver: dummy".into(),
+        format!("    syncInterval: {interval}"),
+        "    properties:".into(),
+    ];
+    for p in 0..properties {
+        y.push(if p % 2 == 0 {
+            format!(
+                "      - {{ name: p{p:04}, type: uint32, simulate: {{ counter: {{ start: {p}, step: 1 }} }} }}"
+            )
+        } else {
+            format!(
+                "      - {{ name: p{p:04}, type: float64, simulate: {{ sine: {{ min: 0, max: 100, period: 60s }} }} }}"
+            )
+        });
+    }
+    y
+}
+
+/// [`dummy_config`] plus the simulated devices `extra`, appended last.
+pub fn dummy_config_with(
+    devices: usize,
+    properties: usize,
+    interval: Duration,
+    broker_port: u16,
+    state_directory: &Path,
+    extra: &[String],
+) -> String {
+    let mut y = dummy_config(devices, properties, interval, broker_port, state_directory);
+    let interval = humantime::format_duration(interval).to_string();
+    for name in extra {
+        y.push_str(&dummy_device(name, properties, &interval).join("\n"));
+        y.push('\n');
+    }
+    y
 }
 
 /// One Modbus TCP device per endpoint with `registers` uint16 holding
@@ -148,5 +174,15 @@ mod tests {
         assert!(y.contains("stateDirectory: \"/tmp/s\""));
         assert!(y.contains("name: dev-00002"));
         assert!(y.contains("name: p0003"));
+    }
+
+    #[test]
+    fn extra_devices_come_last() {
+        let extra = ["added-001".to_string()];
+        let y = dummy_config_with(2, 2, Duration::from_secs(1), 1, Path::new("/s"), &extra);
+        assert_eq!(y.matches("  - name: ").count(), 3);
+        let last = y.rfind("  - name: ").expect("a device");
+        assert!(y[last..].starts_with("  - name: added-001\n"));
+        assert!(y.ends_with("}\n"));
     }
 }

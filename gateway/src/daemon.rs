@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{self, Resolved};
 use crate::reload;
 use crate::supervisor::{DiffSummary, Supervisor};
-use crate::telemetry::{self, Health, Metrics};
+use crate::telemetry::{self, Health, LogControl, Metrics};
 use crate::EXIT_CONFIG;
 
 /// A clean stop must finish within this (the contract allows 5 s).
@@ -27,7 +27,7 @@ pub fn run(path: &Path) -> i32 {
             return EXIT_CONFIG;
         }
     };
-    telemetry::init_logging(resolved.gateway.log_level, resolved.gateway.log_format);
+    let logs = telemetry::init_logging(resolved.gateway.log_level, resolved.gateway.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("fieldgate")
@@ -39,7 +39,7 @@ pub fn run(path: &Path) -> i32 {
             return 1;
         }
     };
-    match runtime.block_on(serve(path.to_path_buf(), resolved)) {
+    match runtime.block_on(serve(path.to_path_buf(), resolved, logs)) {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -56,7 +56,7 @@ fn now_seconds() -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn serve(path: PathBuf, resolved: Resolved) -> anyhow::Result<()> {
+async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::Result<()> {
     let metrics = Metrics::new()?;
     let health = Health::default();
     let drivers = fieldgate_drivers::enabled_drivers().join(",");
@@ -65,6 +65,11 @@ async fn serve(path: PathBuf, resolved: Resolved) -> anyhow::Result<()> {
         .with_label_values(&[env!("CARGO_PKG_VERSION"), &drivers])
         .set(1);
     metrics.config_last_reload.set(now_seconds());
+    // Both results exist from the start (at 0), so rates and alerts on
+    // them work before the first reload.
+    for result in ["ok", "invalid"] {
+        metrics.config_reloads.with_label_values(&[result]);
+    }
     let cancel = CancellationToken::new();
 
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -131,6 +136,7 @@ async fn serve(path: PathBuf, resolved: Resolved) -> anyhow::Result<()> {
                 if let Some(next) = reload(&path, &metrics).await {
                     loaded_hash = hash;
                     set_config_hash(&metrics, loaded_hash.as_deref());
+                    apply_gateway_settings(&current, &next, &logs);
                     let summary = supervisor.apply(&current, &next).await;
                     log_summary(&summary);
                     current = next;
@@ -142,6 +148,7 @@ async fn serve(path: PathBuf, resolved: Resolved) -> anyhow::Result<()> {
                 if let Some(next) = reload(&path, &metrics).await {
                     loaded_hash = hash;
                     set_config_hash(&metrics, loaded_hash.as_deref());
+                    apply_gateway_settings(&current, &next, &logs);
                     let summary = supervisor.apply(&current, &next).await;
                     log_summary(&summary);
                     current = next;
@@ -164,12 +171,31 @@ async fn serve(path: PathBuf, resolved: Resolved) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Applies the gateway-wide settings that can change live (the log level)
+/// and warns about those that need a restart.
+fn apply_gateway_settings(old: &Resolved, new: &Resolved, logs: &LogControl) {
+    if old.gateway.log_level != new.gateway.log_level {
+        logs.set_level(new.gateway.log_level);
+        tracing::info!(level = ?new.gateway.log_level, "log level changed");
+    }
+    if old.gateway.log_format != new.gateway.log_format {
+        tracing::warn!("gateway.log.format changed: takes effect after a restart");
+    }
+    if old.gateway.metrics_listen != new.gateway.metrics_listen {
+        tracing::warn!("gateway.metrics.listen changed: takes effect after a restart");
+    }
+    if old.broker != new.broker {
+        tracing::warn!("broker changed: the embedded broker changes after a restart");
+    }
+}
+
 fn log_summary(summary: &DiffSummary) {
     tracing::info!(
         added = ?summary.added,
         changed = ?summary.changed,
         removed = ?summary.removed,
         unchanged = summary.unchanged.len(),
+        moved = ?summary.moved,
         sessions_started = ?summary.sessions_started,
         sessions_stopped = ?summary.sessions_stopped,
         "config applied"

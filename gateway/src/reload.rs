@@ -39,12 +39,15 @@ pub fn watch(config: &Path) -> notify::Result<ConfigWatcher> {
         .filter(|p| !p.as_os_str().is_empty())
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    let relevant = relevant_names(config);
+    let config = config.to_path_buf();
     let (raw_tx, raw_rx) = mpsc::channel::<()>(64);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         match res {
             Ok(ev) if ev.kind.is_access() => {}
             Ok(ev) => {
+                // Looked up per event: the file may have become a symlink
+                // (or another one) since the watch started.
+                let relevant = relevant_names(&config);
                 let touches_config = ev.paths.iter().any(|p| {
                     p.file_name()
                         .is_some_and(|n| relevant.iter().any(|r| r.as_os_str() == n))

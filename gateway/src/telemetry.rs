@@ -20,10 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::types::{LogFormat, LogLevel};
 
-/// Installs the global tracing subscriber. `RUST_LOG` overrides `level`.
-/// No ANSI colours unless stderr is a terminal (journald-friendly).
-pub fn init_logging(level: LogLevel, format: LogFormat) {
-    let default = match level {
+/// The `EnvFilter` directive of a configured log level.
+fn level_directive(level: LogLevel) -> String {
+    let level = match level {
         LogLevel::Trace => "trace",
         LogLevel::Debug => "debug",
         LogLevel::Info => "info",
@@ -31,17 +30,69 @@ pub fn init_logging(level: LogLevel, format: LogFormat) {
         LogLevel::Error => "error",
     };
     // The embedded broker logs every connection at INFO: keep it quieter.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{default},rumqttd=warn,rumqttd::server=warn"))
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    format!("{level},rumqttd=warn")
+}
+
+/// Changes the log level of the running process (hot reload).
+pub struct LogControl {
+    handle: Option<
+        tracing_subscriber::reload::Handle<
+            tracing_subscriber::EnvFilter,
+            tracing_subscriber::Registry,
+        >,
+    >,
+    from_env: bool,
+}
+
+impl LogControl {
+    /// Applies `level` from a reloaded config. `RUST_LOG`, when set, keeps
+    /// precedence, as at start-up.
+    pub fn set_level(&self, level: LogLevel) {
+        if self.from_env {
+            return;
+        }
+        if let Some(h) = &self.handle {
+            let filter = tracing_subscriber::EnvFilter::new(level_directive(level));
+            if let Err(e) = h.reload(filter) {
+                tracing::warn!("cannot change the log level: {e}");
+            }
+        }
+    }
+}
+
+/// Installs the global tracing subscriber. `RUST_LOG` (when set and not
+/// empty) overrides `level`.
+/// No ANSI colours unless stderr is a terminal (journald-friendly). The
+/// level can be changed later through the returned [`LogControl`]; the
+/// format is fixed for the life of the process.
+pub fn init_logging(level: LogLevel, format: LogFormat) -> LogControl {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+
+    let env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|_| tracing_subscriber::EnvFilter::try_from_default_env().ok());
+    let from_env = env.is_some();
+    let filter = env.unwrap_or_else(|| tracing_subscriber::EnvFilter::new(level_directive(level)));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
     };
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init()
+        .is_ok();
+    LogControl {
+        handle: installed.then_some(handle),
+        from_env,
+    }
 }
 
 /// Every metric family fieldgate exports, registered in one registry.

@@ -43,11 +43,11 @@ fn server(s: &ServerAddress) -> String {
     }
 }
 
-fn session(out: &mut String, i: usize, s: &SessionSettings) {
-    let _ = writeln!(out, "  [{i}] client id {}", s.client_id);
+/// The effective client options of a session, each line prefixed by `pad`.
+fn client_options(out: &mut String, pad: &str, s: &SessionSettings) {
     let _ = writeln!(
         out,
-        "      server {}, MQTT {}",
+        "{pad}server {}, MQTT {}",
         server(&s.server),
         match s.protocol_version {
             5 => "5",
@@ -87,13 +87,13 @@ fn session(out: &mut String, i: usize, s: &SessionSettings) {
         .unwrap_or_else(|_| format!("{} bytes", s.will.payload.len()));
     let _ = writeln!(
         out,
-        "      will {} payload {payload} qos {} retained {}",
+        "{pad}will {} payload {payload} qos {} retained {}",
         s.will.topic, s.will.qos, s.will.retained
     );
     if s.username.is_some() || s.password.is_some() {
         let _ = writeln!(
             out,
-            "      username: {}, password: {}",
+            "{pad}username: {}, password: {}",
             s.username.as_deref().unwrap_or("(none)"),
             if s.password.is_some() {
                 "(set)"
@@ -104,10 +104,11 @@ fn session(out: &mut String, i: usize, s: &SessionSettings) {
     }
     let _ = writeln!(
         out,
-        "      cleanSession {}, connectTimeout {}, keepAlive {}, autoReconnect {}, maxReconnectInterval {}, store {:?} ({} messages)",
+        "{pad}cleanSession {}, connectTimeout {}, keepAlive {}, pingTimeout {}, autoReconnect {}, maxReconnectInterval {}, store {:?} ({} messages)",
         s.clean_session,
         dur(s.connect_timeout),
         dur(s.keep_alive),
+        dur(s.ping_timeout),
         s.auto_reconnect,
         dur(s.max_reconnect_interval),
         s.store,
@@ -115,10 +116,19 @@ fn session(out: &mut String, i: usize, s: &SessionSettings) {
     );
 }
 
+fn session(out: &mut String, i: usize, s: &SessionSettings) {
+    let _ = writeln!(out, "  [{i}] client id {}", s.client_id);
+    client_options(out, "      ", s);
+}
+
 fn device(out: &mut String, r: &Resolved, d: &DeviceSettings) {
-    let s = &r.sessions[d.session];
     let _ = writeln!(out, "  {} (driver {})", d.name, d.driver.as_str());
-    let _ = writeln!(out, "    session: {}", s.client_id);
+    // The merged client options (top-level `mqtt.client` + the device's
+    // override) are the device's session's options.
+    if let Some(s) = r.sessions.get(d.session) {
+        let _ = writeln!(out, "    session: [{}] {}", d.session, s.client_id);
+        client_options(out, "      ", s);
+    }
     let t = &d.message.topic;
     let _ = writeln!(out, "    topics:");
     let _ = writeln!(out, "      {t}  (state)");
@@ -217,6 +227,9 @@ fn device(out: &mut String, r: &Resolved, d: &DeviceSettings) {
         }
         if let Some(u) = &sem.unit {
             let _ = write!(line, ", unit {u:?}");
+        }
+        if let Some(text) = &sem.description {
+            let _ = write!(line, ", description {text:?}");
         }
         if !sem.enum_entries.is_empty() {
             let e: Vec<String> = sem
