@@ -318,9 +318,6 @@ fn not_supported_yet_is_an_error() {
         ("server: 'ws://h'", "server"),
         ("protocolVersion: 3", "protocolVersion"),
         ("tlsConfig: {caFile: x}", "tlsConfig.caFile"),
-        ("store: {type: file}", "store.type"),
-        ("store: {maxBytes: 64MiB}", "store.maxBytes"),
-        ("store: {direcotryPrefix: /x}", "store.direcotryPrefix"),
         ("resumeSubs: true", "resumeSubs"),
         ("order: false", "order"),
         ("httpHeaders: {a: b}", "httpHeaders"),
@@ -619,4 +616,29 @@ fn error_display_format() {
         message: "bad".into(),
     };
     assert_eq!(e.to_string(), "f.yaml:3:7: devices[0].name: bad");
+}
+
+#[test]
+fn file_store_options_resolve_with_defaults() {
+    use super::resolved::StoreSettings;
+    let r = ok("gateway: {stateDirectory: /var/lib/fg}\nmqtt:\n  client:\n    clientId: 'gw/1'\n    store: {type: file}\n");
+    assert_eq!(
+        r.sessions[0].store,
+        StoreSettings::File {
+            directory: "/var/lib/fg/mqtt/gw_1".into(),
+            max_bytes: 64 << 20
+        }
+    );
+    let r =
+        ok("mqtt:\n  client:\n    store: {type: file, direcotryPrefix: /data/q, maxBytes: 1MiB}\n");
+    assert_eq!(
+        r.sessions[0].store,
+        StoreSettings::File {
+            directory: "/data/q".into(),
+            max_bytes: 1 << 20
+        }
+    );
+    let e = errs("mqtt:\n  client:\n    store: {type: file, maxBytes: 1KiB}\n");
+    has(&e, "c.yaml:3:", "mqtt.client.store.maxBytes: ");
+    assert!(e[0].contains("at least 64KiB"), "{e:?}");
 }
