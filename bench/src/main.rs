@@ -7,6 +7,7 @@ mod measure;
 mod process;
 mod report;
 mod scenario;
+mod store;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -31,6 +32,31 @@ struct Cli {
 enum Scenario {
     /// N simulated devices x M counter/sine properties, polled every interval.
     Dummy(DummyArgs),
+    /// QoS 1 counters through the file store: sustained rate, disk bytes per
+    /// message during a broker outage, replay rate afterwards.
+    Store(StoreArgs),
+}
+
+/// Options of the `store` scenario.
+#[derive(Args)]
+struct StoreArgs {
+    /// Number of devices (one counter each, one message per poll).
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// Poll interval of every device.
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    interval: Duration,
+    /// Window of the sustained-rate measurement.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Broker outage.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    outage: Duration,
+    /// Time between the first state message and the measurement.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    warmup: Duration,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 /// Options of the `dummy` scenario.
@@ -78,6 +104,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.scenario {
         Scenario::Dummy(args) => run_dummy(args).await,
+        Scenario::Store(args) => run_store(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -167,6 +194,42 @@ async fn run_dummy(args: DummyArgs) -> anyhow::Result<()> {
         println!("{}", report.json());
     } else {
         println!("{}", report.line());
+    }
+    Ok(())
+}
+
+async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
+    if args.devices == 0 || args.interval.is_zero() || args.duration.is_zero() {
+        bail!("--devices, --interval and --duration must be more than 0");
+    }
+    let scenario = format!(
+        "store devices={} interval={} outage={}",
+        args.devices,
+        humantime::format_duration(args.interval),
+        humantime::format_duration(args.outage)
+    );
+    let dir = RunDir::create(args.common.keep)?;
+    let binary = args
+        .common
+        .fieldgate
+        .clone()
+        .unwrap_or_else(process::default_fieldgate_binary);
+    let report = store::run(
+        &store::StoreRun {
+            devices: args.devices,
+            interval: args.interval,
+            duration: args.duration,
+            outage: args.outage,
+            warmup: args.warmup,
+        },
+        &dir.path,
+        &binary,
+    )
+    .await?;
+    if args.common.json {
+        println!("{}", report.json(&scenario));
+    } else {
+        println!("{}", report.line(&scenario));
     }
     Ok(())
 }

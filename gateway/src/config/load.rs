@@ -696,12 +696,24 @@ impl Loader<'_> {
             }
         }
 
+        // File store directories: the default per client id; a directory
+        // that several sessions would share (an inherited `directoryPrefix`)
+        // gets one subdirectory per client id.
+        let mut uses: HashMap<std::path::PathBuf, usize> = HashMap::new();
         for s in &mut sessions {
             if let StoreSettings::File { directory, .. } = &mut s.store {
                 if directory.as_os_str().is_empty() {
                     *directory = Path::new(&gateway.state_directory)
                         .join("mqtt")
                         .join(store_dir_name(&s.client_id));
+                }
+                *uses.entry(directory.clone()).or_default() += 1;
+            }
+        }
+        for s in &mut sessions {
+            if let StoreSettings::File { directory, .. } = &mut s.store {
+                if uses.get(directory.as_path()).is_some_and(|n| *n > 1) {
+                    *directory = directory.join(store_dir_name(&s.client_id));
                 }
             }
         }

@@ -638,6 +638,17 @@ fn file_store_options_resolve_with_defaults() {
             max_bytes: 1 << 20
         }
     );
+    // Two sessions inheriting one directory get a subdirectory each.
+    let r = ok("mqtt:\n  client:\n    clientId: a\n    store: {type: file, directoryPrefix: /q}\ndevices:\n  - name: d\n    driver: dummy\n    model: fan\n    mqtt: {client: {clientId: b}}\n");
+    let dirs: Vec<_> = r
+        .sessions
+        .iter()
+        .map(|s| match &s.store {
+            StoreSettings::File { directory, .. } => directory.display().to_string(),
+            StoreSettings::Memory => String::new(),
+        })
+        .collect();
+    assert_eq!(dirs, ["/q/a", "/q/b"]);
     let e = errs("mqtt:\n  client:\n    store: {type: file, maxBytes: 1KiB}\n");
     has(&e, "c.yaml:3:", "mqtt.client.store.maxBytes: ");
     assert!(e[0].contains("at least 64KiB"), "{e:?}");

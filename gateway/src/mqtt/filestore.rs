@@ -107,11 +107,11 @@ pub fn segment_size(max_bytes: u64) -> u64 {
 }
 
 /// Bytes of live records the store may hold so that the files (live
-/// records plus the acknowledged part of one segment) stay within
-/// `max_bytes`.
+/// records, the acknowledged part of the oldest segment, segment headers
+/// and acknowledgement marks) stay within `max_bytes`.
 pub fn live_bound(max_bytes: u64) -> u64 {
     max_bytes
-        .saturating_sub(segment_size(max_bytes))
+        .saturating_sub(2 * segment_size(max_bytes))
         .max(segment_size(max_bytes))
 }
 
@@ -498,6 +498,7 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => true,
             };
             self.write_out();
+            self.delete_finished();
             let due = self
                 .dirty_since
                 .is_some_and(|since| since.elapsed() >= SYNC_INTERVAL);
@@ -563,8 +564,15 @@ impl Writer {
             }
         }
         self.dirty_since = None;
-        // A segment is finished with when the next one starts at or below
-        // the acknowledged position. The current one stays.
+        self.delete_finished();
+    }
+
+    /// Deletes segments every message of which has left the store: those
+    /// followed by a segment starting at or below the acknowledged position
+    /// (the current one stays). Safe before the position is recorded: the
+    /// first remaining segment bounds it on recovery.
+    fn delete_finished(&mut self) {
+        let acked = self.acked.load(Ordering::Relaxed);
         while self.segments.len() > 1 && self.segments[1].0 <= acked {
             if let Some((_, path)) = self.segments.pop_front() {
                 if let Err(e) = fs::remove_file(&path) {
