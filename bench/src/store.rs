@@ -147,7 +147,11 @@ async fn run_for(gateway: &mut Supervised, dur: Duration) -> anyhow::Result<()> 
     let end = Instant::now() + dur;
     while Instant::now() < end {
         gateway.ensure_running()?;
-        tokio::time::sleep(end.saturating_duration_since(Instant::now()).min(Duration::from_millis(200))).await;
+        tokio::time::sleep(
+            end.saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(200)),
+        )
+        .await;
     }
     Ok(())
 }
@@ -168,7 +172,10 @@ pub async fn run(run: &StoreRun, dir: &Path, binary: &Path) -> anyhow::Result<St
     while counter.snapshot().states == 0 {
         gateway.ensure_running()?;
         if Instant::now() >= deadline {
-            bail!("no state message within 30 s:\n{}", process::log_tail(gateway.log_path(), 30));
+            bail!(
+                "no state message within 30 s:\n{}",
+                process::log_tail(gateway.log_path(), 30)
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -73,6 +73,9 @@ pub enum StoreError {
     /// The writer thread cannot be started.
     #[error("store writer thread: {0}")]
     Thread(io::Error),
+    /// Another session or process uses the directory.
+    #[error("store directory {0} is in use by another session or process")]
+    Locked(PathBuf),
 }
 
 /// A message read back from disk.
@@ -99,6 +102,8 @@ pub struct Recovery {
     segments: Vec<(u64, PathBuf)>,
     /// Every message below this has left the store.
     acked: u64,
+    /// The directory's lock, held while the store is open.
+    lock: Option<File>,
 }
 
 /// Segment size for a store bound of `max_bytes`.
@@ -285,6 +290,29 @@ pub fn recover(dir: &Path) -> Result<Recovery, StoreError> {
         .create(dir)
         .map_err(dir_err)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+    let lock_path = dir.join("lock");
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|source| StoreError::File {
+            path: lock_path.clone(),
+            source,
+        })?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(StoreError::Locked(dir.to_path_buf()))
+        }
+        Err(std::fs::TryLockError::Error(source)) => {
+            return Err(StoreError::File {
+                path: lock_path,
+                source,
+            })
+        }
+    }
     let mut segments = Vec::new();
     for entry in fs::read_dir(dir).map_err(dir_err)? {
         let entry = entry.map_err(dir_err)?;
@@ -294,7 +322,10 @@ pub fn recover(dir: &Path) -> Result<Recovery, StoreError> {
         }
     }
     segments.sort();
-    let mut rec = Recovery::default();
+    let mut rec = Recovery {
+        lock: Some(lock),
+        ..Recovery::default()
+    };
     let mut messages = Vec::new();
     let mut max_seq = None::<u64>;
     for (first, path) in segments {
@@ -382,8 +413,9 @@ pub struct FileLog {
 
 impl FileLog {
     /// Starts the writer for a recovered directory: a new segment begins at
-    /// `recovery.next_seq`. Blocking (creates the segment file).
-    pub fn start(dir: &Path, max_bytes: u64, recovery: &Recovery) -> Result<Self, StoreError> {
+    /// `recovery.next_seq`; the writer holds the directory's lock until it
+    /// stops. Blocking (creates the segment file).
+    pub fn start(dir: &Path, max_bytes: u64, recovery: &mut Recovery) -> Result<Self, StoreError> {
         let acked = Arc::new(AtomicU64::new(recovery.acked));
         let mut writer = Writer {
             dir: dir.to_path_buf(),
@@ -397,6 +429,7 @@ impl FileLog {
             buf: Vec::new(),
             dirty_since: (recovery.acked > 0).then(Instant::now),
             last_error: None,
+            _lock: recovery.lock.take(),
         };
         writer.open_segment(recovery.next_seq)?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
@@ -466,6 +499,8 @@ struct Writer {
     /// The first write not yet synced.
     dirty_since: Option<Instant>,
     last_error: Option<Instant>,
+    /// Released when the writer thread ends.
+    _lock: Option<File>,
 }
 
 impl Writer {
@@ -642,14 +677,14 @@ mod tests {
             topic: "dev/1".into(),
             payload: Bytes::from(format!("payload {n}")),
             qos: 1,
-            retain: n % 2 == 0,
-            correlation: (n % 3 == 0).then(|| Bytes::from_static(b"corr")),
+            retain: n.is_multiple_of(2),
+            correlation: n.is_multiple_of(3).then(|| Bytes::from_static(b"corr")),
         }
     }
 
     fn write_all(dir: &Path, max_bytes: u64, msgs: &[(u64, OutMsg)], acked: u64) {
-        let rec = recover(dir).unwrap();
-        let log = FileLog::start(dir, max_bytes, &rec).unwrap();
+        let mut rec = recover(dir).unwrap();
+        let log = FileLog::start(dir, max_bytes, &mut rec).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -673,6 +708,7 @@ mod tests {
         let mut v: Vec<_> = fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
             .collect();
         v.sort();
         v
@@ -711,12 +747,13 @@ mod tests {
         let before = segs(&dir).len();
         assert!(before > 5, "{before} segments");
         // Everything below 451 acknowledged.
-        let rec = recover(&dir).unwrap();
-        let log = FileLog::start(&dir, 64 << 10, &rec).unwrap();
+        let mut rec = recover(&dir).unwrap();
+        let log = FileLog::start(&dir, 64 << 10, &mut rec).unwrap();
         log.set_acked(451);
         log.close();
         let after = segs(&dir).len();
-        assert!(after < before / 2, "{before} -> {after} segments");
+        // Left: the segment holding 451.., and the new (empty) current one.
+        assert!(after <= 2, "{before} -> {after} segments");
         let rec = recover(&dir).unwrap();
         assert_eq!(rec.messages.first().map(|m| m.seq), Some(451));
         assert_eq!(rec.messages.len(), 50);
@@ -738,6 +775,7 @@ mod tests {
         assert_eq!(rec.damaged, 1);
         assert_eq!(rec.messages.len(), 9);
         assert_eq!(payloads(&rec).last().map(String::as_str), Some("payload 9"));
+        drop(rec);
         // The cut was made permanent: a second recovery is clean.
         assert_eq!(recover(&dir).unwrap().damaged, 0);
     }
@@ -777,7 +815,7 @@ mod tests {
         // Deterministic pseudo-random contents, with and without a header.
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
         for i in 0..40u64 {
-            let mut data = if i % 2 == 0 {
+            let mut data = if i.is_multiple_of(2) {
                 HEADER.to_vec()
             } else {
                 Vec::new()
@@ -794,11 +832,23 @@ mod tests {
         let rec = recover(&dir).unwrap();
         assert!(rec.messages.is_empty());
         assert!(rec.damaged > 0);
+        let next = rec.next_seq;
+        drop(rec);
         // A writer can start on what is left, and its records come back.
-        write_all(&dir, 1 << 20, &[(rec.next_seq, msg(1))], 0);
+        write_all(&dir, 1 << 20, &[(next, msg(1))], 0);
         let again = recover(&dir).unwrap();
         assert_eq!(payloads(&again), vec!["payload 1"]);
         assert_eq!(again.damaged, 0);
+    }
+
+    #[test]
+    fn a_directory_in_use_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut rec = recover(tmp.path()).unwrap();
+        let log = FileLog::start(tmp.path(), 1 << 20, &mut rec).unwrap();
+        assert!(matches!(recover(tmp.path()), Err(StoreError::Locked(_))));
+        log.close();
+        assert!(recover(tmp.path()).is_ok(), "released on close");
     }
 
     #[test]

@@ -88,8 +88,8 @@ impl Store {
             }
         };
         let opened = tokio::task::spawn_blocking(move || {
-            let recovery = filestore::recover(&dir)?;
-            let log = FileLog::start(&dir, max_bytes, &recovery)?;
+            let mut recovery = filestore::recover(&dir)?;
+            let log = FileLog::start(&dir, max_bytes, &mut recovery)?;
             Ok::<_, StoreError>((recovery, log))
         })
         .await;
