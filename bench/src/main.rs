@@ -49,7 +49,7 @@ struct StoreArgs {
     /// Window of the sustained-rate measurement.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     duration: Duration,
-    /// Broker outage.
+    /// Broker outage; 0s measures only the sustained rate.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     outage: Duration,
     /// Time between the first state message and the measurement.

@@ -187,6 +187,17 @@ pub async fn run(run: &StoreRun, dir: &Path, binary: &Path) -> anyhow::Result<St
     run_for(&mut gateway, run.duration).await?;
     let sustained = counter.snapshot().since(&before).states as f64 / start.elapsed().as_secs_f64();
     drop(counter);
+    if run.outage.is_zero() {
+        gateway.terminate(Duration::from_secs(10)).await;
+        return Ok(StoreReport {
+            offered,
+            sustained,
+            held: 0.0,
+            outage_write_bytes: 0,
+            outage_messages: 0.0,
+            drain_seconds: 0.0,
+        });
+    }
 
     // Outage: disk bytes per stored message.
     let depth_before = metric(metrics_port, "fieldgate_mqtt_store_messages").await?;
