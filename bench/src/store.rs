@@ -40,7 +40,7 @@ pub struct StoreReport {
     pub outage_write_bytes: u64,
     /// Messages stored during the outage (store depth growth).
     pub outage_messages: f64,
-    /// Seconds from the broker's restart until the store was empty.
+    /// Seconds from the gateway's reconnect until the backlog was sent.
     pub drain_seconds: f64,
 }
 
@@ -211,8 +211,15 @@ pub async fn run(run: &StoreRun, dir: &Path, binary: &Path) -> anyhow::Result<St
     let _broker = process::start_mosquitto_on(&broker_dir, port).await?;
     let restart = Instant::now();
     let drain_deadline = restart + Duration::from_secs(600);
+    // The replay starts when the gateway has reconnected (its backoff is
+    // not part of the replay rate).
+    let mut connected_at = None;
     loop {
         gateway.ensure_running()?;
+        if connected_at.is_none() && metric(metrics_port, "fieldgate_mqtt_connected").await? >= 1.0
+        {
+            connected_at = Some(Instant::now());
+        }
         // Below one second's production: the backlog is gone.
         if metric(metrics_port, "fieldgate_mqtt_store_messages").await? < offered.max(100.0) {
             break;
@@ -222,7 +229,7 @@ pub async fn run(run: &StoreRun, dir: &Path, binary: &Path) -> anyhow::Result<St
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let drain_seconds = restart.elapsed().as_secs_f64();
+    let drain_seconds = connected_at.unwrap_or(restart).elapsed().as_secs_f64();
     gateway.terminate(Duration::from_secs(10)).await;
     Ok(StoreReport {
         offered,
