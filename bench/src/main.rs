@@ -9,6 +9,7 @@ mod modbus_devices;
 mod process;
 mod report;
 mod scenario;
+mod store;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -41,6 +42,9 @@ enum Scenario {
     /// N simulated devices running, then rename-saves that add one device
     /// each: time from the rename to the new device's first state message.
     Reload(ReloadArgs),
+    /// QoS 1 counters through the file store: sustained rate, disk bytes per
+    /// message during a broker outage, replay rate afterwards.
+    Store(StoreArgs),
 }
 
 /// Options of the `modbus` scenario.
@@ -84,6 +88,28 @@ struct ReloadArgs {
     /// Number of reloads (each adds one device) to measure.
     #[arg(long, default_value_t = 7)]
     runs: usize,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// Options of the `store` scenario.
+#[derive(Args)]
+struct StoreArgs {
+    /// Number of devices (one counter each, one message per poll).
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// Poll interval of every device.
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    interval: Duration,
+    /// Window of the sustained-rate measurement.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Broker outage; 0s measures only the sustained rate.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    outage: Duration,
+    /// Time between the first state message and the measurement.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    warmup: Duration,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -135,6 +161,7 @@ async fn main() -> ExitCode {
         Scenario::Dummy(args) => run_dummy(args).await,
         Scenario::Modbus(args) => run_modbus(args).await,
         Scenario::Reload(args) => run_reload(args).await,
+        Scenario::Store(args) => run_store(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -396,6 +423,42 @@ async fn run_reload(args: ReloadArgs) -> anyhow::Result<()> {
         println!("{}", summary.json());
     } else {
         println!("{}", summary.line());
+    }
+    Ok(())
+}
+
+async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
+    if args.devices == 0 || args.interval.is_zero() || args.duration.is_zero() {
+        bail!("--devices, --interval and --duration must be more than 0");
+    }
+    let scenario = format!(
+        "store devices={} interval={} outage={}",
+        args.devices,
+        humantime::format_duration(args.interval),
+        humantime::format_duration(args.outage)
+    );
+    let dir = RunDir::create(args.common.keep)?;
+    let binary = args
+        .common
+        .fieldgate
+        .clone()
+        .unwrap_or_else(process::default_fieldgate_binary);
+    let report = store::run(
+        &store::StoreRun {
+            devices: args.devices,
+            interval: args.interval,
+            duration: args.duration,
+            outage: args.outage,
+            warmup: args.warmup,
+        },
+        &dir.path,
+        &binary,
+    )
+    .await?;
+    if args.common.json {
+        println!("{}", report.json(&scenario));
+    } else {
+        println!("{}", report.line(&scenario));
     }
     Ok(())
 }

@@ -139,6 +139,11 @@ pub fn mosquitto_binary() -> anyhow::Result<PathBuf> {
 /// with its config and log in `dir`; returns it and its port once it listens.
 pub async fn start_mosquitto(dir: &Path) -> anyhow::Result<(Supervised, u16)> {
     let port = free_port()?;
+    Ok((start_mosquitto_on(dir, port).await?, port))
+}
+
+/// [`start_mosquitto`] on a given port (to restart a broker after an outage).
+pub async fn start_mosquitto_on(dir: &Path, port: u16) -> anyhow::Result<Supervised> {
     let conf = dir.join("mosquitto.conf");
     fs::write(
         &conf,
@@ -155,7 +160,7 @@ pub async fn start_mosquitto(dir: &Path) -> anyhow::Result<(Supervised, u16)> {
         broker.ensure_running()?;
         bail!("mosquitto did not listen on port {port} within 10 s");
     }
-    Ok((broker, port))
+    Ok(broker)
 }
 
 /// The default `fieldgate` binary: `target/release/fieldgate` under the

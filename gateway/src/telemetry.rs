@@ -12,8 +12,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -125,6 +125,12 @@ pub struct Metrics {
     pub mqtt_dropped: IntCounterVec,
     /// `fieldgate_mqtt_reason_codes_total{session,packet,code}`: refusals by the broker
     pub mqtt_reason_codes: IntCounterVec,
+    /// `fieldgate_mqtt_store_oldest_age_seconds{session}`
+    pub mqtt_store_oldest_age: GaugeVec,
+    /// `fieldgate_mqtt_replayed_total{session}`
+    pub mqtt_replayed: IntCounterVec,
+    /// `fieldgate_mqtt_ack_latency_seconds{session}`
+    pub mqtt_ack_latency: HistogramVec,
     /// `fieldgate_config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
     /// `fieldgate_config_last_reload_timestamp_seconds`
@@ -163,6 +169,26 @@ impl Metrics {
             "Unix time of the last successful config load",
         )?;
         registry.register(Box::new(config_last_reload.clone()))?;
+        let mqtt_store_oldest_age = GaugeVec::new(
+            Opts::new(
+                "fieldgate_mqtt_store_oldest_age_seconds",
+                "Age of the oldest message in the session's store (0 when empty)",
+            ),
+            &["session"],
+        )?;
+        registry.register(Box::new(mqtt_store_oldest_age.clone()))?;
+        let mqtt_ack_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "fieldgate_mqtt_ack_latency_seconds",
+                "Time from handing a QoS 1/2 message to the connection to its PUBACK/PUBCOMP",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["session"],
+        )?;
+        registry.register(Box::new(mqtt_ack_latency.clone()))?;
         Ok(Self {
             build_info: gauge(
                 "fieldgate_build_info",
@@ -225,6 +251,13 @@ impl Metrics {
                 "Failure reason codes the broker sent (CONNACK, SUBACK, PUBACK, PUBREC)",
                 &["session", "packet", "code"],
             )?,
+            mqtt_store_oldest_age,
+            mqtt_replayed: counter(
+                "fieldgate_mqtt_replayed_total",
+                "Messages sent after waiting in the store for a connection (stored while offline, unacknowledged before a reconnect, or recovered from disk)",
+                &["session"],
+            )?,
+            mqtt_ack_latency,
             config_reloads: counter(
                 "fieldgate_config_reloads_total",
                 "Config reloads by result",

@@ -690,6 +690,27 @@ impl Loader<'_> {
             }
         }
 
+        // File store directories: the default per client id; a directory
+        // that several sessions would share (an inherited `directoryPrefix`)
+        // gets one subdirectory per client id.
+        let mut uses: HashMap<std::path::PathBuf, usize> = HashMap::new();
+        for s in &mut sessions {
+            if let StoreSettings::File { directory, .. } = &mut s.store {
+                if directory.as_os_str().is_empty() {
+                    *directory = Path::new(&gateway.state_directory)
+                        .join("mqtt")
+                        .join(store_dir_name(&s.client_id));
+                }
+                *uses.entry(directory.clone()).or_default() += 1;
+            }
+        }
+        for s in &mut sessions {
+            if let StoreSettings::File { directory, .. } = &mut s.store {
+                if uses.get(directory.as_path()).is_some_and(|n| *n > 1) {
+                    *directory = directory.join(store_dir_name(&s.client_id));
+                }
+            }
+        }
         Some(Resolved {
             gateway: GatewaySettings {
                 namespace: ns,
@@ -867,28 +888,15 @@ impl Loader<'_> {
         if let Some(s) = &c.store {
             let sn = n.get("store").unwrap_or(n);
             let sp = join(path, "store");
-            if s.kind == Some(StoreKind::File) {
+            if s.max_bytes.is_some_and(|b| b.0 < MIN_STORE_BYTES) {
+                ctx.val(sn, &sp, &["maxBytes"], "must be at least 64KiB");
+            }
+            if s.directory_prefix.as_deref() == Some("") {
                 ctx.val(
                     sn,
                     &sp,
-                    &["type"],
-                    "`store.type: file` is not supported yet; use `memory` (messageChannelDepth messages held while offline)",
-                );
-            }
-            if s.directory_prefix.is_some() {
-                ctx.key(
-                    sn,
-                    &sp,
                     &["directoryPrefix", "direcotryPrefix"],
-                    "`store.directoryPrefix` is not supported yet (only the memory store exists); remove it",
-                );
-            }
-            if s.max_bytes.is_some() {
-                ctx.key(
-                    sn,
-                    &sp,
-                    &["maxBytes"],
-                    "`store.maxBytes` is not supported yet (only the memory store exists); remove it",
+                    "must not be empty",
                 );
             }
         }
@@ -1554,7 +1562,15 @@ impl Loader<'_> {
             username: auth.name.clone().filter(|s| !s.is_empty()),
             password,
             clean_session: c.clean_session.unwrap_or(true),
-            store: c.store.as_ref().and_then(|s| s.kind).unwrap_or_default(),
+            store: match c.store.as_ref() {
+                Some(s) if s.kind == Some(StoreKind::File) => StoreSettings::File {
+                    // Empty: `<stateDirectory>/mqtt/<client id>`, filled in
+                    // once the state directory is known.
+                    directory: s.directory_prefix.clone().unwrap_or_default().into(),
+                    max_bytes: s.max_bytes.map_or(DEFAULT_STORE_MAX_BYTES, |b| b.0),
+                },
+                _ => StoreSettings::Memory,
+            },
             connect_timeout: c
                 .connect_timeout
                 .map(|d| d.0)
@@ -1748,6 +1764,26 @@ impl Loader<'_> {
     }
 }
 
+/// A client id as one safe path component (`/`, `..` and the like
+/// become `_`).
+fn store_dir_name(client_id: &str) -> String {
+    let name: String = client_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() || name.chars().all(|c| c == '.') {
+        format!("_{name}")
+    } else {
+        name
+    }
+}
+
 fn placeholder_session() -> SessionSettings {
     SessionSettings {
         client_id: String::new(),
@@ -1767,7 +1803,7 @@ fn placeholder_session() -> SessionSettings {
         username: None,
         password: None,
         clean_session: true,
-        store: StoreKind::Memory,
+        store: StoreSettings::Memory,
         connect_timeout: Duration::from_secs(30),
         keep_alive: Duration::from_secs(30),
         ping_timeout: Duration::from_secs(10),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fieldgate_drivers::{Connection, Value};
 
-use super::resolved::{DeviceSettings, Resolved, ServerAddress, SessionSettings};
+use super::resolved::{DeviceSettings, Resolved, ServerAddress, SessionSettings, StoreSettings};
 use super::types::PayloadEncode;
 
 fn dur(d: Duration) -> String {
@@ -104,15 +104,20 @@ fn client_options(out: &mut String, pad: &str, s: &SessionSettings) {
     }
     let _ = writeln!(
         out,
-        "{pad}cleanSession {}, connectTimeout {}, keepAlive {}, pingTimeout {}, autoReconnect {}, maxReconnectInterval {}, store {:?} ({} messages)",
+        "{pad}cleanSession {}, connectTimeout {}, keepAlive {}, pingTimeout {}, autoReconnect {}, maxReconnectInterval {}, store {}",
         s.clean_session,
         dur(s.connect_timeout),
         dur(s.keep_alive),
         dur(s.ping_timeout),
         s.auto_reconnect,
         dur(s.max_reconnect_interval),
-        s.store,
-        s.message_channel_depth
+        match &s.store {
+            StoreSettings::Memory => format!("memory ({} messages)", s.message_channel_depth),
+            StoreSettings::File {
+                directory,
+                max_bytes,
+            } => format!("file {} (max {max_bytes} bytes)", directory.display()),
+        }
     );
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use fieldgate_drivers::{DataType, DeviceSpec};
 
-use super::types::{DriverKind, LogFormat, LogLevel, PayloadEncode, StoreKind};
+use super::types::{DriverKind, LogFormat, LogLevel, PayloadEncode};
 
 /// The whole effective configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,8 +149,8 @@ pub struct SessionSettings {
     pub password: Option<String>,
     /// Clean session flag.
     pub clean_session: bool,
-    /// Store kind (only `memory` is effective so far).
-    pub store: StoreKind,
+    /// Where undelivered messages are kept.
+    pub store: StoreSettings,
     /// Connection attempt timeout; zero = none.
     pub connect_timeout: Duration,
     /// Keep-alive.
@@ -170,6 +170,26 @@ pub struct SessionSettings {
     /// Messages held in memory while offline.
     pub message_channel_depth: usize,
 }
+
+/// The session's store, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StoreSettings {
+    /// In memory: `messageChannelDepth` messages.
+    Memory,
+    /// On disk.
+    File {
+        /// The store directory (`directoryPrefix`, default
+        /// `<stateDirectory>/mqtt/<client id>`).
+        directory: PathBuf,
+        /// Size bound of the files.
+        max_bytes: u64,
+    },
+}
+
+/// Default `store.maxBytes`: 64 MiB.
+pub const DEFAULT_STORE_MAX_BYTES: u64 = 64 << 20;
+/// Smallest accepted `store.maxBytes`: 64 KiB.
+pub const MIN_STORE_BYTES: u64 = 64 << 10;
 
 /// Effective message options of one device.
 #[derive(Debug, Clone, PartialEq)]

@@ -313,16 +313,6 @@ fn several_errors_at_once() {
 
 #[test]
 fn not_supported_yet_is_an_error() {
-    let cases = [
-        ("store: {type: file}", "store.type"),
-        ("store: {maxBytes: 64MiB}", "store.maxBytes"),
-        ("store: {direcotryPrefix: /x}", "store.direcotryPrefix"),
-    ];
-    for (yaml, key) in cases {
-        let e = errs(&format!("mqtt:\n  client:\n    {yaml}\n"));
-        has(&e, "c.yaml:3:", &format!("mqtt.client.{key}: "));
-        assert!(e[0].contains("not supported yet"), "{e:?}");
-    }
     // Defaults written out are fine.
     ok("mqtt:\n  client: {pingTimeout: 10s, writeTimeout: 30s, order: true, resumeSubs: false, store: {type: memory}}\n");
     let e = errs("devices:\n  - name: o\n    driver: opcua\n    protocol: {endpoint: 'opc.tcp://plc:4840'}\n    properties: [{name: s, nodeId: 'ns=2;s=S', type: float64}]\n");
@@ -768,4 +758,40 @@ fn ble_is_lowered_with_defaults() {
     assert!(!d.spec.properties[2].writable);
     let e = errs("devices:\n  - name: t\n    driver: ble\n    protocol: {address: 'A4:C1:38:00:11:22', name: x}\n    properties: [{name: a, characteristic: '2a19', type: uint8}]\n");
     has(&e, "c.yaml:4:46: devices[0].protocol.name: ", "not both");
+}
+
+#[test]
+fn file_store_options_resolve_with_defaults() {
+    use super::resolved::StoreSettings;
+    let r = ok("gateway: {stateDirectory: /var/lib/fg}\nmqtt:\n  client:\n    clientId: 'gw/1'\n    store: {type: file}\n");
+    assert_eq!(
+        r.sessions[0].store,
+        StoreSettings::File {
+            directory: "/var/lib/fg/mqtt/gw_1".into(),
+            max_bytes: 64 << 20
+        }
+    );
+    let r =
+        ok("mqtt:\n  client:\n    store: {type: file, direcotryPrefix: /data/q, maxBytes: 1MiB}\n");
+    assert_eq!(
+        r.sessions[0].store,
+        StoreSettings::File {
+            directory: "/data/q".into(),
+            max_bytes: 1 << 20
+        }
+    );
+    // Two sessions inheriting one directory get a subdirectory each.
+    let r = ok("mqtt:\n  client:\n    clientId: a\n    store: {type: file, directoryPrefix: /q}\ndevices:\n  - name: d\n    driver: dummy\n    model: fan\n    mqtt: {client: {clientId: b}}\n");
+    let dirs: Vec<_> = r
+        .sessions
+        .iter()
+        .map(|s| match &s.store {
+            StoreSettings::File { directory, .. } => directory.display().to_string(),
+            StoreSettings::Memory => String::new(),
+        })
+        .collect();
+    assert_eq!(dirs, ["/q/a", "/q/b"]);
+    let e = errs("mqtt:\n  client:\n    store: {type: file, maxBytes: 1KiB}\n");
+    has(&e, "c.yaml:3:", "mqtt.client.store.maxBytes: ");
+    assert!(e[0].contains("at least 64KiB"), "{e:?}");
 }

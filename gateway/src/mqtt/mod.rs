@@ -1,9 +1,11 @@
 //! Northbound MQTT: sessions (one per distinct client options), the in-order
 //! outbox, `$set`/`$get` routing to devices, birth/will and retained topics.
 
+pub mod filestore;
 mod link;
 pub mod outbox;
 mod session;
+pub mod store;
 mod transport;
 
 use std::sync::Arc;

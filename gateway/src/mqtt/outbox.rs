@@ -1,8 +1,10 @@
 //! The session's in-memory outbox: messages kept in order until the broker
 //! has them (QoS 0: written to the socket; QoS 1/2: acknowledged), bounded by
-//! a message count with drop-oldest, and replayed in order after a reconnect.
+//! a message count and a weight (bytes) with drop-oldest, and replayed in
+//! order after a reconnect. The file store mirrors it on disk.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use super::OutMsg;
 
@@ -21,6 +23,21 @@ enum Stage {
 struct Entry {
     msg: OutMsg,
     stage: Stage,
+    meta: Meta,
+}
+
+/// What the store knows about a message besides its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Meta {
+    /// Sequence number in the file store (0 in the memory store).
+    pub seq: u64,
+    /// When it was stored, Unix milliseconds.
+    pub stored_ms: u64,
+    /// It waited for a connection (stored while offline, handed again after
+    /// a reconnect, or recovered from disk): its hand-out is a replay.
+    pub waited: bool,
+    /// Weight counted against the weight bound (encoded record size).
+    pub weight: u64,
 }
 
 /// Ids start high so a predecessor's messages can be prepended below them.
@@ -36,22 +53,33 @@ pub struct Outbox {
     /// Id of the next entry to hand out.
     cursor: u64,
     capacity: usize,
+    max_weight: u64,
+    weight: u64,
     bytes: usize,
     dropped: u64,
-    /// Handed publishes in hand-out order, waiting for their packet id.
-    handed: VecDeque<Option<u64>>,
-    /// Packet id → entry id for handed QoS 1/2 publishes.
-    by_pkid: HashMap<u16, u64>,
+    /// Handed publishes in hand-out order (entry id, hand-out time), waiting
+    /// for their packet id.
+    handed: VecDeque<Option<(u64, Instant)>>,
+    /// Packet id → entry id and hand-out time for handed QoS 1/2 publishes.
+    by_pkid: HashMap<u16, (u64, Instant)>,
 }
 
 impl Outbox {
     /// An empty outbox holding at most `capacity` (≥ 1) messages.
     pub fn new(capacity: usize) -> Self {
+        Self::with_bounds(capacity, u64::MAX)
+    }
+
+    /// An empty outbox holding at most `capacity` (≥ 1) messages whose
+    /// weights sum to at most `max_weight`.
+    pub fn with_bounds(capacity: usize, max_weight: u64) -> Self {
         Self {
             entries: VecDeque::new(),
             front_id: FIRST_ID,
             cursor: FIRST_ID,
             capacity: capacity.max(1),
+            max_weight,
+            weight: 0,
             bytes: 0,
             dropped: 0,
             handed: VecDeque::new(),
@@ -84,19 +112,45 @@ impl Outbox {
         self.handed.len() + self.by_pkid.len()
     }
 
+    /// Weight held (sum of the messages' [`Meta::weight`]).
+    pub fn weight(&self) -> u64 {
+        self.weight
+    }
+
+    /// The oldest message's [`Meta`], if any.
+    pub fn front_meta(&self) -> Option<Meta> {
+        self.entries.front().map(|e| e.meta)
+    }
+
     /// Appends a message; when full, drops the oldest message first.
     /// Returns how many were dropped.
     pub fn push(&mut self, msg: OutMsg) -> u64 {
+        self.push_with(msg, Meta::default())
+    }
+
+    /// Appends a message with its [`Meta`]; when the count or weight bound
+    /// would be exceeded, drops the oldest messages first. A message heavier
+    /// than the whole bound is itself dropped. Returns how many were dropped.
+    pub fn push_with(&mut self, msg: OutMsg, meta: Meta) -> u64 {
+        if meta.weight > self.max_weight {
+            self.dropped += 1;
+            return 1;
+        }
         let mut dropped = 0;
-        while self.entries.len() >= self.capacity {
+        while !self.entries.is_empty()
+            && (self.entries.len() >= self.capacity
+                || self.weight.saturating_add(meta.weight) > self.max_weight)
+        {
             self.pop_front();
             self.dropped += 1;
             dropped += 1;
         }
         self.bytes += msg.payload.len();
+        self.weight += meta.weight;
         self.entries.push_back(Entry {
             msg,
             stage: Stage::Queued,
+            meta,
         });
         dropped
     }
@@ -113,6 +167,10 @@ impl Outbox {
             self.entries.push_front(Entry {
                 msg,
                 stage: Stage::Queued,
+                meta: Meta {
+                    waited: true,
+                    ..Meta::default()
+                },
             });
             self.front_id -= 1;
         }
@@ -136,6 +194,7 @@ impl Outbox {
             .map(|e| e.msg)
             .collect();
         self.bytes = 0;
+        self.weight = 0;
         self.handed.clear();
         self.by_pkid.clear();
         left
@@ -144,6 +203,7 @@ impl Outbox {
     fn pop_front(&mut self) {
         if let Some(e) = self.entries.pop_front() {
             self.bytes -= e.msg.payload.len();
+            self.weight -= e.meta.weight;
             self.front_id += 1;
             if self.cursor < self.front_id {
                 self.cursor = self.front_id;
@@ -163,14 +223,18 @@ impl Outbox {
     }
 
     /// Marks the message [`Outbox::peek_queued`] returned as handed out.
-    pub fn mark_handed(&mut self) {
+    /// Returns true when this hand-out is a replay (see [`Meta::waited`]).
+    pub fn mark_handed(&mut self) -> bool {
         let id = self.cursor;
-        if let Some(entry) = self.entry_mut(id) {
-            entry.stage = Stage::Handed;
-            self.cursor += 1;
-            self.handed.push_back(Some(id));
-            self.skip_confirmed();
-        }
+        let Some(entry) = self.entry_mut(id) else {
+            return false;
+        };
+        entry.stage = Stage::Handed;
+        let waited = entry.meta.waited;
+        self.cursor += 1;
+        self.handed.push_back(Some((id, Instant::now())));
+        self.skip_confirmed();
+        waited
     }
 
     /// Moves the cursor past entries already confirmed (acknowledged before
@@ -199,19 +263,20 @@ impl Outbox {
         let Some(slot) = self.handed.pop_front() else {
             return;
         };
-        let Some(id) = slot else { return };
+        let Some((id, at)) = slot else { return };
         if pkid == 0 {
             self.complete(id);
         } else {
-            self.by_pkid.insert(pkid, id);
+            self.by_pkid.insert(pkid, (id, at));
         }
     }
 
     /// The broker acknowledged packet id `pkid` (PUBACK or PUBCOMP).
-    pub fn on_acked(&mut self, pkid: u16) {
-        if let Some(id) = self.by_pkid.remove(&pkid) {
-            self.complete(id);
-        }
+    /// Returns the time since the message was handed out.
+    pub fn on_acked(&mut self, pkid: u16) -> Option<Duration> {
+        let (id, at) = self.by_pkid.remove(&pkid)?;
+        self.complete(id);
+        Some(at.elapsed())
     }
 
     fn complete(&mut self, id: u64) {
@@ -232,6 +297,7 @@ impl Outbox {
         for (i, e) in self.entries.iter_mut().enumerate() {
             if e.stage == Stage::Handed {
                 e.stage = Stage::Queued;
+                e.meta.waited = true;
                 first_unconfirmed.get_or_insert(i);
             }
         }
@@ -367,6 +433,37 @@ mod tests {
         assert!(o.is_empty());
         o.push(msg(4, 0));
         assert_eq!(hand(&mut o).as_deref(), Some("4"));
+    }
+
+    #[test]
+    fn weight_bound_drops_oldest_and_oversized() {
+        let mut o = Outbox::with_bounds(100, 10);
+        let w = |weight| Meta {
+            weight,
+            ..Meta::default()
+        };
+        assert_eq!(o.push_with(msg(1, 1), w(4)), 0);
+        assert_eq!(o.push_with(msg(2, 1), w(4)), 0);
+        assert_eq!(o.push_with(msg(3, 1), w(4)), 1, "1 makes room");
+        assert_eq!(o.weight(), 8);
+        assert_eq!(o.push_with(msg(4, 1), w(11)), 1, "heavier than the bound");
+        assert_eq!(o.len(), 2);
+        assert_eq!(o.dropped(), 2);
+        assert_eq!(hand(&mut o).as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn replays_are_flagged_and_ack_latency_measured() {
+        let mut o = Outbox::new(10);
+        o.push(msg(1, 1));
+        assert!(!o.mark_handed(), "first hand-out while connected");
+        o.on_written(1);
+        o.rewind();
+        assert!(o.mark_handed(), "handed again after a reconnect");
+        o.on_written(2);
+        assert!(o.on_acked(2).is_some());
+        assert!(o.on_acked(2).is_none(), "a duplicate ack matches nothing");
+        assert!(o.is_empty());
     }
 
     #[test]

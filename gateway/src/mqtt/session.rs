@@ -15,9 +15,9 @@ use tokio::time::Instant;
 use crate::deadline::sleep_until_opt;
 
 use super::link::{self, LinkClient, NetEvent, WINDOW};
-use super::outbox::Outbox;
+use super::store::Store;
 use super::{Inbound, OutMsg, SessionHandle, SessionInput, StopMode, StopRequest};
-use crate::config::resolved::SessionSettings;
+use crate::config::resolved::{SessionSettings, StoreSettings};
 use crate::telemetry::{Health, Metrics};
 
 /// First reconnect delay; doubles up to `maxReconnectInterval`.
@@ -71,7 +71,9 @@ struct Session {
     client: LinkClient,
     metrics: Metrics,
     health: Health,
-    outbox: Outbox,
+    outbox: Store,
+    /// The store is a file store (the will is never persisted).
+    outbox_is_file: bool,
     /// Birth and retained replays: sent before the outbox after a connect.
     priority: VecDeque<OutMsg>,
     retained: HashMap<Arc<str>, OutMsg>,
@@ -98,7 +100,7 @@ impl Session {
         health: Health,
     ) -> Self {
         let backoff = Backoff::new(FIRST_RECONNECT, settings.max_reconnect_interval);
-        let outbox = Outbox::new(settings.message_channel_depth);
+        let outbox = Store::new(&settings.store, settings.message_channel_depth);
         health.set_problem(
             &health_key(&settings.client_id),
             format!("MQTT session {} is connecting", settings.client_id),
@@ -112,6 +114,7 @@ impl Session {
             client,
             metrics,
             health,
+            outbox_is_file: outbox.is_file(),
             outbox,
             priority: VecDeque::new(),
             retained: HashMap::new(),
@@ -139,6 +142,7 @@ impl Session {
         mut predecessor: Option<oneshot::Receiver<Vec<OutMsg>>>,
     ) {
         if predecessor.is_none() {
+            self.open_store(Vec::new()).await;
             let _ = link.permits.try_send(());
         }
         let request = loop {
@@ -149,7 +153,7 @@ impl Session {
                     None => break None,
                 },
                 input = inputs.recv() => match input {
-                    Some(input) => self.on_input(input),
+                    Some(input) => self.on_input(input).await,
                     None => break None,
                 },
                 request = stop.recv() => break request,
@@ -159,9 +163,7 @@ impl Session {
                     if !older.is_empty() {
                         tracing::info!(session = %self.id(), "taking over {} undelivered message(s)", older.len());
                     }
-                    let dropped = self.outbox.prepend(older);
-                    self.count_dropped(dropped);
-                    self.update_store_gauges();
+                    self.open_store(older).await;
                     let _ = link.permits.try_send(());
                 }
                 _ = sleep_until_opt(reconnect_at) => {
@@ -173,8 +175,18 @@ impl Session {
             self.feed();
         };
         let mode = request.as_ref().map_or(StopMode::Clean, |r| r.mode);
-        let left = self.shutdown(&mut link, &mut inputs, mode).await;
+        self.shutdown(&mut link, &mut inputs, mode).await;
         link.task.abort();
+        let held = self.outbox.len();
+        let store = std::mem::replace(&mut self.outbox, Store::new(&StoreSettings::Memory, 1));
+        let left = store.close(mode == StopMode::Handover).await;
+        if mode == StopMode::Clean && held > 0 {
+            tracing::warn!(
+                session = %self.id(),
+                "stopping with {held} message(s) not delivered{}",
+                if self.outbox_is_file { "; they stay in the file store for the next start" } else { " (broker unreachable)" }
+            );
+        }
         self.metrics
             .mqtt_connected
             .with_label_values(&[&self.settings.client_id])
@@ -185,32 +197,61 @@ impl Session {
         }
     }
 
+    /// Opens the store (a file store recovers from disk) with a
+    /// predecessor's undelivered messages in front of what is queued.
+    async fn open_store(&mut self, older: Vec<OutMsg>) {
+        match self.outbox.open(older).await {
+            Ok(opened) => {
+                if opened.recovered > 0 {
+                    tracing::info!(
+                        session = %self.id(),
+                        "store: recovered {} undelivered message(s) from disk",
+                        opened.recovered
+                    );
+                }
+                self.count_dropped(opened.dropped);
+            }
+            Err(e) => tracing::error!(
+                session = %self.id(),
+                "cannot open the file store ({e}); keeping messages in memory only"
+            ),
+        }
+        self.update_store_gauges();
+    }
+
     /// Clean stop: the will payload on the will topic, flush while
-    /// connected, then DISCONNECT. Handover: DISCONNECT at once and return
-    /// what is undelivered. The caller bounds the time.
+    /// connected, then DISCONNECT. Handover: DISCONNECT at once. The caller
+    /// bounds the time; the store is closed afterwards.
     async fn shutdown(
         &mut self,
         link: &mut link::Link,
         inputs: &mut mpsc::Receiver<SessionInput>,
         mode: StopMode,
-    ) -> Vec<OutMsg> {
+    ) {
         // Take what devices sent last (their `offline` states).
         while let Ok(input) = inputs.try_recv() {
-            self.on_input(input);
+            self.on_input(input).await;
         }
         if mode == StopMode::Handover {
             self.disconnect(link).await;
-            return self.outbox.drain_unconfirmed();
+            return;
         }
         let will = &self.settings.will;
-        self.outbox.push(OutMsg {
+        let will = OutMsg {
             topic: will.topic.as_str().into(),
             payload: Bytes::from(will.payload.clone()),
             qos: will.qos,
             retain: will.retained,
             correlation: None,
             props: None,
-        });
+        };
+        if !self.outbox_is_file {
+            self.outbox.push(will, !self.connected).await;
+        } else if self.connected {
+            // Never persisted: replayed after the next start's birth
+            // message it would claim the gateway is offline.
+            self.priority.push_back(will);
+        }
         self.feed();
         while self.connected && !(self.outbox.is_empty() && self.priority.is_empty()) {
             match link.events.recv().await {
@@ -224,14 +265,6 @@ impl Session {
             self.feed();
         }
         self.disconnect(link).await;
-        let left = self.outbox.len();
-        if left > 0 {
-            tracing::warn!(
-                session = %self.id(),
-                "stopping with {left} message(s) not delivered (broker unreachable)"
-            );
-        }
-        Vec::new()
     }
 
     /// Sends DISCONNECT when connected and waits briefly for it to be written.
@@ -252,12 +285,12 @@ impl Session {
         self.connected = false;
     }
 
-    fn on_input(&mut self, input: SessionInput) {
+    async fn on_input(&mut self, input: SessionInput) {
         match input {
-            SessionInput::Publish(msg) => self.store(msg),
+            SessionInput::Publish(msg) => self.store(msg).await,
             SessionInput::SetRetained(msg) => {
                 self.retained.insert(msg.topic.clone(), msg.clone());
-                self.store(msg);
+                self.store(msg).await;
             }
             SessionInput::ClearRetained { topic, qos } => {
                 self.retained.remove(&topic);
@@ -268,7 +301,8 @@ impl Session {
                     retain: true,
                     correlation: None,
                     props: None,
-                });
+                })
+                .await;
             }
             SessionInput::Route { topic, to } => {
                 if self.connected {
@@ -307,8 +341,8 @@ impl Session {
         }
     }
 
-    fn store(&mut self, msg: OutMsg) {
-        let dropped = self.outbox.push(msg);
+    async fn store(&mut self, msg: OutMsg) {
+        let dropped = self.outbox.push(msg, !self.connected).await;
         self.count_dropped(dropped);
         self.update_store_gauges();
     }
@@ -321,10 +355,15 @@ impl Session {
                 .inc_by(dropped);
             let total = self.outbox.dropped();
             if self.dropped_reported == 0 || total >= self.dropped_reported * 2 {
+                let bound = match &self.settings.store {
+                    StoreSettings::Memory => {
+                        format!("{} messages", self.settings.message_channel_depth)
+                    }
+                    StoreSettings::File { max_bytes, .. } => format!("{max_bytes} bytes"),
+                };
                 tracing::warn!(
                     session = %self.id(),
-                    "outbox full ({} messages): dropped the oldest, {total} dropped so far",
-                    self.settings.message_channel_depth
+                    "store full ({bound}): dropped the oldest, {total} dropped so far"
                 );
                 self.dropped_reported = total;
             }
@@ -341,6 +380,10 @@ impl Session {
             .mqtt_store_bytes
             .with_label_values(&id)
             .set(self.outbox.bytes() as i64);
+        self.metrics
+            .mqtt_store_oldest_age
+            .with_label_values(&id)
+            .set(self.outbox.oldest_age().map_or(0.0, |d| d.as_secs_f64()));
     }
 
     async fn on_net(&mut self, ev: NetEvent, permits: &mpsc::Sender<()>) {
@@ -356,7 +399,12 @@ impl Session {
                 self.update_store_gauges();
             }
             NetEvent::Acked(pkid) => {
-                self.outbox.on_acked(pkid);
+                if let Some(latency) = self.outbox.on_acked(pkid) {
+                    self.metrics
+                        .mqtt_ack_latency
+                        .with_label_values(&[&self.settings.client_id])
+                        .observe(latency.as_secs_f64());
+                }
                 self.update_store_gauges();
             }
             NetEvent::Disconnected => {}
@@ -517,6 +565,7 @@ impl Session {
         if !self.connected {
             return;
         }
+        let mut replayed = 0;
         while self.outbox.in_flight() < WINDOW {
             if let Some(msg) = self.priority.front() {
                 if self.client.try_publish(msg).is_err() {
@@ -532,7 +581,15 @@ impl Session {
             if self.client.try_publish(msg).is_err() {
                 break;
             }
-            self.outbox.mark_handed();
+            if self.outbox.mark_handed() {
+                replayed += 1;
+            }
+        }
+        if replayed > 0 {
+            self.metrics
+                .mqtt_replayed
+                .with_label_values(&[&self.settings.client_id])
+                .inc_by(replayed);
         }
     }
 }

@@ -1,0 +1,945 @@
+//! The on-disk half of the file store: an append-only log of checksummed
+//! records in segment files, written by a dedicated thread.
+//!
+//! Layout of the store directory (0700):
+//! - `<first seq, 20 digits>.seg` (0600): an 8-byte header, then records
+//!   `[body length u32 LE][crc32 of body u32 LE][body]`. A body is a message
+//!   (`1, seq, stored ms, qos, flags, topic, correlation, payload`) or an
+//!   acknowledgement mark (`2, upto`: every message with a smaller sequence
+//!   number has left the store).
+//!
+//! Messages are only ever appended; acknowledgements are appended as marks
+//! at most once per sync; a segment is deleted as a whole once every message
+//! in it has left the store. Writes reach the OS at once (a `kill -9` loses
+//! nothing that was handed to the writer), and `fdatasync` runs at most
+//! [`SYNC_INTERVAL`] after the first unsynced write (the power-cut bound).
+//! Recovery reads every segment, drops a torn or corrupted tail with a
+//! warning (truncating the file there) and never returns damaged records.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{MessageProps, OutMsg};
+
+/// Longest time between a write and its `fdatasync`: what a power cut can
+/// lose at most (plus what had not reached the writer yet).
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
+/// Segment header: magic and format version.
+const HEADER: &[u8; 8] = b"FGSTORE1";
+/// Record header: body length and crc32.
+const RECORD_HEADER: usize = 8;
+/// Largest body accepted when reading (bigger lengths are damage).
+const MAX_BODY: usize = 256 << 20;
+const KIND_MSG: u8 = 1;
+const KIND_ACK: u8 = 2;
+/// Commands waiting for the writer thread.
+const QUEUE: usize = 4096;
+/// Smallest and largest segment file size.
+const SEGMENT_MIN: u64 = 4 << 10;
+const SEGMENT_MAX: u64 = 8 << 20;
+
+const CRC: crc::Crc<u32, crc::Table<16>> =
+    crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISO_HDLC);
+
+/// Errors of the file store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The directory cannot be created or read.
+    #[error("store directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// A segment cannot be read or created.
+    #[error("store file {path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// The writer thread cannot be started.
+    #[error("store writer thread: {0}")]
+    Thread(io::Error),
+    /// Another session or process uses the directory.
+    #[error("store directory {0} is in use by another session or process")]
+    Locked(PathBuf),
+}
+
+/// A message read back from disk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    /// Sequence number.
+    pub seq: u64,
+    /// When it was stored, Unix milliseconds.
+    pub stored_ms: u64,
+    /// The message.
+    pub msg: OutMsg,
+}
+
+/// What [`recover`] found.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Messages not yet acknowledged, oldest first.
+    pub messages: Vec<Stored>,
+    /// The next sequence number to use.
+    pub next_seq: u64,
+    /// Damaged places found (each was warned about and cut off).
+    pub damaged: usize,
+    /// Segments kept, by first sequence number, oldest first.
+    segments: Vec<(u64, PathBuf)>,
+    /// Every message below this has left the store.
+    acked: u64,
+    /// The directory's lock, held while the store is open.
+    lock: Option<File>,
+}
+
+/// Segment size for a store bound of `max_bytes`.
+pub fn segment_size(max_bytes: u64) -> u64 {
+    (max_bytes / 16).clamp(SEGMENT_MIN, SEGMENT_MAX)
+}
+
+/// Bytes of live records the store may hold so that the files (live
+/// records, the acknowledged part of the oldest segment, segment headers
+/// and acknowledgement marks) stay within `max_bytes`.
+pub fn live_bound(max_bytes: u64) -> u64 {
+    max_bytes
+        .saturating_sub(2 * segment_size(max_bytes))
+        .max(segment_size(max_bytes))
+}
+
+/// Encodes a message record (header included).
+pub fn encode_message(seq: u64, stored_ms: u64, msg: &OutMsg) -> Vec<u8> {
+    let topic = msg.topic.as_bytes();
+    let corr = msg.correlation.as_deref().unwrap_or(&[]);
+    let topic_len = topic.len().min(u16::MAX as usize);
+    let corr_len = corr.len().min(u16::MAX as usize);
+    let props = msg.props.as_deref().map(encode_props).unwrap_or_default();
+    let body_len =
+        1 + 8 + 8 + 1 + 1 + 2 + topic_len + 2 + corr_len + props.len() + msg.payload.len();
+    let mut buf = Vec::with_capacity(RECORD_HEADER + body_len);
+    buf.extend_from_slice(&[0; RECORD_HEADER]);
+    buf.push(KIND_MSG);
+    buf.extend_from_slice(&seq.to_le_bytes());
+    buf.extend_from_slice(&stored_ms.to_le_bytes());
+    buf.push(msg.qos);
+    let flags = u8::from(msg.retain)
+        | (u8::from(msg.correlation.is_some()) << 1)
+        | (u8::from(msg.props.is_some()) << 2);
+    buf.push(flags);
+    buf.extend_from_slice(&(topic_len as u16).to_le_bytes());
+    buf.extend_from_slice(&topic[..topic_len]);
+    buf.extend_from_slice(&(corr_len as u16).to_le_bytes());
+    buf.extend_from_slice(&corr[..corr_len]);
+    buf.extend_from_slice(&props);
+    buf.extend_from_slice(&msg.payload);
+    seal(&mut buf);
+    buf
+}
+
+/// MQTT 5 properties of a stored message: `[flags u8]` (bit 0 content
+/// type, bit 1 expiry), then the content type (`u16` length + bytes), the
+/// expiry (`u32`), and the user properties (`u16` count, then `u16` length +
+/// bytes for each key and value). Longer strings are cut at 65535 bytes.
+fn encode_props(p: &MessageProps) -> Vec<u8> {
+    fn put_str(buf: &mut Vec<u8>, s: &str) {
+        let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+        buf.extend_from_slice(&(b.len() as u16).to_le_bytes());
+        buf.extend_from_slice(b);
+    }
+    let mut buf = Vec::new();
+    buf.push(u8::from(p.content_type.is_some()) | (u8::from(p.message_expiry.is_some()) << 1));
+    if let Some(ct) = &p.content_type {
+        put_str(&mut buf, ct);
+    }
+    if let Some(e) = p.message_expiry {
+        buf.extend_from_slice(&e.to_le_bytes());
+    }
+    let n = p.user_properties.len().min(u16::MAX as usize);
+    buf.extend_from_slice(&(n as u16).to_le_bytes());
+    for (k, v) in p.user_properties.iter().take(n) {
+        put_str(&mut buf, k);
+        put_str(&mut buf, v);
+    }
+    buf
+}
+
+fn decode_props(r: &mut Reader<'_>) -> Option<MessageProps> {
+    fn get_str(r: &mut Reader<'_>) -> Option<String> {
+        let len = usize::from(r.u16()?);
+        std::str::from_utf8(r.take(len)?).ok().map(str::to_owned)
+    }
+    let flags = r.u8()?;
+    if flags > 3 {
+        return None;
+    }
+    let content_type = if flags & 1 != 0 {
+        Some(get_str(r)?)
+    } else {
+        None
+    };
+    let message_expiry = if flags & 2 != 0 {
+        Some(u32::from_le_bytes(r.take(4)?.try_into().ok()?))
+    } else {
+        None
+    };
+    let n = usize::from(r.u16()?);
+    let mut user_properties = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
+        user_properties.push((get_str(r)?, get_str(r)?));
+    }
+    Some(MessageProps {
+        content_type,
+        user_properties,
+        message_expiry,
+    })
+}
+
+fn encode_ack(upto: u64) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(RECORD_HEADER + 9);
+    buf.extend_from_slice(&[0; RECORD_HEADER]);
+    buf.push(KIND_ACK);
+    buf.extend_from_slice(&upto.to_le_bytes());
+    seal(&mut buf);
+    buf
+}
+
+/// Fills in the record header of `buf` (body after the header).
+fn seal(buf: &mut [u8]) {
+    let (head, body) = buf.split_at_mut(RECORD_HEADER);
+    let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+    head[..4].copy_from_slice(&len.to_le_bytes());
+    head[4..].copy_from_slice(&CRC.checksum(body).to_le_bytes());
+}
+
+/// A decoded record body.
+#[derive(Debug, PartialEq)]
+enum Record {
+    Msg(Stored),
+    Ack(u64),
+}
+
+/// A little-endian reader over a body that fails instead of panicking.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2)?.try_into().ok().map(u16::from_le_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)?.try_into().ok().map(u64::from_le_bytes)
+    }
+}
+
+fn decode_body(body: &[u8]) -> Option<Record> {
+    let mut r = Reader(body);
+    match r.u8()? {
+        KIND_MSG => {
+            let seq = r.u64()?;
+            let stored_ms = r.u64()?;
+            let qos = r.u8()?;
+            let flags = r.u8()?;
+            if qos > 2 || flags > 7 {
+                return None;
+            }
+            let topic_len = usize::from(r.u16()?);
+            let topic = std::str::from_utf8(r.take(topic_len)?).ok()?;
+            let corr_len = usize::from(r.u16()?);
+            let corr = r.take(corr_len)?;
+            let props = if flags & 4 != 0 {
+                Some(Arc::new(decode_props(&mut r)?))
+            } else {
+                None
+            };
+            Some(Record::Msg(Stored {
+                seq,
+                stored_ms,
+                msg: OutMsg {
+                    topic: topic.into(),
+                    payload: Bytes::copy_from_slice(r.0),
+                    qos,
+                    retain: flags & 1 != 0,
+                    correlation: (flags & 2 != 0).then(|| Bytes::copy_from_slice(corr)),
+                    props,
+                },
+            }))
+        }
+        KIND_ACK => {
+            let upto = r.u64()?;
+            r.0.is_empty().then_some(Record::Ack(upto))
+        }
+        _ => None,
+    }
+}
+
+/// Parses one segment's bytes: the records up to the first damage, and the
+/// offset where valid data ends (`None` when the file is intact).
+fn parse_segment(data: &[u8]) -> (Vec<Record>, Option<(usize, &'static str)>) {
+    let mut records = Vec::new();
+    if data.len() < HEADER.len() || &data[..HEADER.len()] != HEADER {
+        return (records, Some((0, "bad segment header")));
+    }
+    let mut at = HEADER.len();
+    let mut last_seq = None;
+    while at < data.len() {
+        let rest = &data[at..];
+        if rest.len() < RECORD_HEADER {
+            return (records, Some((at, "torn record header")));
+        }
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+        if len == 0 || len > MAX_BODY {
+            return (records, Some((at, "impossible record length")));
+        }
+        let Some(body) = rest.get(RECORD_HEADER..RECORD_HEADER + len) else {
+            return (records, Some((at, "torn record")));
+        };
+        if CRC.checksum(body) != crc {
+            return (records, Some((at, "checksum mismatch")));
+        }
+        let Some(record) = decode_body(body) else {
+            return (records, Some((at, "undecodable record")));
+        };
+        if let Record::Msg(m) = &record {
+            if last_seq.is_some_and(|l| m.seq <= l) {
+                return (records, Some((at, "sequence number out of order")));
+            }
+            last_seq = Some(m.seq);
+        }
+        records.push(record);
+        at += RECORD_HEADER + len;
+    }
+    (records, None)
+}
+
+fn seg_name(first_seq: u64) -> String {
+    format!("{first_seq:020}.seg")
+}
+
+fn parse_seg_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".seg")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Creates `dir` (0700) if needed and recovers what it holds. Blocking.
+pub fn recover(dir: &Path) -> Result<Recovery, StoreError> {
+    let dir_err = |source| StoreError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(dir_err)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+    let lock_path = dir.join("lock");
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|source| StoreError::File {
+            path: lock_path.clone(),
+            source,
+        })?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(StoreError::Locked(dir.to_path_buf()))
+        }
+        Err(std::fs::TryLockError::Error(source)) => {
+            return Err(StoreError::File {
+                path: lock_path,
+                source,
+            })
+        }
+    }
+    let mut segments = Vec::new();
+    for entry in fs::read_dir(dir).map_err(dir_err)? {
+        let entry = entry.map_err(dir_err)?;
+        let name = entry.file_name();
+        if let Some(seq) = name.to_str().and_then(parse_seg_name) {
+            segments.push((seq, entry.path()));
+        }
+    }
+    segments.sort();
+    let mut rec = Recovery {
+        lock: Some(lock),
+        ..Recovery::default()
+    };
+    let mut messages = Vec::new();
+    let mut max_seq = None::<u64>;
+    for (first, path) in segments {
+        let file_err = |source| StoreError::File {
+            path: path.clone(),
+            source,
+        };
+        let data = fs::read(&path).map_err(file_err)?;
+        let (records, damage) = parse_segment(&data);
+        if let Some((offset, what)) = damage {
+            rec.damaged += 1;
+            let lost = data.len() - offset;
+            tracing::warn!(
+                "store file {}: {what} at byte {offset}; recovered the {} record(s) before it and dropped the remaining {lost} byte(s)",
+                path.display(),
+                records.len()
+            );
+            let keep = if offset < HEADER.len() { 0 } else { offset };
+            let cut = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(keep as u64).and_then(|()| f.sync_all()));
+            if let Err(e) = cut {
+                tracing::warn!(
+                    "store file {}: cannot cut off the damage: {e}",
+                    path.display()
+                );
+            }
+        }
+        if records.is_empty() && damage.is_some_and(|(o, _)| o < HEADER.len()) {
+            let _ = fs::remove_file(&path);
+            continue;
+        }
+        for record in records {
+            match record {
+                Record::Ack(upto) => rec.acked = rec.acked.max(upto),
+                Record::Msg(m) => {
+                    if max_seq.is_some_and(|s| m.seq <= s) {
+                        tracing::warn!(
+                            "store file {}: message {} is older than one before it; skipped",
+                            path.display(),
+                            m.seq
+                        );
+                        continue;
+                    }
+                    max_seq = Some(m.seq);
+                    messages.push(m);
+                }
+            }
+        }
+        rec.segments.push((first, path));
+    }
+    // Segments before the first kept one were deleted because every
+    // message in them had left the store.
+    if let Some((first, _)) = rec.segments.first() {
+        rec.acked = rec.acked.max(*first);
+    }
+    let acked = rec.acked;
+    rec.messages = messages.into_iter().filter(|m| m.seq >= acked).collect();
+    // The writer starts a new segment named after the next sequence
+    // number: never reuse an existing name.
+    let after_last = rec.segments.last().map_or(0, |(f, _)| f.saturating_add(1));
+    rec.next_seq = max_seq
+        .map_or(0, |s| s.saturating_add(1))
+        .max(acked)
+        .max(after_last)
+        .max(1);
+    Ok(rec)
+}
+
+enum Cmd {
+    /// An encoded message record with its sequence number.
+    Append(u64, Vec<u8>),
+    /// The acknowledged position moved.
+    Wake,
+}
+
+/// The file store's writer: appends records on its own thread.
+pub struct FileLog {
+    tx: Option<SyncSender<Cmd>>,
+    acked: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+    dir: PathBuf,
+}
+
+impl FileLog {
+    /// Starts the writer for a recovered directory: a new segment begins at
+    /// `recovery.next_seq`; the writer holds the directory's lock until it
+    /// stops. Blocking (creates the segment file).
+    pub fn start(dir: &Path, max_bytes: u64, recovery: &mut Recovery) -> Result<Self, StoreError> {
+        let acked = Arc::new(AtomicU64::new(recovery.acked));
+        let mut writer = Writer {
+            dir: dir.to_path_buf(),
+            segments: recovery.segments.iter().cloned().collect(),
+            current: None,
+            current_len: 0,
+            segment_size: segment_size(max_bytes),
+            acked: acked.clone(),
+            // Record the recovered position in the new segment too.
+            written_ack: 0,
+            buf: Vec::new(),
+            dirty_since: (recovery.acked > 0).then(Instant::now),
+            last_error: None,
+            _lock: recovery.lock.take(),
+        };
+        writer.open_segment(recovery.next_seq)?;
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("fieldgate-store".into())
+            .spawn(move || writer.run(rx))
+            .map_err(StoreError::Thread)?;
+        Ok(Self {
+            tx: Some(tx),
+            acked,
+            thread: Some(thread),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Queues a record for writing; waits (off the runtime's workers) only
+    /// when the writer is [`QUEUE`] records behind.
+    pub async fn append(&self, seq: u64, record: Vec<u8>) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(Cmd::Append(seq, record)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(cmd)) => {
+                let tx = tx.clone();
+                let _ = tokio::task::spawn_blocking(move || tx.send(cmd)).await;
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                tracing::error!("store writer for {} is gone", self.dir.display());
+            }
+        }
+    }
+
+    /// Every message below `upto` has left the store (acknowledged, written
+    /// at QoS 0, or dropped). Recorded at the next sync.
+    pub fn set_acked(&self, upto: u64) {
+        if self.acked.fetch_max(upto, Ordering::Relaxed) < upto {
+            if let Some(tx) = &self.tx {
+                // A full queue wakes the writer anyway.
+                let _ = tx.try_send(Cmd::Wake);
+            }
+        }
+    }
+
+    /// Writes and syncs everything queued, then stops the writer. Blocking.
+    pub fn close(mut self) {
+        self.tx = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Writer {
+    dir: PathBuf,
+    /// Finished and current segments by first sequence number.
+    segments: VecDeque<(u64, PathBuf)>,
+    current: Option<File>,
+    current_len: u64,
+    segment_size: u64,
+    acked: Arc<AtomicU64>,
+    written_ack: u64,
+    buf: Vec<u8>,
+    /// The first write not yet synced.
+    dirty_since: Option<Instant>,
+    last_error: Option<Instant>,
+    /// Released when the writer thread ends.
+    _lock: Option<File>,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+        loop {
+            let next = match self.dirty_since {
+                Some(since) => {
+                    let left = (since + SYNC_INTERVAL).saturating_duration_since(Instant::now());
+                    rx.recv_timeout(left)
+                }
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            let closing = match next {
+                Ok(cmd) => {
+                    self.handle(cmd);
+                    let mut closing = false;
+                    loop {
+                        match rx.try_recv() {
+                            Ok(cmd) => self.handle(cmd),
+                            Err(mpsc::TryRecvError::Empty) => break,
+                            Err(mpsc::TryRecvError::Disconnected) => {
+                                closing = true;
+                                break;
+                            }
+                        }
+                    }
+                    closing
+                }
+                Err(RecvTimeoutError::Timeout) => false,
+                Err(RecvTimeoutError::Disconnected) => true,
+            };
+            self.write_out();
+            self.delete_finished();
+            let due = self
+                .dirty_since
+                .is_some_and(|since| since.elapsed() >= SYNC_INTERVAL);
+            if closing || due {
+                self.sync();
+            }
+            if closing {
+                return;
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Append(seq, record) => {
+                if self.current_len >= self.segment_size {
+                    self.rotate(seq);
+                }
+                self.current_len += record.len() as u64;
+                self.buf.extend_from_slice(&record);
+            }
+            Cmd::Wake => {}
+        }
+        if self.acked.load(Ordering::Relaxed) > self.written_ack || !self.buf.is_empty() {
+            self.dirty_since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Hands the buffered records to the OS.
+    fn write_out(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let result = match &mut self.current {
+            Some(f) => f.write_all(&self.buf),
+            None => Err(io::Error::other("no open segment")),
+        };
+        match result {
+            Ok(()) => self.buf.clear(),
+            Err(e) => {
+                self.report(&e);
+                // Keep the buffer bounded: what could not be written stays
+                // in memory (the session still holds every message).
+                if self.buf.len() > 64 << 20 {
+                    self.buf.clear();
+                }
+            }
+        }
+    }
+
+    /// Records the acknowledged position, syncs, deletes finished segments.
+    fn sync(&mut self) {
+        let acked = self.acked.load(Ordering::Relaxed);
+        if acked > self.written_ack {
+            self.buf.extend_from_slice(&encode_ack(acked));
+            self.current_len += (RECORD_HEADER + 9) as u64;
+            self.write_out();
+            self.written_ack = acked;
+        }
+        if let Some(f) = &self.current {
+            if let Err(e) = f.sync_data() {
+                self.report(&e);
+            }
+        }
+        self.dirty_since = None;
+        self.delete_finished();
+    }
+
+    /// Deletes segments every message of which has left the store: those
+    /// followed by a segment starting at or below the acknowledged position
+    /// (the current one stays). Safe before the position is recorded: the
+    /// first remaining segment bounds it on recovery.
+    fn delete_finished(&mut self) {
+        let acked = self.acked.load(Ordering::Relaxed);
+        while self.segments.len() > 1 && self.segments[1].0 <= acked {
+            if let Some((_, path)) = self.segments.pop_front() {
+                if let Err(e) = fs::remove_file(&path) {
+                    tracing::warn!("store: cannot delete {}: {e}", path.display());
+                }
+            }
+        }
+    }
+
+    fn rotate(&mut self, first_seq: u64) {
+        self.write_out();
+        if let Some(f) = &self.current {
+            if let Err(e) = f.sync_data() {
+                self.report(&e);
+            }
+        }
+        if let Err(e) = self.open_segment(first_seq) {
+            self.report(&io::Error::other(e.to_string()));
+        }
+    }
+
+    fn open_segment(&mut self, first_seq: u64) -> Result<(), StoreError> {
+        let path = self.dir.join(seg_name(first_seq));
+        let file_err = |source| StoreError::File {
+            path: path.clone(),
+            source,
+        };
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(file_err)?;
+        f.write_all(HEADER).map_err(file_err)?;
+        f.sync_data().map_err(file_err)?;
+        // Make the new name durable too.
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        if self.segments.back().is_some_and(|(s, _)| *s == first_seq) {
+            self.segments.pop_back();
+        }
+        self.segments.push_back((first_seq, path));
+        self.current = Some(f);
+        self.current_len = HEADER.len() as u64;
+        Ok(())
+    }
+
+    fn report(&mut self, e: &io::Error) {
+        if self
+            .last_error
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            tracing::error!("store {}: write failed: {e}", self.dir.display());
+            self.last_error = Some(Instant::now());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(n: u32) -> OutMsg {
+        OutMsg {
+            topic: "dev/1".into(),
+            payload: Bytes::from(format!("payload {n}")),
+            qos: 1,
+            retain: n.is_multiple_of(2),
+            correlation: n.is_multiple_of(3).then(|| Bytes::from_static(b"corr")),
+            props: n.is_multiple_of(4).then(|| {
+                Arc::new(MessageProps {
+                    content_type: Some("application/json".into()),
+                    user_properties: vec![("site".into(), format!("s{n}"))],
+                    message_expiry: Some(n),
+                })
+            }),
+        }
+    }
+
+    fn write_all(dir: &Path, max_bytes: u64, msgs: &[(u64, OutMsg)], acked: u64) {
+        let mut rec = recover(dir).unwrap();
+        let log = FileLog::start(dir, max_bytes, &mut rec).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for (seq, m) in msgs {
+                log.append(*seq, encode_message(*seq, 7, m)).await;
+            }
+        });
+        log.set_acked(acked);
+        log.close();
+    }
+
+    fn payloads(rec: &Recovery) -> Vec<String> {
+        rec.messages
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.msg.payload).into_owned())
+            .collect()
+    }
+
+    fn segs(dir: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn records_round_trip_in_order_with_permissions() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        let msgs: Vec<_> = (1..=50).map(|n| (u64::from(n), msg(n))).collect();
+        write_all(&dir, 1 << 20, &msgs, 0);
+        let rec = recover(&dir).unwrap();
+        assert_eq!(rec.damaged, 0);
+        assert_eq!(rec.messages.len(), 50);
+        for (got, (seq, want)) in rec.messages.iter().zip(&msgs) {
+            assert_eq!(got.seq, *seq);
+            assert_eq!(got.stored_ms, 7);
+            assert_eq!(&got.msg, want);
+        }
+        assert_eq!(rec.next_seq, 51);
+        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        for f in segs(&dir) {
+            let mode = fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", f.display());
+        }
+    }
+
+    #[test]
+    fn acknowledged_messages_are_not_recovered_and_segments_deleted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        // 64 KiB bound: 4 KiB segments, so 500 messages span many segments.
+        let msgs: Vec<_> = (1..=500).map(|n| (u64::from(n), msg(n))).collect();
+        write_all(&dir, 64 << 10, &msgs, 1);
+        let before = segs(&dir).len();
+        assert!(before > 5, "{before} segments");
+        // Everything below 451 acknowledged.
+        let mut rec = recover(&dir).unwrap();
+        let log = FileLog::start(&dir, 64 << 10, &mut rec).unwrap();
+        log.set_acked(451);
+        log.close();
+        let after = segs(&dir).len();
+        // Left: the segment holding 451.., and the new (empty) current one.
+        assert!(after <= 2, "{before} -> {after} segments");
+        let rec = recover(&dir).unwrap();
+        assert_eq!(rec.messages.first().map(|m| m.seq), Some(451));
+        assert_eq!(rec.messages.len(), 50);
+        assert!(rec.next_seq >= 501, "{}", rec.next_seq);
+    }
+
+    #[test]
+    fn a_truncated_tail_is_dropped_with_the_rest_recovered() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        let msgs: Vec<_> = (1..=10).map(|n| (u64::from(n), msg(n))).collect();
+        write_all(&dir, 1 << 20, &msgs, 0);
+        let seg = segs(&dir).remove(0);
+        let len = fs::metadata(&seg).unwrap().len();
+        // Cut the last record in half.
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        f.set_len(len - 5).unwrap();
+        let rec = recover(&dir).unwrap();
+        assert_eq!(rec.damaged, 1);
+        assert_eq!(rec.messages.len(), 9);
+        assert_eq!(payloads(&rec).last().map(String::as_str), Some("payload 9"));
+        drop(rec);
+        // The cut was made permanent: a second recovery is clean.
+        assert_eq!(recover(&dir).unwrap().damaged, 0);
+    }
+
+    #[test]
+    fn a_corrupted_record_in_the_middle_keeps_what_precedes_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        let msgs: Vec<_> = (1..=10).map(|n| (u64::from(n), msg(n))).collect();
+        write_all(&dir, 1 << 20, &msgs, 0);
+        let seg = segs(&dir).remove(0);
+        let mut data = fs::read(&seg).unwrap();
+        // Flip a byte inside the 5th record's payload.
+        let mut at = HEADER.len();
+        for _ in 0..4 {
+            let len = u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+            at += RECORD_HEADER + len;
+        }
+        let last = at + RECORD_HEADER + 20;
+        data[last] ^= 0x55;
+        fs::write(&seg, &data).unwrap();
+        let rec = recover(&dir).unwrap();
+        assert_eq!(rec.damaged, 1);
+        assert_eq!(
+            payloads(&rec),
+            (1..=4).map(|n| format!("payload {n}")).collect::<Vec<_>>()
+        );
+        // New messages continue after the highest sequence number seen.
+        assert_eq!(rec.next_seq, 5);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_yield_garbage() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        fs::create_dir_all(&dir).unwrap();
+        // Deterministic pseudo-random contents, with and without a header.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for i in 0..40u64 {
+            let mut data = if i.is_multiple_of(2) {
+                HEADER.to_vec()
+            } else {
+                Vec::new()
+            };
+            for _ in 0..(i * 97 % 3000) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                data.push(x as u8);
+            }
+            fs::write(dir.join(seg_name(i * 1000 + 1)), &data).unwrap();
+        }
+        fs::write(dir.join("not-a-segment"), b"ignored").unwrap();
+        let rec = recover(&dir).unwrap();
+        assert!(rec.messages.is_empty());
+        assert!(rec.damaged > 0);
+        let next = rec.next_seq;
+        drop(rec);
+        // A writer can start on what is left, and its records come back.
+        write_all(&dir, 1 << 20, &[(next, msg(1))], 0);
+        let again = recover(&dir).unwrap();
+        assert_eq!(payloads(&again), vec!["payload 1"]);
+        assert_eq!(again.damaged, 0);
+    }
+
+    #[test]
+    fn a_directory_in_use_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut rec = recover(tmp.path()).unwrap();
+        let log = FileLog::start(tmp.path(), 1 << 20, &mut rec).unwrap();
+        assert!(matches!(recover(tmp.path()), Err(StoreError::Locked(_))));
+        log.close();
+        assert!(recover(tmp.path()).is_ok(), "released on close");
+    }
+
+    #[test]
+    fn decoding_rejects_short_and_unknown_bodies() {
+        let good = encode_message(3, 9, &msg(3));
+        let body = &good[RECORD_HEADER..];
+        for n in 0..body.len() {
+            // Every strict prefix of a message without payload bytes is invalid;
+            // with payload bytes the shorter payload is still well-formed,
+            // which the checksum (not the decoder) rules out.
+            if n < body.len() - msg(3).payload.len() {
+                assert_eq!(decode_body(&body[..n]), None, "prefix {n}");
+            }
+        }
+        assert!(decode_body(&[9, 0, 0]).is_none());
+        assert!(matches!(decode_body(body), Some(Record::Msg(m)) if m.seq == 3));
+    }
+}
