@@ -38,7 +38,12 @@ fn every_example_validates_against_the_schema_and_passes_check() {
     let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
     for path in example_configs() {
         let text = std::fs::read_to_string(&path).expect("read example");
-        let doc: serde_json::Value = serde_saphyr::from_str(&text)
+        // Strict booleans, as the loader and YAML 1.2 editors read them:
+        // `off` in `{0: off}` is a string.
+        let doc: serde_json::Value = serde_saphyr::from_str_with_options(
+            &text,
+            serde_saphyr::options! { strict_booleans: true },
+        )
             .unwrap_or_else(|e| panic!("{}: not YAML: {e}", path.display()));
         let errors: Vec<String> = validator
             .iter_errors(&doc)
