@@ -44,7 +44,7 @@ fn every_example_validates_against_the_schema_and_passes_check() {
             &text,
             serde_saphyr::options! { strict_booleans: true },
         )
-            .unwrap_or_else(|e| panic!("{}: not YAML: {e}", path.display()));
+        .unwrap_or_else(|e| panic!("{}: not YAML: {e}", path.display()));
         let errors: Vec<String> = validator
             .iter_errors(&doc)
             .map(|e| format!("{}: {e}", e.instance_path()))
