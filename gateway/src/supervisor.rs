@@ -78,7 +78,7 @@ impl Supervisor {
         let mut stop: Vec<(RunningDevice, bool)> = Vec::new();
         let mut start: Vec<Arc<DeviceSettings>> = Vec::new();
         let mut moving: Vec<String> = Vec::new();
-        let new_by_name: HashMap<&str, &DeviceSettings> =
+        let new_by_name: HashMap<&str, &Arc<DeviceSettings>> =
             new.devices.iter().map(|d| (d.name.as_str(), d)).collect();
         let names: Vec<String> = self.devices.keys().cloned().collect();
         for name in names {
@@ -93,28 +93,27 @@ impl Supervisor {
             let old_sess = old.sessions.get(running.settings.session);
             let next_sess = new.sessions.get(next.session);
             if same_device(&running.settings, next) {
-                let mut settings = (*running.settings).clone();
-                settings.session = next.session;
                 if old_sess == next_sess {
                     summary.unchanged.push(name.clone());
                 } else {
                     summary.moved.push(name.clone());
                     moving.push(name.clone());
                 }
+                // Share the new config's copy: equal but for the session index.
                 self.devices
-                    .insert(name, running.with_settings(Arc::new(settings)));
+                    .insert(name, running.with_settings(Arc::clone(next)));
             } else {
                 // A new topic means the old retained topics go.
                 let clear = running.settings.message.topic != next.message.topic;
                 summary.changed.push(name);
                 stop.push((running, clear));
-                start.push(Arc::new((*next).clone()));
+                start.push(Arc::clone(next));
             }
         }
         for d in &new.devices {
             if !self.devices.contains_key(&d.name) && !summary.changed.contains(&d.name) {
                 summary.added.push(d.name.clone());
-                start.push(Arc::new(d.clone()));
+                start.push(Arc::clone(d));
             }
         }
 

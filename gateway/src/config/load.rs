@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -675,7 +676,7 @@ impl Loader<'_> {
                 result_props: message_props(&merged_msg).1,
             };
             if let Some((spec, props)) = self.device_spec(d) {
-                devices.push(DeviceSettings {
+                devices.push(Arc::new(DeviceSettings {
                     name: d.config.name.clone(),
                     driver: d.config.driver,
                     spec,
@@ -686,7 +687,7 @@ impl Loader<'_> {
                     },
                     session,
                     message,
-                });
+                }));
             }
         }
 

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fieldgate_drivers::{DataType, DeviceSpec};
@@ -20,8 +21,8 @@ pub struct Resolved {
     pub gateway_topic: String,
     /// MQTT sessions, deduplicated by client options.
     pub sessions: Vec<SessionSettings>,
-    /// Devices, in file order.
-    pub devices: Vec<DeviceSettings>,
+    /// Devices, in file order (shared with the running devices, not copied).
+    pub devices: Vec<Arc<DeviceSettings>>,
 }
 
 /// `gateway:` after defaults.
