@@ -8,6 +8,8 @@
 pub mod dummy;
 #[cfg(feature = "modbus")]
 pub mod modbus;
+#[cfg(feature = "opcua")]
+pub mod opcua;
 pub mod value;
 
 use std::time::{Duration, SystemTime};
@@ -162,6 +164,9 @@ pub enum PropertyAddress {
     /// A Modbus register, coil or bit.
     #[cfg(feature = "modbus")]
     Modbus(modbus::RegisterAddress),
+    /// An OPC-UA node.
+    #[cfg(feature = "opcua")]
+    OpcUa(opcua::NodeAddress),
 }
 
 /// How to reach the device, per protocol.
@@ -172,6 +177,9 @@ pub enum Connection {
     /// A Modbus unit on a TCP endpoint or serial line.
     #[cfg(feature = "modbus")]
     Modbus(modbus::ModbusConnection),
+    /// An OPC-UA server endpoint (one session per device).
+    #[cfg(feature = "opcua")]
+    OpcUa(opcua::OpcUaConnection),
 }
 
 /// Everything a driver needs to run one device.
@@ -222,6 +230,8 @@ pub async fn run_device(spec: DeviceSpec, link: DeviceLink, buses: &Buses) {
         Connection::Dummy => dummy::run(spec, link).await,
         #[cfg(feature = "modbus")]
         Connection::Modbus(_) => buses.modbus.run_device(spec, link).await,
+        #[cfg(feature = "opcua")]
+        Connection::OpcUa(_) => opcua::run(spec, link).await,
     }
     #[cfg(not(feature = "modbus"))]
     let _ = buses;
@@ -232,6 +242,9 @@ pub fn enabled_drivers() -> Vec<&'static str> {
     let mut v = vec!["dummy"];
     if cfg!(feature = "modbus") {
         v.push("modbus");
+    }
+    if cfg!(feature = "opcua") {
+        v.push("opcua");
     }
     v
 }
