@@ -41,9 +41,10 @@ impl Running {
             commands: commands_rx,
             cancel: cancel.clone(),
         };
-        let task = tokio::spawn(async move {
-            fieldgate_drivers::run_device(spec, link, &Buses::new()).await
-        });
+        let task =
+            tokio::spawn(
+                async move { fieldgate_drivers::run_device(spec, link, &Buses::new()).await },
+            );
         Self {
             events,
             commands,
@@ -121,12 +122,24 @@ fn typed() -> Vec<(&'static str, DataType, Value)> {
         ("Int32", DataType::Int32, Value::Int(-320000)),
         ("UInt32", DataType::Uint32, Value::Uint(4_000_000_000)),
         ("Int64", DataType::Int64, Value::Int(-64_000_000_000)),
-        ("UInt64", DataType::Uint64, Value::Uint(18_000_000_000_000_000_000)),
+        (
+            "UInt64",
+            DataType::Uint64,
+            Value::Uint(18_000_000_000_000_000_000),
+        ),
         ("Float", DataType::Float32, Value::Float(1.5)),
         ("Double", DataType::Float64, Value::Float(2.25)),
         ("String", DataType::String, Value::String("hello".into())),
-        ("ByteString", DataType::Bytes, Value::Bytes(vec![0xde, 0xad])),
-        ("DateTime", DataType::String, Value::String("2024-05-06T07:08:09Z".into())),
+        (
+            "ByteString",
+            DataType::Bytes,
+            Value::Bytes(vec![0xde, 0xad]),
+        ),
+        (
+            "DateTime",
+            DataType::String,
+            Value::String("2024-05-06T07:08:09Z".into()),
+        ),
     ]
 }
 
@@ -199,10 +212,7 @@ async fn subscribe_reads_every_type_then_only_changes() {
         props,
         Duration::from_millis(100),
     ));
-    assert!(matches!(
-        dev.wait_for(|_| true).await,
-        DeviceEvent::Online
-    ));
+    assert!(matches!(dev.wait_for(|_| true).await, DeviceEvent::Online));
     // The initial Read: every property at once.
     let first = dev.readings(|r| r.values.len() == n).await;
     assert_eq!(first.cause, ReadCause::Poll);
@@ -213,14 +223,14 @@ async fn subscribe_reads_every_type_then_only_changes() {
     };
     let change = dev
         .readings(|r| {
-            r.values.len() < n
-                && matches!(get(r, COUNTER), Some(Ok(Value::Uint(c))) if *c > c0 + 2)
+            r.values.len() < n && matches!(get(r, COUNTER), Some(Ok(Value::Uint(c))) if *c > c0 + 2)
         })
         .await;
     assert_eq!(change.cause, ReadCause::Poll);
     // A value set on the server arrives by itself.
     server.set("Int32", Variant::Int32(42));
-    dev.readings(|r| get(r, 5) == Some(&Ok(Value::Int(42)))).await;
+    dev.readings(|r| get(r, 5) == Some(&Ok(Value::Int(42))))
+        .await;
     dev.stop().await;
     server.stop().await;
 }
@@ -288,24 +298,37 @@ async fn writes_convert_to_the_node_type_and_report_status_codes() {
     assert_eq!(server.value("UInt64"), Some(Variant::UInt64(7)));
     assert_eq!(server.value("Float"), Some(Variant::Float(-0.5)));
     assert_eq!(server.value("Double"), Some(Variant::Double(1e10)));
-    assert_eq!(server.value("String"), Some(Variant::String("written".into())));
+    assert_eq!(
+        server.value("String"),
+        Some(Variant::String("written".into()))
+    );
     assert_eq!(
         server.value("ByteString"),
         Some(Variant::ByteString(vec![1u8, 2, 3].into()))
     );
     // The read-back after a write is forced and carries the new values.
     let back = dev.readings(|r| r.cause == ReadCause::Forced).await;
-    assert_eq!(get(&back, 13), Some(&Ok(Value::String("2030-01-02T03:04:05Z".into()))));
+    assert_eq!(
+        get(&back, 13),
+        Some(&Ok(Value::String("2030-01-02T03:04:05Z".into())))
+    );
 
     // The server refuses: its status code is the error; later writes are not tried.
     let outcome = dev
-        .write(vec![(1, Value::Int(5)), (READ_ONLY, Value::Int(1)), (1, Value::Int(6))])
+        .write(vec![
+            (1, Value::Int(5)),
+            (READ_ONLY, Value::Int(1)),
+            (1, Value::Int(6)),
+        ])
         .await;
     assert_eq!(outcome.applied, 1);
     let (at, e) = outcome.failed.expect("refused");
     assert_eq!(at, 1);
     assert_eq!(e.kind, ErrorKind::Exception);
-    assert!(e.message.contains("BadNotWritable") || e.message.contains("BadUserAccessDenied"), "{e}");
+    assert!(
+        e.message.contains("BadNotWritable") || e.message.contains("BadUserAccessDenied"),
+        "{e}"
+    );
     assert_eq!(server.value("SByte"), Some(Variant::SByte(5)));
     // A value the node's type cannot hold never reaches the server.
     let outcome = dev.write(vec![(2, Value::Uint(300))]).await;
@@ -330,7 +353,10 @@ async fn server_restart_goes_offline_then_values_resume() {
     dev.readings(|r| r.values.len() == n).await;
     let options = server.stop().await;
     let e = dev.offline().await;
-    assert!(matches!(e.kind, ErrorKind::Io | ErrorKind::Timeout), "{e:?}");
+    assert!(
+        matches!(e.kind, ErrorKind::Io | ErrorKind::Timeout),
+        "{e:?}"
+    );
     let server = OpcUaServer::start(options).await;
     server.set("Int32", Variant::Int32(99));
     assert!(matches!(
@@ -418,7 +444,10 @@ async fn an_untrusted_server_is_refused_with_the_file_to_copy() {
         .expect("certificate saved")
         .unwrap()
         .path();
-    assert!(e.message.contains(&format!("copy {}", rejected.display())), "{e}");
+    assert!(
+        e.message.contains(&format!("copy {}", rejected.display())),
+        "{e}"
+    );
     // Doing what the message says makes the next attempt succeed.
     std::fs::create_dir_all(&trusted).unwrap();
     std::fs::copy(&rejected, trusted.join("server.der")).unwrap();
@@ -439,10 +468,7 @@ async fn a_wrong_password_is_reported_clearly() {
         Duration::from_millis(200),
     ));
     let e = dev.offline().await;
-    assert!(
-        e.message.contains("wrong user name or password"),
-        "{e}"
-    );
+    assert!(e.message.contains("wrong user name or password"), "{e}");
     dev.stop().await;
     server.stop().await;
 }

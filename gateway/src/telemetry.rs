@@ -30,6 +30,13 @@ pub fn init_logging(level: LogLevel, format: LogFormat) {
         LogLevel::Warn => "warn",
         LogLevel::Error => "error",
     };
+    // The OPC-UA library logs every failed attempt several times at ERROR;
+    // the driver reports each distinct reason once. Its own logs show at
+    // `debug` and `trace` only.
+    let default = match level {
+        LogLevel::Trace | LogLevel::Debug => default.to_string(),
+        _ => format!("{default},opcua_client=off,opcua_core=off,opcua_crypto=off,opcua_types=off"),
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()

@@ -94,9 +94,7 @@ pub fn variant_to_value(v: &Variant, data_type: DataType) -> Result<Value, Drive
         },
         DataType::String => match v {
             Variant::String(s) => Ok(Value::String(
-                s.as_ref()
-                    .trim_end_matches(['\0', ' '])
-                    .to_string(),
+                s.as_ref().trim_end_matches(['\0', ' ']).to_string(),
             )),
             Variant::DateTime(d) => Ok(Value::String(
                 d.as_chrono()
@@ -141,7 +139,10 @@ fn refuse(value: &Value, target: VariantScalarTypeId) -> DriverError {
 }
 
 /// Converts a value into a Variant of the node's type `target`.
-pub fn value_to_variant(value: &Value, target: VariantScalarTypeId) -> Result<Variant, DriverError> {
+pub fn value_to_variant(
+    value: &Value,
+    target: VariantScalarTypeId,
+) -> Result<Variant, DriverError> {
     use VariantScalarTypeId as T;
     let int = value.as_i128().or_else(|| match value {
         Value::Float(f) if f.fract() == 0.0 && f.is_finite() && f.abs() < 1e19 => Some(*f as i128),
@@ -183,14 +184,14 @@ pub fn value_to_variant(value: &Value, target: VariantScalarTypeId) -> Result<Va
             _ => return Err(refuse(value, target)),
         },
         T::DateTime => match value {
-            Value::String(s) => Variant::DateTime(Box::new(s.parse::<DateTime>().map_err(
-                |_| {
+            Value::String(s) => {
+                Variant::DateTime(Box::new(s.parse::<DateTime>().map_err(|_| {
                     DriverError::new(
                         ErrorKind::Rejected,
                         format!("{s:?} is not an RFC 3339 date and time"),
                     )
-                },
-            )?)),
+                })?))
+            }
             _ => return Err(refuse(value, target)),
         },
         T::ByteString => match value {

@@ -23,9 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
-use opcua::client::{
-    ClientBuilder, DataChangeCallback, IdentityToken, Session, SessionPollResult,
-};
+use opcua::client::{ClientBuilder, DataChangeCallback, IdentityToken, Session, SessionPollResult};
 use opcua::crypto::SecurityPolicy;
 use opcua::types::{
     AttributeId, DataValue, EndpointDescription, MessageSecurityMode, MonitoredItemCreateRequest,
@@ -312,7 +310,9 @@ fn describe_status(code: StatusCode) -> String {
         StatusCode::BadUserAccessDenied | StatusCode::BadIdentityTokenRejected => {
             " (wrong user name or password?)"
         }
-        StatusCode::BadIdentityTokenInvalid => " (the server does not accept this kind of identity)",
+        StatusCode::BadIdentityTokenInvalid => {
+            " (the server does not accept this kind of identity)"
+        }
         StatusCode::BadCertificateUntrusted | StatusCode::BadSecurityChecksFailed => {
             " (does the server trust the client certificate?)"
         }
@@ -379,7 +379,12 @@ async fn connect(spec: &DeviceSpec, conn: &OpcUaConnection) -> Result<Connected,
     let identity = identity_token(conn, &endpoint, own.as_ref())?;
     let (session, event_loop) = client
         .connect_to_endpoint_directly(endpoint, identity)
-        .map_err(|e| io(format!("cannot start a session: {}", describe_status(e.status()))))?;
+        .map_err(|e| {
+            io(format!(
+                "cannot start a session: {}",
+                describe_status(e.status())
+            ))
+        })?;
 
     let (tx, mut rx) = mpsc::channel(64);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
@@ -436,7 +441,11 @@ async fn connect(spec: &DeviceSpec, conn: &OpcUaConnection) -> Result<Connected,
             return Err(io(format!("cannot connect to {}: {m}", conn.endpoint)));
         }
         Ok(Err(_)) => return Err(io(format!("cannot connect to {}", conn.endpoint))),
-        Err(_) => return Err(DriverError::timeout(spec.timeout * 3 + Duration::from_secs(2))),
+        Err(_) => {
+            return Err(DriverError::timeout(
+                spec.timeout * 3 + Duration::from_secs(2),
+            ))
+        }
     }
     // Drain anything queued before the hand-over.
     while let Ok(ev) = rx.try_recv() {
@@ -768,7 +777,12 @@ async fn subscribe(
     )
     .await
     .map_err(|_| DriverError::timeout(spec.timeout))?
-    .map_err(|e| io(format!("CreateSubscription failed: {}", describe_status(e.status()))))?;
+    .map_err(|e| {
+        io(format!(
+            "CreateSubscription failed: {}",
+            describe_status(e.status())
+        ))
+    })?;
     let items: Vec<MonitoredItemCreateRequest> = nodes
         .iter()
         .enumerate()
@@ -805,7 +819,11 @@ async fn subscribe(
         for (req, res) in chunk.iter().zip(&created) {
             if !res.result.status_code.is_good() {
                 let i = req.requested_parameters.client_handle as usize - 1;
-                let name = spec.properties.get(i).map(|p| p.name.as_str()).unwrap_or("?");
+                let name = spec
+                    .properties
+                    .get(i)
+                    .map(|p| p.name.as_str())
+                    .unwrap_or("?");
                 // The initial Read reports the per-property error; just log here.
                 warn!(device = %spec.name, property = name,
                       "opcua: monitored item refused: {}", res.result.status_code);
@@ -834,11 +852,19 @@ async fn write(
             // Learn the node's type first, so the Variant matches it.
             if let Ok(Ok(r)) = tokio::time::timeout(
                 spec.timeout,
-                session.read(&[ReadValueId::from(node.clone())], TimestampsToReturn::Neither, 0.0),
+                session.read(
+                    &[ReadValueId::from(node.clone())],
+                    TimestampsToReturn::Neither,
+                    0.0,
+                ),
             )
             .await
             {
-                if let Some(t) = r.first().and_then(|dv| dv.value.as_ref()).and_then(|v| v.scalar_type_id()) {
+                if let Some(t) = r
+                    .first()
+                    .and_then(|dv| dv.value.as_ref())
+                    .and_then(|v| v.scalar_type_id())
+                {
                     types[*i] = Some(t);
                 }
             }
@@ -878,7 +904,10 @@ async fn write(
                 return (outcome, Some(e));
             }
             Ok(Ok(codes)) => {
-                let code = codes.first().copied().unwrap_or(StatusCode::BadUnexpectedError);
+                let code = codes
+                    .first()
+                    .copied()
+                    .unwrap_or(StatusCode::BadUnexpectedError);
                 if !code.is_good() {
                     outcome.failed = Some((k, convert::status_error(code)));
                     return (outcome, None);

@@ -47,11 +47,16 @@ pub async fn client_certificate(conn: &OpcUaConnection) -> Result<(PathBuf, Path
     let (c, k) = (cert.clone(), key.clone());
     let generated = tokio::task::spawn_blocking(move || generate(&c, &k))
         .await
-        .map_err(|e| DriverError::new(ErrorKind::Io, format!("certificate generation failed: {e}")))?;
+        .map_err(|e| {
+            DriverError::new(ErrorKind::Io, format!("certificate generation failed: {e}"))
+        })?;
     generated.map_err(|e| {
         DriverError::new(
             ErrorKind::Io,
-            format!("cannot generate a client certificate in {}: {e}", cert.display()),
+            format!(
+                "cannot generate a client certificate in {}: {e}",
+                cert.display()
+            ),
         )
     })?;
     info!(
@@ -88,7 +93,9 @@ fn generate(cert: &Path, key: &Path) -> Result<(), String> {
 }
 
 fn load_cert(bytes: &[u8]) -> Option<X509> {
-    X509::from_der(bytes).ok().or_else(|| X509::from_pem(bytes).ok())
+    X509::from_der(bytes)
+        .ok()
+        .or_else(|| X509::from_pem(bytes).ok())
 }
 
 /// Accepts the endpoint's server certificate only when the same certificate
@@ -116,7 +123,17 @@ pub async fn check_server(
             }
         }
     }
-    let name = CertificateStore::cert_file_name(&cert);
+    let cn = cert.common_name().unwrap_or_default();
+    let cn = cn.strip_prefix("CN=").unwrap_or(&cn);
+    let safe: String = cn
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .collect();
+    let name = if safe.is_empty() {
+        format!("{}.der", thumb.as_hex_string())
+    } else {
+        format!("{safe}-{}.der", thumb.as_hex_string())
+    };
     let rejected = conn.state_dir.join("rejected").join(&name);
     let saved = match cert.to_der() {
         Ok(der) => {
@@ -128,7 +145,10 @@ pub async fn check_server(
             }
             .await;
             if let Err(e) = &r {
-                warn!("opcua: cannot save the rejected server certificate {}: {e}", rejected.display());
+                warn!(
+                    "opcua: cannot save the rejected server certificate {}: {e}",
+                    rejected.display()
+                );
             }
             r.is_ok()
         }
@@ -150,7 +170,7 @@ pub async fn check_server(
     Err(DriverError::new(
         ErrorKind::Rejected,
         format!(
-            "the server certificate of {} ({name}) is not trusted; {how}",
+            "the server certificate of {} ({cn}) is not trusted; {how}",
             conn.endpoint
         ),
     ))

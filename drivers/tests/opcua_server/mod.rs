@@ -19,9 +19,7 @@ use std::time::Duration;
 use opcua::crypto::SecurityPolicy;
 use opcua::nodes::Variable;
 use opcua::server::node_manager::memory::{simple_node_manager, SimpleNodeManager};
-use opcua::server::{
-    ServerBuilder, ServerHandle, ServerUserToken, ANONYMOUS_USER_TOKEN_ID,
-};
+use opcua::server::{ServerBuilder, ServerHandle, ServerUserToken, ANONYMOUS_USER_TOKEN_ID};
 use opcua::types::{
     ByteString, DataValue, DateTime, MessageSecurityMode, NodeId, ObjectId, StatusCode, Variant,
 };
@@ -49,11 +47,16 @@ pub fn scalars() -> Vec<(&'static str, Variant)> {
         ("Float", Variant::Float(1.5)),
         ("Double", Variant::Double(2.25)),
         ("String", Variant::String("hello".into())),
-        ("ByteString", Variant::ByteString(ByteString::from(vec![0xde, 0xad]))),
+        (
+            "ByteString",
+            Variant::ByteString(ByteString::from(vec![0xde, 0xad])),
+        ),
         (
             "DateTime",
             Variant::DateTime(Box::new(
-                "2024-05-06T07:08:09Z".parse::<DateTime>().expect("valid date"),
+                "2024-05-06T07:08:09Z"
+                    .parse::<DateTime>()
+                    .expect("valid date"),
             )),
         ),
     ]
@@ -149,10 +152,26 @@ impl OpcUaServer {
             ));
         for (id, policy, mode) in [
             ("none", SecurityPolicy::None, MessageSecurityMode::None),
-            ("b256s", SecurityPolicy::Basic256Sha256, MessageSecurityMode::Sign),
-            ("b256se", SecurityPolicy::Basic256Sha256, MessageSecurityMode::SignAndEncrypt),
-            ("aes128se", SecurityPolicy::Aes128Sha256RsaOaep, MessageSecurityMode::SignAndEncrypt),
-            ("aes256se", SecurityPolicy::Aes256Sha256RsaPss, MessageSecurityMode::SignAndEncrypt),
+            (
+                "b256s",
+                SecurityPolicy::Basic256Sha256,
+                MessageSecurityMode::Sign,
+            ),
+            (
+                "b256se",
+                SecurityPolicy::Basic256Sha256,
+                MessageSecurityMode::SignAndEncrypt,
+            ),
+            (
+                "aes128se",
+                SecurityPolicy::Aes128Sha256RsaOaep,
+                MessageSecurityMode::SignAndEncrypt,
+            ),
+            (
+                "aes256se",
+                SecurityPolicy::Aes256Sha256RsaPss,
+                MessageSecurityMode::SignAndEncrypt,
+            ),
         ] {
             builder = builder.add_endpoint(id, ("/", policy, mode, &users as &[&str]));
         }
@@ -188,7 +207,12 @@ impl OpcUaServer {
             }
             all.push(("ReadOnly".into(), Variant::Int32(7)));
             for (name, value) in all {
-                let mut v = Variable::new(&NodeId::new(ns, name.as_str()), name.as_str(), name.as_str(), value);
+                let mut v = Variable::new(
+                    &NodeId::new(ns, name.as_str()),
+                    name.as_str(),
+                    name.as_str(),
+                    value,
+                );
                 if name != "ReadOnly" {
                     v.set_writable(true);
                     v.set_user_access_level(v.access_level());
@@ -224,7 +248,9 @@ impl OpcUaServer {
                 let mut iv = tokio::time::interval(tick);
                 let counter = NodeId::new(ns, "Counter");
                 let sine = NodeId::new(ns, "Sine");
-                let loads: Vec<NodeId> = (0..load).map(|i| NodeId::new(ns, format!("Load.{i}"))).collect();
+                let loads: Vec<NodeId> = (0..load)
+                    .map(|i| NodeId::new(ns, format!("Load.{i}")))
+                    .collect();
                 loop {
                     iv.tick().await;
                     n = n.wrapping_add(1);
@@ -242,7 +268,16 @@ impl OpcUaServer {
             })
         };
         let options = Options { port, ..options };
-        Self { options, url, host, ns, handle, nm, task, ticker }
+        Self {
+            options,
+            url,
+            host,
+            ns,
+            handle,
+            nm,
+            task,
+            ticker,
+        }
     }
 
     /// The NodeId string of a test variable.
@@ -260,14 +295,15 @@ impl OpcUaServer {
         let space = self.nm.address_space().read();
         let node = space.find(&NodeId::new(self.ns, name))?;
         match node {
-            opcua::nodes::NodeType::Variable(v) => v
-                .value(
+            opcua::nodes::NodeType::Variable(v) => {
+                v.value(
                     opcua::types::TimestampsToReturn::Neither,
                     &opcua::types::NumericRange::None,
                     &opcua::types::DataEncoding::Binary,
                     0.0,
                 )
-                .value,
+                .value
+            }
             _ => None,
         }
     }
@@ -276,7 +312,12 @@ impl OpcUaServer {
     pub fn set(&self, name: &str, value: Variant) {
         let subs = self.handle.subscriptions().clone();
         self.nm
-            .set_value(&subs, &NodeId::new(self.ns, name), None, DataValue::new_now(value))
+            .set_value(
+                &subs,
+                &NodeId::new(self.ns, name),
+                None,
+                DataValue::new_now(value),
+            )
             .expect("set value");
     }
 

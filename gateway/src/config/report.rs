@@ -152,6 +152,37 @@ fn device(out: &mut String, r: &Resolved, d: &DeviceSettings) {
                 c.unit_id, c.max_registers_per_read, c.max_gap
             );
         }
+        #[cfg(feature = "opcua")]
+        Connection::OpcUa(c) => {
+            let _ = writeln!(
+                out,
+                "    connection: {}, securityPolicy {}, securityMode {}, mode {}",
+                c.endpoint,
+                c.policy.as_str(),
+                c.security_mode.as_str(),
+                match c.mode {
+                    fieldgate_drivers::opcua::Mode::Subscribe =>
+                        "subscribe (publishing interval = syncInterval)",
+                    fieldgate_drivers::opcua::Mode::Poll => "poll (one Read per cycle)",
+                }
+            );
+            let identity = match &c.identity {
+                fieldgate_drivers::opcua::Identity::Anonymous => "anonymous".to_string(),
+                fieldgate_drivers::opcua::Identity::UserName { user, .. } => {
+                    format!("user {user:?} (password set)")
+                }
+            };
+            let cert = match &c.certificate {
+                Some((cert, key)) => format!("{} / {}", cert.display(), key.display()),
+                None => format!("generated on first use in {}", c.state_dir.display()),
+            };
+            let _ = writeln!(out, "    identity: {identity}; client certificate: {cert}");
+            let _ = writeln!(
+                out,
+                "    trusted server certificates: {}",
+                c.trusted_dir.display()
+            );
+        }
     }
     let _ = writeln!(out, "    properties:");
     for (spec, sem) in d.spec.properties.iter().zip(&d.properties) {
@@ -201,6 +232,10 @@ fn device(out: &mut String, r: &Resolved, d: &DeviceSettings) {
                     let _ = write!(line, " quantity {q}");
                 }
                 let _ = write!(line, " {:?}", a.byte_order);
+            }
+            #[cfg(feature = "opcua")]
+            fieldgate_drivers::PropertyAddress::OpcUa(a) => {
+                let _ = write!(line, ", node {}", a.node_id);
             }
         }
         let _ = writeln!(out, "{line}");
