@@ -127,7 +127,13 @@ pub async fn check_server(
     let cn = cn.strip_prefix("CN=").unwrap_or(&cn);
     let safe: String = cn
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let name = if safe.is_empty() {
         format!("{}.der", thumb.as_hex_string())
