@@ -472,3 +472,98 @@ async fn a_wrong_password_is_reported_clearly() {
     dev.stop().await;
     server.stop().await;
 }
+
+/// A TCP proxy that can stop forwarding without closing anything: a
+/// network that silently loses every packet.
+struct Blackhole {
+    port: u16,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl Blackhole {
+    async fn start(target: String) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = std::sync::Arc::new(AtomicBool::new(false));
+        let f = frozen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                for (mut r, mut w, f) in [
+                    (
+                        Box::new(cr) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                        Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                        f.clone(),
+                    ),
+                    (Box::new(sr) as _, Box::new(cw) as _, f.clone()),
+                ] {
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match r.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if f.load(Ordering::SeqCst) {
+                                continue; // lost in the network
+                            }
+                            if w.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self { port, frozen, task }
+    }
+
+    fn freeze(&self, on: bool) {
+        self.frozen.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_network_is_noticed_and_values_resume_after_it_heals() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = OpcUaServer::start(Options::new(&dir.path().join("server"))).await;
+    let target = server
+        .url
+        .trim_start_matches("opc.tcp://")
+        .trim_end_matches('/')
+        .to_string();
+    let net = Blackhole::start(target).await;
+    let props = all_props(&server);
+    let n = props.len();
+    let mut conn = connection(&server, dir.path(), Mode::Subscribe);
+    conn.endpoint = format!("opc.tcp://127.0.0.1:{}/", net.port);
+    let mut s = spec(conn, props, Duration::from_millis(100));
+    s.timeout = Duration::from_secs(1);
+    let mut dev = Running::start(s);
+    dev.readings(|r| r.values.len() == n).await;
+    net.freeze(true);
+    // Nothing closes; only the missing data changes and keep-alives tell.
+    let e = dev.offline().await;
+    assert!(
+        matches!(e.kind, ErrorKind::Timeout | ErrorKind::Io),
+        "{e:?}"
+    );
+    net.freeze(false);
+    dev.wait_for(|e| matches!(e, DeviceEvent::Online)).await;
+    dev.readings(|r| r.values.len() == n).await;
+    dev.readings(|r| r.values.len() < n && get(r, COUNTER).is_some())
+        .await;
+    dev.stop().await;
+    net.task.abort();
+    server.stop().await;
+}
