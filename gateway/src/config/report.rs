@@ -174,6 +174,9 @@ fn device(out: &mut String, r: &Resolved, d: &DeviceSettings) {
             };
             let cert = match &c.certificate {
                 Some((cert, key)) => format!("{} / {}", cert.display(), key.display()),
+                None if c.policy == fieldgate_drivers::opcua::Policy::None => {
+                    "none (securityPolicy None)".to_string()
+                }
                 None => format!("generated on first use in {}", c.state_dir.display()),
             };
             let _ = writeln!(out, "    identity: {identity}; client certificate: {cert}");
