@@ -2,6 +2,8 @@
 //! every type, subscriptions and polling, writes, server restarts, security
 //! with user names, untrusted servers, wrong passwords.
 
+#![cfg(feature = "opcua")]
+
 mod opcua_server;
 
 use std::path::Path;

@@ -1,8 +1,10 @@
 //! End-to-end: the `fieldgate` binary against an async-opcua server in the
 //! test process, observed through a Mosquitto started by the test.
+#![cfg(feature = "opcua")]
 
 #[path = "../../drivers/tests/opcua_server/mod.rs"]
 mod opcua_server;
+
 mod support;
 
 use std::path::Path;
