@@ -6,6 +6,8 @@ mod counter;
 mod first_message;
 mod measure;
 mod modbus_devices;
+#[path = "../../drivers/tests/opcua_server/mod.rs"]
+mod opcua_server;
 mod process;
 mod report;
 mod scenario;
@@ -45,6 +47,9 @@ enum Scenario {
     /// QoS 1 counters through the file store: sustained rate, disk bytes per
     /// message during a broker outage, replay rate afterwards.
     Store(StoreArgs),
+    /// One OPC-UA device with N Int32 nodes that all change every `--change`,
+    /// served by an async-opcua server inside this process.
+    Opcua(OpcuaArgs),
 }
 
 /// Options of the `modbus` scenario.
@@ -114,6 +119,31 @@ struct StoreArgs {
     common: CommonArgs,
 }
 
+/// Options of the `opcua` scenario.
+#[derive(Args)]
+struct OpcuaArgs {
+    /// Number of nodes (properties of the one device).
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// How often the server changes every node.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    change: Duration,
+    /// `syncInterval`: publishing interval (subscribe) or poll period (poll).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    interval: Duration,
+    /// subscribe | poll
+    #[arg(long, default_value = "subscribe")]
+    mode: String,
+    /// Length of the measurement window.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Time between the first state message and the measurement window.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    warmup: Duration,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
 /// Options of the `dummy` scenario.
 #[derive(Args)]
 struct DummyArgs {
@@ -162,6 +192,7 @@ async fn main() -> ExitCode {
         Scenario::Modbus(args) => run_modbus(args).await,
         Scenario::Reload(args) => run_reload(args).await,
         Scenario::Store(args) => run_store(args).await,
+        Scenario::Opcua(args) => run_opcua(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -459,6 +490,78 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
         println!("{}", report.json(&scenario));
     } else {
         println!("{}", report.line(&scenario));
+    }
+    Ok(())
+}
+
+async fn run_opcua(args: OpcuaArgs) -> anyhow::Result<()> {
+    if args.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    if args.interval.is_zero() || args.duration.is_zero() || args.change.is_zero() {
+        bail!("--interval, --change and --duration must be more than 0");
+    }
+    if args.mode != "subscribe" && args.mode != "poll" {
+        bail!("--mode is subscribe or poll");
+    }
+    let scenario = format!(
+        "opcua mode={} nodes={} change={} interval={}",
+        args.mode,
+        args.nodes,
+        humantime::format_duration(args.change),
+        humantime::format_duration(args.interval)
+    );
+    // Subscribe: every change arrives (at most one per publishing interval);
+    // poll: every node once per interval.
+    let expected = if args.mode == "poll" {
+        args.nodes as f64 / args.interval.as_secs_f64()
+    } else {
+        args.nodes as f64 / args.change.max(args.interval).as_secs_f64()
+    };
+    let dir = RunDir::create(args.common.keep)?;
+    let mut options = opcua_server::Options::new(&dir.path.join("server-pki"));
+    options.tick = args.change;
+    options.load = args.nodes;
+    let server = opcua_server::OpcUaServer::start(options).await;
+    let ids: Vec<String> = (0..args.nodes)
+        .map(|i| server.node(&format!("Load.{i}")))
+        .collect();
+    let (_broker, port) = process::start_mosquitto(&dir.path).await?;
+    let config = dir.path.join("config.yaml");
+    std::fs::write(
+        &config,
+        scenario::opcua_config(
+            &server.url,
+            &ids,
+            &args.mode,
+            args.interval,
+            port,
+            &dir.path.join("state"),
+        ),
+    )
+    .with_context(|| format!("write {}", config.display()))?;
+    let report = measure_gateway(
+        &args.common,
+        &dir.path,
+        &config,
+        port,
+        Window {
+            first_state_timeout: Duration::from_secs(60).max(args.interval * 3),
+            warmup: args.warmup,
+            duration: args.duration,
+        },
+        Load {
+            scenario,
+            expected_values_per_second: expected,
+            device_requests: None,
+        },
+    )
+    .await?;
+    server.stop().await;
+    if args.common.json {
+        println!("{}", report.json());
+    } else {
+        println!("{}", report.line());
     }
     Ok(())
 }

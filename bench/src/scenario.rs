@@ -112,6 +112,43 @@ pub fn modbus_config(
     y.join("\n")
 }
 
+/// One OPC-UA device reading `node_ids` (all Int32) from `endpoint`, with
+/// `syncInterval` = `interval` (publishing interval, or poll period with
+/// `mode: poll`), publishing to the broker on 127.0.0.1:`broker_port`.
+pub fn opcua_config(
+    endpoint: &str,
+    node_ids: &[String],
+    mode: &str,
+    interval: Duration,
+    broker_port: u16,
+    state_directory: &Path,
+) -> String {
+    let interval = humantime::format_duration(interval).to_string();
+    let mut y: Vec<String> = header(
+        &format!(
+            "one OPC-UA device, {} nodes, mode {mode}, every {interval}",
+            node_ids.len()
+        ),
+        broker_port,
+        state_directory,
+    );
+    y.push("  - name: plc".into());
+    y.push("    driver: opcua".into());
+    y.push(format!("    syncInterval: {interval}"));
+    y.push("    timeout: 10s".into());
+    y.push("    protocol:".into());
+    y.push(format!("      endpoint: \"{endpoint}\""));
+    y.push(format!("      mode: {mode}"));
+    y.push("    properties:".into());
+    for (i, id) in node_ids.iter().enumerate() {
+        y.push(format!(
+            "      - {{ name: n{i:05}, nodeId: \"{id}\", type: int32 }}"
+        ));
+    }
+    y.push(String::new());
+    y.join("\n")
+}
+
 /// The `gateway:` and `mqtt:` sections of every generated config, up to `devices:`.
 fn header(what: &str, broker_port: u16, state_directory: &Path) -> Vec<String> {
     vec![
@@ -184,5 +221,22 @@ mod tests {
         let last = y.rfind("  - name: ").expect("a device");
         assert!(y[last..].starts_with("  - name: added-001\n"));
         assert!(y.ends_with("}\n"));
+    }
+
+    #[test]
+    fn opcua_config_has_every_node() {
+        let ids: Vec<String> = (0..3).map(|i| format!("ns=2;s=Load.{i}")).collect();
+        let y = opcua_config(
+            "opc.tcp://h:1/",
+            &ids,
+            "poll",
+            Duration::from_secs(1),
+            18830,
+            Path::new("/tmp/s"),
+        );
+        assert_eq!(y.matches("nodeId:").count(), 3);
+        assert!(y.contains("mode: poll"));
+        assert!(y.contains("syncInterval: 1s"));
+        assert!(y.contains("name: n00002, nodeId: \"ns=2;s=Load.2\""));
     }
 }

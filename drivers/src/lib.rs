@@ -10,6 +10,8 @@ pub mod ble;
 pub mod dummy;
 #[cfg(feature = "modbus")]
 pub mod modbus;
+#[cfg(feature = "opcua")]
+pub mod opcua;
 pub mod value;
 
 use std::time::{Duration, SystemTime};
@@ -167,6 +169,9 @@ pub enum PropertyAddress {
     /// A GATT characteristic of a BLE peripheral.
     #[cfg(feature = "ble")]
     Ble(ble::CharacteristicAddress),
+    /// An OPC-UA node.
+    #[cfg(feature = "opcua")]
+    OpcUa(opcua::NodeAddress),
 }
 
 /// How to reach the device, per protocol.
@@ -180,6 +185,9 @@ pub enum Connection {
     /// A BLE peripheral on a BlueZ adapter.
     #[cfg(feature = "ble")]
     Ble(ble::BleConnection),
+    /// An OPC-UA server endpoint (one session per device).
+    #[cfg(feature = "opcua")]
+    OpcUa(opcua::OpcUaConnection),
 }
 
 /// Everything a driver needs to run one device.
@@ -234,6 +242,8 @@ pub async fn run_device(spec: DeviceSpec, link: DeviceLink, buses: &Buses) {
         Connection::Modbus(_) => buses.modbus.run_device(spec, link).await,
         #[cfg(feature = "ble")]
         Connection::Ble(_) => buses.ble.run_device(spec, link).await,
+        #[cfg(feature = "opcua")]
+        Connection::OpcUa(_) => opcua::run(spec, link).await,
     }
     #[cfg(not(any(feature = "modbus", feature = "ble")))]
     let _ = buses;
@@ -247,6 +257,9 @@ pub fn enabled_drivers() -> Vec<&'static str> {
     }
     if cfg!(feature = "ble") {
         v.push("ble");
+    }
+    if cfg!(feature = "opcua") {
+        v.push("opcua");
     }
     v
 }

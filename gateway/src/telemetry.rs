@@ -30,7 +30,15 @@ fn level_directive(level: LogLevel) -> String {
         LogLevel::Error => "error",
     };
     // The embedded broker logs every connection at INFO: keep it quieter.
-    format!("{level},rumqttd=warn")
+    // The OPC-UA library logs every failed attempt several times at ERROR,
+    // while the driver reports each distinct reason once: its own logs show
+    // at `debug` and `trace` only.
+    match level {
+        "trace" | "debug" => format!("{level},rumqttd=warn"),
+        _ => format!(
+            "{level},rumqttd=warn,opcua_client=off,opcua_core=off,opcua_crypto=off,opcua_types=off"
+        ),
+    }
 }
 
 /// Changes the log level of the running process (hot reload).

@@ -675,7 +675,7 @@ impl Loader<'_> {
                 state_props: message_props(&merged_msg).0,
                 result_props: message_props(&merged_msg).1,
             };
-            if let Some((spec, props)) = self.device_spec(d) {
+            if let Some((spec, props)) = self.device_spec(d, &gateway.state_directory) {
                 devices.push(Arc::new(DeviceSettings {
                     name: d.config.name.clone(),
                     driver: d.config.driver,
@@ -1263,6 +1263,12 @@ impl Loader<'_> {
                             "an opcua property needs `nodeId` (e.g. \"ns=2;s=Line1.Speed\")",
                         );
                     }
+                    #[cfg(feature = "opcua")]
+                    if let Some(id) = p.node_id.as_deref().filter(|s| !s.is_empty()) {
+                        if let Err(m) = fieldgate_drivers::opcua::check_node_id(id) {
+                            ctx.val(pn, pp, &["nodeId"], m);
+                        }
+                    }
                 }
                 DriverKind::Ble => {
                     if p.characteristic.as_deref().is_none_or(str::is_empty) {
@@ -1427,6 +1433,12 @@ impl Loader<'_> {
                     check_ble_protocol(ctx, &proto, d.node, path, pnode, &ppath);
                     return;
                 }
+                #[cfg(feature = "opcua")]
+                if drv == DriverKind::Opcua {
+                    if let Some(pn) = pnode {
+                        check_opcua_protocol(ctx, self.base_dir, &proto, pn, &ppath);
+                    }
+                }
                 if drv == DriverKind::Ble {
                     if proto.address.is_none() && proto.name.is_none() {
                         ctx.key(
@@ -1440,16 +1452,18 @@ impl Loader<'_> {
                         check_byte_order(ctx, drv, pn, &ppath, bo);
                     }
                 }
-                ctx.val(
-                    d.node,
-                    path,
-                    &["driver"],
-                    format!(
-                        "driver `{}` is not supported by this build yet; drivers available: {}",
-                        drv.as_str(),
-                        fieldgate_drivers::enabled_drivers().join(", ")
-                    ),
-                );
+                if drv == DriverKind::Ble || cfg!(not(feature = "opcua")) {
+                    ctx.val(
+                        d.node,
+                        path,
+                        &["driver"],
+                        format!(
+                            "driver `{}` is not supported by this build yet; drivers available: {}",
+                            drv.as_str(),
+                            fieldgate_drivers::enabled_drivers().join(", ")
+                        ),
+                    );
+                }
             }
         }
         #[cfg(not(feature = "modbus"))]
@@ -1600,7 +1614,9 @@ impl Loader<'_> {
     fn device_spec(
         &mut self,
         d: &ParsedDevice<'_>,
+        state_directory: &str,
     ) -> Option<(DeviceSpec, Vec<PropertySemantics>)> {
+        let _ = state_directory;
         let mut specs = Vec::new();
         let mut sems = Vec::new();
         let connection = match d.config.driver {
@@ -1750,6 +1766,24 @@ impl Loader<'_> {
                         .unwrap_or(Duration::from_secs(30)),
                 })
             }
+            #[cfg(feature = "opcua")]
+            DriverKind::Opcua => {
+                let proto = d.config.protocol.clone().unwrap_or_default();
+                for (p, pn, _) in &d.props {
+                    specs.push(PropertySpec {
+                        name: p.name.clone(),
+                        data_type: p.data_type,
+                        writable: p.writable,
+                        address: PropertyAddress::OpcUa(fieldgate_drivers::opcua::NodeAddress {
+                            node_id: p.node_id.clone()?,
+                        }),
+                    });
+                    sems.push(semantics(p, pn)?);
+                }
+                Connection::OpcUa(opcua_connection(self.base_dir, &proto, state_directory)?)
+            }
+            // Drivers compiled out of this build were rejected while validating.
+            #[allow(unreachable_patterns)]
             _ => return None,
         };
         Some((
@@ -2178,6 +2212,202 @@ pub fn parse_server(s: &str) -> Result<ServerAddress, String> {
         }
         "tcp" | "mqtt" => ServerAddress::Tcp { host, port },
         _ => ServerAddress::Tls { host, port },
+    })
+}
+
+/// Resolves a configured path against the config file's directory.
+#[cfg(feature = "opcua")]
+fn config_path(base: &Path, f: &str) -> std::path::PathBuf {
+    let p = Path::new(f);
+    let full = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
+    std::path::absolute(&full).unwrap_or(full)
+}
+
+/// Validates the OPC-UA `protocol` keys the parser leaves as strings.
+#[cfg(feature = "opcua")]
+fn check_opcua_protocol(
+    ctx: &mut Ctx,
+    base: &Path,
+    proto: &ProtocolConfig,
+    pn: &Node,
+    ppath: &str,
+) {
+    use fieldgate_drivers::opcua::{Policy, SecurityMode};
+    if let Some(e) = proto.endpoint.as_deref().filter(|e| !e.is_empty()) {
+        if !e.starts_with("opc.tcp://") || e.len() <= "opc.tcp://".len() {
+            ctx.val(
+                pn,
+                ppath,
+                &["endpoint"],
+                format!("`{e}` is not an OPC-UA endpoint; write e.g. opc.tcp://plc:4840"),
+            );
+        }
+    }
+    let policy = match proto.security_policy.as_deref() {
+        None => Some(Policy::None),
+        Some(s) => {
+            let p = Policy::parse(s);
+            if p.is_none() {
+                ctx.val(pn, ppath, &["securityPolicy"], format!("unknown securityPolicy `{s}`; allowed: None, Basic256Sha256, Aes128Sha256RsaOaep, Aes256Sha256RsaPss"));
+            }
+            p
+        }
+    };
+    let mode = match proto.security_mode.as_deref() {
+        None => None,
+        Some(s) => {
+            let m = SecurityMode::parse(s);
+            if m.is_none() {
+                ctx.val(
+                    pn,
+                    ppath,
+                    &["securityMode"],
+                    format!("unknown securityMode `{s}`; allowed: None, Sign, SignAndEncrypt"),
+                );
+            }
+            m
+        }
+    };
+    match (policy, mode) {
+        (Some(Policy::None), Some(m)) if m != SecurityMode::None => ctx.val(
+            pn,
+            ppath,
+            &["securityMode"],
+            format!(
+                "securityMode {} needs a securityPolicy other than None",
+                m.as_str()
+            ),
+        ),
+        (Some(p), Some(SecurityMode::None)) if p != Policy::None => ctx.val(
+            pn,
+            ppath,
+            &["securityMode"],
+            format!(
+                "securityPolicy {} needs securityMode Sign or SignAndEncrypt",
+                p.as_str()
+            ),
+        ),
+        _ => {}
+    }
+    if let Some(m) = proto.mode.as_deref() {
+        if m != "subscribe" && m != "poll" {
+            ctx.val(
+                pn,
+                ppath,
+                &["mode"],
+                format!("unknown mode `{m}`; allowed: subscribe, poll"),
+            );
+        }
+    }
+    if proto.password.is_some()
+        && proto
+            .password_file
+            .as_deref()
+            .is_some_and(|f| !f.is_empty())
+    {
+        ctx.key(
+            pn,
+            ppath,
+            &["passwordFile"],
+            "give either `password` or `passwordFile`, not both",
+        );
+    }
+    if let Some(f) = proto.password_file.as_deref().filter(|f| !f.is_empty()) {
+        if let Err(e) = read_password_file(base, f) {
+            ctx.val(pn, ppath, &["passwordFile"], e);
+        }
+    }
+    if proto.username.is_none() && (proto.password.is_some() || proto.password_file.is_some()) {
+        ctx.key(
+            pn,
+            ppath,
+            &["password", "passwordFile"],
+            "a password needs `username`",
+        );
+    }
+    match (&proto.certificate, &proto.private_key) {
+        (Some(_), None) => ctx.key(
+            pn,
+            ppath,
+            &["certificate"],
+            "`certificate` needs `privateKey` too",
+        ),
+        (None, Some(_)) => ctx.key(
+            pn,
+            ppath,
+            &["privateKey"],
+            "`privateKey` needs `certificate` too",
+        ),
+        (Some(c), Some(k)) => {
+            for (key, f) in [("certificate", c), ("privateKey", k)] {
+                let full = config_path(base, f);
+                if let Err(e) = std::fs::metadata(&full) {
+                    ctx.val(
+                        pn,
+                        ppath,
+                        &[key],
+                        format!("cannot read {}: {e}", full.display()),
+                    );
+                }
+            }
+        }
+        (None, None) => {}
+    }
+}
+
+/// Lowers the OPC-UA `protocol` keys (already validated).
+#[cfg(feature = "opcua")]
+fn opcua_connection(
+    base: &Path,
+    proto: &ProtocolConfig,
+    state_directory: &str,
+) -> Option<fieldgate_drivers::opcua::OpcUaConnection> {
+    use fieldgate_drivers::opcua::{Identity, Mode, OpcUaConnection, Policy, SecurityMode};
+    let policy = match proto.security_policy.as_deref() {
+        None => Policy::None,
+        Some(s) => Policy::parse(s)?,
+    };
+    let security_mode = match proto.security_mode.as_deref() {
+        None if policy == Policy::None => SecurityMode::None,
+        None => SecurityMode::SignAndEncrypt,
+        Some(s) => SecurityMode::parse(s)?,
+    };
+    let identity = match &proto.username {
+        Some(user) => {
+            let password = match proto.password_file.as_deref().filter(|f| !f.is_empty()) {
+                Some(f) => read_password_file(base, f).ok()?,
+                None => proto.password.clone().unwrap_or_default(),
+            };
+            Identity::UserName {
+                user: user.clone(),
+                password,
+            }
+        }
+        None => Identity::Anonymous,
+    };
+    let state_dir = config_path(base, state_directory).join("opcua");
+    Some(OpcUaConnection {
+        endpoint: proto.endpoint.clone()?,
+        policy,
+        security_mode,
+        identity,
+        certificate: match (&proto.certificate, &proto.private_key) {
+            (Some(c), Some(k)) => Some((config_path(base, c), config_path(base, k))),
+            _ => None,
+        },
+        trusted_dir: match proto.trusted_server_certificates.as_deref() {
+            Some(t) if !t.is_empty() => config_path(base, t),
+            _ => state_dir.join("trusted"),
+        },
+        state_dir,
+        mode: match proto.mode.as_deref() {
+            Some("poll") => Mode::Poll,
+            _ => Mode::Subscribe,
+        },
     })
 }
 

@@ -206,6 +206,40 @@ fn device(out: &mut String, r: &Resolved, d: &DeviceSettings) {
                 dur(c.scan_timeout)
             );
         }
+        #[cfg(feature = "opcua")]
+        Connection::OpcUa(c) => {
+            let _ = writeln!(
+                out,
+                "    connection: {}, securityPolicy {}, securityMode {}, mode {}",
+                c.endpoint,
+                c.policy.as_str(),
+                c.security_mode.as_str(),
+                match c.mode {
+                    fieldgate_drivers::opcua::Mode::Subscribe =>
+                        "subscribe (publishing interval = syncInterval)",
+                    fieldgate_drivers::opcua::Mode::Poll => "poll (one Read per cycle)",
+                }
+            );
+            let identity = match &c.identity {
+                fieldgate_drivers::opcua::Identity::Anonymous => "anonymous".to_string(),
+                fieldgate_drivers::opcua::Identity::UserName { user, .. } => {
+                    format!("user {user:?} (password set)")
+                }
+            };
+            let cert = match &c.certificate {
+                Some((cert, key)) => format!("{} / {}", cert.display(), key.display()),
+                None if c.policy == fieldgate_drivers::opcua::Policy::None => {
+                    "none (securityPolicy None)".to_string()
+                }
+                None => format!("generated on first use in {}", c.state_dir.display()),
+            };
+            let _ = writeln!(out, "    identity: {identity}; client certificate: {cert}");
+            let _ = writeln!(
+                out,
+                "    trusted server certificates: {}",
+                c.trusted_dir.display()
+            );
+        }
     }
     let _ = writeln!(out, "    properties:");
     for (spec, sem) in d.spec.properties.iter().zip(&d.properties) {
@@ -273,6 +307,10 @@ fn device(out: &mut String, r: &Resolved, d: &DeviceSettings) {
                     a.byte_order.as_str(),
                     a.byte_offset
                 );
+            }
+            #[cfg(feature = "opcua")]
+            fieldgate_drivers::PropertyAddress::OpcUa(a) => {
+                let _ = write!(line, ", node {}", a.node_id);
             }
         }
         let _ = writeln!(out, "{line}");

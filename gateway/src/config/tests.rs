@@ -315,14 +315,20 @@ fn several_errors_at_once() {
 fn not_supported_yet_is_an_error() {
     // Defaults written out are fine.
     ok("mqtt:\n  client: {pingTimeout: 10s, writeTimeout: 30s, order: true, resumeSubs: false, store: {type: memory}}\n");
-    let e = errs("devices:\n  - name: o\n    driver: opcua\n    protocol: {endpoint: 'opc.tcp://plc:4840'}\n    properties: [{name: s, nodeId: 'ns=2;s=S', type: float64}]\n");
-    assert_eq!(
-        e,
-        vec![format!(
-            "c.yaml:3:13: devices[0].driver: driver `opcua` is not supported by this build yet; drivers available: {}",
-            fieldgate_drivers::enabled_drivers().join(", ")
-        )]
-    );
+    let opcua = "devices:\n  - name: o\n    driver: opcua\n    protocol: {endpoint: 'opc.tcp://plc:4840'}\n    properties: [{name: s, nodeId: 'ns=2;s=S', type: float64}]\n";
+    #[cfg(not(feature = "opcua"))]
+    {
+        let e = errs(opcua);
+        assert_eq!(
+            e,
+            vec![format!(
+                "c.yaml:3:13: devices[0].driver: driver `opcua` is not supported by this build yet; drivers available: {}",
+                fieldgate_drivers::enabled_drivers().join(", ")
+            )]
+        );
+    }
+    #[cfg(feature = "opcua")]
+    ok(opcua);
     let e = errs("devices:\n  - name: o\n    driver: ble\n    protocol: {address: 'A4:C1', endpoint: x}\n    properties: [{name: s, characteristic: abc, type: int16, register: coil}]\n");
     #[cfg(not(feature = "ble"))]
     has(
@@ -794,4 +800,61 @@ fn file_store_options_resolve_with_defaults() {
     let e = errs("mqtt:\n  client:\n    store: {type: file, maxBytes: 1KiB}\n");
     has(&e, "c.yaml:3:", "mqtt.client.store.maxBytes: ");
     assert!(e[0].contains("at least 64KiB"), "{e:?}");
+}
+
+#[cfg(feature = "opcua")]
+#[test]
+fn opcua_devices_lower_to_connections_and_node_addresses() {
+    use fieldgate_drivers::opcua::{Identity, Mode, Policy, SecurityMode};
+    let r = ok("gateway: {stateDirectory: /var/lib/fg}\ndevices:\n  - name: o\n    driver: opcua\n    protocol: {endpoint: 'opc.tcp://plc:4840', securityPolicy: Basic256Sha256, username: op, password: pw, trustedServerCertificates: /etc/fg/trusted, mode: poll}\n    properties: [{name: s, nodeId: 'ns=2;s=Line1.Speed', type: float64}]\n");
+    let d = &r.devices[0];
+    let Connection::OpcUa(c) = &d.spec.connection else {
+        panic!("not opcua: {:?}", d.spec.connection)
+    };
+    assert_eq!(c.endpoint, "opc.tcp://plc:4840");
+    assert_eq!(c.policy, Policy::Basic256Sha256);
+    // A policy without a mode means the strongest mode.
+    assert_eq!(c.security_mode, SecurityMode::SignAndEncrypt);
+    assert_eq!(c.mode, Mode::Poll);
+    assert_eq!(
+        c.identity,
+        Identity::UserName {
+            user: "op".into(),
+            password: "pw".into()
+        }
+    );
+    assert_eq!(c.trusted_dir, Path::new("/etc/fg/trusted"));
+    assert_eq!(c.state_dir, Path::new("/var/lib/fg/opcua"));
+    assert!(c.certificate.is_none());
+    let PropertyAddress::OpcUa(a) = &d.spec.properties[0].address else {
+        panic!("not an opcua address")
+    };
+    assert_eq!(a.node_id, "ns=2;s=Line1.Speed");
+
+    let e = errs("devices:\n  - name: o\n    driver: opcua\n    protocol: {endpoint: 'http://plc', securityPolicy: None, securityMode: Sign, password: x, certificate: c.der}\n    properties: [{name: s, nodeId: 'ns=2;x=1', type: float64}]\n");
+    has(
+        &e,
+        "c.yaml:4:26: devices[0].protocol.endpoint: ",
+        "is not an OPC-UA endpoint",
+    );
+    has(
+        &e,
+        "devices[0].protocol.securityMode: ",
+        "needs a securityPolicy other than None",
+    );
+    has(
+        &e,
+        "devices[0].protocol.password: ",
+        "a password needs `username`",
+    );
+    has(
+        &e,
+        "devices[0].protocol.certificate: ",
+        "needs `privateKey` too",
+    );
+    has(
+        &e,
+        "c.yaml:5:",
+        "devices[0].properties[0].nodeId: `ns=2;x=1` is not a valid NodeId",
+    );
 }
