@@ -10,6 +10,7 @@ pub mod deadline;
 pub mod device;
 pub mod mqtt;
 pub mod reload;
+pub mod sdnotify;
 pub mod state;
 pub mod supervisor;
 pub mod telemetry;
