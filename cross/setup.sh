@@ -55,20 +55,26 @@ update() {
 # copies are older than the foreign index's, install both at the foreign
 # candidate version (a point-release upgrade of the host's copies).
 align_multiarch() {
-    local arch=$1 lib cand inst pins=()
+    local arch=$1 lib cand a pins=()
     shift
     for lib in "$@"; do
         cand=$(apt-cache policy "$lib:$arch" | awk '/Candidate:/ {print $2}')
-        inst=$(dpkg-query -W -f='${Version}' "$lib:$(dpkg --print-architecture)" 2>/dev/null || true)
-        if [ -n "$cand" ] && [ "$cand" != "(none)" ] && [ -n "$inst" ] && [ "$cand" != "$inst" ]; then
-            pins+=("$lib=$cand" "$lib:$arch=$cand")
-        fi
+        [ -n "$cand" ] && [ "$cand" != "(none)" ] || continue
+        pins+=("$lib:$arch=$cand")
+        # Every architecture already carrying the library moves to that version.
+        for a in $(dpkg --print-architecture) $(dpkg --print-foreign-architectures); do
+            [ "$a" != "$arch" ] || continue
+            if installed "$lib:$a" && [ "$(dpkg-query -W -f='${Version}' "$lib:$a")" != "$cand" ]; then
+                pins+=("$lib:$a=$cand")
+            fi
+        done
     done
     if [ "${#pins[@]}" -gt 0 ]; then
         echo "cross/setup.sh: aligning multiarch versions: ${pins[*]}" >&2
         "${apt[@]}" --allow-downgrades install "${pins[@]}" </dev/null
     fi
 }
+
 # The target's std must be the very version of rustc-web. The foreign index may
 # lack it (seen: the security suite's armhf index failing to download, and its
 # arm64 index without the 1.96 build, leaving only 1.85 from the main suite,
@@ -78,18 +84,28 @@ install_std() {
     local arch=$1 want have
     want=$(apt-cache policy rustc-web | awk '/Candidate:/ {print $2}')
     have=$(apt-cache policy "libstd-rust-web-dev:$arch" | awk '/Candidate:/ {print $2}')
+    if [ -n "$want" ] && [ "$want" = "$have" ]; then
+        installed "libstd-rust-web-dev:$arch" || align_multiarch "$arch" libxml2 libicu72 "${multiarch_libs[@]}"
+    fi
     if [ -n "$want" ] && [ "$want" = "$have" ] && install_missing "libstd-rust-web-dev:$arch"; then
         return 0
     fi
     echo "cross/setup.sh: libstd-rust-web-dev:$arch $have does not match rustc-web $want;" >&2
     echo "cross/setup.sh: using rust-web-src (std built with -Zbuild-std)" >&2
-    if installed "libstd-rust-web-dev:$arch"; then
-        "${apt[@]}" remove "libstd-rust-web-dev:$arch" </dev/null
-    fi
     install_missing rust-web-src
 }
 
-multiarch_libs=(libxml2 libicu72 libsystemd0 libudev1 liblzma5 libzstd1 liblz4-1 libgcrypt20 libgpg-error0 libcap2)
+# A foreign std of another version blocks rustc-web (Multi-Arch: same).
+remove_mismatched_std() {
+    local arch=$1 want
+    want=$(apt-cache policy rustc-web | awk '/Candidate:/ {print $2}')
+    if installed "libstd-rust-web-dev:$arch" &&
+        [ "$(dpkg-query -W -f='${Version}' "libstd-rust-web-dev:$arch")" != "$want" ]; then
+        "${apt[@]}" purge "libstd-rust-web-dev:$arch" "libstd-rust-web-*:$arch" </dev/null
+    fi
+}
+
+multiarch_libs=(libsystemd0 liblzma5 libzstd1 liblz4-1 libgcrypt20 libgpg-error0 libcap2)
 
 common=(rustc-web cargo-web pkg-config qemu-user-static dpkg-dev binutils)
 for arch in "${arches[@]}"; do
@@ -100,6 +116,9 @@ for arch in "${arches[@]}"; do
     esac
 done
 update
+for arch in "${arches[@]}"; do
+    [ "$arch" = amd64 ] || remove_mismatched_std "$arch"
+done
 install_missing "${common[@]}"
 
 for arch in "${arches[@]}"; do
