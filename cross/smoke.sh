@@ -27,7 +27,7 @@ case "$arch" in
     *) echo "usage: $0 amd64|arm64|armhf [binary]" >&2; exit 2 ;;
 esac
 if [ "$arch" = amd64 ]; then
-    bin=${2:-target/release/fieldgate}
+    bin=${2:-target/$target/release/fieldgate}
 else
     bin=${2:-target/cross-$arch/$target/release/fieldgate}
 fi
