@@ -5,8 +5,12 @@
 # upgrades over itself with a locally edited config (the edit must survive),
 # removes and purges it (nothing may be left behind), and verifies the unit.
 #
-#     bash tests/package-test.sh            # builds with cross/build.sh amd64
+#     bash tests/package-test.sh            # builds with cross/build.sh amd64 (release)
 #     bash tests/package-test.sh some.deb   # tests an existing package
+#     FIELDGATE_PACKAGE_PROFILE=dev bash tests/package-test.sh
+#         packages the debug binary the test suite already built (what .ci/run
+#         does: a cold fat-LTO release build would take most of CI's budget on
+#         2 cores; the package's files, scripts and unit are the same)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -33,6 +37,13 @@ fi
 
 if [ $# -gt 0 ]; then
     deb=$1
+elif [ "${FIELDGATE_PACKAGE_PROFILE:-release}" = dev ]; then
+    step "cargo deb --profile dev (the debug binary)"
+    rm -f dist/fieldgate_*_amd64.deb
+    cargo build -p fieldgate --all-features
+    cargo_deb=$(command -v cargo-deb || echo "${CARGO_HOME:-$HOME/.cargo}/bin/cargo-deb")
+    "$cargo_deb" deb --no-build -p fieldgate --profile dev --output dist/
+    deb=$(ls dist/fieldgate_*_amd64.deb)
 else
     step "bash cross/build.sh amd64"
     rm -f dist/fieldgate_*_amd64.deb
