@@ -175,3 +175,37 @@ fn journal_stream_gets_priority_prefixes_and_no_timestamps() {
         );
     }
 }
+
+/// The packaged `/etc/fieldgate/config.yaml` is valid and needs no hardware:
+/// only simulated devices, the local broker, metrics on loopback, the state in
+/// the unit's StateDirectory.
+#[test]
+fn packaged_default_config_is_valid_and_hardware_free() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/default.yaml");
+    let out = support::fieldgate(&["check", "-c", path.to_str().expect("utf-8 path")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("stateDirectory /var/lib/fieldgate"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("server tcp://127.0.0.1:1883"), "{stdout}");
+    assert!(
+        stdout.contains("metrics http://127.0.0.1:9880/metrics"),
+        "{stdout}"
+    );
+    let drivers: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| {
+            l.split_once("(driver ")
+                .map(|(_, d)| d.trim_end_matches(')'))
+        })
+        .collect();
+    assert!(!drivers.is_empty(), "{stdout}");
+    assert!(drivers.iter().all(|d| *d == "dummy"), "{drivers:?}");
+}
