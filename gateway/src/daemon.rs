@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Resolved};
 use crate::reload;
+use crate::sdnotify;
 use crate::supervisor::{DiffSummary, Supervisor};
 use crate::telemetry::{self, Health, LogControl, Metrics};
 use crate::EXIT_CONFIG;
@@ -117,10 +118,30 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
     supervisor.apply(&empty, &resolved).await;
     let mut current = resolved;
 
+    // systemd: ready once the config is loaded and every task started; the
+    // watchdog is pinged while this loop keeps answering its probes.
+    let notifier = sdnotify::Notifier::from_env();
+    let (probe_tx, mut probes) = tokio::sync::mpsc::channel::<sdnotify::Probe>(1);
+    if let Some(n) = &notifier {
+        n.notify(&format!(
+            "READY=1\nSTATUS=running {} devices",
+            current.devices.len()
+        ));
+        if let Some(interval) = sdnotify::watchdog_interval() {
+            tokio::spawn(sdnotify::watchdog(
+                n.clone(),
+                interval,
+                probe_tx,
+                cancel.clone(),
+            ));
+        }
+    }
+
     loop {
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            Some(probe) = probes.recv() => { let _ = probe.send(()); }
             changed = watched(&mut watcher) => {
                 if changed.is_none() {
                     tracing::warn!("config watcher stopped; reload with SIGHUP");
@@ -157,6 +178,9 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
         }
     }
 
+    if let Some(n) = &notifier {
+        n.notify("STOPPING=1\nSTATUS=stopping");
+    }
     if tokio::time::timeout(STOP_DEADLINE, supervisor.shutdown())
         .await
         .is_err()

@@ -11,6 +11,7 @@ pub mod device;
 pub mod heap;
 pub mod mqtt;
 pub mod reload;
+pub mod sdnotify;
 pub mod state;
 pub mod supervisor;
 pub mod telemetry;
