@@ -675,3 +675,98 @@ async fn puback_refusal_is_logged_and_counted() {
         support::http_get(&format!("127.0.0.1:{metrics}"), "/metrics")
     );
 }
+
+/// Subscription log lines (`log_type subscribe`) for `client` in `log`.
+fn subscribe_lines(log: &str, client: &str) -> usize {
+    let needle = format!(": {client} 1 fieldgate/test/fan/$");
+    log.lines().filter(|l| l.contains(&needle)).count()
+}
+
+/// `resumeSubs` with a persistent session: after a broker restart that
+/// resumed the session, `false` relies on the broker's stored subscriptions
+/// (no SUBSCRIBE is sent again) while `true` subscribes to everything again.
+/// Commands reach the device either way.
+async fn resume_subs_case(resume: bool) {
+    let state = tempfile::tempdir().expect("broker state dir");
+    set_mode(state.path(), 0o777);
+    let mut broker = Mosquitto::start_with(&format!(
+        "persistence true\npersistence_location {}/\nautosave_interval 3600\nlog_type subscribe\nlog_type information\nlog_dest stderr\n",
+        state.path().display()
+    ));
+    let client = if resume {
+        "fg-resume-on"
+    } else {
+        "fg-resume-off"
+    };
+    let yaml = config(
+        &format!(
+            "    server: {}\n    clientId: {client}\n    cleanSession: false\n    resumeSubs: {resume}",
+            broker.url()
+        ),
+        "",
+        "",
+    );
+    let gw = Gateway::start(&yaml);
+    // The first connect subscribes to `$set` and `$get`.
+    assert!(
+        support::wait_until_async(WAIT, || subscribe_lines(&broker.log(), client) >= 2).await,
+        "no SUBSCRIBE logged:\n{}",
+        broker.log()
+    );
+    // Restart the broker; it keeps the session (and its subscriptions).
+    broker.stop_graceful();
+    let before = broker.log().len();
+    broker.restart();
+    assert!(
+        gw.wait_for_log("session_present=true", WAIT),
+        "the session was not resumed: {}\n{}",
+        gw.log(),
+        broker.log()
+    );
+    // A command after the reconnect is applied either way.
+    let mut probe = probe_on(broker.port()).await;
+    probe.subscribe("fieldgate/test/fan/$set/result", 1).await;
+    probe
+        .publish(
+            "fieldgate/test/fan/$set",
+            r#"{"on":true,"$id":"r"}"#,
+            1,
+            false,
+        )
+        .await;
+    let result = probe
+        .wait_for(WAIT, |m| m.topic == "fieldgate/test/fan/$set/result")
+        .await
+        .map(|m| m.json());
+    assert_eq!(
+        result.as_ref().map(|r| (&r["$id"], &r["ok"])),
+        Some((&Value::from("r"), &Value::from(true))),
+        "{}",
+        gw.log()
+    );
+    let after = subscribe_lines(&broker.log()[before..], client);
+    if resume {
+        assert!(
+            after >= 2,
+            "resumeSubs: true subscribes again:\n{}",
+            broker.log()
+        );
+    } else {
+        assert_eq!(
+            after,
+            0,
+            "resumeSubs: false sends no SUBSCRIBE:\n{}",
+            broker.log()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_subs_false_relies_on_the_resumed_session() {
+    resume_subs_case(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_subs_true_subscribes_again() {
+    resume_subs_case(true).await;
+}
