@@ -68,10 +68,14 @@ for f in Version Maintainer Description Section Priority Depends; do
 done
 field Depends | grep -q libc6 || fail "Depends lacks libc6: $(field Depends)"
 field Depends | grep -q adduser || fail "Depends lacks adduser"
-dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | grep -qx /etc/fieldgate/config.yaml ||
+# (Outputs are captured before grep -q: with pipefail, grep -q exiting at
+# its first match kills the writer with SIGPIPE and fails the pipeline.)
+conffiles=$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles)
+grep -qx /etc/fieldgate/config.yaml <<<"$conffiles" ||
     fail "/etc/fieldgate/config.yaml is not a conffile"
 dpkg-deb --contents "$deb"
-dpkg-deb --contents "$deb" | grep -q 'usr/share/doc/fieldgate/copyright' || fail "no copyright file"
+contents=$(dpkg-deb --contents "$deb")
+grep -q 'usr/share/doc/fieldgate/copyright' <<<"$contents" || fail "no copyright file"
 
 step "dpkg -i"
 "${sudo[@]}" dpkg -i "$deb"
@@ -108,7 +112,8 @@ grep -q 'namespace: edited-by-admin' /etc/fieldgate/config.yaml || fail "edit no
 grep -q 'namespace: edited-by-admin' /etc/fieldgate/config.yaml || fail "the edit did not survive the upgrade"
 [ ! -e /etc/fieldgate/config.yaml.dpkg-new ] || fail "config.yaml.dpkg-new left over"
 expect_stat /etc/fieldgate/config.yaml root:fieldgate 640
-/usr/bin/fieldgate check -c /etc/fieldgate/config.yaml | grep -q 'namespace edited-by-admin' || fail "check after upgrade"
+report=$(/usr/bin/fieldgate check -c /etc/fieldgate/config.yaml)
+grep -q 'namespace edited-by-admin' <<<"$report" || fail "check after upgrade"
 echo "ok the edited config survived"
 
 step "remove"
