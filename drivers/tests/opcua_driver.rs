@@ -422,6 +422,57 @@ async fn basic256sha256_sign_and_encrypt_with_user_name() {
     server.stop().await;
 }
 
+/// With no user name configured and a server that accepts only X.509 user
+/// identities, the driver logs in with its client certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x509_identity_when_the_server_accepts_only_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = OpcUaServer::start(Options::new(&dir.path().join("server"))).await;
+    trust(&server, dir.path());
+    let conn = OpcUaConnection {
+        policy: Policy::Basic256Sha256,
+        security_mode: SecurityMode::SignAndEncrypt,
+        ..connection(&server, dir.path(), Mode::Poll)
+    };
+    let props = vec![prop(&server, "Int32", DataType::Int32)];
+    // First run (anonymous still offered): the client certificate is generated.
+    let mut dev = Running::start(spec(
+        conn.clone(),
+        props.clone(),
+        Duration::from_millis(200),
+    ));
+    dev.readings(|r| get(r, 0).is_some_and(|v| v.is_ok())).await;
+    dev.stop().await;
+    let mut options = server.stop().await;
+    let own = dir.path().join("opcua/own/cert.der");
+    assert!(own.exists());
+
+    // Now only that certificate may log in: readings prove the X.509 token.
+    options.x509_user = Some(own);
+    let server = OpcUaServer::start(options).await;
+    let mut dev = Running::start(spec(
+        conn.clone(),
+        props.clone(),
+        Duration::from_millis(200),
+    ));
+    dev.readings(|r| get(r, 0).is_some_and(|v| v.is_ok())).await;
+    dev.stop().await;
+    let mut options = server.stop().await;
+
+    // A server expecting another certificate refuses the identity.
+    options.x509_user = Some(dir.path().join("trusted/plc.der"));
+    let server = OpcUaServer::start(options).await;
+    let mut dev = Running::start(spec(conn, props, Duration::from_millis(200)));
+    let err = dev.offline().await;
+    assert!(
+        err.message.contains("Bad"),
+        "a refused identity names the status: {}",
+        err.message
+    );
+    dev.stop().await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_server_is_refused_with_the_file_to_copy() {
     let dir = tempfile::tempdir().unwrap();

@@ -31,6 +31,8 @@ pub const NAMESPACE: &str = "urn:fieldgate:test";
 pub const USER: &str = "operator";
 /// Its password.
 pub const PASSWORD: &str = "secret";
+/// The user token id of the X.509 identity (see [`Options::x509_user`]).
+pub const X509_USER: &str = "x509-operator";
 
 /// The scalar variables and their initial values.
 pub fn scalars() -> Vec<(&'static str, Variant)> {
@@ -73,6 +75,9 @@ pub struct Options {
     pub tick: Duration,
     /// How many `Load.*` variables.
     pub load: usize,
+    /// When set, the secured endpoints accept only the X.509 user identity
+    /// of this certificate (DER) — no anonymous or user-name logins.
+    pub x509_user: Option<PathBuf>,
 }
 
 impl Options {
@@ -83,6 +88,7 @@ impl Options {
             port: 0,
             tick: Duration::from_millis(100),
             load: 0,
+            x509_user: None,
         }
     }
 }
@@ -131,7 +137,8 @@ impl OpcUaServer {
         };
         let port = listener.local_addr().expect("local addr").port();
         let url = format!("opc.tcp://{host}:{port}/");
-        let users = [ANONYMOUS_USER_TOKEN_ID, USER];
+        let users: &[&str] = &[ANONYMOUS_USER_TOKEN_ID, USER];
+        let x509_only: &[&str] = &[X509_USER];
         let mut builder = ServerBuilder::new()
             .application_name("fieldgate test server")
             .application_uri("urn:fieldgate:test-server")
@@ -143,6 +150,14 @@ impl OpcUaServer {
             .discovery_urls(vec![url.clone()])
             .trust_client_certs(true)
             .add_user_token(USER, ServerUserToken::user_pass(USER, PASSWORD))
+            .add_user_token(
+                X509_USER,
+                match &options.x509_user {
+                    Some(cert) => ServerUserToken::x509(X509_USER, cert),
+                    // Never offered without a certificate to check against.
+                    None => ServerUserToken::user_pass(X509_USER, "unused"),
+                },
+            )
             .with_node_manager(simple_node_manager(
                 opcua::server::diagnostics::NamespaceMetadata {
                     namespace_uri: NAMESPACE.to_owned(),
@@ -173,7 +188,12 @@ impl OpcUaServer {
                 MessageSecurityMode::SignAndEncrypt,
             ),
         ] {
-            builder = builder.add_endpoint(id, ("/", policy, mode, &users as &[&str]));
+            let users = if options.x509_user.is_some() && policy != SecurityPolicy::None {
+                x509_only
+            } else {
+                users
+            };
+            builder = builder.add_endpoint(id, ("/", policy, mode, users));
         }
         let limits = builder.limits_mut();
         limits.subscriptions.max_monitored_items_per_sub = 100_000;
