@@ -325,7 +325,7 @@ pub fn open(settings: &SessionSettings) -> Link {
             opts.set_credentials(user.clone(), settings.password.clone().unwrap_or_default());
         }
         let (client, eventloop) = rumqttc::v5::AsyncClient::new(opts, REQUEST_CHANNEL);
-        let task = tokio::spawn(drive_v5(
+        let task = tokio::spawn(drive(
             eventloop,
             events_tx,
             permits_rx,
@@ -358,7 +358,7 @@ pub fn open(settings: &SessionSettings) -> Link {
         let mut net = rumqttc::NetworkOptions::new();
         net.set_connection_timeout(net_timeout);
         eventloop.set_network_options(net);
-        let task = tokio::spawn(drive_v4(
+        let task = tokio::spawn(drive(
             eventloop,
             events_tx,
             permits_rx,
@@ -407,41 +407,50 @@ fn describe_v5(e: &rumqttc::v5::ConnectionError, settings: &SessionSettings) -> 
     }
 }
 
-/// Drives an MQTT 3.1.1 (or, bridged, 3.1) event loop, translating its events.
-async fn drive_v4(
-    mut el: rumqttc::EventLoop,
-    tx: mpsc::Sender<NetEvent>,
-    mut permits: mpsc::Receiver<()>,
-    mut route: Route,
-    settings: SessionSettings,
-) {
-    use rumqttc::mqttbytes::v4::SubscribeReasonCode;
-    use rumqttc::{Event, Outgoing, Packet};
-    if permits.recv().await.is_none() {
-        return;
-    }
-    loop {
-        if let Err(reason) = route.prepare(&settings).await {
-            if tx.send(NetEvent::Down(reason)).await.is_err() || permits.recv().await.is_none() {
-                return;
-            }
-            continue;
-        }
-        loop {
-            let evs = match el.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => vec![NetEvent::Connected {
-                    session_present: ack.session_present,
-                }],
-                Ok(Event::Incoming(Packet::Publish(p))) => vec![NetEvent::Message(Inbound {
-                    topic: p.topic,
-                    payload: p.payload,
-                    response_topic: None,
-                    correlation: None,
-                })],
-                Ok(Event::Incoming(Packet::PubAck(a))) => vec![NetEvent::Acked(a.pkid)],
-                Ok(Event::Incoming(Packet::PubComp(a))) => vec![NetEvent::Acked(a.pkid)],
-                Ok(Event::Incoming(Packet::SubAck(a))) => a
-                    .return_codes
+/// A connection failure as reported by either client version.
+struct Failure {
+    /// The CONNACK refusal code, when the broker refused the connection.
+    refused: Option<String>,
+    /// What went wrong, for the log and `/healthz`.
+    description: String,
+}
+
+/// One rumqttc event loop (3.1.1 or 5), translated to [`NetEvent`]s.
+trait EventSource: Send {
+    /// Polls once and appends the translated events to `out`.
+    fn poll_into(
+        &mut self,
+        out: &mut Vec<NetEvent>,
+        settings: &SessionSettings,
+    ) -> impl std::future::Future<Output = Result<(), Failure>> + Send;
+    /// Drops rumqttc's own copies of unconfirmed and queued requests: the
+    /// session replays from its outbox. With `drain_channel` also the
+    /// requests queued in the channel since the failure.
+    fn forget_pending(&mut self, drain_channel: bool);
+}
+
+impl EventSource for rumqttc::EventLoop {
+    async fn poll_into(
+        &mut self,
+        out: &mut Vec<NetEvent>,
+        settings: &SessionSettings,
+    ) -> Result<(), Failure> {
+        use rumqttc::mqttbytes::v4::SubscribeReasonCode;
+        use rumqttc::{Event, Outgoing, Packet};
+        match self.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => out.push(NetEvent::Connected {
+                session_present: ack.session_present,
+            }),
+            Ok(Event::Incoming(Packet::Publish(p))) => out.push(NetEvent::Message(Inbound {
+                topic: p.topic,
+                payload: p.payload,
+                response_topic: None,
+                correlation: None,
+            })),
+            Ok(Event::Incoming(Packet::PubAck(a))) => out.push(NetEvent::Acked(a.pkid)),
+            Ok(Event::Incoming(Packet::PubComp(a))) => out.push(NetEvent::Acked(a.pkid)),
+            Ok(Event::Incoming(Packet::SubAck(a))) => out.extend(
+                a.return_codes
                     .iter()
                     .filter(|c| matches!(c, SubscribeReasonCode::Failure))
                     .map(|_| {
@@ -449,62 +458,136 @@ async fn drive_v4(
                             packet: "suback",
                             code: "Failure".into(),
                         })
-                    })
-                    .collect(),
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => vec![NetEvent::Written(pkid)],
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => vec![NetEvent::Disconnected],
-                Ok(_) => Vec::new(),
-                Err(e) => {
-                    // The session replays from its own outbox; drop rumqttc's copies.
-                    el.pending.clear();
-                    let mut evs = Vec::new();
-                    if let rumqttc::ConnectionError::ConnectionRefused(code) = &e {
-                        evs.push(NetEvent::Refused(ReasonCode {
-                            packet: "connack",
-                            code: format!("{code:?}"),
-                        }));
-                    }
-                    let reason = route
-                        .take_error()
-                        .unwrap_or_else(|| describe_v4(&e, &settings));
-                    evs.push(NetEvent::Down(reason));
-                    for ev in evs {
-                        if tx.send(ev).await.is_err() {
-                            return;
+                    }),
+            ),
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => out.push(NetEvent::Written(pkid)),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => out.push(NetEvent::Disconnected),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(Failure {
+                    refused: match &e {
+                        rumqttc::ConnectionError::ConnectionRefused(code) => {
+                            Some(format!("{code:?}"))
                         }
-                    }
-                    if permits.recv().await.is_none() {
-                        return;
-                    }
-                    // Requests queued after the failure are replayed by the session too.
-                    el.clean();
-                    el.pending.clear();
-                    break;
-                }
-            };
-            for ev in evs {
-                if tx.send(ev).await.is_err() {
-                    return;
-                }
+                        _ => None,
+                    },
+                    description: describe_v4(&e, settings),
+                })
             }
         }
+        Ok(())
+    }
+
+    fn forget_pending(&mut self, drain_channel: bool) {
+        if drain_channel {
+            self.clean();
+        }
+        self.pending.clear();
     }
 }
 
-/// Drives an MQTT 5 event loop, translating its events.
-async fn drive_v5(
-    mut el: rumqttc::v5::EventLoop,
+impl EventSource for rumqttc::v5::EventLoop {
+    async fn poll_into(
+        &mut self,
+        out: &mut Vec<NetEvent>,
+        settings: &SessionSettings,
+    ) -> Result<(), Failure> {
+        use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PubRecReason, SubscribeReasonCode};
+        use rumqttc::v5::Event;
+        use rumqttc::Outgoing;
+        match self.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => out.push(NetEvent::Connected {
+                session_present: ack.session_present,
+            }),
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let (response_topic, correlation) = match p.properties {
+                    Some(props) => (props.response_topic, props.correlation_data),
+                    None => (None, None),
+                };
+                out.push(NetEvent::Message(Inbound {
+                    topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                    payload: p.payload,
+                    response_topic,
+                    correlation,
+                }));
+            }
+            Ok(Event::Incoming(Packet::PubAck(a))) => {
+                if !matches!(
+                    a.reason,
+                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                ) {
+                    out.push(NetEvent::Refused(ReasonCode {
+                        packet: "puback",
+                        code: format!("{:?}", a.reason),
+                    }));
+                }
+                // A refusal is final too: the broker will not take it on a retry.
+                out.push(NetEvent::Acked(a.pkid));
+            }
+            Ok(Event::Incoming(Packet::PubRec(a)))
+                if !matches!(
+                    a.reason,
+                    PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+                ) =>
+            {
+                out.push(NetEvent::Refused(ReasonCode {
+                    packet: "pubrec",
+                    code: format!("{:?}", a.reason),
+                }));
+                out.push(NetEvent::Acked(a.pkid));
+            }
+            Ok(Event::Incoming(Packet::PubComp(a))) => out.push(NetEvent::Acked(a.pkid)),
+            Ok(Event::Incoming(Packet::SubAck(a))) => out.extend(
+                a.return_codes
+                    .iter()
+                    .filter(|c| !matches!(c, SubscribeReasonCode::Success(_)))
+                    .map(|c| {
+                        NetEvent::Refused(ReasonCode {
+                            packet: "suback",
+                            code: format!("{c:?}"),
+                        })
+                    }),
+            ),
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => out.push(NetEvent::Written(pkid)),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => out.push(NetEvent::Disconnected),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(Failure {
+                    refused: match &e {
+                        rumqttc::v5::ConnectionError::ConnectionRefused(code) => {
+                            Some(format!("{code:?}"))
+                        }
+                        _ => None,
+                    },
+                    description: describe_v5(&e, settings),
+                })
+            }
+        }
+        Ok(())
+    }
+
+    fn forget_pending(&mut self, drain_channel: bool) {
+        if drain_channel {
+            self.clean();
+        }
+        self.pending.clear();
+    }
+}
+
+/// Drives an event loop of either version: prepares the route, polls and
+/// forwards events, and after a failure waits for the session's permit
+/// before reconnecting. One event buffer is reused for every poll.
+async fn drive<L: EventSource>(
+    mut el: L,
     tx: mpsc::Sender<NetEvent>,
     mut permits: mpsc::Receiver<()>,
     mut route: Route,
     settings: SessionSettings,
 ) {
-    use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PubRecReason, SubscribeReasonCode};
-    use rumqttc::v5::Event;
-    use rumqttc::Outgoing;
     if permits.recv().await.is_none() {
         return;
     }
+    let mut evs: Vec<NetEvent> = Vec::with_capacity(4);
     loop {
         if let Err(reason) = route.prepare(&settings).await {
             if tx.send(NetEvent::Down(reason)).await.is_err() || permits.recv().await.is_none() {
@@ -513,96 +596,35 @@ async fn drive_v5(
             continue;
         }
         loop {
-            let evs = match el.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => vec![NetEvent::Connected {
-                    session_present: ack.session_present,
-                }],
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let (response_topic, correlation) = match p.properties {
-                        Some(props) => (props.response_topic, props.correlation_data),
-                        None => (None, None),
-                    };
-                    vec![NetEvent::Message(Inbound {
-                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                        payload: p.payload,
-                        response_topic,
-                        correlation,
-                    })]
-                }
-                Ok(Event::Incoming(Packet::PubAck(a))) => {
-                    let mut evs = Vec::new();
-                    if !matches!(
-                        a.reason,
-                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers
-                    ) {
-                        evs.push(NetEvent::Refused(ReasonCode {
-                            packet: "puback",
-                            code: format!("{:?}", a.reason),
-                        }));
-                    }
-                    // A refusal is final too: the broker will not take it on a retry.
-                    evs.push(NetEvent::Acked(a.pkid));
-                    evs
-                }
-                Ok(Event::Incoming(Packet::PubRec(a)))
-                    if !matches!(
-                        a.reason,
-                        PubRecReason::Success | PubRecReason::NoMatchingSubscribers
-                    ) =>
-                {
-                    vec![
-                        NetEvent::Refused(ReasonCode {
-                            packet: "pubrec",
-                            code: format!("{:?}", a.reason),
-                        }),
-                        NetEvent::Acked(a.pkid),
-                    ]
-                }
-                Ok(Event::Incoming(Packet::PubComp(a))) => vec![NetEvent::Acked(a.pkid)],
-                Ok(Event::Incoming(Packet::SubAck(a))) => a
-                    .return_codes
-                    .iter()
-                    .filter(|c| !matches!(c, SubscribeReasonCode::Success(_)))
-                    .map(|c| {
-                        NetEvent::Refused(ReasonCode {
-                            packet: "suback",
-                            code: format!("{c:?}"),
-                        })
-                    })
-                    .collect(),
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => vec![NetEvent::Written(pkid)],
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => vec![NetEvent::Disconnected],
-                Ok(_) => Vec::new(),
-                Err(e) => {
-                    el.pending.clear();
-                    let mut evs = Vec::new();
-                    if let rumqttc::v5::ConnectionError::ConnectionRefused(code) = &e {
+            evs.clear();
+            let failed = match el.poll_into(&mut evs, &settings).await {
+                Ok(()) => false,
+                Err(failure) => {
+                    // The session replays from its own outbox; drop rumqttc's copies.
+                    el.forget_pending(false);
+                    if let Some(code) = failure.refused {
                         evs.push(NetEvent::Refused(ReasonCode {
                             packet: "connack",
-                            code: format!("{code:?}"),
+                            code,
                         }));
                     }
-                    let reason = route
-                        .take_error()
-                        .unwrap_or_else(|| describe_v5(&e, &settings));
+                    let reason = route.take_error().unwrap_or(failure.description);
                     evs.push(NetEvent::Down(reason));
-                    for ev in evs {
-                        if tx.send(ev).await.is_err() {
-                            return;
-                        }
-                    }
-                    if permits.recv().await.is_none() {
-                        return;
-                    }
-                    el.clean();
-                    el.pending.clear();
-                    break;
+                    true
                 }
             };
-            for ev in evs {
+            for ev in evs.drain(..) {
                 if tx.send(ev).await.is_err() {
                     return;
                 }
+            }
+            if failed {
+                if permits.recv().await.is_none() {
+                    return;
+                }
+                // Requests queued after the failure are replayed by the session too.
+                el.forget_pending(true);
+                break;
             }
         }
     }
