@@ -66,10 +66,42 @@ fn start(
     }
 }
 
+/// The session's metric series, resolved once (they are touched for every
+/// message written and acknowledged).
+struct SessionMetrics {
+    connected: prometheus::IntGauge,
+    published: prometheus::IntCounter,
+    reconnects: prometheus::IntCounter,
+    dropped: prometheus::IntCounter,
+    replayed: prometheus::IntCounter,
+    store_messages: prometheus::IntGauge,
+    store_bytes: prometheus::IntGauge,
+    store_oldest_age: prometheus::Gauge,
+    ack_latency: prometheus::Histogram,
+}
+
+impl SessionMetrics {
+    fn new(metrics: &Metrics, client_id: &str) -> Self {
+        let id = [client_id];
+        Self {
+            connected: metrics.mqtt_connected.with_label_values(&id),
+            published: metrics.mqtt_published.with_label_values(&id),
+            reconnects: metrics.mqtt_reconnects.with_label_values(&id),
+            dropped: metrics.mqtt_dropped.with_label_values(&id),
+            replayed: metrics.mqtt_replayed.with_label_values(&id),
+            store_messages: metrics.mqtt_store_messages.with_label_values(&id),
+            store_bytes: metrics.mqtt_store_bytes.with_label_values(&id),
+            store_oldest_age: metrics.mqtt_store_oldest_age.with_label_values(&id),
+            ack_latency: metrics.mqtt_ack_latency.with_label_values(&id),
+        }
+    }
+}
+
 struct Session {
     settings: SessionSettings,
     client: LinkClient,
     metrics: Metrics,
+    m: SessionMetrics,
     health: Health,
     outbox: Store,
     /// The store is a file store (the will is never persisted).
@@ -105,14 +137,13 @@ impl Session {
             &health_key(&settings.client_id),
             format!("MQTT session {} is connecting", settings.client_id),
         );
-        metrics
-            .mqtt_connected
-            .with_label_values(&[&settings.client_id])
-            .set(0);
+        let m = SessionMetrics::new(&metrics, &settings.client_id);
+        m.connected.set(0);
         Self {
             settings,
             client,
             metrics,
+            m,
             health,
             outbox_is_file: outbox.is_file(),
             outbox,
@@ -187,10 +218,7 @@ impl Session {
                 if self.outbox_is_file { "; they stay in the file store for the next start" } else { " (broker unreachable)" }
             );
         }
-        self.metrics
-            .mqtt_connected
-            .with_label_values(&[&self.settings.client_id])
-            .set(0);
+        self.m.connected.set(0);
         self.health.clear(&health_key(&self.settings.client_id));
         if let Some(request) = request {
             let _ = request.done.send(left);
@@ -349,10 +377,7 @@ impl Session {
 
     fn count_dropped(&mut self, dropped: u64) {
         if dropped > 0 {
-            self.metrics
-                .mqtt_dropped
-                .with_label_values(&[&self.settings.client_id])
-                .inc_by(dropped);
+            self.m.dropped.inc_by(dropped);
             let total = self.outbox.dropped();
             if self.dropped_reported == 0 || total >= self.dropped_reported * 2 {
                 let bound = match &self.settings.store {
@@ -371,18 +396,10 @@ impl Session {
     }
 
     fn update_store_gauges(&self) {
-        let id = [self.settings.client_id.as_str()];
-        self.metrics
-            .mqtt_store_messages
-            .with_label_values(&id)
-            .set(self.outbox.len() as i64);
-        self.metrics
-            .mqtt_store_bytes
-            .with_label_values(&id)
-            .set(self.outbox.bytes() as i64);
-        self.metrics
-            .mqtt_store_oldest_age
-            .with_label_values(&id)
+        self.m.store_messages.set(self.outbox.len() as i64);
+        self.m.store_bytes.set(self.outbox.bytes() as i64);
+        self.m
+            .store_oldest_age
             .set(self.outbox.oldest_age().map_or(0.0, |d| d.as_secs_f64()));
     }
 
@@ -391,19 +408,13 @@ impl Session {
             NetEvent::Connected { session_present } => self.on_connected(session_present),
             NetEvent::Message(msg) => self.route(msg),
             NetEvent::Written(pkid) => {
-                self.metrics
-                    .mqtt_published
-                    .with_label_values(&[&self.settings.client_id])
-                    .inc();
+                self.m.published.inc();
                 self.outbox.on_written(pkid);
                 self.update_store_gauges();
             }
             NetEvent::Acked(pkid) => {
                 if let Some(latency) = self.outbox.on_acked(pkid) {
-                    self.metrics
-                        .mqtt_ack_latency
-                        .with_label_values(&[&self.settings.client_id])
-                        .observe(latency.as_secs_f64());
+                    self.m.ack_latency.observe(latency.as_secs_f64());
                 }
                 self.update_store_gauges();
             }
@@ -433,10 +444,7 @@ impl Session {
                 self.connected = false;
                 self.outbox.rewind();
                 self.priority.clear();
-                self.metrics
-                    .mqtt_connected
-                    .with_label_values(&[&self.settings.client_id])
-                    .set(0);
+                self.m.connected.set(0);
                 self.health.set_problem(
                     &health_key(&self.settings.client_id),
                     format!(
@@ -475,13 +483,13 @@ impl Session {
         let id = self.settings.client_id.clone();
         let reconnect = self.ever_connected;
         if reconnect {
-            self.metrics.mqtt_reconnects.with_label_values(&[&id]).inc();
+            self.m.reconnects.inc();
         }
         tracing::info!(session = %id, session_present, "connected to the broker");
         self.connected = true;
         self.ever_connected = true;
         self.backoff.reset();
-        self.metrics.mqtt_connected.with_label_values(&[&id]).set(1);
+        self.m.connected.set(1);
         self.health.clear(&health_key(&id));
         self.restore_subscriptions(session_present);
         let will = &self.settings.will;
@@ -586,10 +594,7 @@ impl Session {
             }
         }
         if replayed > 0 {
-            self.metrics
-                .mqtt_replayed
-                .with_label_values(&[&self.settings.client_id])
-                .inc_by(replayed);
+            self.m.replayed.inc_by(replayed);
         }
     }
 }
