@@ -3,7 +3,7 @@
 //! changed ones restart, removed ones stop (and clear their retained topics),
 //! added ones start.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,8 +80,8 @@ impl Supervisor {
         let mut moving: Vec<String> = Vec::new();
         let new_by_name: HashMap<&str, &Arc<DeviceSettings>> =
             new.devices.iter().map(|d| (d.name.as_str(), d)).collect();
-        let names: Vec<String> = self.devices.keys().cloned().collect();
-        for name in names {
+        let was_running: HashSet<String> = self.devices.keys().cloned().collect();
+        for name in was_running.iter().cloned() {
             let Some(running) = self.devices.remove(&name) else {
                 continue;
             };
@@ -111,7 +111,7 @@ impl Supervisor {
             }
         }
         for d in &new.devices {
-            if !self.devices.contains_key(&d.name) && !summary.changed.contains(&d.name) {
+            if !was_running.contains(&d.name) {
                 summary.added.push(d.name.clone());
                 start.push(Arc::clone(d));
             }

@@ -663,6 +663,7 @@ impl Loader<'_> {
                 }
             };
 
+            let (state_props, result_props) = message_props(&merged_msg);
             let message = MessageSettings {
                 topic: t,
                 payload_encode: merged_msg.payload_encode.unwrap_or_default(),
@@ -672,8 +673,8 @@ impl Loader<'_> {
                     .wait_timeout
                     .map(|d| d.0)
                     .unwrap_or(Duration::ZERO),
-                state_props: message_props(&merged_msg).0,
-                result_props: message_props(&merged_msg).1,
+                state_props,
+                result_props,
             };
             if let Some((spec, props)) = self.device_spec(d, &gateway.state_directory) {
                 devices.push(Arc::new(DeviceSettings {
