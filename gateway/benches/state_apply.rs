@@ -113,7 +113,7 @@ fn device(publish: PublishPolicy) -> DeviceSettings {
 /// Returns (ns per value, payloads published).
 fn run(publish: PublishPolicy, vary: bool) -> (f64, u64) {
     let settings = device(publish);
-    let mut state = DeviceState::new(&settings);
+    let mut state = DeviceState::new(&std::sync::Arc::new(settings));
     let mut readings = Readings {
         at: SystemTime::now(),
         cause: ReadCause::Poll,

@@ -3,6 +3,7 @@
 //! deadbands, heartbeat). Produces the JSON payloads of `T` and `T/$meta`.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fieldgate_drivers::{DataType, ReadCause, Readings, Value};
@@ -284,8 +285,9 @@ fn json_string(s: &str) -> Vec<u8> {
 pub struct DeviceState {
     /// `{"name":"<device>","timestamp":"`
     prefix: Vec<u8>,
-    /// The property semantics, in device order.
-    props: Vec<PropertySemantics>,
+    /// The device's settings (property semantics in device order), shared
+    /// with the running device rather than copied.
+    settings: Arc<DeviceSettings>,
     /// Prepared per-property output data, same order.
     prepared: Vec<Prepared>,
     /// Current state, same order.
@@ -304,7 +306,7 @@ pub struct DeviceState {
 
 impl DeviceState {
     /// A device with no readings yet.
-    pub fn new(settings: &DeviceSettings) -> Self {
+    pub fn new(settings: &Arc<DeviceSettings>) -> Self {
         let mut prefix = b"{\"name\":".to_vec();
         push_json(&mut prefix, settings.name.as_str());
         prefix.extend_from_slice(b",\"timestamp\":\"");
@@ -328,10 +330,15 @@ impl DeviceState {
         let n = settings.properties.len();
         Self {
             prefix,
-            props: settings.properties.clone(),
+            settings: Arc::clone(settings),
             prepared,
             current: vec![Slot::Unread; n],
-            published: vec![Slot::Unread; n],
+            // Only an on-change publisher compares with what it published.
+            published: if settings.publish.on_change {
+                vec![Slot::Unread; n]
+            } else {
+                Vec::new()
+            },
             at: None,
             policy: settings.publish,
             last_publish: None,
@@ -348,7 +355,7 @@ impl DeviceState {
             let (Some(slot), Some(prep), Some(prop)) = (
                 self.current.get_mut(index),
                 self.prepared.get_mut(index),
-                self.props.get(index),
+                self.settings.properties.get(index),
             ) else {
                 tracing::debug!(index, "reading for an unknown property index ignored");
                 continue;

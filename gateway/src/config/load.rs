@@ -34,7 +34,8 @@ impl Ctx {
 
     /// An error at `node`, key path `path`.
     fn at(&mut self, node: &Node, path: &str, msg: impl Into<String>) {
-        self.at_pos(node.line, node.column, path, msg);
+        let (line, column) = node.pos();
+        self.at_pos(line, column, path, msg);
     }
 
     fn at_pos(&mut self, line: usize, column: usize, path: &str, msg: impl Into<String>) {
@@ -87,9 +88,10 @@ impl Ctx {
                     if consequence {
                         return None;
                     }
-                    let (line, column, epath) =
-                        e.at.clone()
-                            .unwrap_or((cur.line, cur.column, path.to_string()));
+                    let (line, column, epath) = e.at.clone().unwrap_or_else(|| {
+                        let (line, column) = cur.pos();
+                        (line, column, path.to_string())
+                    });
                     self.at_pos(line, column, &epath, e.message.clone());
                     let rest = if path.is_empty() {
                         Some(epath.as_str())
@@ -408,7 +410,7 @@ fn owners(key: &str, table: fn(DriverKind) -> &'static [&'static str]) -> Vec<&'
 
 impl Loader<'_> {
     fn run(&mut self, root: &Node) -> Option<Resolved> {
-        let empty = Node::synthetic(Kind::Map(vec![]));
+        let empty = Node::synthetic(Kind::Map(Box::new([])));
         let root = match &root.kind {
             Kind::Null => &empty,
             Kind::Map(_) => root,
@@ -503,44 +505,6 @@ impl Loader<'_> {
             None => MqttOptions::default(),
         };
 
-        // devices
-        let mut parsed = Vec::new();
-        if let Some(dn) = root.get("devices") {
-            match &dn.kind {
-                Kind::Null => {}
-                Kind::Seq(items) => {
-                    for (i, d) in items.iter().enumerate() {
-                        if let Some(p) = self.parse_device(i, d) {
-                            parsed.push(p);
-                        }
-                    }
-                }
-                _ => self.ctx.at(
-                    dn,
-                    "devices",
-                    format!("expected a list of devices, found {}", dn.describe()),
-                ),
-            }
-        }
-
-        // Duplicate device names (second occurrence).
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        for d in &parsed {
-            if let Some(first) = seen.get(&d.config.name) {
-                self.ctx.val(
-                    d.node,
-                    &d.path,
-                    &["name"],
-                    format!(
-                        "duplicate device name `{}`: already used by devices[{first}]; device names must be unique",
-                        d.config.name
-                    ),
-                );
-            } else {
-                seen.insert(d.config.name.clone(), d.index);
-            }
-        }
-
         let ns = gateway.namespace.clone();
         let top_prefix = top
             .message
@@ -563,9 +527,46 @@ impl Loader<'_> {
         );
         sessions.push(gw_session.unwrap_or_else(placeholder_session));
 
-        let mut devices = Vec::new();
+        // Devices, each resolved as soon as it is parsed: the parsed property
+        // configs of one device are dropped before the next is read, so a
+        // large file never holds them all at once.
+        let no_devices: &[Node] = &[];
+        let device_nodes = match root.get("devices") {
+            None => no_devices,
+            Some(dn) => match &dn.kind {
+                Kind::Null => no_devices,
+                Kind::Seq(items) => items,
+                _ => {
+                    self.ctx.at(
+                        dn,
+                        "devices",
+                        format!("expected a list of devices, found {}", dn.describe()),
+                    );
+                    no_devices
+                }
+            },
+        };
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut devices = Vec::with_capacity(device_nodes.len());
         let mut topics: HashMap<String, String> = HashMap::new();
-        for d in &parsed {
+        for (i, node) in device_nodes.iter().enumerate() {
+            let Some(d) = self.parse_device(i, node) else {
+                continue;
+            };
+            // Duplicate device names (second occurrence).
+            if let Some(first) = seen.get(&d.config.name) {
+                self.ctx.val(
+                    d.node,
+                    &d.path,
+                    &["name"],
+                    format!(
+                        "duplicate device name `{}`: already used by devices[{first}]; device names must be unique",
+                        d.config.name
+                    ),
+                );
+            } else {
+                seen.insert(d.config.name.clone(), d.index);
+            }
             let dev_client = d.mqtt.as_ref().map(|(m, _)| m.client.clone());
             let dev_msg = d.mqtt.as_ref().map(|(m, _)| m.message.clone());
             let merged_client = match &dev_client {
@@ -676,7 +677,7 @@ impl Loader<'_> {
                 state_props,
                 result_props,
             };
-            if let Some((spec, props)) = self.device_spec(d, &gateway.state_directory) {
+            if let Some((spec, props)) = self.device_spec(&d, &gateway.state_directory) {
                 devices.push(Arc::new(DeviceSettings {
                     name: d.config.name.clone(),
                     driver: d.config.driver,
@@ -1033,7 +1034,11 @@ impl Loader<'_> {
             return None;
         }
         // Properties one by one.
-        let mut props = Vec::new();
+        let mut props = Vec::with_capacity(
+            node.get("properties")
+                .and_then(Node::items)
+                .map_or(0, <[Node]>::len),
+        );
         let mut props_ok = true;
         if let Some(pn) = node.get("properties") {
             match &pn.kind {
@@ -1618,8 +1623,9 @@ impl Loader<'_> {
         state_directory: &str,
     ) -> Option<(DeviceSpec, Vec<PropertySemantics>)> {
         let _ = state_directory;
-        let mut specs = Vec::new();
-        let mut sems = Vec::new();
+        // Exactly sized: these live as long as the device runs.
+        let mut specs = Vec::with_capacity(d.props.len());
+        let mut sems = Vec::with_capacity(d.props.len());
         let connection = match d.config.driver {
             DriverKind::Dummy => {
                 if d.config.model == Some(DummyModel::Fan) {
@@ -1787,6 +1793,8 @@ impl Loader<'_> {
             #[allow(unreachable_patterns)]
             _ => return None,
         };
+        specs.shrink_to_fit();
+        sems.shrink_to_fit();
         Some((
             DeviceSpec {
                 name: d.config.name.clone(),
@@ -2564,10 +2572,10 @@ fn enum_raw(t: DataType, k: &Node) -> Result<Value, String> {
     };
     match (&k.kind, t) {
         (Kind::Bool(b), DataType::Bool) => Ok(Value::Bool(*b)),
-        (Kind::Str(s), DataType::Bool) if s == "true" || s == "false" => {
-            Ok(Value::Bool(s == "true"))
+        (Kind::Str(s), DataType::Bool) if &**s == "true" || &**s == "false" => {
+            Ok(Value::Bool(&**s == "true"))
         }
-        (Kind::Int(i), t) if t.is_integer() => Value::integer_of(t, *i).ok_or_else(|| {
+        (Kind::Int(i), t) if t.is_integer() => Value::integer_of(t, i.get()).ok_or_else(|| {
             let (lo, hi) = t.integer_range().unwrap_or_default();
             format!("enum key `{i}` is out of range for `{t}` ({lo}..={hi})")
         }),
@@ -2575,7 +2583,7 @@ fn enum_raw(t: DataType, k: &Node) -> Result<Value, String> {
             Ok(i) => Value::integer_of(t, i).ok_or_else(bad),
             Err(_) => Err(bad()),
         },
-        (Kind::Int(i), t) if t.is_float() => Ok(Value::Float(*i as f64)),
+        (Kind::Int(i), t) if t.is_float() => Ok(Value::Float(i.get() as f64)),
         (Kind::Float(f), t) if t.is_float() => Ok(Value::Float(*f)),
         (_, DataType::String) => Ok(Value::String(k.text().ok_or_else(bad)?)),
         _ => Err(bad()),
@@ -2627,16 +2635,16 @@ fn constant_value(t: DataType, v: &Node) -> Result<Value, String> {
     };
     match (&v.kind, t) {
         (Kind::Bool(b), DataType::Bool) => Ok(Value::Bool(*b)),
-        (Kind::Int(i), t) if t.is_integer() => Value::integer_of(t, *i).ok_or_else(|| {
+        (Kind::Int(i), t) if t.is_integer() => Value::integer_of(t, i.get()).ok_or_else(|| {
             let (lo, hi) = t.integer_range().unwrap_or_default();
             format!("constant `{i}` is out of range for `{t}` ({lo}..={hi})")
         }),
         (Kind::Float(f), t) if t.is_integer() && f.fract() == 0.0 => {
             Value::integer_of(t, *f as i128).ok_or_else(bad)
         }
-        (Kind::Int(i), t) if t.is_float() => Ok(Value::Float(*i as f64)),
+        (Kind::Int(i), t) if t.is_float() => Ok(Value::Float(i.get() as f64)),
         (Kind::Float(f), t) if t.is_float() => Ok(Value::Float(*f)),
-        (Kind::Str(s), DataType::String) => Ok(Value::String(s.clone())),
+        (Kind::Str(s), DataType::String) => Ok(Value::String(s.to_string())),
         (Kind::Str(s), DataType::Bytes) => decode_hex(s)
             .map(Value::Bytes)
             .ok_or_else(|| format!("constant `{s}` is not hex bytes (e.g. \"01ff\")")),
