@@ -29,7 +29,7 @@ fn prop(i: usize, data_type: DataType) -> PropertySemantics {
         writable: false,
         scale: None,
         offset: None,
-        enum_entries: Vec::new(),
+        enum_entries: Box::new([]),
         min: None,
         max: None,
         deadband: Some(0.5),

@@ -20,6 +20,7 @@ const STOP_DEADLINE: Duration = Duration::from_millis(4500);
 
 /// Runs the daemon with the config at `path`; returns the process exit code.
 pub fn run(path: &Path) -> i32 {
+    crate::heap::use_one_arena();
     let resolved = match crate::heap::load_compact(|| config::load(path)) {
         Ok(r) => r,
         Err(errors) => {

@@ -259,9 +259,9 @@ impl Slot {
 /// Per-property data prepared once: JSON key and labels already escaped.
 struct Prepared {
     /// `"name":`
-    key: Vec<u8>,
+    key: Box<[u8]>,
     /// Each enum label as a JSON string.
-    labels: Vec<Vec<u8>>,
+    labels: Box<[Box<[u8]>]>,
     /// The raw value last normalized into the current slot.
     last_raw: Option<Value>,
 }
@@ -317,11 +317,11 @@ impl DeviceState {
                 let mut key = json_string(&p.name);
                 key.push(b':');
                 Prepared {
-                    key,
+                    key: key.into_boxed_slice(),
                     labels: p
                         .enum_entries
                         .iter()
-                        .map(|e| json_string(&e.label))
+                        .map(|e| json_string(&e.label).into_boxed_slice())
                         .collect(),
                     last_raw: None,
                 }
@@ -506,7 +506,7 @@ pub fn meta_payload(settings: &DeviceSettings) -> Vec<u8> {
         let mut m = Map::new();
         m.insert("type".into(), J::from(p.data_type.as_str()));
         if let Some(unit) = &p.unit {
-            m.insert("unit".into(), J::from(unit.as_str()));
+            m.insert("unit".into(), J::from(&**unit));
         }
         m.insert("writable".into(), J::Bool(p.writable));
         if !p.enum_entries.is_empty() {
@@ -518,7 +518,7 @@ pub fn meta_payload(settings: &DeviceSettings) -> Vec<u8> {
             m.insert("enum".into(), J::Object(labels));
         }
         if let Some(description) = &p.description {
-            m.insert("description".into(), J::from(description.as_str()));
+            m.insert("description".into(), J::from(&**description));
         }
         for (key, value) in [
             ("min", p.min),

@@ -1801,7 +1801,7 @@ impl Loader<'_> {
                 sync_interval: d.config.sync_interval.0,
                 timeout: d.config.timeout.0,
                 connection,
-                properties: specs,
+                properties: specs.into(),
             },
             sems,
         ))
@@ -2597,7 +2597,7 @@ fn plain_semantics(name: &str, t: DataType, writable: bool) -> PropertySemantics
         writable,
         scale: None,
         offset: None,
-        enum_entries: Vec::new(),
+        enum_entries: Box::new([]),
         min: None,
         max: None,
         deadband: None,
@@ -2613,15 +2613,17 @@ fn semantics(p: &PropertyConfig, pn: &Node) -> Option<PropertySemantics> {
     s.min = p.min;
     s.max = p.max;
     s.deadband = p.deadband;
-    s.unit = p.unit.clone();
-    s.description = p.description.clone();
+    s.unit = p.unit.as_deref().map(Box::from);
+    s.description = p.description.as_deref().map(Box::from);
     if let Some(en) = pn.get("enum").and_then(|e| e.entries()) {
+        let mut entries = Vec::with_capacity(en.len());
         for (k, v) in en {
-            s.enum_entries.push(EnumEntry {
+            entries.push(EnumEntry {
                 raw: enum_raw(p.data_type, k).ok()?,
                 label: v.text().unwrap_or_default(),
             });
         }
+        s.enum_entries = entries.into_boxed_slice();
     }
     Some(s)
 }

@@ -77,7 +77,7 @@ pub enum SessionInput {
         /// Exact topic.
         topic: String,
         /// The device's inbox.
-        to: mpsc::Sender<Inbound>,
+        to: Inbox,
     },
     /// Stop delivering `topic` (unsubscribes).
     Unroute {
@@ -85,6 +85,11 @@ pub enum SessionInput {
         topic: String,
     },
 }
+
+/// A device's inbox for `$set`/`$get` messages. Messages travel boxed: a
+/// tokio channel allocates its slots 32 at a time whatever its capacity, and
+/// every device has one.
+pub type Inbox = mpsc::Sender<Box<Inbound>>;
 
 /// How a session ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

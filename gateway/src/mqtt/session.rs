@@ -116,7 +116,7 @@ struct Session {
     /// Birth and retained replays: sent before the outbox after a connect.
     priority: VecDeque<OutMsg>,
     retained: HashMap<Arc<str>, OutMsg>,
-    routes: HashMap<String, mpsc::Sender<Inbound>>,
+    routes: HashMap<String, super::Inbox>,
     /// Topics the broker's stored session holds subscriptions for
     /// (`cleanSession: false`).
     broker_subs: std::collections::HashSet<String>,
@@ -622,7 +622,7 @@ impl Session {
     fn route(&mut self, msg: Inbound) {
         match self.routes.get(&msg.topic) {
             Some(to) => {
-                if let Err(e) = to.try_send(msg) {
+                if let Err(e) = to.try_send(Box::new(msg)) {
                     let topic = match &e {
                         mpsc::error::TrySendError::Full(m)
                         | mpsc::error::TrySendError::Closed(m) => m.topic.clone(),

@@ -25,7 +25,7 @@ pub(crate) fn prop(name: &str, data_type: DataType) -> PropertySemantics {
         writable: false,
         scale: None,
         offset: None,
-        enum_entries: Vec::new(),
+        enum_entries: Box::new([]),
         min: None,
         max: None,
         deadband: None,
@@ -35,7 +35,7 @@ pub(crate) fn prop(name: &str, data_type: DataType) -> PropertySemantics {
 }
 
 /// Enum entries from `(raw, label)` pairs.
-pub(crate) fn entries(pairs: &[(Value, &str)]) -> Vec<EnumEntry> {
+pub(crate) fn entries(pairs: &[(Value, &str)]) -> Box<[EnumEntry]> {
     pairs
         .iter()
         .map(|(raw, label)| EnumEntry {
@@ -607,8 +607,8 @@ fn meta_payload_shape() {
             offset: Some(-5.0),
             min: Some(10.0),
             max: Some(30.0),
-            unit: Some("°C".to_owned()),
-            description: Some("target temperature".to_owned()),
+            unit: Some("°C".into()),
+            description: Some("target temperature".into()),
             ..prop("setpoint", DataType::Int16)
         },
         PropertySemantics {
