@@ -25,6 +25,10 @@ const FIRST_RECONNECT: Duration = Duration::from_secs(1);
 /// Subscriptions for commands use at least QoS 1 so commands are not lost
 /// between broker and gateway.
 const COMMAND_QOS: u8 = 1;
+/// How long after start-up a full store may hold the devices back while the
+/// first connection attempt lasts (a broker that does not answer must not
+/// stall them until `connectTimeout`).
+const FIRST_ATTEMPT_GRACE: Duration = Duration::from_secs(5);
 /// Command topics per SUBSCRIBE packet.
 const SUBSCRIBE_BATCH: usize = 64;
 /// SUBSCRIBE packets handed to the client per turn of the session loop (the
@@ -133,10 +137,12 @@ struct Session {
     unrouted: VecDeque<Inbound>,
     connected: bool,
     ever_connected: bool,
-    /// The first connection attempt has not ended yet: a full store pushes
-    /// back on the devices as while connected, so that a large gateway's
-    /// start-up burst is not dropped in the milliseconds before CONNACK.
-    first_attempt: bool,
+    /// While the first connection attempt lasts (at most
+    /// [`FIRST_ATTEMPT_GRACE`] after start; `None` once it ended), a full
+    /// store pushes back on the devices as while connected, so that a large
+    /// gateway's start-up burst is not dropped in the milliseconds before
+    /// CONNACK.
+    first_attempt: Option<Instant>,
     backoff: Backoff,
     reconnect_at: Option<Instant>,
     dropped_reported: u64,
@@ -175,7 +181,7 @@ impl Session {
             refusals_logged: Default::default(),
             connected: false,
             ever_connected: false,
-            first_attempt: true,
+            first_attempt: Some(Instant::now() + FIRST_ATTEMPT_GRACE),
             backoff,
             reconnect_at: None,
             dropped_reported: 0,
@@ -190,7 +196,11 @@ impl Session {
     /// the store is full and the broker is reachable (or being reached for
     /// the first time). Messages are dropped only while it is unreachable.
     fn pushes_back(&self) -> bool {
-        (self.connected || self.first_attempt) && self.outbox.is_full()
+        (self.connected
+            || self
+                .first_attempt
+                .is_some_and(|until| Instant::now() < until))
+            && self.outbox.is_full()
     }
 
     async fn run(
@@ -207,6 +217,7 @@ impl Session {
         let request = loop {
             let reconnect_at = self.reconnect_at;
             let subs_retry_at = self.subs_retry_at;
+            let first_attempt_ends = self.first_attempt;
             tokio::select! {
                 ev = link.events.recv() => match ev {
                     Some(ev) => self.on_net(ev, &link.permits).await,
@@ -235,6 +246,7 @@ impl Session {
                     let _ = link.permits.try_send(());
                 }
                 _ = sleep_until_opt(subs_retry_at) => self.subs_retry_at = None,
+                _ = sleep_until_opt(first_attempt_ends) => self.first_attempt = None,
             }
             self.flush_subscriptions();
             self.feed();
@@ -478,7 +490,7 @@ impl Session {
                     .inc();
             }
             NetEvent::Down(reason) => {
-                self.first_attempt = false;
+                self.first_attempt = None;
                 let was_connected = self.connected;
                 self.connected = false;
                 self.outbox.rewind();
@@ -527,7 +539,7 @@ impl Session {
         tracing::info!(session = %id, session_present, "connected to the broker");
         self.connected = true;
         self.ever_connected = true;
-        self.first_attempt = false;
+        self.first_attempt = None;
         self.backoff.reset();
         self.m.connected.set(1);
         self.health.clear(&health_key(&id));
