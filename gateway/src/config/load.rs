@@ -18,6 +18,24 @@ use super::tree::{self, from_node, join, list, Kind, Node};
 use super::types::*;
 use super::{ConfigError, ConfigErrors};
 
+/// `s` with control characters (line breaks, tabs, terminal escapes) written
+/// as escapes: keys and values quoted from the file must not break an error
+/// out of its one `FILE:LINE:COLUMN: KEY.PATH: message` line.
+fn one_line(s: &str) -> String {
+    if !s.contains(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Collects located errors for one file.
 pub(crate) struct Ctx {
     file: String,
@@ -42,8 +60,8 @@ impl Ctx {
             file: self.file.clone(),
             line: line.max(1),
             column: column.max(1),
-            key_path: path.to_string(),
-            message: msg.into(),
+            key_path: one_line(path),
+            message: one_line(&msg.into()),
         });
     }
 

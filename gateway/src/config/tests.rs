@@ -858,3 +858,14 @@ fn opcua_devices_lower_to_connections_and_node_addresses() {
         "devices[0].properties[0].nodeId: `ns=2;x=1` is not a valid NodeId",
     );
 }
+
+#[test]
+fn line_breaks_from_the_file_stay_inside_one_error_line() {
+    // Found by fuzzing (config): quoted values and keys with line breaks
+    // split an error over several lines.
+    let e = errs("gateway:\n  namespace: \"a\\r\\nb\"\n  \"x\\ny\": 1\n");
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e.iter().all(|l| !l.contains(['\n', '\r'])), "{e:?}");
+    has(&e, "c.yaml:2:14: gateway.namespace:", "`a\\r\\nb`");
+    has(&e, "c.yaml:3:3: gateway.x\\ny:", "unknown key `x\\ny`");
+}
