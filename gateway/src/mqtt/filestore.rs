@@ -445,7 +445,7 @@ pub fn recover(dir: &Path) -> Result<Recovery, StoreError> {
                         continue;
                     }
                     max_seq = Some(m.seq);
-                    messages.push(m);
+                    messages.push((rec.segments.len(), m));
                 }
             }
         }
@@ -457,7 +457,26 @@ pub fn recover(dir: &Path) -> Result<Recovery, StoreError> {
         rec.acked = rec.acked.max(*first);
     }
     let acked = rec.acked;
-    rec.messages = messages.into_iter().filter(|m| m.seq >= acked).collect();
+    // A segment holds the messages numbered below the next segment's first
+    // number: the writer names a segment after its first message and
+    // deletes it by that rule. A message at or above it is misplaced (it
+    // would be deleted with its segment while unacknowledged): skipped.
+    let firsts: Vec<u64> = rec.segments.iter().map(|(f, _)| *f).collect();
+    rec.messages = messages
+        .into_iter()
+        .filter(|(i, m)| {
+            let misplaced = firsts.get(i + 1).is_some_and(|next| m.seq >= *next);
+            if misplaced {
+                tracing::warn!(
+                    "store file {}: message {} belongs in a later segment; skipped",
+                    rec.segments[*i].1.display(),
+                    m.seq
+                );
+            }
+            !misplaced && m.seq >= acked
+        })
+        .map(|(_, m)| m)
+        .collect();
     // The writer starts a new segment named after the next sequence
     // number: never reuse an existing name.
     let after_last = rec.segments.last().map_or(0, |(f, _)| f.saturating_add(1));
@@ -945,6 +964,27 @@ mod tests {
             payloads(&recover(&dir).unwrap()),
             vec!["payload 1", "payload 3"]
         );
+    }
+
+    #[test]
+    fn a_message_misplaced_before_a_later_segment_is_skipped() {
+        // Found by fuzzing (store_recovery): segment 0 holding message 1
+        // next to a segment named 1. The writer deletes segment 0 once 1 is
+        // the acknowledged position, so recovering message 1 from it would
+        // lose it while unacknowledged.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        fs::create_dir(&dir).unwrap();
+        let mut seg0 = HEADER.to_vec();
+        seg0.extend_from_slice(&encode_message(0, 0, &msg(0)));
+        seg0.extend_from_slice(&encode_message(1, 0, &msg(1)));
+        fs::write(dir.join(seg_name(0)), seg0).unwrap();
+        let mut seg1 = HEADER.to_vec();
+        seg1.extend_from_slice(&encode_message(2, 0, &msg(2)));
+        fs::write(dir.join(seg_name(1)), seg1).unwrap();
+        let rec = recover(&dir).unwrap();
+        assert_eq!(payloads(&rec), vec!["payload 0", "payload 2"]);
+        assert_eq!(rec.next_seq, 3);
     }
 
     #[test]
