@@ -1818,8 +1818,12 @@ impl Loader<'_> {
     }
 }
 
+/// Longest store directory name taken from a client id as is.
+const STORE_DIR_NAME_MAX: usize = 200;
+
 /// A client id as one safe path component (`/`, `..` and the like
-/// become `_`).
+/// become `_`); a longer id than a file name allows is cut to
+/// [`STORE_DIR_NAME_MAX`] and made unique with the id's UUIDv5.
 fn store_dir_name(client_id: &str) -> String {
     let name: String = client_id
         .chars()
@@ -1833,6 +1837,10 @@ fn store_dir_name(client_id: &str) -> String {
         .collect();
     if name.is_empty() || name.chars().all(|c| c == '.') {
         format!("_{name}")
+    } else if name.len() > STORE_DIR_NAME_MAX {
+        // Only ASCII is left, so any byte index is a character boundary.
+        let uid = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, client_id.as_bytes());
+        format!("{}-{}", &name[..STORE_DIR_NAME_MAX], uid.simple())
     } else {
         name
     }

@@ -869,3 +869,28 @@ fn line_breaks_from_the_file_stay_inside_one_error_line() {
     has(&e, "c.yaml:2:14: gateway.namespace:", "`a\\r\\nb`");
     has(&e, "c.yaml:3:3: gateway.x\\ny:", "unknown key `x\\ny`");
 }
+
+#[test]
+fn a_long_client_id_gives_a_store_directory_name_a_file_system_takes() {
+    // Found by fuzzing (topics): the default client id of a long namespace
+    // became a store directory name over the 255-byte file name limit.
+    use super::resolved::StoreSettings;
+    let ns = "n".repeat(300);
+    let dir_of = |r: &Resolved| match &r.sessions[0].store {
+        StoreSettings::File { directory, .. } => directory.clone(),
+        StoreSettings::Memory => panic!("a file store"),
+    };
+    let r = ok(&format!(
+        "gateway: {{namespace: {ns}, stateDirectory: /s}}\nmqtt:\n  client:\n    store: {{type: file}}\n"
+    ));
+    let dir = dir_of(&r);
+    let name = dir.file_name().unwrap().to_str().unwrap();
+    assert!(name.len() <= 255, "{} bytes", name.len());
+    assert!(name.starts_with(&format!("fieldgate-{}", &ns[..190])));
+    assert_eq!(dir.parent(), Some(Path::new("/s/mqtt")));
+    // Ids sharing the first 200 characters still get their own directory.
+    let other = ok(&format!(
+        "gateway: {{namespace: {ns}x, stateDirectory: /s}}\nmqtt:\n  client:\n    store: {{type: file}}\n"
+    ));
+    assert_ne!(dir_of(&other), dir);
+}
