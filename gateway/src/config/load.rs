@@ -567,6 +567,18 @@ impl Loader<'_> {
             .and_then(|t| t.prefix.clone())
             .unwrap_or_else(|| "fieldgate".into());
         let gateway_topic = format!("{top_prefix}/{ns}");
+        // The prefix and the namespace are checked on their own; together
+        // they may still make G too long.
+        if is_valid_name(&ns) && check_topic(&top_prefix).is_ok() {
+            if let (Err(e), Some(g)) = (check_topic(&gateway_topic), gw_map("namespace")) {
+                self.ctx.val(
+                    g,
+                    "gateway",
+                    &["namespace"],
+                    format!("the gateway topic `<prefix>/<namespace>` is invalid: {e}"),
+                );
+            }
+        }
 
         // Sessions: the gateway session first.
         let mut session_keys: Vec<ClientOptions> = vec![top.client.clone()];

@@ -894,3 +894,17 @@ fn a_long_client_id_gives_a_store_directory_name_a_file_system_takes() {
     ));
     assert_ne!(dir_of(&other), dir);
 }
+
+#[test]
+fn a_namespace_making_the_gateway_topic_too_long_is_refused() {
+    // Found by fuzzing (topics): prefix and namespace were each within
+    // bounds, G = <prefix>/<namespace> was not (over MQTT's 65535 bytes).
+    let prefix = "p".repeat(50_000);
+    let ns = "n".repeat(50_000);
+    let e = errs(&format!(
+        "gateway: {{namespace: {ns}}}\nmqtt: {{message: {{topic: {{prefix: {prefix}, with: uid}}}}}}\n"
+    ));
+    assert_eq!(e.len(), 1, "{e:?}");
+    has(&e, "c.yaml:1:22: gateway.namespace: ", "the gateway topic");
+    has(&e, "c.yaml:1:22: gateway.namespace: ", "too long");
+}
