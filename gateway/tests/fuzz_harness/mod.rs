@@ -13,9 +13,12 @@ pub mod set_payload;
 pub mod store_recovery;
 pub mod topics;
 
+/// A target's entry point.
+pub type Run = fn(&[u8]);
+
 /// The targets by name, as `fuzz/fuzz_targets/<name>.rs` and
 /// `tests/fuzz_regressions/<name>/` call them.
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [(&str, Run); 5] = [
     ("config", config::run),
     ("set_payload", set_payload::run),
     ("modbus_decode", modbus_decode::run),

@@ -111,7 +111,7 @@ fn seq(input: &mut Input<'_>, last: &mut u64) -> u64 {
 /// One segment file's bytes.
 fn segment(input: &mut Input<'_>, last: &mut u64) -> Vec<u8> {
     let mode = input.u8();
-    if mode % 4 == 0 {
+    if mode.is_multiple_of(4) {
         // Raw bytes, with or without the header.
         let mut data = if mode & 4 != 0 {
             HEADER.to_vec()
