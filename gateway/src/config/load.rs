@@ -189,6 +189,9 @@ pub fn check_topic(t: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Longest MQTT client id (a UTF-8 string with a 16-bit length).
+const MAX_CLIENT_ID: usize = 65_535;
+
 const NAME_RULE: &str = "use letters, digits, `_`, `.` and `-`, starting with a letter or digit";
 
 /// The path of the mapping that encloses (line, column), from indentation:
@@ -671,6 +674,19 @@ impl Loader<'_> {
                         format!("{t}/$will"),
                     );
                     let s = s.unwrap_or_else(placeholder_session);
+                    // A configured client id is checked on its own; the
+                    // default one grows with the names.
+                    if s.client_id.len() > MAX_CLIENT_ID {
+                        self.ctx.val(
+                            d.node,
+                            &d.path,
+                            &["name"],
+                            format!(
+                                "the default client id `fieldgate-<namespace>-<device>` of this device's own MQTT session would be {} bytes, more than MQTT's {MAX_CLIENT_ID}: set a shorter `mqtt.client.clientId`",
+                                s.client_id.len()
+                            ),
+                        );
+                    }
                     if let Some(j) = sessions.iter().position(|o| o.client_id == s.client_id) {
                         let _ = j;
                         let msg = format!(
@@ -832,7 +848,7 @@ impl Loader<'_> {
             ),
         }
         if let Some(id) = &c.client_id {
-            if id.len() > 65_535 || id.contains('\0') {
+            if id.len() > MAX_CLIENT_ID || id.contains('\0') {
                 ctx.val(
                     n,
                     path,

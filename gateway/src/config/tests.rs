@@ -908,3 +908,20 @@ fn a_namespace_making_the_gateway_topic_too_long_is_refused() {
     has(&e, "c.yaml:1:22: gateway.namespace: ", "the gateway topic");
     has(&e, "c.yaml:1:22: gateway.namespace: ", "too long");
 }
+
+#[test]
+fn a_default_client_id_over_the_mqtt_limit_is_refused() {
+    // Found by fuzzing (topics): a device with its own session and a long
+    // name (topic by uid, so the topic stays short) got a default client id
+    // `fieldgate-<namespace>-<device>` over MQTT's 65535 bytes.
+    let name = "d".repeat(70_000);
+    let e = errs(&format!(
+        "mqtt: {{message: {{topic: {{with: uid}}}}}}\ndevices:\n  - name: {name}\n    driver: dummy\n    model: fan\n    mqtt: {{client: {{keepAlive: 31s}}}}\n"
+    ));
+    assert_eq!(e.len(), 1, "{e:?}");
+    has(&e, "c.yaml:3:11: devices[0].name: ", "default client id");
+    // With a client id of its own it is fine.
+    ok(&format!(
+        "mqtt: {{message: {{topic: {{with: uid}}}}}}\ndevices:\n  - name: {name}\n    driver: dummy\n    model: fan\n    mqtt: {{client: {{keepAlive: 31s, clientId: d}}}}\n"
+    ));
+}
