@@ -45,16 +45,22 @@ run_target() {
     mkdir -p "corpus/$t" "artifacts/$t"
     # Findings present before this run do not count for it.
     ls "artifacts/$t" >"logs/$t.before" 2>/dev/null || true
-    local dict=()
+    local extra=()
     if [ -f "dicts/$t.dict" ]; then
-        dict=("-dict=dicts/$t.dict")
+        extra+=("-dict=dicts/$t.dict")
     fi
+    case "$t" in
+        # These run tokio and the store's writer thread: glibc's per-thread
+        # destructor list of a thread that is still alive shows up as a
+        # 64-byte "leak" now and then, which is not one (docs/fuzzing.md).
+        set_payload | store_recovery) extra+=("-detect_leaks=0") ;;
+    esac
     local start end
     start=$(date +%s)
     # -timeout: one input taking longer is a finding (a hang).
     cargo "+$TOOLCHAIN" fuzz run "$t" "corpus/$t" "seeds/$t" -- \
         -max_total_time="$SECONDS_PER_TARGET" -timeout=30 -rss_limit_mb=2048 \
-        -print_final_stats=1 "${dict[@]}" >"$log" 2>&1 || true
+        -print_final_stats=1 "${extra[@]}" >"$log" 2>&1 || true
     end=$(date +%s)
     echo $((end - start)) >"logs/$t.seconds"
 }
