@@ -18,6 +18,24 @@ use super::tree::{self, from_node, join, list, Kind, Node};
 use super::types::*;
 use super::{ConfigError, ConfigErrors};
 
+/// `s` with control characters (line breaks, tabs, terminal escapes) written
+/// as escapes: keys and values quoted from the file must not break an error
+/// out of its one `FILE:LINE:COLUMN: KEY.PATH: message` line.
+fn one_line(s: &str) -> String {
+    if !s.contains(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Collects located errors for one file.
 pub(crate) struct Ctx {
     file: String,
@@ -43,8 +61,8 @@ impl Ctx {
             file: self.file.clone(),
             line: line.max(1),
             column: column.max(1),
-            key_path: path.to_string(),
-            message: msg.into(),
+            key_path: one_line(path),
+            message: one_line(&msg.into()),
         });
     }
 
@@ -172,6 +190,9 @@ pub fn check_topic(t: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Longest MQTT client id (a UTF-8 string with a 16-bit length).
+const MAX_CLIENT_ID: usize = 65_535;
 
 const NAME_RULE: &str = "use letters, digits, `_`, `.` and `-`, starting with a letter or digit";
 
@@ -513,6 +534,18 @@ impl Loader<'_> {
             .and_then(|t| t.prefix.clone())
             .unwrap_or_else(|| "fieldgate".into());
         let gateway_topic = format!("{top_prefix}/{ns}");
+        // The prefix and the namespace are checked on their own; together
+        // they may still make G too long.
+        if is_valid_name(&ns) && check_topic(&top_prefix).is_ok() {
+            if let (Err(e), Some(g)) = (check_topic(&gateway_topic), gw_map("namespace")) {
+                self.ctx.val(
+                    g,
+                    "gateway",
+                    &["namespace"],
+                    format!("the gateway topic `<prefix>/<namespace>` is invalid: {e}"),
+                );
+            }
+        }
 
         // Sessions: the gateway session first.
         let mut session_keys: Vec<ClientOptions> = vec![top.client.clone()];
@@ -642,6 +675,19 @@ impl Loader<'_> {
                         format!("{t}/$will"),
                     );
                     let s = s.unwrap_or_else(placeholder_session);
+                    // A configured client id is checked on its own; the
+                    // default one grows with the names.
+                    if s.client_id.len() > MAX_CLIENT_ID {
+                        self.ctx.val(
+                            d.node,
+                            &d.path,
+                            &["name"],
+                            format!(
+                                "the default client id `fieldgate-<namespace>-<device>` of this device's own MQTT session would be {} bytes, more than MQTT's {MAX_CLIENT_ID}: set a shorter `mqtt.client.clientId`",
+                                s.client_id.len()
+                            ),
+                        );
+                    }
                     if let Some(j) = sessions.iter().position(|o| o.client_id == s.client_id) {
                         let _ = j;
                         let msg = format!(
@@ -803,7 +849,7 @@ impl Loader<'_> {
             ),
         }
         if let Some(id) = &c.client_id {
-            if id.len() > 65_535 || id.contains('\0') {
+            if id.len() > MAX_CLIENT_ID || id.contains('\0') {
                 ctx.val(
                     n,
                     path,
@@ -1808,8 +1854,12 @@ impl Loader<'_> {
     }
 }
 
+/// Longest store directory name taken from a client id as is.
+const STORE_DIR_NAME_MAX: usize = 200;
+
 /// A client id as one safe path component (`/`, `..` and the like
-/// become `_`).
+/// become `_`); a longer id than a file name allows is cut to
+/// [`STORE_DIR_NAME_MAX`] and made unique with the id's UUIDv5.
 fn store_dir_name(client_id: &str) -> String {
     let name: String = client_id
         .chars()
@@ -1823,6 +1873,10 @@ fn store_dir_name(client_id: &str) -> String {
         .collect();
     if name.is_empty() || name.chars().all(|c| c == '.') {
         format!("_{name}")
+    } else if name.len() > STORE_DIR_NAME_MAX {
+        // Only ASCII is left, so any byte index is a character boundary.
+        let uid = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, client_id.as_bytes());
+        format!("{}-{}", &name[..STORE_DIR_NAME_MAX], uid.simple())
     } else {
         name
     }

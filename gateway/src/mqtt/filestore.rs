@@ -40,6 +40,10 @@ const HEADER: &[u8; 8] = b"FGSTORE1";
 const RECORD_HEADER: usize = 8;
 /// Largest body accepted when reading (bigger lengths are damage).
 const MAX_BODY: usize = 256 << 20;
+/// Largest sequence number read back. The writer counts up from 1 and
+/// never gets near it (2^62 messages); anything above is damage, which
+/// keeps room to count on after any recovery.
+const MAX_SEQ: u64 = 1 << 62;
 const KIND_MSG: u8 = 1;
 const KIND_ACK: u8 = 2;
 /// Commands waiting for the writer thread.
@@ -258,7 +262,7 @@ fn decode_body(body: &[u8]) -> Option<Record> {
     let mut r = Reader(body);
     match r.u8()? {
         KIND_MSG => {
-            let seq = r.u64()?;
+            let seq = r.u64().filter(|s| *s <= MAX_SEQ)?;
             let stored_ms = r.u64()?;
             let qos = r.u8()?;
             let flags = r.u8()?;
@@ -288,7 +292,7 @@ fn decode_body(body: &[u8]) -> Option<Record> {
             }))
         }
         KIND_ACK => {
-            let upto = r.u64()?;
+            let upto = r.u64().filter(|u| *u <= MAX_SEQ + 1)?;
             r.0.is_empty().then_some(Record::Ack(upto))
         }
         _ => None,
@@ -344,7 +348,7 @@ fn parse_seg_name(name: &str) -> Option<u64> {
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    digits.parse().ok().filter(|s| *s <= MAX_SEQ)
 }
 
 /// Creates `dir` (0700) if needed and recovers what it holds. Blocking.
@@ -441,7 +445,7 @@ pub fn recover(dir: &Path) -> Result<Recovery, StoreError> {
                         continue;
                     }
                     max_seq = Some(m.seq);
-                    messages.push(m);
+                    messages.push((rec.segments.len(), m));
                 }
             }
         }
@@ -453,7 +457,26 @@ pub fn recover(dir: &Path) -> Result<Recovery, StoreError> {
         rec.acked = rec.acked.max(*first);
     }
     let acked = rec.acked;
-    rec.messages = messages.into_iter().filter(|m| m.seq >= acked).collect();
+    // A segment holds the messages numbered below the next segment's first
+    // number: the writer names a segment after its first message and
+    // deletes it by that rule. A message at or above it is misplaced (it
+    // would be deleted with its segment while unacknowledged): skipped.
+    let firsts: Vec<u64> = rec.segments.iter().map(|(f, _)| *f).collect();
+    rec.messages = messages
+        .into_iter()
+        .filter(|(i, m)| {
+            let misplaced = firsts.get(i + 1).is_some_and(|next| m.seq >= *next);
+            if misplaced {
+                tracing::warn!(
+                    "store file {}: message {} belongs in a later segment; skipped",
+                    rec.segments[*i].1.display(),
+                    m.seq
+                );
+            }
+            !misplaced && m.seq >= acked
+        })
+        .map(|(_, m)| m)
+        .collect();
     // The writer starts a new segment named after the next sequence
     // number: never reuse an existing name.
     let after_last = rec.segments.last().map_or(0, |(f, _)| f.saturating_add(1));
@@ -915,6 +938,53 @@ mod tests {
         let again = recover(&dir).unwrap();
         assert_eq!(payloads(&again), vec!["payload 1"]);
         assert_eq!(again.damaged, 0);
+    }
+
+    #[test]
+    fn sequence_numbers_at_the_top_of_the_range_are_damage() {
+        // Found by fuzzing (store_recovery): a checksum-valid record numbered
+        // u64::MAX made the next number overflow on the first push.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        write_all(&dir, 1 << 20, &[(1, msg(1))], 0);
+        let seg = segs(&dir).remove(0);
+        let mut data = fs::read(&seg).unwrap();
+        data.extend_from_slice(&encode_message(u64::MAX, 0, &msg(2)));
+        fs::write(&seg, &data).unwrap();
+        // Never a name the writer uses: not a segment.
+        fs::write(dir.join(seg_name(u64::MAX)), HEADER).unwrap();
+        let rec = recover(&dir).unwrap();
+        assert_eq!(rec.damaged, 1);
+        assert_eq!(payloads(&rec), vec!["payload 1"]);
+        assert_eq!(rec.next_seq, 2);
+        let next = rec.next_seq;
+        drop(rec);
+        write_all(&dir, 1 << 20, &[(next, msg(3))], 0);
+        assert_eq!(
+            payloads(&recover(&dir).unwrap()),
+            vec!["payload 1", "payload 3"]
+        );
+    }
+
+    #[test]
+    fn a_message_misplaced_before_a_later_segment_is_skipped() {
+        // Found by fuzzing (store_recovery): segment 0 holding message 1
+        // next to a segment named 1. The writer deletes segment 0 once 1 is
+        // the acknowledged position, so recovering message 1 from it would
+        // lose it while unacknowledged.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        fs::create_dir(&dir).unwrap();
+        let mut seg0 = HEADER.to_vec();
+        seg0.extend_from_slice(&encode_message(0, 0, &msg(0)));
+        seg0.extend_from_slice(&encode_message(1, 0, &msg(1)));
+        fs::write(dir.join(seg_name(0)), seg0).unwrap();
+        let mut seg1 = HEADER.to_vec();
+        seg1.extend_from_slice(&encode_message(2, 0, &msg(2)));
+        fs::write(dir.join(seg_name(1)), seg1).unwrap();
+        let rec = recover(&dir).unwrap();
+        assert_eq!(payloads(&rec), vec!["payload 0", "payload 2"]);
+        assert_eq!(rec.next_seq, 3);
     }
 
     #[test]

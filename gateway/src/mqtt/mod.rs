@@ -118,6 +118,21 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
+    /// A handle with no MQTT session behind it: its requests arrive on the
+    /// returned receiver (queue of `depth`). Drives a device without a
+    /// broker (the `set_payload` fuzz target); a stop returns at once.
+    #[doc(hidden)]
+    pub fn detached(client_id: &str, depth: usize) -> (Self, mpsc::Receiver<SessionInput>) {
+        let (tx, rx) = mpsc::channel(depth.max(1));
+        let (stop, _) = mpsc::channel(1);
+        let handle = Self {
+            client_id: client_id.into(),
+            tx,
+            stop,
+        };
+        (handle, rx)
+    }
+
     /// Sends a request; waits only if the session's input queue is full.
     pub async fn send(&self, input: SessionInput) {
         if self.tx.send(input).await.is_err() {
