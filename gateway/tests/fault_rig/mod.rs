@@ -87,6 +87,18 @@ impl Recorder {
         }
     }
 
+    /// The first message matching `pred`, already recorded or still to come.
+    pub async fn seen_or_wait(
+        &mut self,
+        what: &str,
+        mut pred: impl FnMut(&Message) -> bool,
+    ) -> Message {
+        if let Some(m) = self.seen.iter().find(|m| pred(m)) {
+            return m.clone();
+        }
+        self.wait(what, pred).await
+    }
+
     /// Waits until `T/$state` of `device` says `payload`.
     pub async fn status(&mut self, device: &str, payload: &str) {
         let t = format!("{}/$state", self.topic(device));

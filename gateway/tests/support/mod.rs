@@ -482,17 +482,30 @@ pub struct MqttProbe {
 impl MqttProbe {
     /// Connects to 127.0.0.1:`port`; returns after the CONNACK (panics after 10 s).
     pub async fn connect(port: u16) -> Self {
-        Self::connect_as(port, probe_client_id(""), true).await
+        Self::connect_as(port, probe_client_id(""), true, None).await
+    }
+
+    /// Like [`MqttProbe::connect`], with a user name and password.
+    pub async fn connect_with_login(port: u16, user: &str, password: &str) -> Self {
+        Self::connect_as(port, probe_client_id(""), true, Some((user, password))).await
     }
 
     /// Connects with a fixed client id and `cleanSession: false`, so a broker
     /// with persistence keeps its QoS 1/2 messages while it is away.
     pub async fn connect_persistent(port: u16, client_id: &str) -> Self {
-        Self::connect_as(port, client_id.to_owned(), false).await
+        Self::connect_as(port, client_id.to_owned(), false, None).await
     }
 
-    async fn connect_as(port: u16, client_id: String, clean_session: bool) -> Self {
+    async fn connect_as(
+        port: u16,
+        client_id: String,
+        clean_session: bool,
+        login: Option<(&str, &str)>,
+    ) -> Self {
         let mut opts = rumqttc::MqttOptions::new(client_id.clone(), "127.0.0.1", port);
+        if let Some((user, password)) = login {
+            opts.set_credentials(user, password);
+        }
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_clean_session(clean_session);
         opts.set_max_packet_size(4 << 20, 4 << 20);
