@@ -193,7 +193,7 @@ async fn receive_until_drained(probe: &mut MqttProbe, streams: &mut Streams, met
 /// How long after a kill values read before it may still have been on
 /// their way through the broker (acknowledged by it, not yet at the
 /// subscriber): only those may be lost, and only by the broker's crash.
-const IN_FLIGHT: Duration = Duration::from_millis(300);
+const IN_FLIGHT: Duration = Duration::from_millis(500);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_four_times_under_load_gets_everything_read_while_it_was_down() {
@@ -239,8 +239,10 @@ async fn broker_killed_four_times_under_load_gets_everything_read_while_it_was_d
             healthz(metrics) == Some(503)
         })
         .await;
+        // A second's worth stored: most of the outage lies beyond the
+        // in-flight allowance.
         receive_while_waiting(&mut probe, &mut streams, "messages stored", || {
-            session_metric(metrics, "fieldgate_mqtt_store_messages").is_some_and(|n| n >= 50.0)
+            session_metric(metrics, "fieldgate_mqtt_store_messages").is_some_and(|n| n >= 250.0)
         })
         .await;
         assert!(gw.is_running(), "round {round}: the gateway exited");
