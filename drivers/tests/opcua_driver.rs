@@ -416,6 +416,8 @@ async fn basic256sha256_sign_and_encrypt_with_user_name() {
     {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.mode() & 0o777, 0o600);
+        let private = std::fs::metadata(dir.path().join("opcua/private")).unwrap();
+        assert_eq!(private.permissions().mode() & 0o777, 0o700);
     }
     assert!(dir.path().join("opcua/own/cert.der").exists());
     dev.stop().await;

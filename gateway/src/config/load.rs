@@ -1946,7 +1946,8 @@ fn pem_source(
     } else {
         base.join(p)
     };
-    std::fs::read_to_string(&full)
+    super::read_limited(&full, super::MAX_PEM_FILE_BYTES)
+        .and_then(|b| String::from_utf8(b).map_err(std::io::Error::other))
         .map(Some)
         .map_err(|e| format!("cannot read `{}`: {e}", full.display()))
 }
@@ -2233,6 +2234,13 @@ pub fn parse_server(s: &str) -> Result<ServerAddress, String> {
             "server `{s}` has no host; write e.g. tcp://127.0.0.1:1883"
         ));
     }
+    if let Some((_, host)) = authority.rsplit_once('@') {
+        // Not echoed: the part before `@` is likely a password.
+        return Err(format!(
+            "server `{scheme}://…@{host}`: a user name or password in the URL is not supported \
+             (it would show in logs and `check`); use basicAuth"
+        ));
+    }
     let (host, port) = if let Some(r) = authority.strip_prefix('[') {
         // [v6]:port
         let (h, p) = r
@@ -2482,7 +2490,9 @@ pub fn read_password_file(base: &Path, f: &str) -> Result<String, String> {
     } else {
         base.join(p)
     };
-    match std::fs::read_to_string(&full) {
+    let read = super::read_limited(&full, super::MAX_PASSWORD_FILE_BYTES)
+        .and_then(|b| String::from_utf8(b).map_err(std::io::Error::other));
+    match read {
         Ok(s) => Ok(s
             .split('\n')
             .next()

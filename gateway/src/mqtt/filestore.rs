@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -514,6 +514,7 @@ impl FileLog {
             segments: recovery.segments.iter().cloned().collect(),
             current: None,
             current_len: 0,
+            written_len: 0,
             segment_size: segment_size(max_bytes),
             acked: acked.clone(),
             // Record the recovered position in the new segment too.
@@ -584,6 +585,9 @@ struct Writer {
     segments: VecDeque<(u64, PathBuf)>,
     current: Option<File>,
     current_len: u64,
+    /// Bytes of the current segment that are whole records on file: where
+    /// a failed write is cut back to.
+    written_len: u64,
     segment_size: u64,
     acked: Arc<AtomicU64>,
     written_ack: u64,
@@ -664,9 +668,24 @@ impl Writer {
             None => Err(io::Error::other("no open segment")),
         };
         match result {
-            Ok(()) => self.buf.clear(),
+            Ok(()) => {
+                self.written_len += self.buf.len() as u64;
+                self.buf.clear();
+            }
             Err(e) => {
                 self.report(&e);
+                // A write can fail half-way (a full disk): cut the torn
+                // part off, so the records written after the disk has room
+                // again do not follow a broken one (recovery stops at the
+                // first damage and would drop everything after it).
+                let at = self.written_len;
+                let cut = match &mut self.current {
+                    Some(f) => f.set_len(at).and_then(|()| f.seek(SeekFrom::Start(at))),
+                    None => Ok(at),
+                };
+                if let Err(e) = cut {
+                    self.report(&e);
+                }
                 // Keep the buffer bounded: what could not be written stays
                 // in memory (the session still holds every message).
                 if self.buf.len() > 64 << 20 {
@@ -746,6 +765,7 @@ impl Writer {
         self.segments.push_back((first_seq, path));
         self.current = Some(f);
         self.current_len = HEADER.len() as u64;
+        self.written_len = HEADER.len() as u64;
         Ok(())
     }
 
