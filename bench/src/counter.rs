@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -148,18 +148,24 @@ impl StateCounter {
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(16 << 20, 64 << 10);
         let (client, mut eventloop) = AsyncClient::new(opts, 100);
-        client
-            .subscribe(format!("{prefix}/#"), QoS::AtMostOnce)
-            .await
-            .context("queue the subscription")?;
         let totals = Arc::new(Totals::default());
         let (subscribed_tx, mut subscribed_rx) = watch::channel(false);
         let task = {
             let totals = totals.clone();
             let prefix = prefix.to_owned();
+            let client = client.clone();
             tokio::spawn(async move {
                 loop {
                     match eventloop.poll().await {
+                        // Subscribe after every connect: a clean session
+                        // forgets its subscriptions when the broker restarts.
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            if let Err(e) =
+                                client.try_subscribe(format!("{prefix}/#"), QoS::AtMostOnce)
+                            {
+                                eprintln!("fieldgate-bench: subscriber: {e}");
+                            }
+                        }
                         Ok(Event::Incoming(Packet::Publish(p))) => {
                             match classify(&prefix, &p.topic, &p.payload) {
                                 Kind::State { values, errors } => {

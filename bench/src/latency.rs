@@ -34,6 +34,9 @@ pub struct LatencyRun {
     pub warmup: Duration,
     /// QoS of the `$set` publishes.
     pub qos: QoS,
+    /// Run Mosquitto with `set_tcp_nodelay true` (and the bench's client
+    /// with TCP_NODELAY).
+    pub nodelay: bool,
 }
 
 /// What one run measured.
@@ -195,7 +198,11 @@ pub async fn run(
         );
     }
     let fleet = Fleet::start_writable(run.devices, run.registers).await?;
-    let (_broker, port) = process::start_mosquitto(dir).await?;
+    let (_broker, port) = if run.nodelay {
+        process::start_mosquitto_nodelay(dir).await?
+    } else {
+        process::start_mosquitto(dir).await?
+    };
     let config = dir.join("config.yaml");
     std::fs::write(
         &config,
@@ -218,6 +225,9 @@ pub async fn run(
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(run.nodelay);
+    eventloop.set_network_options(network);
     let base = format!("{}/{}", scenario::PREFIX, scenario::NAMESPACE);
     client
         .subscribe(format!("{base}/+"), QoS::AtMostOnce)

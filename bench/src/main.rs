@@ -96,6 +96,11 @@ struct LatencyArgs {
     /// QoS of the `$set` publishes (0 or 1).
     #[arg(long, default_value_t = 1)]
     qos: u8,
+    /// Mosquitto's `set_tcp_nodelay` (and TCP_NODELAY on the bench's MQTT
+    /// client). Without it Nagle's algorithm against delayed ACKs adds up
+    /// to 40 ms to many round trips.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    nodelay: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -551,13 +556,14 @@ async fn run_latency(args: LatencyArgs) -> anyhow::Result<()> {
         _ => bail!("--qos is 0 or 1"),
     };
     let scenario = format!(
-        "latency devices={} registers={} commands={} concurrency={} interval={} qos={}",
+        "latency devices={} registers={} commands={} concurrency={} interval={} qos={} nodelay={}",
         args.devices,
         args.registers,
         args.commands,
         args.concurrency,
         humantime::format_duration(args.interval),
-        args.qos
+        args.qos,
+        args.nodelay
     );
     let dir = RunDir::create(args.common.keep)?;
     let report = latency::run(
@@ -570,6 +576,7 @@ async fn run_latency(args: LatencyArgs) -> anyhow::Result<()> {
             timeout: args.timeout,
             warmup: args.warmup,
             qos,
+            nodelay: args.nodelay,
         },
         &dir.path,
         &binary(&args.common),
