@@ -4,6 +4,9 @@
 
 mod counter;
 mod first_message;
+mod flatness;
+mod idle;
+mod latency;
 mod measure;
 mod modbus_devices;
 #[path = "../../drivers/tests/opcua_server/mod.rs"]
@@ -11,6 +14,7 @@ mod opcua_server;
 mod process;
 mod report;
 mod scenario;
+mod startup;
 mod store;
 
 use std::path::{Path, PathBuf};
@@ -50,6 +54,155 @@ enum Scenario {
     /// One OPC-UA device with N Int32 nodes that all change every `--change`,
     /// served by an async-opcua server inside this process.
     Opcua(OpcuaArgs),
+    /// `$set` commands to writable Modbus TCP registers (servers in this
+    /// process): latency from publish to `$set/result`, register verified.
+    Latency(LatencyArgs),
+    /// Process start to the first state message (demo config or N devices).
+    Startup(StartupArgs),
+    /// Long steady load with Mosquitto restarted periodically: VmRSS samples.
+    Flatness(FlatnessArgs),
+    /// Context switches per second of every gateway thread at idle.
+    Idle(IdleArgs),
+    /// Sweep of devices x properties x interval (dummy or modbus): one line
+    /// of CPU and RSS per combination.
+    Scale(ScaleArgs),
+}
+
+/// Options of the `latency` scenario.
+#[derive(Args)]
+struct LatencyArgs {
+    /// Modbus TCP devices (one server each).
+    #[arg(long, default_value_t = 1)]
+    devices: usize,
+    /// Writable uint16 holding registers per device.
+    #[arg(long, default_value_t = 10)]
+    registers: u16,
+    /// Commands to send.
+    #[arg(long, default_value_t = 10_000)]
+    commands: usize,
+    /// Commands in flight at once (at most devices x registers; in-flight
+    /// commands never share a register).
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Poll interval of the devices (polls and writes share each connection).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+    /// A command without a result after this counts as lost.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Time between every device's first state and the first command.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// QoS of the `$set` publishes (0 or 1).
+    #[arg(long, default_value_t = 1)]
+    qos: u8,
+    /// Mosquitto's `set_tcp_nodelay` (and TCP_NODELAY on the bench's MQTT
+    /// client). Without it Nagle's algorithm against delayed ACKs adds up
+    /// to 40 ms to many round trips.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    nodelay: bool,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// Options of the `startup` scenario.
+#[derive(Args)]
+struct StartupArgs {
+    /// Generate this many dummy devices (on Mosquitto) instead of the demo config.
+    #[arg(long)]
+    devices: Option<usize>,
+    /// Properties per generated device.
+    #[arg(long, default_value_t = 10)]
+    properties: usize,
+    /// Poll interval of the generated devices.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+    /// The demo config (default: configs/demo.yaml of this workspace).
+    #[arg(long)]
+    demo: Option<PathBuf>,
+    /// The demo's broker: embedded (as shipped, on a free port) or mosquitto.
+    #[arg(long, default_value = "mosquitto")]
+    broker: String,
+    /// Start-ups to measure.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// Options of the `flatness` scenario.
+#[derive(Args)]
+struct FlatnessArgs {
+    /// Dummy devices.
+    #[arg(long, default_value_t = 500)]
+    devices: usize,
+    /// Properties per device.
+    #[arg(long, default_value_t = 20)]
+    properties: usize,
+    /// Poll interval.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+    /// Running time before the measured part (restarts happen in it too).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Measured time after the warm-up.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    duration: Duration,
+    /// Time between two Mosquitto restarts (0s: never).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    restart_every: Duration,
+    /// Time between two VmRSS samples.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    sample_every: Duration,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// Options of the `idle` scenario.
+#[derive(Args)]
+struct IdleArgs {
+    /// demo (configs/demo.yaml, see --broker) or empty (no devices, no metrics).
+    #[arg(long, default_value = "demo")]
+    config: String,
+    /// The demo config (default: configs/demo.yaml of this workspace).
+    #[arg(long)]
+    demo: Option<PathBuf>,
+    /// The demo's broker: embedded (as shipped, on a free port) or mosquitto.
+    #[arg(long, default_value = "embedded")]
+    broker: String,
+    /// Running time before the window.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Length of the window.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// Options of the `scale` sweep.
+#[derive(Args)]
+struct ScaleArgs {
+    /// dummy or modbus.
+    #[arg(long, default_value = "dummy")]
+    driver: String,
+    /// Device counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100")]
+    devices: Vec<usize>,
+    /// Properties (registers) per device, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10")]
+    properties: Vec<usize>,
+    /// Poll intervals, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1s", value_parser = parse_duration)]
+    interval: Vec<Duration>,
+    /// Measurement window of each combination.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Warm-up of each combination.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    warmup: Duration,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 /// Options of the `modbus` scenario.
@@ -193,6 +346,11 @@ async fn main() -> ExitCode {
         Scenario::Reload(args) => run_reload(args).await,
         Scenario::Store(args) => run_store(args).await,
         Scenario::Opcua(args) => run_opcua(args).await,
+        Scenario::Latency(args) => run_latency(args).await,
+        Scenario::Startup(args) => run_startup(args).await,
+        Scenario::Flatness(args) => run_flatness(args).await,
+        Scenario::Idle(args) => run_idle(args).await,
+        Scenario::Scale(args) => run_scale(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -237,6 +395,16 @@ impl Drop for RunDir {
 }
 
 async fn run_dummy(args: DummyArgs) -> anyhow::Result<()> {
+    let report = measure_dummy(&args).await?;
+    if args.common.json {
+        println!("{}", report.json());
+    } else {
+        println!("{}", report.line());
+    }
+    Ok(())
+}
+
+async fn measure_dummy(args: &DummyArgs) -> anyhow::Result<Report> {
     if args.devices == 0 || args.properties == 0 {
         bail!("--devices and --properties must be at least 1");
     }
@@ -264,7 +432,7 @@ async fn run_dummy(args: DummyArgs) -> anyhow::Result<()> {
         ),
     )
     .with_context(|| format!("write {}", config.display()))?;
-    let report = measure_gateway(
+    measure_gateway(
         &args.common,
         &dir.path,
         &config,
@@ -280,16 +448,28 @@ async fn run_dummy(args: DummyArgs) -> anyhow::Result<()> {
             device_requests: None,
         },
     )
-    .await?;
+    .await
+}
+
+async fn run_modbus(args: ModbusArgs) -> anyhow::Result<()> {
+    let (report, per_cycle) = measure_modbus(&args).await?;
     if args.common.json {
-        println!("{}", report.json());
+        let mut j = report.json();
+        j["device_requests_per_cycle"] = serde_json::json!(per_cycle);
+        println!("{j}");
     } else {
-        println!("{}", report.line());
+        println!(
+            "{}, requests per device per cycle {:.2}",
+            report.line(),
+            per_cycle.unwrap_or(0.0)
+        );
     }
     Ok(())
 }
 
-async fn run_modbus(args: ModbusArgs) -> anyhow::Result<()> {
+/// Runs the modbus scenario; also returns the requests one poll cycle of
+/// one device made, as the devices saw them.
+async fn measure_modbus(args: &ModbusArgs) -> anyhow::Result<(Report, Option<f64>)> {
     if args.devices == 0 || args.registers == 0 {
         bail!("--devices and --registers must be at least 1");
     }
@@ -339,20 +519,241 @@ async fn run_modbus(args: ModbusArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
-    // Requests one poll cycle of one device makes, as the devices saw them.
     let per_cycle = report
         .device_requests_per_second()
         .map(|r| r * args.interval.as_secs_f64() / args.devices as f64);
+    Ok((report, per_cycle))
+}
+
+/// The gateway binary of `common`.
+fn binary(common: &CommonArgs) -> PathBuf {
+    common
+        .fieldgate
+        .clone()
+        .unwrap_or_else(process::default_fieldgate_binary)
+}
+
+/// The demo config: `path`, else configs/demo.yaml of this workspace.
+fn demo_path(path: Option<PathBuf>) -> PathBuf {
+    path.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/demo.yaml"))
+}
+
+fn parse_broker(s: &str) -> anyhow::Result<startup::Broker> {
+    match s {
+        "embedded" => Ok(startup::Broker::Embedded),
+        "mosquitto" => Ok(startup::Broker::Mosquitto),
+        other => bail!("--broker is embedded or mosquitto, not {other:?}"),
+    }
+}
+
+async fn run_latency(args: LatencyArgs) -> anyhow::Result<()> {
+    if args.devices == 0 || args.registers == 0 || args.commands == 0 {
+        bail!("--devices, --registers and --commands must be at least 1");
+    }
+    let qos = match args.qos {
+        0 => rumqttc::QoS::AtMostOnce,
+        1 => rumqttc::QoS::AtLeastOnce,
+        _ => bail!("--qos is 0 or 1"),
+    };
+    let scenario = format!(
+        "latency devices={} registers={} commands={} concurrency={} interval={} qos={} nodelay={}",
+        args.devices,
+        args.registers,
+        args.commands,
+        args.concurrency,
+        humantime::format_duration(args.interval),
+        args.qos,
+        args.nodelay
+    );
+    let dir = RunDir::create(args.common.keep)?;
+    let report = latency::run(
+        &latency::LatencyRun {
+            devices: args.devices,
+            registers: args.registers,
+            commands: args.commands,
+            concurrency: args.concurrency,
+            interval: args.interval,
+            timeout: args.timeout,
+            warmup: args.warmup,
+            qos,
+            nodelay: args.nodelay,
+        },
+        &dir.path,
+        &binary(&args.common),
+        scenario,
+    )
+    .await?;
     if args.common.json {
-        let mut j = report.json();
-        j["device_requests_per_cycle"] = serde_json::json!(per_cycle);
-        println!("{j}");
+        println!("{}", report.json());
     } else {
-        println!(
-            "{}, requests per device per cycle {:.2}",
-            report.line(),
-            per_cycle.unwrap_or(0.0)
-        );
+        println!("{}", report.line());
+    }
+    Ok(())
+}
+
+async fn run_startup(args: StartupArgs) -> anyhow::Result<()> {
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let (source, scenario) = match args.devices {
+        Some(devices) => {
+            if devices == 0 || args.properties == 0 {
+                bail!("--devices and --properties must be at least 1");
+            }
+            (
+                startup::Source::Generated {
+                    devices,
+                    properties: args.properties,
+                    interval: args.interval,
+                },
+                format!(
+                    "startup dummy devices={devices} properties={} interval={} broker=mosquitto",
+                    args.properties,
+                    humantime::format_duration(args.interval)
+                ),
+            )
+        }
+        None => {
+            let broker = parse_broker(&args.broker)?;
+            (
+                startup::Source::Demo {
+                    path: demo_path(args.demo),
+                    broker,
+                },
+                format!("startup demo broker={}", args.broker),
+            )
+        }
+    };
+    let dir = RunDir::create(args.common.keep)?;
+    let runs = startup::run(&source, args.runs, &dir.path, &binary(&args.common)).await?;
+    if args.common.json {
+        println!("{}", startup::json(&scenario, &runs));
+    } else {
+        println!("{}", startup::line(&scenario, &runs));
+    }
+    Ok(())
+}
+
+async fn run_flatness(args: FlatnessArgs) -> anyhow::Result<()> {
+    if args.devices == 0 || args.properties == 0 {
+        bail!("--devices and --properties must be at least 1");
+    }
+    if args.interval.is_zero() || args.duration.is_zero() || args.sample_every.is_zero() {
+        bail!("--interval, --duration and --sample-every must be more than 0");
+    }
+    let scenario = format!(
+        "flatness devices={} properties={} interval={} warmup={} duration={} restart-every={}",
+        args.devices,
+        args.properties,
+        humantime::format_duration(args.interval),
+        humantime::format_duration(args.warmup),
+        humantime::format_duration(args.duration),
+        humantime::format_duration(args.restart_every),
+    );
+    let dir = RunDir::create(args.common.keep)?;
+    let report = flatness::run(
+        &flatness::FlatnessRun {
+            devices: args.devices,
+            properties: args.properties,
+            interval: args.interval,
+            warmup: args.warmup,
+            duration: args.duration,
+            restart_every: args.restart_every,
+            sample_every: args.sample_every,
+        },
+        &dir.path,
+        &binary(&args.common),
+        scenario,
+    )
+    .await?;
+    if args.common.json {
+        println!("{}", report.json());
+    } else {
+        println!("{}", report.line());
+    }
+    Ok(())
+}
+
+async fn run_idle(args: IdleArgs) -> anyhow::Result<()> {
+    if args.duration.is_zero() {
+        bail!("--duration must be more than 0");
+    }
+    let (config, scenario) = match args.config.as_str() {
+        "demo" => (
+            idle::IdleConfig::Demo {
+                path: demo_path(args.demo),
+                broker: parse_broker(&args.broker)?,
+            },
+            format!("idle demo broker={}", args.broker),
+        ),
+        "empty" => (
+            idle::IdleConfig::Empty,
+            "idle empty (no devices, no metrics) broker=mosquitto".to_string(),
+        ),
+        other => bail!("--config is demo or empty, not {other:?}"),
+    };
+    let dir = RunDir::create(args.common.keep)?;
+    let report = idle::run(
+        &config,
+        args.warmup,
+        args.duration,
+        &dir.path,
+        &binary(&args.common),
+        scenario,
+    )
+    .await?;
+    if args.common.json {
+        println!("{}", report.json());
+    } else {
+        println!("{}", report.line());
+    }
+    Ok(())
+}
+
+async fn run_scale(args: ScaleArgs) -> anyhow::Result<()> {
+    if args.driver != "dummy" && args.driver != "modbus" {
+        bail!("--driver is dummy or modbus");
+    }
+    for &devices in &args.devices {
+        for &properties in &args.properties {
+            for &interval in &args.interval {
+                let common = CommonArgs {
+                    fieldgate: args.common.fieldgate.clone(),
+                    json: args.common.json,
+                    keep: args.common.keep,
+                };
+                let report = if args.driver == "dummy" {
+                    measure_dummy(&DummyArgs {
+                        devices,
+                        properties,
+                        interval,
+                        duration: args.duration,
+                        warmup: args.warmup,
+                        common,
+                    })
+                    .await?
+                } else {
+                    let registers = u16::try_from(properties)
+                        .context("--properties of a modbus sweep must fit in 16 bits")?;
+                    measure_modbus(&ModbusArgs {
+                        devices,
+                        registers,
+                        interval,
+                        max_registers_per_read: None,
+                        duration: args.duration,
+                        warmup: args.warmup,
+                        common,
+                    })
+                    .await?
+                    .0
+                };
+                if args.common.json {
+                    println!("{}", report.json());
+                } else {
+                    println!("{}", report.line());
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -71,34 +71,109 @@ pub fn parse_stat(line: &str) -> Result<CpuTicks, ProcError> {
 
 /// Parses `VmHWM` (peak resident set size) out of `/proc/<pid>/status`, in bytes.
 pub fn parse_vm_hwm(status: &str) -> Result<u64, ProcError> {
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .ok_or_else(|| ProcError::Format {
-            what: "/proc/<pid>/status",
-            detail: "no VmHWM line".into(),
-        })?;
-    let mut parts = line["VmHWM:".len()..].split_whitespace();
-    let value: u64 =
-        parts
-            .next()
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| ProcError::Format {
-                what: "VmHWM",
-                detail: format!("no number in {line:?}"),
-            })?;
-    let unit = match parts.next() {
+    parse_status_bytes(status, "VmHWM")
+}
+
+/// Parses the memory line `key` (e.g. `VmRSS`) out of `/proc/<pid>/status`, in bytes.
+pub fn parse_status_bytes(status: &str, key: &'static str) -> Result<u64, ProcError> {
+    let (value, unit) = status_field(status, key)?;
+    let unit = match unit {
         Some("kB") => 1024,
         Some("mB") => 1024 * 1024,
         None => 1,
         Some(other) => {
             return Err(ProcError::Format {
-                what: "VmHWM",
+                what: key,
                 detail: format!("unknown unit {other:?}"),
             })
         }
     };
     Ok(value * unit)
+}
+
+/// The number and optional unit of the line `key:` of a `/proc/<pid>/status`.
+fn status_field<'a>(
+    status: &'a str,
+    key: &'static str,
+) -> Result<(u64, Option<&'a str>), ProcError> {
+    let line = status
+        .lines()
+        .find(|l| {
+            l.strip_prefix(key)
+                .is_some_and(|rest| rest.starts_with(':'))
+        })
+        .ok_or_else(|| ProcError::Format {
+            what: "/proc/<pid>/status",
+            detail: format!("no {key} line"),
+        })?;
+    let mut parts = line[key.len() + 1..].split_whitespace();
+    let value: u64 =
+        parts
+            .next()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| ProcError::Format {
+                what: key,
+                detail: format!("no number in {line:?}"),
+            })?;
+    Ok((value, parts.next()))
+}
+
+/// Context switches of one thread or process (`/proc/.../status`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Switches {
+    /// `voluntary_ctxt_switches`: the thread blocked (slept, waited for I/O):
+    /// each one is a wake-up when it runs again.
+    pub voluntary: u64,
+    /// `nonvoluntary_ctxt_switches`: the thread was preempted.
+    pub nonvoluntary: u64,
+}
+
+impl Switches {
+    /// Field-wise `self - earlier` (saturating: a thread may have ended).
+    pub fn since(&self, earlier: &Switches) -> Switches {
+        Switches {
+            voluntary: self.voluntary.saturating_sub(earlier.voluntary),
+            nonvoluntary: self.nonvoluntary.saturating_sub(earlier.nonvoluntary),
+        }
+    }
+}
+
+/// Parses the two context-switch counters out of a `/proc/.../status`.
+pub fn parse_switches(status: &str) -> Result<Switches, ProcError> {
+    Ok(Switches {
+        voluntary: status_field(status, "voluntary_ctxt_switches")?.0,
+        nonvoluntary: status_field(status, "nonvoluntary_ctxt_switches")?.0,
+    })
+}
+
+/// The context switches of every thread of process `pid`, by thread id,
+/// with each thread's name (`/proc/<pid>/task/<tid>/{status,comm}`).
+pub fn thread_switches(pid: u32) -> Result<Vec<(u32, String, Switches)>, ProcError> {
+    let dir = PathBuf::from(format!("/proc/{pid}/task"));
+    let entries = std::fs::read_dir(&dir).map_err(|source| ProcError::Read {
+        path: dir.clone(),
+        source,
+    })?;
+    let mut threads = Vec::new();
+    for entry in entries.flatten() {
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A thread may end between the listing and the read: skip it.
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let name = std::fs::read_to_string(entry.path().join("comm"))
+            .map(|c| c.trim().to_owned())
+            .unwrap_or_default();
+        threads.push((tid, name, parse_switches(&status)?));
+    }
+    threads.sort_by_key(|t| t.0);
+    Ok(threads)
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`), 100 if that cannot be asked.
@@ -121,6 +196,11 @@ fn read_proc(pid: u32, file: &str) -> Result<String, ProcError> {
 /// The CPU ticks process `pid` has used so far.
 pub fn cpu_ticks(pid: u32) -> Result<CpuTicks, ProcError> {
     parse_stat(&read_proc(pid, "stat")?)
+}
+
+/// The current resident memory (`VmRSS`) of process `pid`, in bytes.
+pub fn rss_bytes(pid: u32) -> Result<u64, ProcError> {
+    parse_status_bytes(&read_proc(pid, "status")?, "VmRSS")
 }
 
 /// The peak resident memory of process `pid`, in bytes.
@@ -221,6 +301,36 @@ mod tests {
         assert_eq!(parse_vm_hwm(status).unwrap(), 12800 * 1024);
         assert!(parse_vm_hwm("Name:\tx\n").is_err());
         assert!(parse_vm_hwm("VmHWM:\t  12 parsecs\n").is_err());
+        assert_eq!(parse_status_bytes(status, "VmRSS").unwrap(), 11000 * 1024);
+        // `VmRSS` is not mistaken for a longer key that starts with it.
+        assert!(parse_status_bytes("VmRSSx:\t 5 kB\n", "VmRSS").is_err());
+    }
+
+    #[test]
+    fn context_switches() {
+        let status =
+            "Name:\tfieldgate\nvoluntary_ctxt_switches:\t153\nnonvoluntary_ctxt_switches:\t7\n";
+        let s = parse_switches(status).unwrap();
+        assert_eq!(
+            s,
+            Switches {
+                voluntary: 153,
+                nonvoluntary: 7
+            }
+        );
+        let later = Switches {
+            voluntary: 160,
+            nonvoluntary: 7,
+        };
+        assert_eq!(later.since(&s).voluntary, 7);
+        assert!(parse_switches("Name:\tx\n").is_err());
+    }
+
+    #[test]
+    fn own_threads_have_switch_counters() {
+        let threads = thread_switches(std::process::id()).unwrap();
+        assert!(threads.iter().any(|(tid, _, _)| *tid == std::process::id()));
+        assert!(rss_bytes(std::process::id()).unwrap() > 0);
     }
 
     #[test]

@@ -142,14 +142,27 @@ pub async fn start_mosquitto(dir: &Path) -> anyhow::Result<(Supervised, u16)> {
     Ok((start_mosquitto_on(dir, port).await?, port))
 }
 
+/// [`start_mosquitto`] with `set_tcp_nodelay true`: Mosquitto then sends
+/// each packet at once instead of holding a small one back (Nagle) until the
+/// client acknowledges the previous one, which a client delays by up to
+/// 40 ms. Request/response measurements need it.
+pub async fn start_mosquitto_nodelay(dir: &Path) -> anyhow::Result<(Supervised, u16)> {
+    let port = free_port()?;
+    Ok((start_mosquitto_with(dir, port, true).await?, port))
+}
+
 /// [`start_mosquitto`] on a given port (to restart a broker after an outage).
 pub async fn start_mosquitto_on(dir: &Path, port: u16) -> anyhow::Result<Supervised> {
+    start_mosquitto_with(dir, port, false).await
+}
+
+async fn start_mosquitto_with(dir: &Path, port: u16, nodelay: bool) -> anyhow::Result<Supervised> {
     let conf = dir.join("mosquitto.conf");
     fs::write(
         &conf,
         format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-             max_queued_messages 100000\n"
+             max_queued_messages 100000\nset_tcp_nodelay {nodelay}\n"
         ),
     )
     .with_context(|| format!("write {}", conf.display()))?;

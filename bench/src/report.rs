@@ -56,6 +56,16 @@ impl Report {
         self.peak_rss_bytes as f64 / (1024.0 * 1024.0)
     }
 
+    /// The gateway's CPU-seconds per million delivered values (0 when none
+    /// arrived): the cost of one value, independent of the rate.
+    pub fn cpu_seconds_per_million_values(&self) -> f64 {
+        if self.delivered.values > 0 {
+            self.cpu.cpu_seconds * 1e6 / self.delivered.values as f64
+        } else {
+            0.0
+        }
+    }
+
     /// Device requests per second, when counted.
     pub fn device_requests_per_second(&self) -> Option<f64> {
         self.device_requests.map(|n| self.per_second(n))
@@ -69,7 +79,8 @@ impl Report {
             .unwrap_or_default();
         format!(
             "{}: values/s expected {:.1} delivered {:.1} ({:.1}%), states/s {:.1}, \
-             errors {}, cpu {:.1}% of one core, peak RSS {:.1} MiB (window {:.1}s){}",
+             errors {}, cpu {:.1}% of one core ({:.2} CPU-s per million values), \
+             peak RSS {:.1} MiB (window {:.1}s){}",
             self.scenario,
             self.expected_values_per_second,
             self.delivered_values_per_second(),
@@ -77,6 +88,7 @@ impl Report {
             self.per_second(self.delivered.states),
             self.delivered.errors + self.delivered.malformed,
             self.cpu.percent_of_one_core(),
+            self.cpu_seconds_per_million_values(),
             self.peak_rss_mib(),
             self.window().as_secs_f64(),
             requests,
@@ -96,6 +108,8 @@ impl Report {
             "property_errors": self.delivered.errors,
             "malformed_states": self.delivered.malformed,
             "cpu_percent_of_one_core": self.cpu.percent_of_one_core(),
+            "cpu_seconds": self.cpu.cpu_seconds,
+            "cpu_seconds_per_million_values": self.cpu_seconds_per_million_values(),
             "peak_rss_mib": self.peak_rss_mib(),
             "device_requests_per_second": self.device_requests_per_second(),
         })
@@ -206,6 +220,12 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("cpu 5.0% of one core"), "{line}");
+        // 1 CPU-second for 200 values: 5 000 CPU-seconds per million.
+        assert!(
+            line.contains("(5000.00 CPU-s per million values)"),
+            "{line}"
+        );
+        assert_eq!(r.json()["cpu_seconds_per_million_values"], 5000.0);
         assert!(line.contains("peak RSS 12.0 MiB"), "{line}");
         assert!(
             line.ends_with("(window 20.0s), device requests/s 3.0"),

@@ -84,6 +84,46 @@ pub fn modbus_config(
     broker_port: u16,
     state_directory: &Path,
 ) -> String {
+    modbus_config_with(
+        endpoints,
+        registers,
+        interval,
+        max_registers_per_read,
+        false,
+        broker_port,
+        state_directory,
+    )
+}
+
+/// [`modbus_config`] with every register `writable: true` (for `$set`).
+pub fn modbus_writable_config(
+    endpoints: &[SocketAddr],
+    registers: u16,
+    interval: Duration,
+    broker_port: u16,
+    state_directory: &Path,
+) -> String {
+    modbus_config_with(
+        endpoints,
+        registers,
+        interval,
+        None,
+        true,
+        broker_port,
+        state_directory,
+    )
+}
+
+fn modbus_config_with(
+    endpoints: &[SocketAddr],
+    registers: u16,
+    interval: Duration,
+    max_registers_per_read: Option<u16>,
+    writable: bool,
+    broker_port: u16,
+    state_directory: &Path,
+) -> String {
+    let writable = if writable { ", writable: true" } else { "" };
     let interval = humantime::format_duration(interval).to_string();
     let devices = endpoints.len();
     let mut y: Vec<String> = header(
@@ -104,7 +144,7 @@ pub fn modbus_config(
         y.push("    properties:".into());
         for r in 0..registers {
             y.push(format!(
-                "      - {{ name: r{r:03}, register: holding, address: {r}, type: uint16 }}"
+                "      - {{ name: r{r:03}, register: holding, address: {r}, type: uint16{writable} }}"
             ));
         }
     }
@@ -196,6 +236,12 @@ mod tests {
         assert!(
             !modbus_config(&eps, 3, Duration::from_secs(1), None, 1, Path::new("/s"))
                 .contains("maxRegistersPerRead")
+        );
+        assert!(!y.contains("writable"));
+        let w = modbus_writable_config(&eps, 2, Duration::from_secs(1), 1, Path::new("/s"));
+        assert_eq!(w.matches("writable: true").count(), 4);
+        assert!(
+            w.contains("name: r001, register: holding, address: 1, type: uint16, writable: true }")
         );
     }
 
