@@ -351,7 +351,7 @@ fn check_base64_agrees(
 struct Driven {
     settings: Arc<DeviceSettings>,
     session: mpsc::Receiver<SessionInput>,
-    inbox: mpsc::Sender<Inbound>,
+    inbox: fieldgate::mqtt::Inbox,
     _device: RunningDevice,
 }
 
@@ -429,7 +429,7 @@ fn check_actor(index: usize, payload: &[u8], correlation: Option<Bytes>, expecte
                 response_topic,
                 correlation: correlation.clone(),
             };
-            d.inbox.send(msg).await.expect("the device takes commands");
+            d.inbox.send(Box::new(msg)).await.expect("the device takes commands");
         }
         let result_topic = format!("{t}/$set/result");
         let mut replied = false;
