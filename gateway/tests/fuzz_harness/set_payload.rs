@@ -429,7 +429,10 @@ fn check_actor(index: usize, payload: &[u8], correlation: Option<Bytes>, expecte
                 response_topic,
                 correlation: correlation.clone(),
             };
-            d.inbox.send(Box::new(msg)).await.expect("the device takes commands");
+            d.inbox
+                .send(Box::new(msg))
+                .await
+                .expect("the device takes commands");
         }
         let result_topic = format!("{t}/$set/result");
         let mut replied = false;
