@@ -170,9 +170,17 @@ impl Simulator {
         }
     }
 
+    /// Reads property `index` alone (the fan brought up to `now` first).
+    #[cfg(test)]
     fn read(&mut self, index: usize, now: Instant) -> Result<Value, DriverError> {
-        let started = self.started;
         self.fan.advance(now);
+        let t = now.saturating_duration_since(self.started).as_secs_f64();
+        self.value(index, t)
+    }
+
+    /// The next value of property `index`, `t` seconds after the start; the
+    /// fan must already be up to date.
+    fn value(&mut self, index: usize, t: f64) -> Result<Value, DriverError> {
         let Some((data_type, slot)) = self.slots.get_mut(index) else {
             return Err(DriverError::new(ErrorKind::NotFound, "no such property"));
         };
@@ -189,7 +197,6 @@ impl Simulator {
                 number_of(data_type, current).ok_or_else(|| out_of_range(data_type, current))
             }
             Slot::Sine { min, max, period } => {
-                let t = now.saturating_duration_since(started).as_secs_f64();
                 let phase = 2.0 * PI * t / period.as_secs_f64().max(1e-3);
                 let v = *min + (*max - *min) * (1.0 + phase.sin()) / 2.0;
                 number_of(data_type, v).ok_or_else(|| out_of_range(data_type, v))
@@ -242,8 +249,12 @@ impl Simulator {
 
     fn read_all(&mut self, cause: ReadCause) -> Readings {
         let now = Instant::now();
+        // The clock is read and the fan brought up to date once per poll,
+        // not once per property.
+        self.fan.advance(now);
+        let t = now.saturating_duration_since(self.started).as_secs_f64();
         let values = (0..self.slots.len())
-            .map(|i| (i, self.read(i, now)))
+            .map(|i| (i, self.value(i, t)))
             .collect();
         Readings {
             at: SystemTime::now(),
