@@ -201,14 +201,50 @@ pub struct DeviceSpec {
     pub timeout: Duration,
     /// How to reach the device.
     pub connection: Connection,
-    /// The device's properties, indexed by position.
-    pub properties: Vec<PropertySpec>,
+    /// The device's properties, indexed by position (shared: the gateway
+    /// keeps the spec a driver runs, to compare it on reload).
+    pub properties: std::sync::Arc<[PropertySpec]>,
+}
+
+/// The device's side of its event channel is gone (the device stopped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the device stopped")]
+pub struct DeviceGone;
+
+/// Where a driver sends its device's events. Events travel boxed: a tokio
+/// channel allocates its slots 32 at a time, whatever its capacity, and a
+/// gateway runs one such channel per device.
+#[derive(Debug, Clone)]
+pub struct EventSender(mpsc::Sender<Box<DeviceEvent>>);
+
+impl EventSender {
+    /// Sends `event`, waiting while the channel is full.
+    pub async fn send(&self, event: DeviceEvent) -> Result<(), DeviceGone> {
+        self.0.send(Box::new(event)).await.map_err(|_| DeviceGone)
+    }
+}
+
+/// The gateway's end of a device's event channel.
+#[derive(Debug)]
+pub struct EventReceiver(mpsc::Receiver<Box<DeviceEvent>>);
+
+impl EventReceiver {
+    /// The next event; `None` once every sender is gone.
+    pub async fn recv(&mut self) -> Option<DeviceEvent> {
+        self.0.recv().await.map(|event| *event)
+    }
+}
+
+/// A device's event channel holding up to `capacity` events.
+pub fn event_channel(capacity: usize) -> (EventSender, EventReceiver) {
+    let (tx, rx) = mpsc::channel(capacity);
+    (EventSender(tx), EventReceiver(rx))
 }
 
 /// The channels and lifetime of one running device.
 pub struct DeviceLink {
     /// Where the driver sends readings and connectivity changes.
-    pub events: mpsc::Sender<DeviceEvent>,
+    pub events: EventSender,
     /// Where the gateway's commands arrive, in order.
     pub commands: mpsc::Receiver<DeviceCommand>,
     /// Cancelled when the device must stop.
@@ -235,15 +271,19 @@ impl Buses {
 
 /// Runs one device until `link.cancel` fires. Never returns early on device
 /// errors: those are reported as events and retried with backoff.
+///
+/// Each driver's future is boxed: inline, every device's task would be as
+/// large as the largest driver's future (OPC-UA's is kilobytes), whichever
+/// driver the device uses.
 pub async fn run_device(spec: DeviceSpec, link: DeviceLink, buses: &Buses) {
     match &spec.connection {
-        Connection::Dummy => dummy::run(spec, link).await,
+        Connection::Dummy => Box::pin(dummy::run(spec, link)).await,
         #[cfg(feature = "modbus")]
-        Connection::Modbus(_) => buses.modbus.run_device(spec, link).await,
+        Connection::Modbus(_) => Box::pin(buses.modbus.run_device(spec, link)).await,
         #[cfg(feature = "ble")]
-        Connection::Ble(_) => buses.ble.run_device(spec, link).await,
+        Connection::Ble(_) => Box::pin(buses.ble.run_device(spec, link)).await,
         #[cfg(feature = "opcua")]
-        Connection::OpcUa(_) => opcua::run(spec, link).await,
+        Connection::OpcUa(_) => Box::pin(opcua::run(spec, link)).await,
     }
     #[cfg(not(any(feature = "modbus", feature = "ble")))]
     let _ = buses;

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 const WAIT: Duration = Duration::from_secs(30);
 
 struct Running {
-    events: mpsc::Receiver<DeviceEvent>,
+    events: fieldgate_drivers::EventReceiver,
     commands: mpsc::Sender<DeviceCommand>,
     cancel: CancellationToken,
     task: JoinHandle<()>,
@@ -35,7 +35,7 @@ struct Running {
 
 impl Running {
     fn start(spec: DeviceSpec) -> Self {
-        let (events_tx, events) = mpsc::channel(256);
+        let (events_tx, events) = fieldgate_drivers::event_channel(256);
         let (commands, commands_rx) = mpsc::channel(8);
         let cancel = CancellationToken::new();
         let link = DeviceLink {
@@ -190,7 +190,7 @@ fn spec(conn: OpcUaConnection, props: Vec<PropertySpec>, sync: Duration) -> Devi
         sync_interval: sync,
         timeout: Duration::from_secs(5),
         connection: Connection::OpcUa(conn),
-        properties: props,
+        properties: props.into(),
     }
 }
 
@@ -416,6 +416,8 @@ async fn basic256sha256_sign_and_encrypt_with_user_name() {
     {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.mode() & 0o777, 0o600);
+        let private = std::fs::metadata(dir.path().join("opcua/private")).unwrap();
+        assert_eq!(private.permissions().mode() & 0o777, 0o700);
     }
     assert!(dir.path().join("opcua/own/cert.der").exists());
     dev.stop().await;

@@ -29,7 +29,7 @@ fn prop(i: usize, data_type: DataType) -> PropertySemantics {
         writable: false,
         scale: None,
         offset: None,
-        enum_entries: Vec::new(),
+        enum_entries: Box::new([]),
         min: None,
         max: None,
         deadband: Some(0.5),
@@ -113,7 +113,7 @@ fn device(publish: PublishPolicy) -> DeviceSettings {
 /// Returns (ns per value, payloads published).
 fn run(publish: PublishPolicy, vary: bool) -> (f64, u64) {
     let settings = device(publish);
-    let mut state = DeviceState::new(&settings);
+    let mut state = DeviceState::new(&std::sync::Arc::new(settings));
     let mut readings = Readings {
         at: SystemTime::now(),
         cause: ReadCause::Poll,

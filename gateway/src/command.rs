@@ -75,9 +75,9 @@ pub fn parse_set(
     device: &DeviceSettings,
 ) -> Result<SetRequest, SetRejection> {
     if payload.len() > MAX_SET_PAYLOAD {
+        // Not the exact size: the bridge may have cut a huge message.
         return Err(SetRejection::payload(format!(
-            "payload is too large: {} bytes, at most {MAX_SET_PAYLOAD} allowed",
-            payload.len()
+            "payload is too large: more than {MAX_SET_PAYLOAD} bytes"
         )));
     }
     let decoded;

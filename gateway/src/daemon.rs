@@ -20,6 +20,7 @@ const STOP_DEADLINE: Duration = Duration::from_millis(4500);
 
 /// Runs the daemon with the config at `path`; returns the process exit code.
 pub fn run(path: &Path) -> i32 {
+    crate::heap::use_one_arena();
     let resolved = match crate::heap::load_compact(|| config::load(path)) {
         Ok(r) => r,
         Err(errors) => {
@@ -226,12 +227,17 @@ fn log_summary(summary: &DiffSummary) {
     );
 }
 
-/// The config file's content hash, `None` if it cannot be read.
+/// The config file's content hash, `None` if it cannot be read (or is
+/// larger than a config may be).
 async fn file_hash(path: &Path) -> Option<String> {
-    tokio::fs::read(path)
-        .await
-        .ok()
-        .map(|b| reload::content_hash(&b))
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        config::read_limited(&path, config::tree::MAX_CONFIG_BYTES as u64)
+    })
+    .await
+    .ok()?
+    .ok()
+    .map(|b| reload::content_hash(&b))
 }
 
 fn set_config_hash(metrics: &Metrics, hash: Option<&str>) {

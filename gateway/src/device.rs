@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::command::{self, SetRequest};
 use crate::config::resolved::DeviceSettings;
 use crate::config::types::PayloadEncode;
-use crate::mqtt::{Inbound, OutMsg, SessionHandle, SessionInput};
+use crate::mqtt::{Inbound, Inbox, OutMsg, SessionHandle, SessionInput};
 use crate::state::{self, DeviceState};
 use crate::telemetry::Metrics;
 
@@ -178,9 +178,9 @@ impl Actor {
         cancel: CancellationToken,
         clear_retained: Arc<std::sync::atomic::AtomicBool>,
     ) {
-        let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
+        let (events_tx, mut events) = fieldgate_drivers::event_channel(EVENT_QUEUE);
         let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
-        let (inbox_tx, mut inbox) = mpsc::channel(INBOX);
+        let (inbox_tx, mut inbox) = mpsc::channel::<Box<Inbound>>(INBOX);
         let driver_cancel = cancel.child_token();
         let spec = self.settings.spec.clone();
         let link = DeviceLink {
@@ -228,7 +228,7 @@ impl Actor {
                     }
                 },
                 msg = inbox.recv() => if let Some(msg) = msg {
-                    self.on_inbound(msg, &commands, &mut queue).await;
+                    self.on_inbound(*msg, &commands, &mut queue).await;
                 },
                 _ = sleep_until_opt(write_deadline) => {
                     if let Some((pending, _, _)) = in_flight.take() {
@@ -283,7 +283,7 @@ impl Actor {
 
     /// Registers the command topics with the current session and publishes
     /// the retained `$meta` (and `$state`, once known) there.
-    async fn announce(&self, meta: &Bytes, inbox: &mpsc::Sender<Inbound>) {
+    async fn announce(&self, meta: &Bytes, inbox: &Inbox) {
         self.retain(self.topics.meta.clone(), meta.clone()).await;
         if let Some(online) = self.online {
             let payload: &'static [u8] = if online { b"online" } else { b"offline" };

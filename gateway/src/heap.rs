@@ -44,6 +44,20 @@ fn unreachable_load() -> ! {
     panic!("config load panicked on its scratch thread")
 }
 
+/// Makes every thread allocate from one malloc arena. glibc otherwise gives
+/// each runtime worker its own arena, and memory freed in one cannot serve
+/// the others: with 1 000 devices that cost ~15% more resident memory, for
+/// no measurable gain at a gateway's allocation rate (per-thread caches stay
+/// on). Must run before the runtime's threads start; a no-op off glibc.
+pub fn use_one_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any
+    // other thread exists, it races with nothing.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Asks the allocator to give free memory back to the OS. A no-op where the
 /// C library has no `malloc_trim` (non-glibc targets).
 pub fn release_free_memory() {

@@ -3,6 +3,7 @@
 //! deadbands, heartbeat). Produces the JSON payloads of `T` and `T/$meta`.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use fieldgate_drivers::{DataType, ReadCause, Readings, Value};
@@ -256,9 +257,9 @@ impl Slot {
 /// Per-property data prepared once: JSON key and labels already escaped.
 struct Prepared {
     /// `"name":`
-    key: Vec<u8>,
+    key: Box<[u8]>,
     /// Each enum label as a JSON string.
-    labels: Vec<Vec<u8>>,
+    labels: Box<[Box<[u8]>]>,
     /// The raw value last normalized into the current slot.
     last_raw: Option<Value>,
 }
@@ -282,8 +283,9 @@ fn json_string(s: &str) -> Vec<u8> {
 pub struct DeviceState {
     /// `{"name":"<device>","timestamp":"`
     prefix: Vec<u8>,
-    /// The property semantics, in device order.
-    props: Vec<PropertySemantics>,
+    /// The device's settings (property semantics in device order), shared
+    /// with the running device rather than copied.
+    settings: Arc<DeviceSettings>,
     /// Prepared per-property output data, same order.
     prepared: Vec<Prepared>,
     /// Current state, same order.
@@ -302,7 +304,7 @@ pub struct DeviceState {
 
 impl DeviceState {
     /// A device with no readings yet.
-    pub fn new(settings: &DeviceSettings) -> Self {
+    pub fn new(settings: &Arc<DeviceSettings>) -> Self {
         let mut prefix = b"{\"name\":".to_vec();
         push_json(&mut prefix, settings.name.as_str());
         prefix.extend_from_slice(b",\"timestamp\":\"");
@@ -313,11 +315,11 @@ impl DeviceState {
                 let mut key = json_string(&p.name);
                 key.push(b':');
                 Prepared {
-                    key,
+                    key: key.into_boxed_slice(),
                     labels: p
                         .enum_entries
                         .iter()
-                        .map(|e| json_string(&e.label))
+                        .map(|e| json_string(&e.label).into_boxed_slice())
                         .collect(),
                     last_raw: None,
                 }
@@ -326,10 +328,15 @@ impl DeviceState {
         let n = settings.properties.len();
         Self {
             prefix,
-            props: settings.properties.clone(),
+            settings: Arc::clone(settings),
             prepared,
             current: vec![Slot::Unread; n],
-            published: vec![Slot::Unread; n],
+            // Only an on-change publisher compares with what it published.
+            published: if settings.publish.on_change {
+                vec![Slot::Unread; n]
+            } else {
+                Vec::new()
+            },
             at: None,
             policy: settings.publish,
             last_publish: None,
@@ -346,7 +353,7 @@ impl DeviceState {
             let (Some(slot), Some(prep), Some(prop)) = (
                 self.current.get_mut(index),
                 self.prepared.get_mut(index),
-                self.props.get(index),
+                self.settings.properties.get(index),
             ) else {
                 tracing::debug!(index, "reading for an unknown property index ignored");
                 continue;
@@ -489,7 +496,7 @@ pub fn meta_payload(settings: &DeviceSettings) -> Vec<u8> {
         let mut m = Map::new();
         m.insert("type".into(), J::from(p.data_type.as_str()));
         if let Some(unit) = &p.unit {
-            m.insert("unit".into(), J::from(unit.as_str()));
+            m.insert("unit".into(), J::from(&**unit));
         }
         m.insert("writable".into(), J::Bool(p.writable));
         if !p.enum_entries.is_empty() {
@@ -501,7 +508,7 @@ pub fn meta_payload(settings: &DeviceSettings) -> Vec<u8> {
             m.insert("enum".into(), J::Object(labels));
         }
         if let Some(description) = &p.description {
-            m.insert("description".into(), J::from(description.as_str()));
+            m.insert("description".into(), J::from(&**description));
         }
         for (key, value) in [
             ("min", p.min),

@@ -32,11 +32,14 @@ fn level_directive(level: LogLevel) -> String {
     // The embedded broker logs every connection at INFO: keep it quieter.
     // The OPC-UA library logs every failed attempt several times at ERROR,
     // while the driver reports each distinct reason once: its own logs show
-    // at `debug` and `trace` only.
+    // at `debug` and `trace` only. The same for tokio-modbus, which warns
+    // once per byte it drops while looking for a frame (a noisy RS-485
+    // line would flood the journal); the driver reports the device's
+    // errors in its state, its metrics and once per change in the log.
     match level {
         "trace" | "debug" => format!("{level},rumqttd=warn"),
         _ => format!(
-            "{level},rumqttd=warn,opcua_client=off,opcua_core=off,opcua_crypto=off,opcua_types=off"
+            "{level},rumqttd=warn,opcua_client=off,opcua_core=off,opcua_crypto=off,opcua_types=off,tokio_modbus=off"
         ),
     }
 }

@@ -716,3 +716,78 @@ async fn demo_config_runs_on_the_embedded_broker() {
         .expect("fan state from the embedded broker");
     assert!(m.json()["properties"]["gear"].is_string());
 }
+
+/// Hundreds of devices starting at once: every `online`, state and
+/// `offline` of the start-up and stop bursts is delivered (the store pushes
+/// back instead of dropping while the broker is reachable) and every device
+/// gets its `$set` topic subscribed (batched through the client's bounded
+/// request channel, never dropped when it is full).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_device_of_a_large_config_takes_set() {
+    const DEVICES: usize = 400;
+    let broker = Mosquitto::start();
+    let mut devices = String::new();
+    for d in 0..DEVICES {
+        devices.push_str(&format!(
+            "  - name: d{d:03}\n    driver: dummy\n    syncInterval: 1h\n    properties:\n      - {{ name: v, type: int32, writable: true, simulate: {{ constant: 0 }} }}\n"
+        ));
+    }
+    let yaml = config(broker.port(), "", &devices);
+    let gw = Gateway::start(&yaml);
+    let mut probe = MqttProbe::connect(broker.port()).await;
+    probe.subscribe("fieldgate/test/+/$set/result", 1).await;
+    probe.subscribe("fieldgate/test/+/$state", 1).await;
+    let mut online = std::collections::HashSet::new();
+    let all_online = probe
+        .wait_for(Duration::from_secs(60), |m| {
+            if m.topic.ends_with("/$state") && m.payload_str() == "online" {
+                online.insert(m.topic.clone());
+            }
+            online.len() == DEVICES
+        })
+        .await;
+    assert!(all_online.is_some(), "{} of {DEVICES} online", online.len());
+
+    // A `$set` may reach the broker just before the device's subscription
+    // does; send again to the devices that have not answered yet.
+    let mut answered = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while answered.len() < DEVICES && tokio::time::Instant::now() < deadline {
+        for d in 0..DEVICES {
+            let t = format!("fieldgate/test/d{d:03}");
+            if !answered.contains(&t) {
+                probe
+                    .publish(&format!("{t}/$set"), br#"{"v": 5}"#.to_vec(), 1, false)
+                    .await;
+            }
+        }
+        for m in probe.collect_for(Duration::from_secs(2)).await {
+            if let Some(t) = m.topic.strip_suffix("/$set/result") {
+                assert_eq!(m.json()["ok"], json!(true), "{}", m.payload_str());
+                answered.insert(t.to_string());
+            }
+        }
+    }
+    assert_eq!(answered.len(), DEVICES, "devices that took `$set`");
+
+    // A clean stop publishes `offline` for every device, none dropped by
+    // the full store.
+    probe.drain();
+    gw.sigterm();
+    let mut offline = std::collections::HashSet::new();
+    let all_offline = probe
+        .wait_for(Duration::from_secs(30), |m| {
+            if m.topic.ends_with("/$state") && m.payload_str() == "offline" {
+                offline.insert(m.topic.clone());
+            }
+            offline.len() == DEVICES
+        })
+        .await;
+    assert!(
+        all_offline.is_some(),
+        "{} of {DEVICES} offline",
+        offline.len()
+    );
+    assert!(!gw.log().contains("dropped"), "{}", gw.log());
+    drop(gw);
+}

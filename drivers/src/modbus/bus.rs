@@ -29,6 +29,9 @@ const RECONNECT_INITIAL: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// How often (in cycles) a plan split after exceptions is merged again.
 const REMERGE_EVERY: u32 = 100;
+/// Transactions in a row without an answer after which a TCP connection is
+/// given up and dialled again.
+const MISSED_BEFORE_REDIAL: u32 = 2;
 /// Longest pause of a unit that timed out on a whole cycle.
 const UNIT_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
@@ -185,6 +188,8 @@ struct Bus {
     last_frame: Option<Instant>,
     /// The exception code of the last transaction, if it got one.
     last_exception: Option<ExceptionCode>,
+    /// Transactions in a row that got no answer on this connection.
+    missed: u32,
 }
 
 impl Bus {
@@ -202,6 +207,7 @@ impl Bus {
             gap,
             last_frame: None,
             last_exception: None,
+            missed: 0,
         }
     }
 
@@ -245,6 +251,7 @@ impl Bus {
                     // The backoff is reset by the first answer, so a peer
                     // that accepts and then drops us is still retried slowly.
                     self.conn = Some(ctx);
+                    self.missed = 0;
                     self.retry_at = None;
                     self.last_error = None;
                 }
@@ -260,6 +267,21 @@ impl Bus {
         self.conn
             .as_mut()
             .ok_or_else(|| DriverError::new(ErrorKind::Io, "not connected"))
+    }
+
+    /// Drops a TCP connection (plain or RTU framing) so that the next
+    /// transaction dials again at once; a serial line stays open.
+    fn forget_stream(&mut self) {
+        self.missed = 0;
+        if matches!(
+            self.transport,
+            Transport::Tcp { .. } | Transport::RtuOverTcp { .. }
+        ) {
+            if self.conn.take().is_some() {
+                debug!(bus = %describe(&self.transport), "dropping the connection after a missed answer");
+            }
+            self.retry_at = None;
+        }
     }
 
     /// One request/response on the bus, bounded by `timeout`.
@@ -283,18 +305,35 @@ impl Bus {
         };
         if let Ok(Ok(_)) = &result {
             self.backoff.reset();
+            self.missed = 0;
         }
         match result {
-            Err(_) => Err(DriverError::timeout(timeout)),
+            Err(_) => {
+                // Two missed answers in a row, with no answer from any unit
+                // in between: the TCP path may be dead without a FIN or RST
+                // (a half-open connection never heals by itself). Dial
+                // afresh. One silent unit among answering ones does not
+                // count: their answers keep the connection.
+                self.missed += 1;
+                if self.missed >= MISSED_BEFORE_REDIAL {
+                    self.forget_stream();
+                }
+                Err(DriverError::timeout(timeout))
+            }
             Ok(Ok(Ok(response))) => Ok(response),
             Ok(Ok(Err(code))) => Err(DriverError::new(
                 ErrorKind::Exception,
                 describe_exception(code),
             )),
-            Ok(Err(tokio_modbus::Error::Protocol(e))) => Err(DriverError::new(
-                ErrorKind::Decode,
-                format!("bad response: {e}"),
-            )),
+            Ok(Err(tokio_modbus::Error::Protocol(e))) => {
+                // An answer to another request (e.g. a late one): the
+                // stream is out of step.
+                self.forget_stream();
+                Err(DriverError::new(
+                    ErrorKind::Decode,
+                    format!("bad response: {e}"),
+                ))
+            }
             Ok(Err(tokio_modbus::Error::Transport(e)))
                 if e.kind() == std::io::ErrorKind::InvalidData =>
             {

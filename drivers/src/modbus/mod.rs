@@ -167,7 +167,8 @@ mod tests {
                     byte_order: ByteOrder::Abcd,
                     byte: ByteSelect::Low,
                 }),
-            }],
+            }]
+            .into(),
         }
     }
 

@@ -73,6 +73,15 @@ fn generate(cert: &Path, key: &Path) -> Result<(), String> {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
     }
+    // The key's directory is the owner's alone before the key is written
+    // (the library creates the file with the default mode; it is narrowed
+    // to 0600 below, and nobody else may look in meanwhile).
+    #[cfg(unix)]
+    if let Some(dir) = key.parent() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
     let desc = ApplicationDescription {
         application_uri: APPLICATION_URI.into(),
         product_uri: APPLICATION_URI.into(),

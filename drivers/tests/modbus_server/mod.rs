@@ -272,13 +272,13 @@ pub fn spec(
             max_registers_per_read: 125,
             max_gap: 10,
         }),
-        properties,
+        properties: properties.into(),
     }
 }
 
 /// A running device: its event stream, command sender and stop switch.
 pub struct Running {
-    pub events: mpsc::Receiver<DeviceEvent>,
+    pub events: fieldgate_drivers::EventReceiver,
     pub commands: mpsc::Sender<DeviceCommand>,
     pub cancel: CancellationToken,
     pub task: JoinHandle<()>,
@@ -332,7 +332,7 @@ impl Running {
 
 /// Starts `spec` on `buses` with real channels.
 pub fn start(spec: DeviceSpec, buses: &Buses) -> Running {
-    let (events_tx, events) = mpsc::channel(64);
+    let (events_tx, events) = fieldgate_drivers::event_channel(64);
     let (commands, commands_rx) = mpsc::channel(8);
     let cancel = CancellationToken::new();
     let link = DeviceLink {

@@ -357,7 +357,7 @@ fn size_limit_is_64_kib_inclusive() {
         e.errors,
         [(
             "$payload".to_owned(),
-            "payload is too large: 65537 bytes, at most 65536 allowed".to_owned()
+            "payload is too large: more than 65536 bytes".to_owned()
         )]
     );
 }

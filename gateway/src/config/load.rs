@@ -18,6 +18,24 @@ use super::tree::{self, from_node, join, list, Kind, Node};
 use super::types::*;
 use super::{ConfigError, ConfigErrors};
 
+/// `s` with control characters (line breaks, tabs, terminal escapes) written
+/// as escapes: keys and values quoted from the file must not break an error
+/// out of its one `FILE:LINE:COLUMN: KEY.PATH: message` line.
+fn one_line(s: &str) -> String {
+    if !s.contains(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Collects located errors for one file.
 pub(crate) struct Ctx {
     file: String,
@@ -34,7 +52,8 @@ impl Ctx {
 
     /// An error at `node`, key path `path`.
     fn at(&mut self, node: &Node, path: &str, msg: impl Into<String>) {
-        self.at_pos(node.line, node.column, path, msg);
+        let (line, column) = node.pos();
+        self.at_pos(line, column, path, msg);
     }
 
     fn at_pos(&mut self, line: usize, column: usize, path: &str, msg: impl Into<String>) {
@@ -42,8 +61,8 @@ impl Ctx {
             file: self.file.clone(),
             line: line.max(1),
             column: column.max(1),
-            key_path: path.to_string(),
-            message: msg.into(),
+            key_path: one_line(path),
+            message: one_line(&msg.into()),
         });
     }
 
@@ -87,9 +106,10 @@ impl Ctx {
                     if consequence {
                         return None;
                     }
-                    let (line, column, epath) =
-                        e.at.clone()
-                            .unwrap_or((cur.line, cur.column, path.to_string()));
+                    let (line, column, epath) = e.at.clone().unwrap_or_else(|| {
+                        let (line, column) = cur.pos();
+                        (line, column, path.to_string())
+                    });
                     self.at_pos(line, column, &epath, e.message.clone());
                     let rest = if path.is_empty() {
                         Some(epath.as_str())
@@ -170,6 +190,9 @@ pub fn check_topic(t: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Longest MQTT client id (a UTF-8 string with a 16-bit length).
+const MAX_CLIENT_ID: usize = 65_535;
 
 const NAME_RULE: &str = "use letters, digits, `_`, `.` and `-`, starting with a letter or digit";
 
@@ -408,7 +431,7 @@ fn owners(key: &str, table: fn(DriverKind) -> &'static [&'static str]) -> Vec<&'
 
 impl Loader<'_> {
     fn run(&mut self, root: &Node) -> Option<Resolved> {
-        let empty = Node::synthetic(Kind::Map(vec![]));
+        let empty = Node::synthetic(Kind::Map(Box::new([])));
         let root = match &root.kind {
             Kind::Null => &empty,
             Kind::Map(_) => root,
@@ -503,44 +526,6 @@ impl Loader<'_> {
             None => MqttOptions::default(),
         };
 
-        // devices
-        let mut parsed = Vec::new();
-        if let Some(dn) = root.get("devices") {
-            match &dn.kind {
-                Kind::Null => {}
-                Kind::Seq(items) => {
-                    for (i, d) in items.iter().enumerate() {
-                        if let Some(p) = self.parse_device(i, d) {
-                            parsed.push(p);
-                        }
-                    }
-                }
-                _ => self.ctx.at(
-                    dn,
-                    "devices",
-                    format!("expected a list of devices, found {}", dn.describe()),
-                ),
-            }
-        }
-
-        // Duplicate device names (second occurrence).
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        for d in &parsed {
-            if let Some(first) = seen.get(&d.config.name) {
-                self.ctx.val(
-                    d.node,
-                    &d.path,
-                    &["name"],
-                    format!(
-                        "duplicate device name `{}`: already used by devices[{first}]; device names must be unique",
-                        d.config.name
-                    ),
-                );
-            } else {
-                seen.insert(d.config.name.clone(), d.index);
-            }
-        }
-
         let ns = gateway.namespace.clone();
         let top_prefix = top
             .message
@@ -549,6 +534,18 @@ impl Loader<'_> {
             .and_then(|t| t.prefix.clone())
             .unwrap_or_else(|| "fieldgate".into());
         let gateway_topic = format!("{top_prefix}/{ns}");
+        // The prefix and the namespace are checked on their own; together
+        // they may still make G too long.
+        if is_valid_name(&ns) && check_topic(&top_prefix).is_ok() {
+            if let (Err(e), Some(g)) = (check_topic(&gateway_topic), gw_map("namespace")) {
+                self.ctx.val(
+                    g,
+                    "gateway",
+                    &["namespace"],
+                    format!("the gateway topic `<prefix>/<namespace>` is invalid: {e}"),
+                );
+            }
+        }
 
         // Sessions: the gateway session first.
         let mut session_keys: Vec<ClientOptions> = vec![top.client.clone()];
@@ -563,9 +560,46 @@ impl Loader<'_> {
         );
         sessions.push(gw_session.unwrap_or_else(placeholder_session));
 
-        let mut devices = Vec::new();
+        // Devices, each resolved as soon as it is parsed: the parsed property
+        // configs of one device are dropped before the next is read, so a
+        // large file never holds them all at once.
+        let no_devices: &[Node] = &[];
+        let device_nodes = match root.get("devices") {
+            None => no_devices,
+            Some(dn) => match &dn.kind {
+                Kind::Null => no_devices,
+                Kind::Seq(items) => items,
+                _ => {
+                    self.ctx.at(
+                        dn,
+                        "devices",
+                        format!("expected a list of devices, found {}", dn.describe()),
+                    );
+                    no_devices
+                }
+            },
+        };
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut devices = Vec::with_capacity(device_nodes.len());
         let mut topics: HashMap<String, String> = HashMap::new();
-        for d in &parsed {
+        for (i, node) in device_nodes.iter().enumerate() {
+            let Some(d) = self.parse_device(i, node) else {
+                continue;
+            };
+            // Duplicate device names (second occurrence).
+            if let Some(first) = seen.get(&d.config.name) {
+                self.ctx.val(
+                    d.node,
+                    &d.path,
+                    &["name"],
+                    format!(
+                        "duplicate device name `{}`: already used by devices[{first}]; device names must be unique",
+                        d.config.name
+                    ),
+                );
+            } else {
+                seen.insert(d.config.name.clone(), d.index);
+            }
             let dev_client = d.mqtt.as_ref().map(|(m, _)| m.client.clone());
             let dev_msg = d.mqtt.as_ref().map(|(m, _)| m.message.clone());
             let merged_client = match &dev_client {
@@ -641,6 +675,19 @@ impl Loader<'_> {
                         format!("{t}/$will"),
                     );
                     let s = s.unwrap_or_else(placeholder_session);
+                    // A configured client id is checked on its own; the
+                    // default one grows with the names.
+                    if s.client_id.len() > MAX_CLIENT_ID {
+                        self.ctx.val(
+                            d.node,
+                            &d.path,
+                            &["name"],
+                            format!(
+                                "the default client id `fieldgate-<namespace>-<device>` of this device's own MQTT session would be {} bytes, more than MQTT's {MAX_CLIENT_ID}: set a shorter `mqtt.client.clientId`",
+                                s.client_id.len()
+                            ),
+                        );
+                    }
                     if let Some(j) = sessions.iter().position(|o| o.client_id == s.client_id) {
                         let _ = j;
                         let msg = format!(
@@ -676,7 +723,7 @@ impl Loader<'_> {
                 state_props,
                 result_props,
             };
-            if let Some((spec, props)) = self.device_spec(d, &gateway.state_directory) {
+            if let Some((spec, props)) = self.device_spec(&d, &gateway.state_directory) {
                 devices.push(Arc::new(DeviceSettings {
                     name: d.config.name.clone(),
                     driver: d.config.driver,
@@ -802,7 +849,7 @@ impl Loader<'_> {
             ),
         }
         if let Some(id) = &c.client_id {
-            if id.len() > 65_535 || id.contains('\0') {
+            if id.len() > MAX_CLIENT_ID || id.contains('\0') {
                 ctx.val(
                     n,
                     path,
@@ -1033,7 +1080,11 @@ impl Loader<'_> {
             return None;
         }
         // Properties one by one.
-        let mut props = Vec::new();
+        let mut props = Vec::with_capacity(
+            node.get("properties")
+                .and_then(Node::items)
+                .map_or(0, <[Node]>::len),
+        );
         let mut props_ok = true;
         if let Some(pn) = node.get("properties") {
             match &pn.kind {
@@ -1618,8 +1669,9 @@ impl Loader<'_> {
         state_directory: &str,
     ) -> Option<(DeviceSpec, Vec<PropertySemantics>)> {
         let _ = state_directory;
-        let mut specs = Vec::new();
-        let mut sems = Vec::new();
+        // Exactly sized: these live as long as the device runs.
+        let mut specs = Vec::with_capacity(d.props.len());
+        let mut sems = Vec::with_capacity(d.props.len());
         let connection = match d.config.driver {
             DriverKind::Dummy => {
                 if d.config.model == Some(DummyModel::Fan) {
@@ -1787,21 +1839,27 @@ impl Loader<'_> {
             #[allow(unreachable_patterns)]
             _ => return None,
         };
+        specs.shrink_to_fit();
+        sems.shrink_to_fit();
         Some((
             DeviceSpec {
                 name: d.config.name.clone(),
                 sync_interval: d.config.sync_interval.0,
                 timeout: d.config.timeout.0,
                 connection,
-                properties: specs,
+                properties: specs.into(),
             },
             sems,
         ))
     }
 }
 
+/// Longest store directory name taken from a client id as is.
+const STORE_DIR_NAME_MAX: usize = 200;
+
 /// A client id as one safe path component (`/`, `..` and the like
-/// become `_`).
+/// become `_`); a longer id than a file name allows is cut to
+/// [`STORE_DIR_NAME_MAX`] and made unique with the id's UUIDv5.
 fn store_dir_name(client_id: &str) -> String {
     let name: String = client_id
         .chars()
@@ -1815,6 +1873,10 @@ fn store_dir_name(client_id: &str) -> String {
         .collect();
     if name.is_empty() || name.chars().all(|c| c == '.') {
         format!("_{name}")
+    } else if name.len() > STORE_DIR_NAME_MAX {
+        // Only ASCII is left, so any byte index is a character boundary.
+        let uid = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, client_id.as_bytes());
+        format!("{}-{}", &name[..STORE_DIR_NAME_MAX], uid.simple())
     } else {
         name
     }
@@ -1884,7 +1946,8 @@ fn pem_source(
     } else {
         base.join(p)
     };
-    std::fs::read_to_string(&full)
+    super::read_limited(&full, super::MAX_PEM_FILE_BYTES)
+        .and_then(|b| String::from_utf8(b).map_err(std::io::Error::other))
         .map(Some)
         .map_err(|e| format!("cannot read `{}`: {e}", full.display()))
 }
@@ -2171,6 +2234,13 @@ pub fn parse_server(s: &str) -> Result<ServerAddress, String> {
             "server `{s}` has no host; write e.g. tcp://127.0.0.1:1883"
         ));
     }
+    if let Some((_, host)) = authority.rsplit_once('@') {
+        // Not echoed: the part before `@` is likely a password.
+        return Err(format!(
+            "server `{scheme}://…@{host}`: a user name or password in the URL is not supported \
+             (it would show in logs and `check`); use basicAuth"
+        ));
+    }
     let (host, port) = if let Some(r) = authority.strip_prefix('[') {
         // [v6]:port
         let (h, p) = r
@@ -2420,7 +2490,9 @@ pub fn read_password_file(base: &Path, f: &str) -> Result<String, String> {
     } else {
         base.join(p)
     };
-    match std::fs::read_to_string(&full) {
+    let read = super::read_limited(&full, super::MAX_PASSWORD_FILE_BYTES)
+        .and_then(|b| String::from_utf8(b).map_err(std::io::Error::other));
+    match read {
         Ok(s) => Ok(s
             .split('\n')
             .next()
@@ -2564,10 +2636,10 @@ fn enum_raw(t: DataType, k: &Node) -> Result<Value, String> {
     };
     match (&k.kind, t) {
         (Kind::Bool(b), DataType::Bool) => Ok(Value::Bool(*b)),
-        (Kind::Str(s), DataType::Bool) if s == "true" || s == "false" => {
-            Ok(Value::Bool(s == "true"))
+        (Kind::Str(s), DataType::Bool) if &**s == "true" || &**s == "false" => {
+            Ok(Value::Bool(&**s == "true"))
         }
-        (Kind::Int(i), t) if t.is_integer() => Value::integer_of(t, *i).ok_or_else(|| {
+        (Kind::Int(i), t) if t.is_integer() => Value::integer_of(t, i.get()).ok_or_else(|| {
             let (lo, hi) = t.integer_range().unwrap_or_default();
             format!("enum key `{i}` is out of range for `{t}` ({lo}..={hi})")
         }),
@@ -2575,7 +2647,7 @@ fn enum_raw(t: DataType, k: &Node) -> Result<Value, String> {
             Ok(i) => Value::integer_of(t, i).ok_or_else(bad),
             Err(_) => Err(bad()),
         },
-        (Kind::Int(i), t) if t.is_float() => Ok(Value::Float(*i as f64)),
+        (Kind::Int(i), t) if t.is_float() => Ok(Value::Float(i.get() as f64)),
         (Kind::Float(f), t) if t.is_float() => Ok(Value::Float(*f)),
         (_, DataType::String) => Ok(Value::String(k.text().ok_or_else(bad)?)),
         _ => Err(bad()),
@@ -2589,7 +2661,7 @@ fn plain_semantics(name: &str, t: DataType, writable: bool) -> PropertySemantics
         writable,
         scale: None,
         offset: None,
-        enum_entries: Vec::new(),
+        enum_entries: Box::new([]),
         min: None,
         max: None,
         deadband: None,
@@ -2605,15 +2677,17 @@ fn semantics(p: &PropertyConfig, pn: &Node) -> Option<PropertySemantics> {
     s.min = p.min;
     s.max = p.max;
     s.deadband = p.deadband;
-    s.unit = p.unit.clone();
-    s.description = p.description.clone();
+    s.unit = p.unit.as_deref().map(Box::from);
+    s.description = p.description.as_deref().map(Box::from);
     if let Some(en) = pn.get("enum").and_then(|e| e.entries()) {
+        let mut entries = Vec::with_capacity(en.len());
         for (k, v) in en {
-            s.enum_entries.push(EnumEntry {
+            entries.push(EnumEntry {
                 raw: enum_raw(p.data_type, k).ok()?,
                 label: v.text().unwrap_or_default(),
             });
         }
+        s.enum_entries = entries.into_boxed_slice();
     }
     Some(s)
 }
@@ -2627,16 +2701,16 @@ fn constant_value(t: DataType, v: &Node) -> Result<Value, String> {
     };
     match (&v.kind, t) {
         (Kind::Bool(b), DataType::Bool) => Ok(Value::Bool(*b)),
-        (Kind::Int(i), t) if t.is_integer() => Value::integer_of(t, *i).ok_or_else(|| {
+        (Kind::Int(i), t) if t.is_integer() => Value::integer_of(t, i.get()).ok_or_else(|| {
             let (lo, hi) = t.integer_range().unwrap_or_default();
             format!("constant `{i}` is out of range for `{t}` ({lo}..={hi})")
         }),
         (Kind::Float(f), t) if t.is_integer() && f.fract() == 0.0 => {
             Value::integer_of(t, *f as i128).ok_or_else(bad)
         }
-        (Kind::Int(i), t) if t.is_float() => Ok(Value::Float(*i as f64)),
+        (Kind::Int(i), t) if t.is_float() => Ok(Value::Float(i.get() as f64)),
         (Kind::Float(f), t) if t.is_float() => Ok(Value::Float(*f)),
-        (Kind::Str(s), DataType::String) => Ok(Value::String(s.clone())),
+        (Kind::Str(s), DataType::String) => Ok(Value::String(s.to_string())),
         (Kind::Str(s), DataType::Bytes) => decode_hex(s)
             .map(Value::Bytes)
             .ok_or_else(|| format!("constant `{s}` is not hex bytes (e.g. \"01ff\")")),

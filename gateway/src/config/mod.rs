@@ -57,10 +57,33 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// Largest password file read (only its first line is used).
+pub const MAX_PASSWORD_FILE_BYTES: u64 = 64 * 1024;
+/// Largest PEM file (CA bundle, certificate, key) read.
+pub const MAX_PEM_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads the file at `path`, refusing more than `limit` bytes without
+/// reading further: a config that names `/dev/zero`, a FIFO or a huge file
+/// gets an error instead of filling the memory.
+pub fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut data = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut data)?;
+    if data.len() as u64 > limit {
+        return Err(std::io::Error::other(format!(
+            "larger than {} bytes",
+            limit
+        )));
+    }
+    Ok(data)
+}
+
 /// Reads, parses, validates and resolves the config file at `path`.
 pub fn load(path: &Path) -> Result<Resolved, ConfigErrors> {
     let label = path.display().to_string();
-    let text = match std::fs::read(path) {
+    let text = match read_limited(path, tree::MAX_CONFIG_BYTES as u64) {
         Ok(bytes) => match String::from_utf8(bytes) {
             Ok(t) => t,
             Err(_) => {

@@ -243,7 +243,7 @@ pub struct PropertySemantics {
     /// Addend.
     pub offset: Option<f64>,
     /// Raw → label map (empty: no enum).
-    pub enum_entries: Vec<EnumEntry>,
+    pub enum_entries: Box<[EnumEntry]>,
     /// Lower `$set` bound in published units.
     pub min: Option<f64>,
     /// Upper `$set` bound in published units.
@@ -251,9 +251,9 @@ pub struct PropertySemantics {
     /// On-change deadband in published units.
     pub deadband: Option<f64>,
     /// Unit for `$meta`.
-    pub unit: Option<String>,
+    pub unit: Option<Box<str>>,
     /// Description for `$meta`.
-    pub description: Option<String>,
+    pub description: Option<Box<str>>,
 }
 
 /// One device, fully resolved.

@@ -681,6 +681,11 @@ fn mqtt_transports_and_options_resolve() {
     }
     assert!(crate::config::load::parse_server("unix://").is_err());
     assert!(crate::config::load::parse_server("quic://h").is_err());
+    // Credentials in the URL are refused without repeating them.
+    for url in ["tcp://bob:s3cret@h:1883", "wss://bob:s3cret@h/mqtt"] {
+        let e = crate::config::load::parse_server(url).unwrap_err();
+        assert!(e.contains("basicAuth") && !e.contains("s3cret"), "{e}");
+    }
     ok("mqtt:\n  client: {server: 'wss://h', protocolVersion: 5, resumeSubs: true, order: false, pingTimeout: 2s, writeTimeout: 1s, httpHeaders: {X-A: b, X-B: [c, d]}, tlsConfig: {insecureSkipVerify: true}}\n  message: {contentType: text/json, userProperties: {a: b}, messageExpiryInterval: 1m}\n");
     ok("mqtt:\n  client: {protocolVersion: 3, clientId: short}\n");
 }
@@ -857,4 +862,71 @@ fn opcua_devices_lower_to_connections_and_node_addresses() {
         "c.yaml:5:",
         "devices[0].properties[0].nodeId: `ns=2;x=1` is not a valid NodeId",
     );
+}
+
+#[test]
+fn line_breaks_from_the_file_stay_inside_one_error_line() {
+    // Found by fuzzing (config): quoted values and keys with line breaks
+    // split an error over several lines.
+    let e = errs("gateway:\n  namespace: \"a\\r\\nb\"\n  \"x\\ny\": 1\n");
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e.iter().all(|l| !l.contains(['\n', '\r'])), "{e:?}");
+    has(&e, "c.yaml:2:14: gateway.namespace:", "`a\\r\\nb`");
+    has(&e, "c.yaml:3:3: gateway.x\\ny:", "unknown key `x\\ny`");
+}
+
+#[test]
+fn a_long_client_id_gives_a_store_directory_name_a_file_system_takes() {
+    // Found by fuzzing (topics): the default client id of a long namespace
+    // became a store directory name over the 255-byte file name limit.
+    use super::resolved::StoreSettings;
+    let ns = "n".repeat(300);
+    let dir_of = |r: &Resolved| match &r.sessions[0].store {
+        StoreSettings::File { directory, .. } => directory.clone(),
+        StoreSettings::Memory => panic!("a file store"),
+    };
+    let r = ok(&format!(
+        "gateway: {{namespace: {ns}, stateDirectory: /s}}\nmqtt:\n  client:\n    store: {{type: file}}\n"
+    ));
+    let dir = dir_of(&r);
+    let name = dir.file_name().unwrap().to_str().unwrap();
+    assert!(name.len() <= 255, "{} bytes", name.len());
+    assert!(name.starts_with(&format!("fieldgate-{}", &ns[..190])));
+    assert_eq!(dir.parent(), Some(Path::new("/s/mqtt")));
+    // Ids sharing the first 200 characters still get their own directory.
+    let other = ok(&format!(
+        "gateway: {{namespace: {ns}x, stateDirectory: /s}}\nmqtt:\n  client:\n    store: {{type: file}}\n"
+    ));
+    assert_ne!(dir_of(&other), dir);
+}
+
+#[test]
+fn a_namespace_making_the_gateway_topic_too_long_is_refused() {
+    // Found by fuzzing (topics): prefix and namespace were each within
+    // bounds, G = <prefix>/<namespace> was not (over MQTT's 65535 bytes).
+    let prefix = "p".repeat(50_000);
+    let ns = "n".repeat(50_000);
+    let e = errs(&format!(
+        "gateway: {{namespace: {ns}}}\nmqtt: {{message: {{topic: {{prefix: {prefix}, with: uid}}}}}}\n"
+    ));
+    assert_eq!(e.len(), 1, "{e:?}");
+    has(&e, "c.yaml:1:22: gateway.namespace: ", "the gateway topic");
+    has(&e, "c.yaml:1:22: gateway.namespace: ", "too long");
+}
+
+#[test]
+fn a_default_client_id_over_the_mqtt_limit_is_refused() {
+    // Found by fuzzing (topics): a device with its own session and a long
+    // name (topic by uid, so the topic stays short) got a default client id
+    // `fieldgate-<namespace>-<device>` over MQTT's 65535 bytes.
+    let name = "d".repeat(70_000);
+    let e = errs(&format!(
+        "mqtt: {{message: {{topic: {{with: uid}}}}}}\ndevices:\n  - name: {name}\n    driver: dummy\n    model: fan\n    mqtt: {{client: {{keepAlive: 31s}}}}\n"
+    ));
+    assert_eq!(e.len(), 1, "{e:?}");
+    has(&e, "c.yaml:3:11: devices[0].name: ", "default client id");
+    // With a client id of its own it is fine.
+    ok(&format!(
+        "mqtt: {{message: {{topic: {{with: uid}}}}}}\ndevices:\n  - name: {name}\n    driver: dummy\n    model: fan\n    mqtt: {{client: {{keepAlive: 31s, clientId: d}}}}\n"
+    ));
 }

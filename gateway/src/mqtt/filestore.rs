@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +40,10 @@ const HEADER: &[u8; 8] = b"FGSTORE1";
 const RECORD_HEADER: usize = 8;
 /// Largest body accepted when reading (bigger lengths are damage).
 const MAX_BODY: usize = 256 << 20;
+/// Largest sequence number read back. The writer counts up from 1 and
+/// never gets near it (2^62 messages); anything above is damage, which
+/// keeps room to count on after any recovery.
+const MAX_SEQ: u64 = 1 << 62;
 const KIND_MSG: u8 = 1;
 const KIND_ACK: u8 = 2;
 /// Commands waiting for the writer thread.
@@ -258,7 +262,7 @@ fn decode_body(body: &[u8]) -> Option<Record> {
     let mut r = Reader(body);
     match r.u8()? {
         KIND_MSG => {
-            let seq = r.u64()?;
+            let seq = r.u64().filter(|s| *s <= MAX_SEQ)?;
             let stored_ms = r.u64()?;
             let qos = r.u8()?;
             let flags = r.u8()?;
@@ -288,7 +292,7 @@ fn decode_body(body: &[u8]) -> Option<Record> {
             }))
         }
         KIND_ACK => {
-            let upto = r.u64()?;
+            let upto = r.u64().filter(|u| *u <= MAX_SEQ + 1)?;
             r.0.is_empty().then_some(Record::Ack(upto))
         }
         _ => None,
@@ -344,7 +348,7 @@ fn parse_seg_name(name: &str) -> Option<u64> {
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    digits.parse().ok().filter(|s| *s <= MAX_SEQ)
 }
 
 /// Creates `dir` (0700) if needed and recovers what it holds. Blocking.
@@ -441,7 +445,7 @@ pub fn recover(dir: &Path) -> Result<Recovery, StoreError> {
                         continue;
                     }
                     max_seq = Some(m.seq);
-                    messages.push(m);
+                    messages.push((rec.segments.len(), m));
                 }
             }
         }
@@ -453,7 +457,26 @@ pub fn recover(dir: &Path) -> Result<Recovery, StoreError> {
         rec.acked = rec.acked.max(*first);
     }
     let acked = rec.acked;
-    rec.messages = messages.into_iter().filter(|m| m.seq >= acked).collect();
+    // A segment holds the messages numbered below the next segment's first
+    // number: the writer names a segment after its first message and
+    // deletes it by that rule. A message at or above it is misplaced (it
+    // would be deleted with its segment while unacknowledged): skipped.
+    let firsts: Vec<u64> = rec.segments.iter().map(|(f, _)| *f).collect();
+    rec.messages = messages
+        .into_iter()
+        .filter(|(i, m)| {
+            let misplaced = firsts.get(i + 1).is_some_and(|next| m.seq >= *next);
+            if misplaced {
+                tracing::warn!(
+                    "store file {}: message {} belongs in a later segment; skipped",
+                    rec.segments[*i].1.display(),
+                    m.seq
+                );
+            }
+            !misplaced && m.seq >= acked
+        })
+        .map(|(_, m)| m)
+        .collect();
     // The writer starts a new segment named after the next sequence
     // number: never reuse an existing name.
     let after_last = rec.segments.last().map_or(0, |(f, _)| f.saturating_add(1));
@@ -491,6 +514,7 @@ impl FileLog {
             segments: recovery.segments.iter().cloned().collect(),
             current: None,
             current_len: 0,
+            written_len: 0,
             segment_size: segment_size(max_bytes),
             acked: acked.clone(),
             // Record the recovered position in the new segment too.
@@ -561,6 +585,9 @@ struct Writer {
     segments: VecDeque<(u64, PathBuf)>,
     current: Option<File>,
     current_len: u64,
+    /// Bytes of the current segment that are whole records on file: where
+    /// a failed write is cut back to.
+    written_len: u64,
     segment_size: u64,
     acked: Arc<AtomicU64>,
     written_ack: u64,
@@ -641,9 +668,24 @@ impl Writer {
             None => Err(io::Error::other("no open segment")),
         };
         match result {
-            Ok(()) => self.buf.clear(),
+            Ok(()) => {
+                self.written_len += self.buf.len() as u64;
+                self.buf.clear();
+            }
             Err(e) => {
                 self.report(&e);
+                // A write can fail half-way (a full disk): cut the torn
+                // part off, so the records written after the disk has room
+                // again do not follow a broken one (recovery stops at the
+                // first damage and would drop everything after it).
+                let at = self.written_len;
+                let cut = match &mut self.current {
+                    Some(f) => f.set_len(at).and_then(|()| f.seek(SeekFrom::Start(at))),
+                    None => Ok(at),
+                };
+                if let Err(e) = cut {
+                    self.report(&e);
+                }
                 // Keep the buffer bounded: what could not be written stays
                 // in memory (the session still holds every message).
                 if self.buf.len() > 64 << 20 {
@@ -723,6 +765,7 @@ impl Writer {
         self.segments.push_back((first_seq, path));
         self.current = Some(f);
         self.current_len = HEADER.len() as u64;
+        self.written_len = HEADER.len() as u64;
         Ok(())
     }
 
@@ -915,6 +958,53 @@ mod tests {
         let again = recover(&dir).unwrap();
         assert_eq!(payloads(&again), vec!["payload 1"]);
         assert_eq!(again.damaged, 0);
+    }
+
+    #[test]
+    fn sequence_numbers_at_the_top_of_the_range_are_damage() {
+        // Found by fuzzing (store_recovery): a checksum-valid record numbered
+        // u64::MAX made the next number overflow on the first push.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        write_all(&dir, 1 << 20, &[(1, msg(1))], 0);
+        let seg = segs(&dir).remove(0);
+        let mut data = fs::read(&seg).unwrap();
+        data.extend_from_slice(&encode_message(u64::MAX, 0, &msg(2)));
+        fs::write(&seg, &data).unwrap();
+        // Never a name the writer uses: not a segment.
+        fs::write(dir.join(seg_name(u64::MAX)), HEADER).unwrap();
+        let rec = recover(&dir).unwrap();
+        assert_eq!(rec.damaged, 1);
+        assert_eq!(payloads(&rec), vec!["payload 1"]);
+        assert_eq!(rec.next_seq, 2);
+        let next = rec.next_seq;
+        drop(rec);
+        write_all(&dir, 1 << 20, &[(next, msg(3))], 0);
+        assert_eq!(
+            payloads(&recover(&dir).unwrap()),
+            vec!["payload 1", "payload 3"]
+        );
+    }
+
+    #[test]
+    fn a_message_misplaced_before_a_later_segment_is_skipped() {
+        // Found by fuzzing (store_recovery): segment 0 holding message 1
+        // next to a segment named 1. The writer deletes segment 0 once 1 is
+        // the acknowledged position, so recovering message 1 from it would
+        // lose it while unacknowledged.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        fs::create_dir(&dir).unwrap();
+        let mut seg0 = HEADER.to_vec();
+        seg0.extend_from_slice(&encode_message(0, 0, &msg(0)));
+        seg0.extend_from_slice(&encode_message(1, 0, &msg(1)));
+        fs::write(dir.join(seg_name(0)), seg0).unwrap();
+        let mut seg1 = HEADER.to_vec();
+        seg1.extend_from_slice(&encode_message(2, 0, &msg(2)));
+        fs::write(dir.join(seg_name(1)), seg1).unwrap();
+        let rec = recover(&dir).unwrap();
+        assert_eq!(payloads(&rec), vec!["payload 0", "payload 2"]);
+        assert_eq!(rec.next_seq, 3);
     }
 
     #[test]

@@ -18,8 +18,9 @@ use super::transport::{self, Bridge};
 use super::{Inbound, OutMsg};
 use crate::config::resolved::{ServerAddress, SessionSettings};
 
-/// Incoming packets larger than this are refused by the client.
-const MAX_INCOMING_PACKET: usize = 1024 * 1024;
+/// Incoming packets larger than this are refused by the client (the
+/// bridge cuts PUBLISH packets above it; see `transport::Cutter`).
+pub(crate) const MAX_INCOMING_PACKET: usize = 1024 * 1024;
 /// Outgoing packets larger than this are refused by the client.
 const MAX_OUTGOING_PACKET: usize = 4 * 1024 * 1024;
 /// Most publishes the session keeps in flight on the connection.

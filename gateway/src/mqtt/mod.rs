@@ -77,7 +77,7 @@ pub enum SessionInput {
         /// Exact topic.
         topic: String,
         /// The device's inbox.
-        to: mpsc::Sender<Inbound>,
+        to: Inbox,
     },
     /// Stop delivering `topic` (unsubscribes).
     Unroute {
@@ -85,6 +85,11 @@ pub enum SessionInput {
         topic: String,
     },
 }
+
+/// A device's inbox for `$set`/`$get` messages. Messages travel boxed: a
+/// tokio channel allocates its slots 32 at a time whatever its capacity, and
+/// every device has one.
+pub type Inbox = mpsc::Sender<Box<Inbound>>;
 
 /// How a session ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +118,21 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
+    /// A handle with no MQTT session behind it: its requests arrive on the
+    /// returned receiver (queue of `depth`). Drives a device without a
+    /// broker (the `set_payload` fuzz target); a stop returns at once.
+    #[doc(hidden)]
+    pub fn detached(client_id: &str, depth: usize) -> (Self, mpsc::Receiver<SessionInput>) {
+        let (tx, rx) = mpsc::channel(depth.max(1));
+        let (stop, _) = mpsc::channel(1);
+        let handle = Self {
+            client_id: client_id.into(),
+            tx,
+            stop,
+        };
+        (handle, rx)
+    }
+
     /// Sends a request; waits only if the session's input queue is full.
     pub async fn send(&self, input: SessionInput) {
         if self.tx.send(input).await.is_err() {

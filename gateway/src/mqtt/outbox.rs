@@ -97,6 +97,11 @@ impl Outbox {
         self.entries.is_empty()
     }
 
+    /// True when one more message would drop the oldest.
+    pub fn is_full(&self) -> bool {
+        self.entries.len() >= self.capacity || self.weight >= self.max_weight
+    }
+
     /// Payload bytes held.
     pub fn bytes(&self) -> usize {
         self.bytes

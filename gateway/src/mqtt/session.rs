@@ -25,6 +25,17 @@ const FIRST_RECONNECT: Duration = Duration::from_secs(1);
 /// Subscriptions for commands use at least QoS 1 so commands are not lost
 /// between broker and gateway.
 const COMMAND_QOS: u8 = 1;
+/// How long after start-up a full store may hold the devices back while the
+/// first connection attempt lasts (a broker that does not answer must not
+/// stall them until `connectTimeout`).
+const FIRST_ATTEMPT_GRACE: Duration = Duration::from_secs(5);
+/// Command topics per SUBSCRIBE packet.
+const SUBSCRIBE_BATCH: usize = 64;
+/// SUBSCRIBE packets handed to the client per turn of the session loop (the
+/// request channel also carries the publish window).
+const SUBSCRIBE_BATCHES_PER_TURN: usize = 4;
+/// Retry delay for subscriptions that found the request channel full.
+const SUBSCRIBE_RETRY: Duration = Duration::from_millis(50);
 /// Commands held for topics no device has claimed yet: a resumed session
 /// delivers its queued commands right after CONNACK, possibly before the
 /// devices have registered.
@@ -109,16 +120,29 @@ struct Session {
     /// Birth and retained replays: sent before the outbox after a connect.
     priority: VecDeque<OutMsg>,
     retained: HashMap<Arc<str>, OutMsg>,
-    routes: HashMap<String, mpsc::Sender<Inbound>>,
+    routes: HashMap<String, super::Inbox>,
     /// Topics the broker's stored session holds subscriptions for
     /// (`cleanSession: false`).
     broker_subs: std::collections::HashSet<String>,
+    /// Routed command topics not yet handed to the client as SUBSCRIBE:
+    /// sent in batches as the request channel has room, so that a thousand
+    /// devices starting at once are all subscribed.
+    pending_subs: std::collections::BTreeSet<String>,
+    /// When to try the pending subscriptions again after the request
+    /// channel was full.
+    subs_retry_at: Option<Instant>,
     /// Kinds of broker refusals already logged at WARN.
     refusals_logged: std::collections::HashSet<(&'static str, String)>,
     /// Messages that arrived before their route existed (bounded).
     unrouted: VecDeque<Inbound>,
     connected: bool,
     ever_connected: bool,
+    /// While the first connection attempt lasts (at most
+    /// [`FIRST_ATTEMPT_GRACE`] after start; `None` once it ended), a full
+    /// store pushes back on the devices as while connected, so that a large
+    /// gateway's start-up burst is not dropped in the milliseconds before
+    /// CONNACK.
+    first_attempt: Option<Instant>,
     backoff: Backoff,
     reconnect_at: Option<Instant>,
     dropped_reported: u64,
@@ -151,10 +175,13 @@ impl Session {
             retained: HashMap::new(),
             routes: HashMap::new(),
             broker_subs: Default::default(),
+            pending_subs: Default::default(),
+            subs_retry_at: None,
             unrouted: VecDeque::new(),
             refusals_logged: Default::default(),
             connected: false,
             ever_connected: false,
+            first_attempt: Some(Instant::now() + FIRST_ATTEMPT_GRACE),
             backoff,
             reconnect_at: None,
             dropped_reported: 0,
@@ -163,6 +190,17 @@ impl Session {
 
     fn id(&self) -> &str {
         &self.settings.client_id
+    }
+
+    /// True while new messages must wait instead of dropping the oldest:
+    /// the store is full and the broker is reachable (or being reached for
+    /// the first time). Messages are dropped only while it is unreachable.
+    fn pushes_back(&self) -> bool {
+        (self.connected
+            || self
+                .first_attempt
+                .is_some_and(|until| Instant::now() < until))
+            && self.outbox.is_full()
     }
 
     async fn run(
@@ -178,12 +216,17 @@ impl Session {
         }
         let request = loop {
             let reconnect_at = self.reconnect_at;
+            let subs_retry_at = self.subs_retry_at;
+            let first_attempt_ends = self.first_attempt;
             tokio::select! {
                 ev = link.events.recv() => match ev {
                     Some(ev) => self.on_net(ev, &link.permits).await,
                     None => break None,
                 },
-                input = inputs.recv() => match input {
+                // While connected a full store pushes back on the devices
+                // instead of dropping: messages are dropped only while the
+                // broker is unreachable (CONTRACT §4).
+                input = inputs.recv(), if !self.pushes_back() => match input {
                     Some(input) => self.on_input(input).await,
                     None => break None,
                 },
@@ -202,7 +245,10 @@ impl Session {
                     tracing::debug!(session = %self.id(), "reconnecting");
                     let _ = link.permits.try_send(());
                 }
+                _ = sleep_until_opt(subs_retry_at) => self.subs_retry_at = None,
+                _ = sleep_until_opt(first_attempt_ends) => self.first_attempt = None,
             }
+            self.flush_subscriptions();
             self.feed();
         };
         let mode = request.as_ref().map_or(StopMode::Clean, |r| r.mode);
@@ -256,9 +302,20 @@ impl Session {
         inputs: &mut mpsc::Receiver<SessionInput>,
         mode: StopMode,
     ) {
-        // Take what devices sent last (their `offline` states).
-        while let Ok(input) = inputs.try_recv() {
-            self.on_input(input).await;
+        // Take what devices sent last (their `offline` states), letting the
+        // connection drain a full store first rather than dropping.
+        loop {
+            while self.connected && self.outbox.is_full() {
+                self.feed();
+                match link.events.recv().await {
+                    Some(ev) => self.on_net(ev, &link.permits).await,
+                    None => break,
+                }
+            }
+            match inputs.try_recv() {
+                Ok(input) => self.on_input(input).await,
+                Err(_) => break,
+            }
         }
         if mode == StopMode::Handover {
             self.disconnect(link).await;
@@ -333,16 +390,8 @@ impl Session {
                 .await;
             }
             SessionInput::Route { topic, to } => {
-                if self.connected {
-                    match self
-                        .client
-                        .try_subscribe(std::slice::from_ref(&topic), COMMAND_QOS)
-                    {
-                        Ok(()) => {
-                            self.broker_subs.insert(topic.clone());
-                        }
-                        Err(e) => tracing::warn!(session = %self.id(), "subscribe {topic}: {e}"),
-                    }
+                if !self.broker_subs.contains(&topic) {
+                    self.pending_subs.insert(topic.clone());
                 }
                 self.routes.insert(topic.clone(), to);
                 let held = std::mem::take(&mut self.unrouted);
@@ -355,6 +404,7 @@ impl Session {
                 }
             }
             SessionInput::Unroute { topic } => {
+                self.pending_subs.remove(&topic);
                 if self.routes.remove(&topic).is_some() && self.connected {
                     match self.client.try_unsubscribe(&topic) {
                         Ok(()) => {
@@ -440,6 +490,7 @@ impl Session {
                     .inc();
             }
             NetEvent::Down(reason) => {
+                self.first_attempt = None;
                 let was_connected = self.connected;
                 self.connected = false;
                 self.outbox.rewind();
@@ -488,6 +539,7 @@ impl Session {
         tracing::info!(session = %id, session_present, "connected to the broker");
         self.connected = true;
         self.ever_connected = true;
+        self.first_attempt = None;
         self.backoff.reset();
         self.m.connected.set(1);
         self.health.clear(&health_key(&id));
@@ -503,8 +555,9 @@ impl Session {
         });
         // After a reconnect the broker may have lost its retained store
         // (restart without persistence): give it the retained topics again.
-        // On the first connect they are still queued in the outbox.
-        if reconnect {
+        // On the first connect they are still queued in the outbox, unless
+        // a full store dropped some while connecting.
+        if reconnect || self.outbox.dropped() > 0 {
             self.priority.extend(self.retained.values().cloned());
         }
     }
@@ -515,21 +568,17 @@ impl Session {
     /// drop those removed meanwhile, or, with `resumeSubs: true`, subscribe
     /// to all of them again.
     fn restore_subscriptions(&mut self, session_present: bool) {
-        let id = self.settings.client_id.clone();
         if !session_present {
             self.broker_subs.clear();
         }
         let resume_all = !session_present || self.settings.resume_subs;
-        let topics: Vec<String> = self
+        self.pending_subs = self
             .routes
             .keys()
             .filter(|t| resume_all || !self.broker_subs.contains(*t))
             .cloned()
             .collect();
-        match self.client.try_subscribe(&topics, COMMAND_QOS) {
-            Ok(()) => self.broker_subs.extend(topics),
-            Err(e) => tracing::warn!(session = %id, "restoring subscriptions failed: {e}"),
-        }
+        self.flush_subscriptions();
         let stale: Vec<String> = self
             .broker_subs
             .iter()
@@ -543,10 +592,49 @@ impl Session {
         }
     }
 
+    /// Hands pending command-topic subscriptions to the client, up to
+    /// [`SUBSCRIBE_BATCH`] topics per SUBSCRIBE, while its request channel
+    /// takes them; the rest are retried shortly (and after every event).
+    fn flush_subscriptions(&mut self) {
+        if !self.connected || self.pending_subs.is_empty() {
+            return;
+        }
+        for _ in 0..SUBSCRIBE_BATCHES_PER_TURN {
+            let batch: Vec<String> = self
+                .pending_subs
+                .iter()
+                .take(SUBSCRIBE_BATCH)
+                .cloned()
+                .collect();
+            if batch.is_empty() {
+                return;
+            }
+            match self.client.try_subscribe(&batch, COMMAND_QOS) {
+                Ok(()) => {
+                    for t in batch {
+                        self.pending_subs.remove(&t);
+                        self.broker_subs.insert(t);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(
+                        session = %self.id(),
+                        "{} subscription(s) wait for room in the request channel: {e}",
+                        self.pending_subs.len()
+                    );
+                    break;
+                }
+            }
+        }
+        if !self.pending_subs.is_empty() {
+            self.subs_retry_at = Some(Instant::now() + SUBSCRIBE_RETRY);
+        }
+    }
+
     fn route(&mut self, msg: Inbound) {
         match self.routes.get(&msg.topic) {
             Some(to) => {
-                if let Err(e) = to.try_send(msg) {
+                if let Err(e) = to.try_send(Box::new(msg)) {
                     let topic = match &e {
                         mpsc::error::TrySendError::Full(m)
                         | mpsc::error::TrySendError::Closed(m) => m.topic.clone(),

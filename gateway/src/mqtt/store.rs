@@ -197,6 +197,11 @@ impl Store {
         self.outbox.len()
     }
 
+    /// True when one more message would drop the oldest.
+    pub fn is_full(&self) -> bool {
+        self.outbox.is_full()
+    }
+
     /// True when nothing is held.
     pub fn is_empty(&self) -> bool {
         self.outbox.is_empty()

@@ -225,6 +225,7 @@ impl Target {
 #[derive(Clone, Copy)]
 struct RelayOptions {
     mqtt31: bool,
+    mqtt5: bool,
     write_timeout: Duration,
     ping_timeout: Duration,
 }
@@ -260,6 +261,7 @@ impl Bridge {
             connect_timeout: settings.connect_timeout,
             options: RelayOptions {
                 mqtt31: settings.protocol_version == 3,
+                mqtt5: settings.protocol_version == 5,
                 write_timeout: settings.write_timeout,
                 ping_timeout: if settings.keep_alive.is_zero() {
                     Duration::ZERO
@@ -445,6 +447,196 @@ impl Framer {
     }
 }
 
+const PUBLISH: u8 = 3;
+/// The payload a cut PUBLISH keeps: one byte more than a command may have,
+/// so that it is still refused as too large.
+const CUT_PAYLOAD: usize = crate::command::MAX_SET_PAYLOAD + 1;
+/// Largest variable header (topic, packet id, properties) a PUBLISH may
+/// have to be cut; one with a larger header is passed on whole.
+const CUT_MAX_HEADER: usize = 128 * 1024;
+
+/// Passes the broker's byte stream on, except that a PUBLISH larger than
+/// the client accepts ([`super::link::MAX_INCOMING_PACKET`]) is cut down to
+/// its topic, packet id, properties and the first [`CUT_PAYLOAD`] bytes of
+/// its payload. The client would otherwise fail the whole connection on it,
+/// and a broker that keeps the session sends the same message again after
+/// every reconnect: one oversized command would cut the gateway off for
+/// good. Cut, it reaches the device as a command that is too large, which
+/// gets an error result, and is acknowledged like any other.
+struct Cutter {
+    mqtt5: bool,
+    state: CutState,
+}
+
+enum CutState {
+    /// Collecting a fixed header (type byte and remaining length).
+    Head(Vec<u8>),
+    /// Passing `n` more bytes of the current packet.
+    Pass(usize),
+    /// Collecting the start of an oversized PUBLISH: its first byte, its
+    /// remaining length and the bytes so far.
+    Capture(u8, usize, Vec<u8>),
+    /// Dropping `n` more bytes of a cut PUBLISH.
+    Skip(usize),
+}
+
+impl Cutter {
+    fn new(mqtt5: bool) -> Self {
+        Self {
+            mqtt5,
+            state: CutState::Head(Vec::with_capacity(5)),
+        }
+    }
+
+    /// Appends what goes on for `data` to `out`.
+    fn feed(&mut self, mut data: &[u8], out: &mut Vec<u8>) {
+        while !data.is_empty() {
+            let state = std::mem::replace(&mut self.state, CutState::Pass(0));
+            self.state = match state {
+                CutState::Head(mut head) => {
+                    head.push(data[0]);
+                    data = &data[1..];
+                    match fixed_header(&head) {
+                        None => CutState::Head(head),
+                        Some(len)
+                            if head[0] >> 4 == PUBLISH
+                                && len > super::link::MAX_INCOMING_PACKET =>
+                        {
+                            CutState::Capture(head[0], len, Vec::new())
+                        }
+                        Some(len) => {
+                            out.extend_from_slice(&head);
+                            if len == 0 {
+                                CutState::Head(head_buf())
+                            } else {
+                                CutState::Pass(len)
+                            }
+                        }
+                    }
+                }
+                CutState::Pass(n) => {
+                    let take = n.min(data.len());
+                    out.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                    if take == n {
+                        CutState::Head(head_buf())
+                    } else {
+                        CutState::Pass(n - take)
+                    }
+                }
+                CutState::Skip(n) => {
+                    let take = n.min(data.len());
+                    data = &data[take..];
+                    if take == n {
+                        CutState::Head(head_buf())
+                    } else {
+                        CutState::Skip(n - take)
+                    }
+                }
+                CutState::Capture(first, len, mut body) => {
+                    let want = CUT_MAX_HEADER + CUT_PAYLOAD;
+                    let take = (want - body.len()).min(data.len()).min(len - body.len());
+                    body.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                    let header = publish_header_len(&body, (first >> 1) & 3, self.mqtt5);
+                    let complete = body.len() >= want || body.len() >= len;
+                    match header {
+                        Some(h) if h <= CUT_MAX_HEADER && body.len() >= h + CUT_PAYLOAD => {
+                            let consumed = body.len();
+                            body.truncate(h + CUT_PAYLOAD);
+                            tracing::warn!(
+                                "the broker sent a message of {len} bytes, more than a command may have; \
+                                 passing it on cut to {} bytes so that it is refused",
+                                body.len()
+                            );
+                            out.push(first);
+                            put_length(out, body.len());
+                            out.extend_from_slice(&body);
+                            CutState::Skip(len - consumed)
+                        }
+                        Some(h) if h <= CUT_MAX_HEADER && !complete => {
+                            CutState::Capture(first, len, body)
+                        }
+                        None if !complete => CutState::Capture(first, len, body),
+                        _ => {
+                            // Not a PUBLISH we can cut (or malformed): on
+                            // whole, for the client to refuse as before.
+                            out.push(first);
+                            put_length(out, len);
+                            out.extend_from_slice(&body);
+                            if body.len() == len {
+                                CutState::Head(head_buf())
+                            } else {
+                                CutState::Pass(len - body.len())
+                            }
+                        }
+                    }
+                }
+            };
+        }
+    }
+}
+
+fn head_buf() -> Vec<u8> {
+    Vec::with_capacity(5)
+}
+
+/// The remaining length of a complete fixed header in `head` (type byte
+/// plus 1–4 length bytes), `None` while incomplete. A fifth length byte
+/// with its continuation bit set is malformed; it is read as complete so
+/// the client sees it and refuses the connection.
+fn fixed_header(head: &[u8]) -> Option<usize> {
+    let bytes = head.get(1..)?;
+    let last = *bytes.last()?;
+    if last & 0x80 != 0 && bytes.len() < 4 {
+        return None;
+    }
+    Some(
+        bytes
+            .iter()
+            .enumerate()
+            .map(|(i, b)| usize::from(b & 0x7f) << (7 * i))
+            .sum(),
+    )
+}
+
+/// Appends an MQTT variable byte integer.
+fn put_length(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+/// The length of a PUBLISH's variable header at the start of `body` (topic,
+/// packet id when `qos` > 0, and MQTT 5 properties), `None` while more
+/// bytes are needed.
+fn publish_header_len(body: &[u8], qos: u8, mqtt5: bool) -> Option<usize> {
+    let topic = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+    let mut at = 2 + topic + if qos > 0 { 2 } else { 0 };
+    if mqtt5 {
+        let mut props = 0usize;
+        for i in 0..4 {
+            let b = *body.get(at + i)?;
+            props |= usize::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                at += i + 1 + props;
+                return (body.len() >= at).then_some(at);
+            }
+        }
+        // A malformed length: let the client judge the packet.
+        return Some(usize::MAX);
+    }
+    (body.len() >= at).then_some(at)
+}
+
 const PINGREQ: u8 = 12;
 const PINGRESP: u8 = 13;
 
@@ -582,6 +774,8 @@ async fn relay(
     let down = async move {
         let mut buf = vec![0u8; 16 * 1024];
         let mut framer = Framer::default();
+        let mut cutter = Cutter::new(options.mqtt5);
+        let mut out = Vec::with_capacity(buf.len());
         loop {
             let n = ur
                 .read(&mut buf)
@@ -595,7 +789,9 @@ async fn relay(
             if pong {
                 ping_tx.send_replace(None);
             }
-            if lw.write_all(&buf[..n]).await.is_err() {
+            out.clear();
+            cutter.feed(&buf[..n], &mut out);
+            if lw.write_all(&out).await.is_err() {
                 return Ok(());
             }
         }
@@ -661,6 +857,73 @@ mod tests {
         assert!(connect_to_v31(&[0x30, 0]).is_err());
     }
 
+    /// A PUBLISH (QoS 1, packet id 7) to `topic` with `payload`.
+    fn publish(topic: &str, payload: &[u8], mqtt5: bool) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+        body.extend_from_slice(topic.as_bytes());
+        body.extend_from_slice(&7u16.to_be_bytes());
+        if mqtt5 {
+            body.extend_from_slice(&[3, 0x01, 0x01, 0x03]); // 3 bytes of properties
+        }
+        body.extend_from_slice(payload);
+        let mut p = vec![0x32];
+        put_length(&mut p, body.len());
+        p.extend(body);
+        p
+    }
+
+    fn cut_in_pieces(stream: &[u8], piece: usize, mqtt5: bool) -> Vec<u8> {
+        let mut c = Cutter::new(mqtt5);
+        let mut out = Vec::new();
+        for chunk in stream.chunks(piece) {
+            c.feed(chunk, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn an_oversized_publish_is_cut_and_the_rest_passes_unchanged() {
+        for mqtt5 in [false, true] {
+            let small = publish("a/$set", b"{}", mqtt5);
+            let big = publish("a/$set", &vec![b'x'; 2 << 20], mqtt5);
+            let mut stream = small.clone();
+            stream.extend(&big);
+            stream.extend([0xD0, 0]); // PINGRESP
+            stream.extend(&small);
+            let mut want = small.clone();
+            let header = 2 + 6 + 2 + if mqtt5 { 4 } else { 0 };
+            want.extend(publish("a/$set", &vec![b'x'; CUT_PAYLOAD], mqtt5));
+            want.extend([0xD0, 0]);
+            want.extend(&small);
+            assert_eq!(
+                want.len(),
+                2 * small.len() + 2 + 1 + 3 + header + CUT_PAYLOAD
+            );
+            for piece in [1, 3, 1000, 16 * 1024, stream.len()] {
+                let out = cut_in_pieces(&stream, piece, mqtt5);
+                assert!(out == want, "mqtt5 {mqtt5}, pieces of {piece}");
+            }
+        }
+    }
+
+    #[test]
+    fn packets_the_client_accepts_pass_unchanged() {
+        let mut stream = publish(
+            "t",
+            &vec![1u8; super::super::link::MAX_INCOMING_PACKET - 20],
+            false,
+        );
+        stream.extend([0x20, 2, 0, 0]); // CONNACK
+        stream.extend(publish("t", b"", false));
+        for piece in [1, 7, 16 * 1024] {
+            assert!(
+                cut_in_pieces(&stream, piece, false) == stream,
+                "pieces of {piece}"
+            );
+        }
+    }
+
     #[test]
     fn framer_finds_packets_split_anywhere() {
         // PUBLISH (len 200, two-byte length), PINGREQ, PINGRESP.
@@ -683,6 +946,7 @@ mod tests {
         let (upstream, _broker) = tokio::io::duplex(1024);
         let options = RelayOptions {
             mqtt31: false,
+            mqtt5: false,
             write_timeout: Duration::from_millis(200),
             ping_timeout: Duration::ZERO,
         };
@@ -707,6 +971,7 @@ mod tests {
         let (upstream, _broker) = tokio::io::duplex(1024);
         let options = RelayOptions {
             mqtt31: false,
+            mqtt5: false,
             write_timeout: Duration::ZERO,
             ping_timeout: Duration::from_millis(100),
         };

@@ -1,6 +1,7 @@
 //! Unit tests of normalization, the payload shape and the publish policy,
 //! plus the hand-built device settings the command tests share.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fieldgate_drivers::dummy::Generator;
@@ -24,7 +25,7 @@ pub(crate) fn prop(name: &str, data_type: DataType) -> PropertySemantics {
         writable: false,
         scale: None,
         offset: None,
-        enum_entries: Vec::new(),
+        enum_entries: Box::new([]),
         min: None,
         max: None,
         deadband: None,
@@ -34,7 +35,7 @@ pub(crate) fn prop(name: &str, data_type: DataType) -> PropertySemantics {
 }
 
 /// Enum entries from `(raw, label)` pairs.
-pub(crate) fn entries(pairs: &[(Value, &str)]) -> Vec<EnumEntry> {
+pub(crate) fn entries(pairs: &[(Value, &str)]) -> Box<[EnumEntry]> {
     pairs
         .iter()
         .map(|(raw, label)| EnumEntry {
@@ -127,7 +128,7 @@ fn text(payload: &[u8]) -> &str {
 /// Applies one poll of one property `p` to a fresh every-poll device.
 fn single(p: PropertySemantics, raw: Value) -> serde_json::Value {
     let settings = device(vec![p]);
-    let mut state = DeviceState::new(&settings);
+    let mut state = DeviceState::new(&Arc::new(settings.clone()));
     let payload = state
         .apply(&poll(vec![(0, raw)]), Instant::now())
         .expect("every poll publishes");
@@ -159,7 +160,7 @@ fn payload_shape_and_timestamp() {
         prop("temperature", DataType::Float64),
         prop("pump", DataType::Bool),
     ]);
-    let mut state = DeviceState::new(&settings);
+    let mut state = DeviceState::new(&Arc::new(settings.clone()));
     let payload = state
         .apply(
             &poll(vec![(0, Value::Float(21.5)), (1, Value::Bool(true))]),
@@ -175,7 +176,7 @@ fn payload_shape_and_timestamp() {
 #[test]
 fn timestamp_out_of_formatter_range_is_clamped() {
     let settings = device(vec![prop("x", DataType::Bool)]);
-    let mut state = DeviceState::new(&settings);
+    let mut state = DeviceState::new(&Arc::new(settings.clone()));
     let mut r = poll(vec![(0, Value::Bool(false))]);
     r.at = UNIX_EPOCH - Duration::from_secs(10);
     let v = parse(&state.apply(&r, Instant::now()).expect("published"));
@@ -189,7 +190,7 @@ fn property_order_follows_the_device_not_the_readings() {
         prop("a", DataType::Int16),
         prop("c", DataType::Int16),
     ]);
-    let mut state = DeviceState::new(&settings);
+    let mut state = DeviceState::new(&Arc::new(settings.clone()));
     let payload = state
         .apply(
             &poll(vec![
@@ -207,7 +208,7 @@ fn property_order_follows_the_device_not_the_readings() {
 fn name_and_keys_are_escaped() {
     let mut settings = device(vec![prop("a\"b", DataType::Bool)]);
     settings.name = "we\\ird".to_owned();
-    let mut state = DeviceState::new(&settings);
+    let mut state = DeviceState::new(&Arc::new(settings.clone()));
     let v = parse(
         &state
             .apply(&poll(vec![(0, Value::Bool(true))]), Instant::now())
@@ -223,7 +224,7 @@ fn integers_without_scaling_stay_exact() {
         prop("big", DataType::Uint64),
         prop("neg", DataType::Int64),
     ]);
-    let mut state = DeviceState::new(&settings);
+    let mut state = DeviceState::new(&Arc::new(settings.clone()));
     let payload = state
         .apply(
             &poll(vec![(0, Value::Uint(u64::MAX)), (1, Value::Int(i64::MIN))]),
@@ -278,7 +279,7 @@ fn float32_uses_its_shortest_representation() {
         prop("t", DataType::Float32),
         prop("d", DataType::Float64),
     ]);
-    let mut state = DeviceState::new(&settings);
+    let mut state = DeviceState::new(&Arc::new(settings.clone()));
     let payload = state
         .apply(
             &poll(vec![
@@ -310,7 +311,7 @@ fn enum_labels_and_unknown_raw_values() {
         ..prop("gear", DataType::Uint16)
     };
     let settings = device(vec![gear]);
-    let mut state = DeviceState::new(&settings);
+    let mut state = DeviceState::new(&Arc::new(settings.clone()));
     let v = parse(
         &state
             .apply(&poll(vec![(0, Value::Uint(2))]), Instant::now())
@@ -379,7 +380,7 @@ fn errors_replace_values_and_partial_readings_merge() {
         prop("flow", DataType::Uint16),
         prop("never", DataType::Bool),
     ]);
-    let mut state = DeviceState::new(&settings);
+    let mut state = DeviceState::new(&Arc::new(settings.clone()));
     let now = Instant::now();
     let v = parse(
         &state
@@ -414,7 +415,7 @@ fn errors_replace_values_and_partial_readings_merge() {
 #[test]
 fn out_of_range_indices_are_ignored() {
     let settings = device(vec![prop("a", DataType::Bool)]);
-    let mut state = DeviceState::new(&settings);
+    let mut state = DeviceState::new(&Arc::new(settings.clone()));
     let v = parse(
         &state
             .apply(
@@ -427,19 +428,19 @@ fn out_of_range_indices_are_ignored() {
 }
 
 fn on_change(props: Vec<PropertySemantics>, heartbeat: Duration) -> DeviceState {
-    DeviceState::new(&device_with(
+    DeviceState::new(&Arc::new(device_with(
         props,
         PublishPolicy {
             on_change: true,
             heartbeat,
         },
-    ))
+    )))
 }
 
 #[test]
 fn every_poll_publishes_without_on_change() {
     let settings = device(vec![prop("a", DataType::Int32)]);
-    let mut state = DeviceState::new(&settings);
+    let mut state = DeviceState::new(&Arc::new(settings.clone()));
     let now = Instant::now();
     for _ in 0..3 {
         assert!(state.apply(&poll(vec![(0, Value::Int(1))]), now).is_some());
@@ -606,8 +607,8 @@ fn meta_payload_shape() {
             offset: Some(-5.0),
             min: Some(10.0),
             max: Some(30.0),
-            unit: Some("°C".to_owned()),
-            description: Some("target temperature".to_owned()),
+            unit: Some("°C".into()),
+            description: Some("target temperature".into()),
             ..prop("setpoint", DataType::Int16)
         },
         PropertySemantics {

@@ -482,17 +482,30 @@ pub struct MqttProbe {
 impl MqttProbe {
     /// Connects to 127.0.0.1:`port`; returns after the CONNACK (panics after 10 s).
     pub async fn connect(port: u16) -> Self {
-        Self::connect_as(port, probe_client_id(""), true).await
+        Self::connect_as(port, probe_client_id(""), true, None).await
+    }
+
+    /// Like [`MqttProbe::connect`], with a user name and password.
+    pub async fn connect_with_login(port: u16, user: &str, password: &str) -> Self {
+        Self::connect_as(port, probe_client_id(""), true, Some((user, password))).await
     }
 
     /// Connects with a fixed client id and `cleanSession: false`, so a broker
     /// with persistence keeps its QoS 1/2 messages while it is away.
     pub async fn connect_persistent(port: u16, client_id: &str) -> Self {
-        Self::connect_as(port, client_id.to_owned(), false).await
+        Self::connect_as(port, client_id.to_owned(), false, None).await
     }
 
-    async fn connect_as(port: u16, client_id: String, clean_session: bool) -> Self {
+    async fn connect_as(
+        port: u16,
+        client_id: String,
+        clean_session: bool,
+        login: Option<(&str, &str)>,
+    ) -> Self {
         let mut opts = rumqttc::MqttOptions::new(client_id.clone(), "127.0.0.1", port);
+        if let Some((user, password)) = login {
+            opts.set_credentials(user, password);
+        }
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_clean_session(clean_session);
         opts.set_max_packet_size(4 << 20, 4 << 20);
@@ -912,13 +925,56 @@ impl Gateway {
 
     /// Like [`Gateway::start`] with extra environment variables.
     pub fn start_with_env(config_yaml: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn(config_yaml, env, &[])
+    }
+
+    /// Like [`Gateway::start`], but as user `nobody` (uid and gid 65534, no
+    /// supplementary groups) through `setpriv`, so that file permissions
+    /// apply to the daemon as they do to the packaged service. `None` when
+    /// the tests do not run as root (they cannot switch users) or `setpriv`
+    /// is missing. The temp dir is made world-readable for it.
+    pub fn start_unprivileged(config_yaml: &str) -> Option<Self> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+            .into_iter()
+            .find(|p| Path::new(p).is_file())?;
+        if !root {
+            return None;
+        }
+        Some(Self::spawn(
+            config_yaml,
+            &[],
+            &[
+                setpriv,
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--",
+            ],
+        ))
+    }
+
+    /// Starts the daemon, prefixed by `wrapper` (a command that execs the
+    /// rest of its arguments) when it is not empty.
+    fn spawn(config_yaml: &str, env: &[(&str, &str)], wrapper: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for fieldgate");
         let config = dir.path().join("config.yaml");
         fs::write(&config, expand(config_yaml, dir.path())).expect("write config.yaml");
         let log = dir.path().join("fieldgate.log");
         let out = fs::File::create(&log).expect("create fieldgate.log");
         let err = out.try_clone().expect("clone log handle");
-        let mut cmd = Command::new(fieldgate_binary());
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))
+                    .expect("open up the gateway's temp dir");
+                let mut c = Command::new(program);
+                c.args(args).arg(fieldgate_binary());
+                c
+            }
+            None => Command::new(fieldgate_binary()),
+        };
         cmd.arg("run")
             .arg("-c")
             .arg(&config)
