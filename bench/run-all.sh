@@ -46,7 +46,7 @@ repeat dummy-1000x20-100ms dummy --devices 1000 --properties 20 --interval 100ms
 # 1. Neuron scenario
 repeat neuron modbus --devices 500 --registers 30 --interval 1s --duration 30s
 # 2. peak throughput (the point found by the search in BENCHMARKS.md)
-repeat peak modbus --devices 180 --registers 125 --interval 25ms --duration 30s
+repeat peak modbus --devices 180 --registers 125 --interval 8ms --duration 30s
 # 3. command latency
 repeat latency-c1 latency --commands 10000
 repeat latency-c8 latency --commands 10000 --devices 8 --registers 10 --concurrency 8
