@@ -170,9 +170,17 @@ impl Simulator {
         }
     }
 
+    /// Reads property `index` alone (the fan brought up to `now` first).
+    #[cfg(test)]
     fn read(&mut self, index: usize, now: Instant) -> Result<Value, DriverError> {
-        let started = self.started;
         self.fan.advance(now);
+        let t = now.saturating_duration_since(self.started).as_secs_f64();
+        self.value(index, t)
+    }
+
+    /// The next value of property `index`, `t` seconds after the start; the
+    /// fan must already be up to date.
+    fn value(&mut self, index: usize, t: f64) -> Result<Value, DriverError> {
         let Some((data_type, slot)) = self.slots.get_mut(index) else {
             return Err(DriverError::new(ErrorKind::NotFound, "no such property"));
         };
@@ -189,7 +197,6 @@ impl Simulator {
                 number_of(data_type, current).ok_or_else(|| out_of_range(data_type, current))
             }
             Slot::Sine { min, max, period } => {
-                let t = now.saturating_duration_since(started).as_secs_f64();
                 let phase = 2.0 * PI * t / period.as_secs_f64().max(1e-3);
                 let v = *min + (*max - *min) * (1.0 + phase.sin()) / 2.0;
                 number_of(data_type, v).ok_or_else(|| out_of_range(data_type, v))
@@ -242,8 +249,12 @@ impl Simulator {
 
     fn read_all(&mut self, cause: ReadCause) -> Readings {
         let now = Instant::now();
+        // The clock is read and the fan brought up to date once per poll,
+        // not once per property.
+        self.fan.advance(now);
+        let t = now.saturating_duration_since(self.started).as_secs_f64();
         let values = (0..self.slots.len())
-            .map(|i| (i, self.read(i, now)))
+            .map(|i| (i, self.value(i, t)))
             .collect();
         Readings {
             at: SystemTime::now(),
@@ -283,7 +294,10 @@ fn number_of(data_type: DataType, v: f64) -> Option<Value> {
 pub(crate) async fn run(spec: DeviceSpec, mut link: DeviceLink) {
     let mut sim = Simulator::new(&spec);
     let mut ticker = tokio::time::interval(spec.sync_interval.max(Duration::from_millis(1)));
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Polls stay on the grid of syncInterval: a tick handled late (busy
+    // machine, slow consumer) does not push every later poll back, which
+    // with `Delay` lost the lateness from the poll rate for good.
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
     if link.events.send(DeviceEvent::Online).await.is_err() {
         return;
     }
@@ -443,6 +457,48 @@ mod tests {
             Value::Int(0)
         );
         assert!(sim.write(1, Value::Uint(7), t2).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn polls_stay_on_the_interval_grid_after_a_late_tick() {
+        let mut spec = spec(vec![(
+            DataType::Uint32,
+            Generator::Counter {
+                start: 0.0,
+                step: 1.0,
+            },
+        )]);
+        spec.sync_interval = Duration::from_millis(100);
+        let (events_tx, mut events) = crate::event_channel(1);
+        let (_commands_tx, commands) = tokio::sync::mpsc::channel(1);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let start = tokio::time::Instant::now();
+        let driver = tokio::spawn(run(
+            spec,
+            DeviceLink {
+                events: events_tx,
+                commands,
+                cancel: cancel.clone(),
+            },
+        ));
+        // A consumer that stalls for 1.05 s: the driver waits to hand over
+        // its first reading, so its next tick is handled 950 ms late.
+        tokio::time::sleep(Duration::from_millis(1050)).await;
+        let mut readings = Vec::new();
+        while readings.len() < 5 {
+            match events.recv().await {
+                Some(DeviceEvent::Readings(_)) => {
+                    readings.push(start.elapsed().as_millis());
+                }
+                Some(_) => {}
+                None => panic!("the driver stopped"),
+            }
+        }
+        cancel.cancel();
+        driver.await.unwrap();
+        // The stalled reading, the late tick at once, then back on the
+        // 100 ms grid (`Delay` would continue at 1150, 1250, ...).
+        assert_eq!(readings, vec![1050, 1050, 1100, 1200, 1300]);
     }
 
     #[test]

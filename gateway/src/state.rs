@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use fieldgate_drivers::{DataType, ReadCause, Readings, Value};
 use serde::Serialize;
@@ -13,12 +13,10 @@ use crate::config::resolved::{DeviceSettings, PropertySemantics, PublishPolicy};
 
 #[cfg(test)]
 pub(crate) mod tests;
+mod timestamp;
 
 /// Error text published for a NaN or infinite reading.
 const NOT_FINITE: &str = "value is not finite";
-
-/// Latest timestamp the RFC 3339 formatter accepts (end of year 9999).
-const MAX_TIMESTAMP_SECS: u64 = 253_402_300_799;
 
 /// A published (normalized) property value, cheap to compare and to write.
 #[derive(Debug, Clone, PartialEq)]
@@ -422,15 +420,7 @@ impl DeviceState {
     fn payload(&self) -> Vec<u8> {
         let mut buf = Vec::with_capacity(self.last_len + 16);
         buf.extend_from_slice(&self.prefix);
-        let at = self.at.unwrap_or_else(SystemTime::now).clamp(
-            UNIX_EPOCH,
-            UNIX_EPOCH + Duration::from_secs(MAX_TIMESTAMP_SECS),
-        );
-        // Writing into a Vec cannot fail, and the clamp keeps the formatter in range.
-        let _ = std::io::Write::write_fmt(
-            &mut buf,
-            format_args!("{}", humantime::format_rfc3339_millis(at)),
-        );
+        timestamp::push_rfc3339_millis(&mut buf, self.at.unwrap_or_else(SystemTime::now));
         buf.extend_from_slice(b"\",\"properties\":{");
         let mut first = true;
         let mut errors = false;

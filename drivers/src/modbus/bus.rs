@@ -625,7 +625,9 @@ impl DeviceLoop {
     async fn run(mut self, mut link: DeviceLink) {
         let mut ticker =
             tokio::time::interval(self.spec.sync_interval.max(Duration::from_millis(1)));
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // On the syncInterval grid: with Delay each tick handled late moved
+        // every later poll back, losing polls on a busy machine.
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
         loop {
             let keep_going = tokio::select! {
                 biased;
