@@ -470,7 +470,7 @@ mod tests {
         )]);
         spec.sync_interval = Duration::from_millis(100);
         let (events_tx, mut events) = crate::event_channel(1);
-        let (_commands_tx, commands) = tokio::sync::mpsc::channel(1);
+        let (_commands_tx, commands) = crate::command_channel(1);
         let cancel = tokio_util::sync::CancellationToken::new();
         let start = tokio::time::Instant::now();
         let driver = tokio::spawn(run(

@@ -241,12 +241,48 @@ pub fn event_channel(capacity: usize) -> (EventSender, EventReceiver) {
     (EventSender(tx), EventReceiver(rx))
 }
 
+/// The gateway's end of a device's command channel.
+#[derive(Debug, Clone)]
+pub struct CommandSender(mpsc::Sender<Box<DeviceCommand>>);
+
+impl CommandSender {
+    /// Sends `command`, waiting while the channel is full.
+    pub async fn send(&self, command: DeviceCommand) -> Result<(), DeviceGone> {
+        self.0.send(Box::new(command)).await.map_err(|_| DeviceGone)
+    }
+
+    /// Sends `command` if there is room now; gives it back otherwise.
+    pub fn try_send(&self, command: DeviceCommand) -> Result<(), DeviceCommand> {
+        self.0.try_send(Box::new(command)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => *c,
+        })
+    }
+}
+
+/// Where a driver receives its device's commands. Commands travel boxed, for
+/// the same reason as events.
+#[derive(Debug)]
+pub struct CommandReceiver(mpsc::Receiver<Box<DeviceCommand>>);
+
+impl CommandReceiver {
+    /// The next command; `None` once the gateway's sender is gone.
+    pub async fn recv(&mut self) -> Option<DeviceCommand> {
+        self.0.recv().await.map(|command| *command)
+    }
+}
+
+/// A device's command channel holding up to `capacity` commands.
+pub fn command_channel(capacity: usize) -> (CommandSender, CommandReceiver) {
+    let (tx, rx) = mpsc::channel(capacity);
+    (CommandSender(tx), CommandReceiver(rx))
+}
+
 /// The channels and lifetime of one running device.
 pub struct DeviceLink {
     /// Where the driver sends readings and connectivity changes.
     pub events: EventSender,
     /// Where the gateway's commands arrive, in order.
-    pub commands: mpsc::Receiver<DeviceCommand>,
+    pub commands: CommandReceiver,
     /// Cancelled when the device must stop.
     pub cancel: CancellationToken,
 }
@@ -269,24 +305,28 @@ impl Buses {
     }
 }
 
-/// Runs one device until `link.cancel` fires. Never returns early on device
-/// errors: those are reported as events and retried with backoff.
+/// A device's driver at work, boxed: see [`run_device`].
+pub type DriverFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+/// The driver of one device, to be polled until `link.cancel` fires. It never
+/// ends early on device errors: those are reported as events and retried
+/// with backoff.
 ///
-/// Each driver's future is boxed: inline, every device's task would be as
-/// large as the largest driver's future (OPC-UA's is kilobytes), whichever
-/// driver the device uses.
-pub async fn run_device(spec: DeviceSpec, link: DeviceLink, buses: &Buses) {
-    match &spec.connection {
-        Connection::Dummy => Box::pin(dummy::run(spec, link)).await,
-        #[cfg(feature = "modbus")]
-        Connection::Modbus(_) => Box::pin(buses.modbus.run_device(spec, link)).await,
-        #[cfg(feature = "ble")]
-        Connection::Ble(_) => Box::pin(buses.ble.run_device(spec, link)).await,
-        #[cfg(feature = "opcua")]
-        Connection::OpcUa(_) => Box::pin(opcua::run(spec, link)).await,
-    }
+/// The future is boxed: inline, every device's task would be as large as
+/// the largest driver's future (OPC-UA's is kilobytes), whichever driver the
+/// device uses.
+pub fn run_device(spec: DeviceSpec, link: DeviceLink, buses: &Buses) -> DriverFuture<'_> {
     #[cfg(not(any(feature = "modbus", feature = "ble")))]
     let _ = buses;
+    match spec.connection {
+        Connection::Dummy => Box::pin(dummy::run(spec, link)),
+        #[cfg(feature = "modbus")]
+        Connection::Modbus(_) => Box::pin(buses.modbus.run_device(spec, link)),
+        #[cfg(feature = "ble")]
+        Connection::Ble(_) => Box::pin(buses.ble.run_device(spec, link)),
+        #[cfg(feature = "opcua")]
+        Connection::OpcUa(_) => Box::pin(opcua::run(spec, link)),
+    }
 }
 
 /// Names of the drivers compiled into this build (for `--version` and metrics).

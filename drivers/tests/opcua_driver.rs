@@ -18,7 +18,7 @@ use fieldgate_drivers::{
 };
 use opcua::types::Variant;
 use opcua_server::{OpcUaServer, Options, PASSWORD, USER};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -28,7 +28,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 struct Running {
     events: fieldgate_drivers::EventReceiver,
-    commands: mpsc::Sender<DeviceCommand>,
+    commands: fieldgate_drivers::CommandSender,
     cancel: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -36,7 +36,7 @@ struct Running {
 impl Running {
     fn start(spec: DeviceSpec) -> Self {
         let (events_tx, events) = fieldgate_drivers::event_channel(256);
-        let (commands, commands_rx) = mpsc::channel(8);
+        let (commands, commands_rx) = fieldgate_drivers::command_channel(8);
         let cancel = CancellationToken::new();
         let link = DeviceLink {
             events: events_tx,

@@ -1,6 +1,11 @@
-//! One running device: its driver task plus the actor that turns driver
-//! events into published state (`T`, `T/$state`, `T/$meta`) and `$set` /
-//! `$get` commands into driver commands, one command at a time, in order.
+//! One running device: one task that polls the device's driver and runs the
+//! actor that turns driver events into published state (`T`, `T/$state`,
+//! `T/$meta`) and `$set` / `$get` commands into driver commands, one command
+//! at a time, in order.
+//!
+//! Driver and actor share a task (rather than one task each) because a
+//! gateway runs thousands of devices: a task, its waker traffic and the
+//! channel between two tasks cost kilobytes per device.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -9,8 +14,10 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use fieldgate_drivers::{
-    Buses, DeviceCommand, DeviceEvent, DeviceLink, DriverError, ErrorKind, Readings, WriteOutcome,
+    Buses, CommandSender, DeviceCommand, DeviceEvent, DeviceLink, DriverError, ErrorKind, Readings,
+    WriteOutcome,
 };
+use futures_util::FutureExt as _;
 use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -34,7 +41,7 @@ const COMMAND_QUEUE: usize = 16;
 const INBOX: usize = 64;
 /// How long a driver may take to finish a write before the command fails.
 const WRITE_DEADLINE_FLOOR: Duration = Duration::from_secs(5);
-/// How long a stopping driver gets to end its task.
+/// How long a stopping driver gets to finish.
 const DRIVER_STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// A device task and how to stop it.
@@ -115,7 +122,9 @@ pub fn spawn(
     let cancel = CancellationToken::new();
     let clear_retained = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (session_tx, session_rx) = watch::channel(session);
-    let actor = Actor::new(settings.clone(), session_rx, metrics);
+    // Boxed: as a value the actor would be stored twice in the task's future
+    // (argument and local).
+    let actor = Box::new(Actor::new(settings.clone(), session_rx, metrics));
     let task = tokio::spawn(actor.run(buses, cancel.clone(), clear_retained.clone()));
     RunningDevice {
         settings,
@@ -130,6 +139,13 @@ pub fn spawn(
 struct PendingSet {
     request: SetRequest,
     reply_to: Option<(String, Option<Bytes>)>,
+}
+
+/// A `$set` handed to the driver, waiting for its outcome.
+struct InFlight {
+    pending: PendingSet,
+    outcome: oneshot::Receiver<WriteOutcome>,
+    deadline: Instant,
 }
 
 struct Actor {
@@ -173,13 +189,13 @@ impl Actor {
     }
 
     async fn run(
-        mut self,
+        mut self: Box<Self>,
         buses: Buses,
         cancel: CancellationToken,
         clear_retained: Arc<std::sync::atomic::AtomicBool>,
     ) {
         let (events_tx, mut events) = fieldgate_drivers::event_channel(EVENT_QUEUE);
-        let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (commands, commands_rx) = fieldgate_drivers::command_channel(COMMAND_QUEUE);
         let (inbox_tx, mut inbox) = mpsc::channel::<Box<Inbound>>(INBOX);
         let driver_cancel = cancel.child_token();
         let spec = self.settings.spec.clone();
@@ -188,18 +204,27 @@ impl Actor {
             commands: commands_rx,
             cancel: driver_cancel.clone(),
         };
-        let mut driver = tokio::spawn(async move {
-            fieldgate_drivers::run_device(spec, link, &buses).await;
-        });
+        // The driver runs inside this task. A panic in it is caught here so
+        // that it ends only this device's driver, as a task of its own would.
+        let mut driver =
+            std::panic::AssertUnwindSafe(fieldgate_drivers::run_device(spec, link, &buses))
+                .catch_unwind();
+        let mut driver_running = true;
 
         let meta = Bytes::from(state::meta_payload(&self.settings));
-        self.announce(&meta, &inbox_tx).await;
+        Box::pin(self.announce(&meta, &inbox_tx)).await;
 
         let mut queue: VecDeque<PendingSet> = VecDeque::new();
-        let mut in_flight: Option<(PendingSet, oneshot::Receiver<WriteOutcome>, Instant)> = None;
+        let mut in_flight: Option<Box<InFlight>> = None;
         loop {
             let heartbeat = self.state.heartbeat_due().map(Instant::from_std);
-            let write_deadline = in_flight.as_ref().map(|(_, _, d)| *d);
+            let write_deadline = in_flight.as_ref().map(|f| f.deadline);
+            // One timer for both deadlines: each timer future is part of
+            // every device task's state.
+            let wake_at = match (heartbeat, write_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             // Biased: a write's outcome is handled before the driver's
             // read-back (drivers reply first), so `$set/result` always
             // precedes the state it caused.
@@ -207,18 +232,18 @@ impl Actor {
                 biased;
                 _ = cancel.cancelled() => break,
                 outcome = recv_outcome(&mut in_flight) => {
-                    if let Some((pending, _, _)) = in_flight.take() {
+                    if let Some(done) = in_flight.take() {
                         let outcome = outcome.unwrap_or_else(|_| WriteOutcome {
                             applied: 0,
                             failed: Some((0, DriverError::new(ErrorKind::Io, "the driver stopped before writing"))),
                         });
-                        self.finish_set(pending, outcome).await;
+                        Box::pin(self.finish_set(done.pending, outcome)).await;
                     }
                 },
                 moved = self.session_rx.changed() => if moved.is_ok() {
                     self.session = self.session_rx.borrow_and_update().clone();
                     tracing::info!(device = %self.name(), session = %self.session.client_id, "moved to another MQTT session");
-                    self.announce(&meta, &inbox_tx).await;
+                    Box::pin(self.announce(&meta, &inbox_tx)).await;
                 },
                 ev = events.recv() => match ev {
                     Some(ev) => self.on_event(ev).await,
@@ -228,35 +253,47 @@ impl Actor {
                     }
                 },
                 msg = inbox.recv() => if let Some(msg) = msg {
-                    self.on_inbound(*msg, &commands, &mut queue).await;
+                    Box::pin(self.on_inbound(*msg, &commands, &mut queue)).await;
                 },
-                _ = sleep_until_opt(write_deadline) => {
-                    if let Some((pending, _, _)) = in_flight.take() {
-                        let err = DriverError::new(ErrorKind::Timeout, "the device did not complete the write in time");
-                        let failed = WriteOutcome { applied: 0, failed: Some((0, err)) };
-                        self.finish_set(pending, failed).await;
+                _ = sleep_until_opt(wake_at) => {
+                    let now = Instant::now();
+                    if write_deadline.is_some_and(|d| d <= now) {
+                        if let Some(late) = in_flight.take() {
+                            let err = DriverError::new(ErrorKind::Timeout, "the device did not complete the write in time");
+                            let failed = WriteOutcome { applied: 0, failed: Some((0, err)) };
+                            Box::pin(self.finish_set(late.pending, failed)).await;
+                        }
+                    }
+                    if heartbeat.is_some_and(|h| h <= now) {
+                        let payload = self.state.publish_now(std::time::Instant::now());
+                        self.publish_state(payload).await;
                     }
                 },
-                _ = sleep_until_opt(heartbeat) => {
-                    let payload = self.state.publish_now(std::time::Instant::now());
-                    self.publish_state(payload).await;
+                ended = &mut driver, if driver_running => {
+                    // Its event sender is gone with it: the events branch
+                    // reports the end once the last event is handled.
+                    driver_running = false;
+                    if ended.is_err() {
+                        tracing::error!(device = %self.name(), "the driver panicked");
+                    }
                 },
             }
             if in_flight.is_none() {
                 if let Some(pending) = queue.pop_front() {
-                    in_flight = self.start_set(pending, &commands).await;
+                    in_flight = Box::pin(self.start_set(pending, &commands)).await;
                 }
             }
         }
 
         driver_cancel.cancel();
-        if tokio::time::timeout(DRIVER_STOP_GRACE, &mut driver)
-            .await
-            .is_err()
+        if driver_running
+            && tokio::time::timeout(DRIVER_STOP_GRACE, &mut driver)
+                .await
+                .is_err()
         {
-            tracing::warn!(device = %self.name(), "driver did not stop in time; aborting it");
-            driver.abort();
+            tracing::warn!(device = %self.name(), "driver did not stop in time; dropping it");
         }
+        drop(driver);
         self.m.up.set(0);
         self.retain(self.topics.status.clone(), Bytes::from_static(b"offline"))
             .await;
@@ -372,8 +409,13 @@ impl Actor {
     /// Hands a message to the session within `waitTimeout`; a message the
     /// session cannot take in time is dropped and counted.
     async fn publish(&self, input: SessionInput) {
+        // Usually the session has room: take it without the waiting future,
+        // which would otherwise be part of every device task's state.
+        let Err(input) = self.session.try_send(input) else {
+            return;
+        };
         let wait = self.settings.message.wait_timeout;
-        if !self.session.send_within(input, wait).await {
+        if !Box::pin(self.session.send_within(input, wait)).await {
             tracing::warn!(
                 device = %self.name(),
                 "publish not accepted within waitTimeout ({}); dropped",
@@ -402,7 +444,7 @@ impl Actor {
     async fn on_inbound(
         &mut self,
         msg: Inbound,
-        commands: &mpsc::Sender<DeviceCommand>,
+        commands: &CommandSender,
         queue: &mut VecDeque<PendingSet>,
     ) {
         if msg.topic == self.topics.get {
@@ -457,8 +499,8 @@ impl Actor {
     async fn start_set(
         &mut self,
         pending: PendingSet,
-        commands: &mpsc::Sender<DeviceCommand>,
-    ) -> Option<(PendingSet, oneshot::Receiver<WriteOutcome>, Instant)> {
+        commands: &CommandSender,
+    ) -> Option<Box<InFlight>> {
         let (reply, rx) = oneshot::channel();
         let cmd = DeviceCommand::Write {
             writes: pending.request.writes.clone(),
@@ -469,7 +511,11 @@ impl Actor {
                 let budget = (self.settings.spec.timeout
                     * (pending.request.writes.len() as u32 + 2))
                     .max(WRITE_DEADLINE_FLOOR);
-                Some((pending, rx, Instant::now() + budget))
+                Some(Box::new(InFlight {
+                    pending,
+                    outcome: rx,
+                    deadline: Instant::now() + budget,
+                }))
             }
             Err(_) => {
                 let err = DriverError::new(ErrorKind::Rejected, "the driver is busy; try again");
@@ -532,10 +578,10 @@ impl Actor {
 }
 
 async fn recv_outcome(
-    in_flight: &mut Option<(PendingSet, oneshot::Receiver<WriteOutcome>, Instant)>,
+    in_flight: &mut Option<Box<InFlight>>,
 ) -> Result<WriteOutcome, oneshot::error::RecvError> {
     match in_flight {
-        Some((_, rx, _)) => rx.await,
+        Some(f) => (&mut f.outcome).await,
         None => std::future::pending().await,
     }
 }

@@ -14,11 +14,10 @@ use fieldgate_drivers::modbus::{
     ByteOrder, ByteSelect, ModbusConnection, RegisterAddress, RegisterKind, Transport,
 };
 use fieldgate_drivers::{
-    Buses, Connection, DataType, DeviceCommand, DeviceEvent, DeviceLink, DeviceSpec,
-    PropertyAddress, PropertySpec, Readings, Value,
+    Buses, Connection, DataType, DeviceEvent, DeviceLink, DeviceSpec, PropertyAddress,
+    PropertySpec, Readings, Value,
 };
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_modbus::server::Service;
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
@@ -279,7 +278,7 @@ pub fn spec(
 /// A running device: its event stream, command sender and stop switch.
 pub struct Running {
     pub events: fieldgate_drivers::EventReceiver,
-    pub commands: mpsc::Sender<DeviceCommand>,
+    pub commands: fieldgate_drivers::CommandSender,
     pub cancel: CancellationToken,
     pub task: JoinHandle<()>,
 }
@@ -333,7 +332,7 @@ impl Running {
 /// Starts `spec` on `buses` with real channels.
 pub fn start(spec: DeviceSpec, buses: &Buses) -> Running {
     let (events_tx, events) = fieldgate_drivers::event_channel(64);
-    let (commands, commands_rx) = mpsc::channel(8);
+    let (commands, commands_rx) = fieldgate_drivers::command_channel(8);
     let cancel = CancellationToken::new();
     let link = DeviceLink {
         events: events_tx,

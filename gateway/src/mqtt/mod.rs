@@ -140,6 +140,16 @@ impl SessionHandle {
         }
     }
 
+    /// Queues a request if the session's input queue has room now; gives it
+    /// back when the queue is full or the session has stopped.
+    pub fn try_send(&self, input: SessionInput) -> Result<(), SessionInput> {
+        self.tx.try_send(input).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(input) | mpsc::error::TrySendError::Closed(input) => {
+                input
+            }
+        })
+    }
+
     /// Sends a request, waiting at most `wait` for room in the session's
     /// input queue (`waitTimeout`; zero waits as long as it takes). Returns
     /// false when the request was dropped.
