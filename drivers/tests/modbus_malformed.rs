@@ -1,7 +1,8 @@
 //! The Modbus driver against a device that sends malformed answers: short
-//! responses, bad CRCs and gateway exceptions never panic, and the driver
-//! recovers once the answers are right again. The device is a raw RTU-over-TCP
-//! peer that answers by script.
+//! responses, bad CRCs, bad MBAP headers, answers to other transactions and
+//! gateway exceptions never panic, and the driver recovers once the answers
+//! are right again. The device is a raw RTU-over-TCP or Modbus TCP peer that
+//! answers by script.
 
 mod modbus_server;
 
@@ -101,6 +102,111 @@ async fn malformed_answers_are_errors_and_the_device_recovers() {
     let r = dev.next_readings().await;
     for (_, v) in &r.values {
         assert_eq!(v.clone().unwrap_err().message, "timeout after 300ms");
+    }
+
+    // The gateway says the unit is gone: offline.
+    dev.commands.send(DeviceCommand::ReadNow).await.unwrap();
+    match dev.wait_for(|e| matches!(e, DeviceEvent::Offline(_))).await {
+        DeviceEvent::Offline(e) => {
+            assert_eq!(e.kind, ErrorKind::Exception);
+            assert_eq!(e.message, "gateway target device failed to respond (11)");
+        }
+        _ => unreachable!(),
+    }
+    dev.next_readings().await;
+
+    // Good answers again.
+    dev.commands.send(DeviceCommand::ReadNow).await.unwrap();
+    dev.wait_for(|e| matches!(e, DeviceEvent::Online)).await;
+    let r = dev.next_readings().await;
+    assert_eq!(values(&r), vec![Ok(Value::Uint(7)), Ok(Value::Uint(9))]);
+    dev.stop().await;
+    peer.abort();
+}
+
+/// Answers the n-th FC3 request (of 3 registers at 0) of Modbus TCP
+/// transaction `tid` by script.
+fn mbap_answer(n: usize, tid: [u8; 2], unit: u8) -> Vec<u8> {
+    let adu = |tid: [u8; 2], protocol: u8, pdu: &[u8]| {
+        let mut v = vec![tid[0], tid[1], 0, protocol, 0, pdu.len() as u8 + 1, unit];
+        v.extend_from_slice(pdu);
+        v
+    };
+    match n {
+        // Two registers where three were asked for.
+        0 => adu(tid, 0, &[3, 4, 0, 1, 0, 2]),
+        // The answer to another transaction.
+        1 => adu(
+            [tid[0], tid[1].wrapping_add(1)],
+            0,
+            &[3, 6, 0, 1, 0, 0, 0, 2],
+        ),
+        // Not Modbus (protocol id 1).
+        2 => adu(tid, 1, &[3, 6, 0, 1, 0, 0, 0, 2]),
+        // "Gateway target device failed to respond".
+        3 => adu(tid, 0, &[0x83, 0x0B]),
+        _ => adu(tid, 0, &[3, 6, 0, 7, 0, 0, 0, 9]),
+    }
+}
+
+#[tokio::test]
+async fn malformed_modbus_tcp_answers_are_errors_and_the_device_recovers() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = tokio::spawn(async move {
+        // The driver dials again after a frame that puts the stream out of
+        // step, so the script runs across connections.
+        let mut n = 0;
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 12];
+            while stream.read_exact(&mut request).await.is_ok() {
+                assert_eq!(&request[2..6], &[0, 0, 0, 6], "MBAP header");
+                assert_eq!(&request[7..], &[3, 0, 0, 0, 3], "FC3 of 3 at 0");
+                let tid = [request[0], request[1]];
+                if stream
+                    .write_all(&mbap_answer(n, tid, request[6]))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                n += 1;
+            }
+        }
+    });
+    let transport = Transport::Tcp {
+        endpoint: addr.to_string(),
+    };
+    let props = vec![
+        prop("a", DataType::Uint16, reg(RegisterKind::Holding, 0)),
+        prop("b", DataType::Uint32, reg(RegisterKind::Holding, 1)),
+    ];
+    let buses = Buses::new();
+    let mut dev = start(
+        spec(
+            "odd-tcp",
+            transport,
+            4,
+            Duration::from_secs(3600),
+            Duration::from_millis(300),
+            props,
+        ),
+        &buses,
+    );
+
+    // Short response, answer to another transaction, not Modbus: each one
+    // is a decode error of every property.
+    assert!(matches!(dev.wait_for(|_| true).await, DeviceEvent::Online));
+    for case in ["short", "other transaction", "protocol id"] {
+        if case != "short" {
+            dev.commands.send(DeviceCommand::ReadNow).await.unwrap();
+        }
+        let r = dev.next_readings().await;
+        for (_, v) in &r.values {
+            let e = v.clone().unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Decode, "{case}: {e}");
+        }
     }
 
     // The gateway says the unit is gone: offline.

@@ -15,6 +15,7 @@
 
 pub mod bus;
 pub mod codec;
+pub mod mbap;
 pub mod plan;
 pub mod transport;
 

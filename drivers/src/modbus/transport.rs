@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio_modbus::client::{rtu, tcp, Context};
+use tokio_modbus::client::{rtu, Client, Context};
 use tokio_modbus::Slave;
 
+use super::mbap::MbapClient;
 use super::{Parity, SerialSettings, Transport};
 use crate::{DriverError, ErrorKind};
 
@@ -16,7 +17,8 @@ pub async fn connect(transport: &Transport, timeout: Duration) -> Result<Context
         match transport {
             Transport::Tcp { endpoint } => {
                 let stream = tcp_stream(endpoint).await?;
-                Ok(tcp::attach_slave(stream, Slave(1)))
+                let client: Box<dyn Client> = Box::new(MbapClient::new(stream, Slave(1)));
+                Ok(Context::from(client))
             }
             Transport::RtuOverTcp { endpoint } => {
                 let stream = tcp_stream(endpoint).await?;
