@@ -122,20 +122,17 @@ struct Header {
 }
 
 /// Reads one frame from `stream` into `buf` and returns its header and PDU.
+/// `buf` holds at most `MAX_ADU_LEN` bytes: `parse_frame` refuses longer
+/// frames once their header is in.
 async fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<(Header, Bytes)> {
     loop {
         if let Some(frame) = parse_frame(buf)? {
             return Ok(frame);
         }
-        // `buf` never holds more than one frame: read only what is missing
-        // (the header first; `parse_frame` has checked the length if it is
-        // complete).
+        // One read usually brings the whole answer (one transaction is in
+        // flight); bytes after it are dropped before the next request.
         let start = buf.len();
-        let end = frame_len(buf)
-            .unwrap_or(HEADER_LEN)
-            .clamp(HEADER_LEN, MAX_ADU_LEN)
-            .max(start + 1);
-        buf.resize(end, 0);
+        buf.resize(MAX_ADU_LEN.max(start + 1), 0);
         let got = stream.read(&mut buf[start..]).await;
         buf.truncate(start + got.as_ref().map_or(0, |n| *n));
         match got {
