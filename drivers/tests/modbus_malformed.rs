@@ -35,6 +35,47 @@ fn frame(mut pdu: Vec<u8>, good_crc: bool) -> Vec<u8> {
     pdu
 }
 
+/// Starts a device with the two properties the scripts answer for (a
+/// uint16 at 0 and a uint32 at 1), polled on demand only, 300 ms timeout.
+fn start_scripted(name: &str, transport: Transport, buses: &Buses) -> Running {
+    let props = vec![
+        prop("a", DataType::Uint16, reg(RegisterKind::Holding, 0)),
+        prop("b", DataType::Uint32, reg(RegisterKind::Holding, 1)),
+    ];
+    start(
+        spec(
+            name,
+            transport,
+            4,
+            Duration::from_secs(3600),
+            Duration::from_millis(300),
+            props,
+        ),
+        buses,
+    )
+}
+
+/// The end of both scripts: a "gateway target device failed to respond"
+/// exception takes the device offline, then good answers (7 and 9) bring
+/// it back; stops the device.
+async fn gone_then_recovered(mut dev: Running) {
+    dev.commands.send(DeviceCommand::ReadNow).await.unwrap();
+    match dev.wait_for(|e| matches!(e, DeviceEvent::Offline(_))).await {
+        DeviceEvent::Offline(e) => {
+            assert_eq!(e.kind, ErrorKind::Exception);
+            assert_eq!(e.message, "gateway target device failed to respond (11)");
+        }
+        _ => unreachable!(),
+    }
+    dev.next_readings().await;
+
+    dev.commands.send(DeviceCommand::ReadNow).await.unwrap();
+    dev.wait_for(|e| matches!(e, DeviceEvent::Online)).await;
+    let r = dev.next_readings().await;
+    assert_eq!(values(&r), vec![Ok(Value::Uint(7)), Ok(Value::Uint(9))]);
+    dev.stop().await;
+}
+
 /// Answers the n-th FC3 request (of 3 registers at 0) by script.
 fn answer(n: usize, slave: u8) -> Vec<u8> {
     match n {
@@ -65,23 +106,12 @@ async fn malformed_answers_are_errors_and_the_device_recovers() {
             n += 1;
         }
     });
-    let transport = Transport::RtuOverTcp {
-        endpoint: addr.to_string(),
-    };
-    let props = vec![
-        prop("a", DataType::Uint16, reg(RegisterKind::Holding, 0)),
-        prop("b", DataType::Uint32, reg(RegisterKind::Holding, 1)),
-    ];
     let buses = Buses::new();
-    let mut dev = start(
-        spec(
-            "odd",
-            transport,
-            4,
-            Duration::from_secs(3600),
-            Duration::from_millis(300),
-            props,
-        ),
+    let mut dev = start_scripted(
+        "odd",
+        Transport::RtuOverTcp {
+            endpoint: addr.to_string(),
+        },
         &buses,
     );
 
@@ -104,23 +134,7 @@ async fn malformed_answers_are_errors_and_the_device_recovers() {
         assert_eq!(v.clone().unwrap_err().message, "timeout after 300ms");
     }
 
-    // The gateway says the unit is gone: offline.
-    dev.commands.send(DeviceCommand::ReadNow).await.unwrap();
-    match dev.wait_for(|e| matches!(e, DeviceEvent::Offline(_))).await {
-        DeviceEvent::Offline(e) => {
-            assert_eq!(e.kind, ErrorKind::Exception);
-            assert_eq!(e.message, "gateway target device failed to respond (11)");
-        }
-        _ => unreachable!(),
-    }
-    dev.next_readings().await;
-
-    // Good answers again.
-    dev.commands.send(DeviceCommand::ReadNow).await.unwrap();
-    dev.wait_for(|e| matches!(e, DeviceEvent::Online)).await;
-    let r = dev.next_readings().await;
-    assert_eq!(values(&r), vec![Ok(Value::Uint(7)), Ok(Value::Uint(9))]);
-    dev.stop().await;
+    gone_then_recovered(dev).await;
     peer.abort();
 }
 
@@ -175,23 +189,12 @@ async fn malformed_modbus_tcp_answers_are_errors_and_the_device_recovers() {
             }
         }
     });
-    let transport = Transport::Tcp {
-        endpoint: addr.to_string(),
-    };
-    let props = vec![
-        prop("a", DataType::Uint16, reg(RegisterKind::Holding, 0)),
-        prop("b", DataType::Uint32, reg(RegisterKind::Holding, 1)),
-    ];
     let buses = Buses::new();
-    let mut dev = start(
-        spec(
-            "odd-tcp",
-            transport,
-            4,
-            Duration::from_secs(3600),
-            Duration::from_millis(300),
-            props,
-        ),
+    let mut dev = start_scripted(
+        "odd-tcp",
+        Transport::Tcp {
+            endpoint: addr.to_string(),
+        },
         &buses,
     );
 
@@ -209,22 +212,6 @@ async fn malformed_modbus_tcp_answers_are_errors_and_the_device_recovers() {
         }
     }
 
-    // The gateway says the unit is gone: offline.
-    dev.commands.send(DeviceCommand::ReadNow).await.unwrap();
-    match dev.wait_for(|e| matches!(e, DeviceEvent::Offline(_))).await {
-        DeviceEvent::Offline(e) => {
-            assert_eq!(e.kind, ErrorKind::Exception);
-            assert_eq!(e.message, "gateway target device failed to respond (11)");
-        }
-        _ => unreachable!(),
-    }
-    dev.next_readings().await;
-
-    // Good answers again.
-    dev.commands.send(DeviceCommand::ReadNow).await.unwrap();
-    dev.wait_for(|e| matches!(e, DeviceEvent::Online)).await;
-    let r = dev.next_readings().await;
-    assert_eq!(values(&r), vec![Ok(Value::Uint(7)), Ok(Value::Uint(9))]);
-    dev.stop().await;
+    gone_then_recovered(dev).await;
     peer.abort();
 }
