@@ -469,8 +469,10 @@ struct Cutter {
 }
 
 enum CutState {
-    /// Collecting a fixed header (type byte and remaining length).
-    Head(Vec<u8>),
+    /// Collecting a fixed header (type byte and 1–4 remaining-length
+    /// bytes): the bytes so far and how many there are. Held inline, as
+    /// every packet from the broker passes through here.
+    Head([u8; 5], usize),
     /// Passing `n` more bytes of the current packet.
     Pass(usize),
     /// Collecting the start of an oversized PUBLISH: its first byte, its
@@ -480,11 +482,16 @@ enum CutState {
     Skip(usize),
 }
 
+impl CutState {
+    /// At the start of a packet.
+    const NEXT_PACKET: CutState = CutState::Head([0; 5], 0);
+}
+
 impl Cutter {
     fn new(mqtt5: bool) -> Self {
         Self {
             mqtt5,
-            state: CutState::Head(Vec::with_capacity(5)),
+            state: CutState::NEXT_PACKET,
         }
     }
 
@@ -493,11 +500,14 @@ impl Cutter {
         while !data.is_empty() {
             let state = std::mem::replace(&mut self.state, CutState::Pass(0));
             self.state = match state {
-                CutState::Head(mut head) => {
-                    head.push(data[0]);
+                CutState::Head(mut head, mut n) => {
+                    // `fixed_header` ends the header at its fifth byte at
+                    // the latest, so `n` is at most 4 here.
+                    head[n] = data[0];
+                    n += 1;
                     data = &data[1..];
-                    match fixed_header(&head) {
-                        None => CutState::Head(head),
+                    match fixed_header(&head[..n]) {
+                        None => CutState::Head(head, n),
                         Some(len)
                             if head[0] >> 4 == PUBLISH
                                 && len > super::link::MAX_INCOMING_PACKET =>
@@ -505,9 +515,9 @@ impl Cutter {
                             CutState::Capture(head[0], len, Vec::new())
                         }
                         Some(len) => {
-                            out.extend_from_slice(&head);
+                            out.extend_from_slice(&head[..n]);
                             if len == 0 {
-                                CutState::Head(head_buf())
+                                CutState::NEXT_PACKET
                             } else {
                                 CutState::Pass(len)
                             }
@@ -519,7 +529,7 @@ impl Cutter {
                     out.extend_from_slice(&data[..take]);
                     data = &data[take..];
                     if take == n {
-                        CutState::Head(head_buf())
+                        CutState::NEXT_PACKET
                     } else {
                         CutState::Pass(n - take)
                     }
@@ -528,7 +538,7 @@ impl Cutter {
                     let take = n.min(data.len());
                     data = &data[take..];
                     if take == n {
-                        CutState::Head(head_buf())
+                        CutState::NEXT_PACKET
                     } else {
                         CutState::Skip(n - take)
                     }
@@ -565,7 +575,7 @@ impl Cutter {
                             put_length(out, len);
                             out.extend_from_slice(&body);
                             if body.len() == len {
-                                CutState::Head(head_buf())
+                                CutState::NEXT_PACKET
                             } else {
                                 CutState::Pass(len - body.len())
                             }
@@ -575,10 +585,6 @@ impl Cutter {
             };
         }
     }
-}
-
-fn head_buf() -> Vec<u8> {
-    Vec::with_capacity(5)
 }
 
 /// The remaining length of a complete fixed header in `head` (type byte
