@@ -9,14 +9,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::{Gateway, Message, Mosquitto, MqttProbe};
+use support::counters::{assert_gap_free, counter_devices, receive_until, Streams, SECOND_RUN};
+use support::{Gateway, Mosquitto, MqttProbe};
 
 const WAIT: Duration = Duration::from_secs(20);
 /// Devices × interval of the full-rate stream: 20 × 20 ms = 1 000 msg/s.
 const DEVICES: usize = 20;
 const INTERVAL: &str = "20ms";
-/// Counter start of a second gateway run, to tell its messages apart.
-const SECOND_RUN: u64 = 1_000_000;
 
 /// A persistent broker (its session store survives `stop_graceful`) that
 /// queues without limit for offline persistent subscribers.
@@ -56,11 +55,7 @@ mqtt:
 devices:
 "#
     );
-    for i in 0..devices {
-        yaml.push_str(&format!(
-            "  - name: d{i}\n    driver: dummy\n    syncInterval: {interval}\n    properties:\n      - {{ name: n, type: uint64, simulate: {{ counter: {{ start: {start}, step: 1 }} }} }}\n"
-        ));
-    }
+    yaml.push_str(&counter_devices(devices, interval, start));
     yaml
 }
 
@@ -70,83 +65,6 @@ fn metric(port: u16, family: &str) -> Option<f64> {
     body.lines()
         .find(|l| l.starts_with(family) && l.contains("e2e-gateway"))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
-/// Counter values per device, in arrival order.
-#[derive(Default, Debug)]
-struct Streams(BTreeMap<String, Vec<u64>>);
-
-impl Streams {
-    fn add(&mut self, m: &Message) {
-        let Some(device) = m.topic.strip_prefix("fieldgate/e2e/") else {
-            return;
-        };
-        if device.contains('/') || device.starts_with('$') {
-            return;
-        }
-        let v = m.json();
-        let n = v["properties"]["n"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no counter in {}: {}", m.topic, m.payload_str()));
-        self.0.entry(device.to_owned()).or_default().push(n);
-    }
-
-    /// Values of one run (below or from [`SECOND_RUN`]) in order of first
-    /// arrival, duplicates (at-least-once redeliveries) removed.
-    fn firsts(&self, device: &str, second_run: bool) -> Vec<u64> {
-        let mut seen = std::collections::HashSet::new();
-        self.0
-            .get(device)
-            .map(|v| {
-                v.iter()
-                    .copied()
-                    .filter(|n| (*n >= SECOND_RUN) == second_run)
-                    .filter(|n| seen.insert(*n))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-/// Asserts `values` is gap-free and in order: each is the previous + 1.
-fn assert_gap_free(device: &str, values: &[u64]) {
-    assert!(!values.is_empty(), "{device}: nothing received");
-    for w in values.windows(2) {
-        assert_eq!(
-            w[1],
-            w[0] + 1,
-            "{device}: {} followed by {} (lost or out of order)",
-            w[0],
-            w[1]
-        );
-    }
-}
-
-/// Receives until `done(streams)` holds; panics after `timeout`.
-async fn receive_until(
-    probe: &mut MqttProbe,
-    streams: &mut Streams,
-    timeout: Duration,
-    mut done: impl FnMut(&Streams) -> bool,
-) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !done(streams) {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        assert!(
-            !left.is_zero(),
-            "timed out; received so far: {:?}",
-            summary(streams)
-        );
-        if let Some(m) = probe.next(left.min(Duration::from_millis(500))).await {
-            streams.add(&m);
-        }
-    }
-}
-
-fn summary(s: &Streams) -> Vec<(String, usize, Option<u64>)> {
-    s.0.iter()
-        .map(|(d, v)| (d.clone(), v.len(), v.iter().max().copied()))
-        .collect()
 }
 
 /// Receives during `dur` (the outage length is a scenario parameter).
@@ -195,8 +113,11 @@ async fn broker_outage_of_30s_loses_nothing_and_keeps_order() {
         INTERVAL,
         0,
     ));
-    let mut streams = Streams::default();
-    receive_until(&mut probe, &mut streams, WAIT, |s| s.0.len() == DEVICES).await;
+    let mut streams = Streams::new("e2e");
+    receive_until(&mut probe, &mut streams, WAIT, |s| {
+        s.by_device.len() == DEVICES
+    })
+    .await;
 
     broker.stop_graceful();
     assert!(
@@ -224,9 +145,9 @@ async fn broker_outage_of_30s_loses_nothing_and_keeps_order() {
             (
                 d.clone(),
                 streams
-                    .0
+                    .by_device
                     .get(&d)
-                    .and_then(|v| v.iter().max().copied())
+                    .and_then(|v| v.iter().map(|(n, _)| *n).max())
                     .unwrap_or(0),
             )
         })
@@ -282,8 +203,11 @@ async fn file_store_survives_kill_9_during_the_outage() {
         INTERVAL,
         0,
     ));
-    let mut streams = Streams::default();
-    receive_until(&mut probe, &mut streams, WAIT, |s| s.0.len() == DEVICES).await;
+    let mut streams = Streams::new("e2e");
+    receive_until(&mut probe, &mut streams, WAIT, |s| {
+        s.by_device.len() == DEVICES
+    })
+    .await;
 
     broker.stop_graceful();
     receive_for(&mut probe, &mut streams, Duration::from_secs(15)).await;
@@ -371,9 +295,9 @@ async fn full_file_store_drops_the_oldest_and_counts() {
     assert!(on_disk <= 64 << 10, "{on_disk} bytes on disk");
     broker.restart();
     wait_store_drained(metrics, WAIT).await;
-    let mut streams = Streams::default();
+    let mut streams = Streams::new("e2e");
     receive_until(&mut probe, &mut streams, WAIT, |s| {
-        s.0.len() == 4 && s.0.values().all(|v| v.len() > 20)
+        s.by_device.len() == 4 && s.by_device.values().all(|v| v.len() > 20)
     })
     .await;
     for d in ["d0", "d1", "d2", "d3"] {
@@ -429,7 +353,7 @@ async fn damaged_store_file_is_recovered_up_to_the_damage() {
         "20ms",
         SECOND_RUN,
     ));
-    let mut streams = Streams::default();
+    let mut streams = Streams::new("e2e");
     receive_until(&mut probe, &mut streams, WAIT, |s| {
         ["d0", "d1"].iter().all(|d| s.firsts(d, true).len() > 5)
     })

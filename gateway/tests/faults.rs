@@ -12,16 +12,14 @@ mod support;
 
 mod fault_rig;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use fault_rig::{assert_counting, clock, healthz, metric, Proxy, Recorder, WAIT};
-use support::{Gateway, Message, Mosquitto, MqttProbe};
-
-/// Counter start of a second gateway run, to tell its messages apart.
-const SECOND_RUN: u64 = 1_000_000;
+use support::counters::{assert_gap_free, counter_devices, receive_until, Streams, SECOND_RUN};
+use support::{Gateway, Mosquitto, MqttProbe};
 
 /// A broker whose session store survives restarts: a persistent
 /// subscriber's session, saved once, is found again after every `kill -9`,
@@ -62,105 +60,13 @@ mqtt:
 devices:
 "#
     );
-    for i in 0..n {
-        yaml.push_str(&format!(
-            "  - name: d{i}\n    driver: dummy\n    syncInterval: {interval}\n    properties:\n      - {{ name: n, type: uint64, simulate: {{ counter: {{ start: {start}, step: 1 }} }} }}\n"
-        ));
-    }
+    yaml.push_str(&counter_devices(n, interval, start));
     yaml
 }
 
 /// `family{session="faults-gw"}` from /metrics.
 fn session_metric(port: u16, family: &str) -> Option<f64> {
     metric(port, family, &["session=\"faults-gw\""])
-}
-
-/// Counter values (and read times) per counter device, in arrival order.
-#[derive(Default, Debug)]
-struct Streams(BTreeMap<String, Vec<(u64, SystemTime)>>);
-
-impl Streams {
-    fn add(&mut self, m: &Message) {
-        let Some(device) = m.topic.strip_prefix("fieldgate/faults/") else {
-            return;
-        };
-        if !device.starts_with('d') || device.contains('/') {
-            return;
-        }
-        let v = m.json();
-        let n = v["properties"]["n"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no counter in {}: {}", m.topic, m.payload_str()));
-        let ts = v["timestamp"].as_str().expect("timestamp");
-        let at = humantime::parse_rfc3339(ts).unwrap_or_else(|e| panic!("{ts}: {e}"));
-        self.0.entry(device.to_owned()).or_default().push((n, at));
-    }
-
-    /// Values of one run (below or from [`SECOND_RUN`]) in order of first
-    /// arrival, at-least-once duplicates removed.
-    fn firsts(&self, device: &str, second_run: bool) -> Vec<u64> {
-        let mut seen = HashSet::new();
-        self.0
-            .get(device)
-            .map(|v| {
-                v.iter()
-                    .map(|(n, _)| *n)
-                    .filter(|n| (*n >= SECOND_RUN) == second_run)
-                    .filter(|n| seen.insert(*n))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// Values read at or after `at` (by their timestamp).
-    fn read_since(&self, device: &str, at: SystemTime) -> usize {
-        self.0
-            .get(device)
-            .map(|v| v.iter().filter(|(_, t)| *t >= at).count())
-            .unwrap_or(0)
-    }
-
-    fn summary(&self) -> Vec<(String, usize, Option<u64>)> {
-        self.0
-            .iter()
-            .map(|(d, v)| (d.clone(), v.len(), v.iter().map(|(n, _)| *n).max()))
-            .collect()
-    }
-}
-
-/// Asserts `values` is gap-free and in order: each is the previous + 1.
-fn assert_gap_free(device: &str, values: &[u64]) {
-    assert!(!values.is_empty(), "{device}: nothing received");
-    for w in values.windows(2) {
-        assert_eq!(
-            w[1],
-            w[0] + 1,
-            "{device}: {} followed by {} (lost or out of order)",
-            w[0],
-            w[1]
-        );
-    }
-}
-
-/// Receives into `streams` until `done` holds; panics after `timeout`.
-async fn receive_until(
-    probe: &mut MqttProbe,
-    streams: &mut Streams,
-    timeout: Duration,
-    mut done: impl FnMut(&Streams) -> bool,
-) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !done(streams) {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        assert!(
-            !left.is_zero(),
-            "timed out; received so far: {:?}",
-            streams.summary()
-        );
-        if let Some(m) = probe.next(left.min(Duration::from_millis(500))).await {
-            streams.add(&m);
-        }
-    }
 }
 
 /// Keeps receiving (so nothing piles up in the probe) until `cond` holds.
@@ -219,8 +125,11 @@ async fn broker_killed_four_times_under_load_gets_everything_read_while_it_was_d
         0,
     ));
     let names: Vec<String> = (0..DEVICES).map(|i| format!("d{i}")).collect();
-    let mut streams = Streams::default();
-    receive_until(&mut probe, &mut streams, WAIT, |s| s.0.len() == DEVICES).await;
+    let mut streams = Streams::new("faults");
+    receive_until(&mut probe, &mut streams, WAIT, |s| {
+        s.by_device.len() == DEVICES
+    })
+    .await;
 
     let mut kills = Vec::new();
     let mut restarted = SystemTime::UNIX_EPOCH;
@@ -263,7 +172,7 @@ async fn broker_killed_four_times_under_load_gets_everything_read_while_it_was_d
 
     let mut lost_in_broker = 0;
     for d in &names {
-        let got = &streams.0[d];
+        let got = &streams.by_device[d];
         let by_value: BTreeMap<u64, SystemTime> = got.iter().copied().collect();
         assert_eq!(by_value.keys().next(), Some(&0), "{d}: the first value");
         let last = *by_value.keys().last().unwrap();
@@ -337,8 +246,11 @@ async fn connection_to_the_broker_cut_four_times_under_load_loses_nothing() {
         0,
     ));
     let names: Vec<String> = (0..DEVICES).map(|i| format!("d{i}")).collect();
-    let mut streams = Streams::default();
-    receive_until(&mut probe, &mut streams, WAIT, |s| s.0.len() == DEVICES).await;
+    let mut streams = Streams::new("faults");
+    receive_until(&mut probe, &mut streams, WAIT, |s| {
+        s.by_device.len() == DEVICES
+    })
+    .await;
     let mut restored = SystemTime::UNIX_EPOCH;
     for round in 1..=4 {
         receive_until(&mut probe, &mut streams, WAIT, |s| {
@@ -531,8 +443,8 @@ async fn a_full_disk_under_the_file_store_loses_nothing_and_leaves_it_recoverabl
     );
     let metrics = support::free_port();
     let mut gw = Gateway::start(&counters(broker.port(), metrics, &store, 2, "10ms", 0));
-    let mut streams = Streams::default();
-    receive_until(&mut probe, &mut streams, WAIT, |s| s.0.len() == 2).await;
+    let mut streams = Streams::new("faults");
+    receive_until(&mut probe, &mut streams, WAIT, |s| s.by_device.len() == 2).await;
 
     // 1. The broker goes away and the disk fills up: the store cannot
     //    write, says so, and keeps the messages in memory.

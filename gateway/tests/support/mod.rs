@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod counters;
+
 use std::borrow::Cow;
 use std::fs;
 use std::io::{Read, Write};
