@@ -396,11 +396,7 @@ impl Drop for RunDir {
 
 async fn run_dummy(args: DummyArgs) -> anyhow::Result<()> {
     let report = measure_dummy(&args).await?;
-    if args.common.json {
-        println!("{}", report.json());
-    } else {
-        println!("{}", report.line());
-    }
+    print_result(args.common.json, || report.line(), || report.json());
     Ok(())
 }
 
@@ -583,11 +579,7 @@ async fn run_latency(args: LatencyArgs) -> anyhow::Result<()> {
         scenario,
     )
     .await?;
-    if args.common.json {
-        println!("{}", report.json());
-    } else {
-        println!("{}", report.line());
-    }
+    print_result(args.common.json, || report.line(), || report.json());
     Ok(())
 }
 
@@ -626,11 +618,11 @@ async fn run_startup(args: StartupArgs) -> anyhow::Result<()> {
     };
     let dir = RunDir::create(args.common.keep)?;
     let runs = startup::run(&source, args.runs, &dir.path, &binary(&args.common)).await?;
-    if args.common.json {
-        println!("{}", startup::json(&scenario, &runs));
-    } else {
-        println!("{}", startup::line(&scenario, &runs));
-    }
+    print_result(
+        args.common.json,
+        || startup::line(&scenario, &runs),
+        || startup::json(&scenario, &runs),
+    );
     Ok(())
 }
 
@@ -666,11 +658,7 @@ async fn run_flatness(args: FlatnessArgs) -> anyhow::Result<()> {
         scenario,
     )
     .await?;
-    if args.common.json {
-        println!("{}", report.json());
-    } else {
-        println!("{}", report.line());
-    }
+    print_result(args.common.json, || report.line(), || report.json());
     Ok(())
 }
 
@@ -702,11 +690,7 @@ async fn run_idle(args: IdleArgs) -> anyhow::Result<()> {
         scenario,
     )
     .await?;
-    if args.common.json {
-        println!("{}", report.json());
-    } else {
-        println!("{}", report.line());
-    }
+    print_result(args.common.json, || report.line(), || report.json());
     Ok(())
 }
 
@@ -747,11 +731,7 @@ async fn run_scale(args: ScaleArgs) -> anyhow::Result<()> {
                     .await?
                     .0
                 };
-                if args.common.json {
-                    println!("{}", report.json());
-                } else {
-                    println!("{}", report.line());
-                }
+                print_result(args.common.json, || report.line(), || report.json());
             }
         }
     }
@@ -851,11 +831,7 @@ async fn run_reload(args: ReloadArgs) -> anyhow::Result<()> {
         humantime::format_duration(args.interval)
     );
     let summary = report::Latencies::new(scenario, latencies);
-    if args.common.json {
-        println!("{}", summary.json());
-    } else {
-        println!("{}", summary.line());
-    }
+    print_result(args.common.json, || summary.line(), || summary.json());
     Ok(())
 }
 
@@ -887,11 +863,11 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
         &binary,
     )
     .await?;
-    if args.common.json {
-        println!("{}", report.json(&scenario));
-    } else {
-        println!("{}", report.line(&scenario));
-    }
+    print_result(
+        args.common.json,
+        || report.line(&scenario),
+        || report.json(&scenario),
+    );
     Ok(())
 }
 
@@ -959,11 +935,7 @@ async fn run_opcua(args: OpcuaArgs) -> anyhow::Result<()> {
     )
     .await?;
     server.stop().await;
-    if args.common.json {
-        println!("{}", report.json());
-    } else {
-        println!("{}", report.line());
-    }
+    print_result(args.common.json, || report.line(), || report.json());
     Ok(())
 }
 
@@ -1046,5 +1018,18 @@ async fn run_for(gateway: &mut Supervised, dur: Duration) -> anyhow::Result<()> 
             return Ok(());
         }
         tokio::time::sleep(left.min(Duration::from_millis(500))).await;
+    }
+}
+
+/// Prints a scenario's result: as JSON with `--json`, else as one line.
+fn print_result(
+    json: bool,
+    line: impl FnOnce() -> String,
+    value: impl FnOnce() -> serde_json::Value,
+) {
+    if json {
+        println!("{}", value());
+    } else {
+        println!("{}", line());
     }
 }
