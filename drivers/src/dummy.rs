@@ -347,7 +347,7 @@ mod tests {
                 .into_iter()
                 .enumerate()
                 .map(|(i, (t, g))| PropertySpec {
-                    name: format!("p{i}"),
+                    name: format!("p{i}").into(),
                     data_type: t,
                     writable: true,
                     address: PropertyAddress::Simulated(g),

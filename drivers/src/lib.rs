@@ -149,7 +149,7 @@ pub enum DeviceCommand {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PropertySpec {
     /// Property name (unique within the device).
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     /// Raw type on the device.
     pub data_type: DataType,
     /// Whether writes are allowed.

@@ -23,40 +23,26 @@ const POLLS: u64 = 200_000;
 
 /// A property of `data_type` named `p<i>`.
 fn prop(i: usize, data_type: DataType) -> PropertySemantics {
-    PropertySemantics {
-        name: format!("p{i}"),
-        data_type,
-        writable: false,
-        scale: None,
-        offset: None,
-        enum_entries: Box::new([]),
-        min: None,
-        max: None,
-        deadband: Some(0.5),
-        unit: None,
-        description: None,
-    }
+    PropertySemantics::new(format!("p{i}"), data_type, false).with(|d| d.deadband = Some(0.5))
 }
 
 /// The semantics of property `i`: scaled int16, float32, plain uint16, bool, enum, float64.
 fn semantics(i: usize) -> PropertySemantics {
     match i % 6 {
-        0 => PropertySemantics {
-            scale: Some(0.1),
-            ..prop(i, DataType::Int16)
-        },
+        0 => prop(i, DataType::Int16).with(|d| {
+            d.scale = Some(0.1);
+        }),
         1 => prop(i, DataType::Float32),
         2 => prop(i, DataType::Uint16),
         3 => prop(i, DataType::Bool),
-        4 => PropertySemantics {
-            enum_entries: (0..3u64)
+        4 => prop(i, DataType::Uint8).with(|d| {
+            d.enum_entries = (0..3u64)
                 .map(|raw| EnumEntry {
                     raw: Value::Uint(raw),
                     label: format!("label{raw}"),
                 })
-                .collect(),
-            ..prop(i, DataType::Uint8)
-        },
+                .collect();
+        }),
         _ => prop(i, DataType::Float64),
     }
 }

@@ -123,7 +123,7 @@ pub fn parse_set(
             ));
             continue;
         }
-        let Some(index) = device.properties.iter().position(|p| &p.name == key) else {
+        let Some(index) = device.properties.iter().position(|p| *p.name == **key) else {
             errors.push((key.clone(), unknown_property(key, device)));
             continue;
         };
@@ -153,7 +153,7 @@ fn unknown_property(key: &str, device: &DeviceSettings) -> String {
         .properties
         .iter()
         .filter(|p| p.writable)
-        .map(|p| p.name.as_str())
+        .map(|p| &*p.name)
         .collect();
     let mut msg = "unknown property".to_owned();
     let closest = writable
@@ -175,7 +175,7 @@ fn unknown_property(key: &str, device: &DeviceSettings) -> String {
 
 /// A quoted, comma-separated list of the enum labels of `prop`.
 fn label_list(prop: &PropertySemantics) -> String {
-    prop.enum_entries
+    prop.enum_entries()
         .iter()
         .map(|e| format!("\"{}\"", e.label))
         .collect::<Vec<_>>()
@@ -185,7 +185,7 @@ fn label_list(prop: &PropertySemantics) -> String {
 /// Converts one requested value (published units, or a label) to the raw
 /// value to write, or says why it cannot be written.
 fn to_raw(prop: &PropertySemantics, value: &serde_json::Value) -> Result<Value, String> {
-    if !prop.enum_entries.is_empty() {
+    if !prop.enum_entries().is_empty() {
         let Some(label) = value.as_str() else {
             return Err(format!(
                 "expected one of the labels {}, got {}",
@@ -194,7 +194,7 @@ fn to_raw(prop: &PropertySemantics, value: &serde_json::Value) -> Result<Value, 
             ));
         };
         return prop
-            .enum_entries
+            .enum_entries()
             .iter()
             .find(|e| e.label == label)
             .map(|e| e.raw.clone())
@@ -252,10 +252,10 @@ fn numeric_raw(prop: &PropertySemantics, data_type: DataType, n: &Number) -> Res
     let Some(v) = n.as_f64().filter(|v| v.is_finite()) else {
         return Err(format!("{n} is not a finite number"));
     };
-    if let Some(min) = prop.min.filter(|min| v < *min) {
+    if let Some(min) = prop.min().filter(|min| v < *min) {
         return Err(format!("{n} is below the minimum {min}"));
     }
-    if let Some(max) = prop.max.filter(|max| v > *max) {
+    if let Some(max) = prop.max().filter(|max| v > *max) {
         return Err(format!("{n} is above the maximum {max}"));
     }
     let scaling = scaling(prop);
@@ -338,7 +338,7 @@ pub fn result_payload(
             continue;
         };
         let value = normalize(prop, raw).map_or(serde_json::Value::Null, |p| p.to_json(prop));
-        applied_map.insert(prop.name.clone(), value);
+        applied_map.insert(prop.name.to_string(), value);
     }
     let mut errors = Map::new();
     if let Some((position, error)) = failed {
@@ -346,7 +346,7 @@ pub fn result_payload(
             .writes
             .get(position)
             .and_then(|(index, _)| device.properties.get(*index))
-            .map_or(PAYLOAD_KEY, |p| p.name.as_str());
+            .map_or(PAYLOAD_KEY, |p| &*p.name);
         errors.insert(
             name.to_owned(),
             serde_json::Value::from(error.message.as_str()),

@@ -55,7 +55,7 @@ impl Published {
             Published::Float(f) => serde_json::Number::from_f64(*f)
                 .map_or(serde_json::Value::Null, serde_json::Value::Number),
             Published::Label(i) => prop
-                .enum_entries
+                .enum_entries()
                 .get(*i)
                 .map_or(serde_json::Value::Null, |e| {
                     serde_json::Value::String(e.label.clone())
@@ -84,10 +84,10 @@ fn same_raw(a: &Value, b: &Value) -> bool {
 
 /// The `(scale, offset)` of a property, when either is set.
 pub(crate) fn scaling(prop: &PropertySemantics) -> Option<(f64, f64)> {
-    if prop.scale.is_none() && prop.offset.is_none() {
+    if prop.scale().is_none() && prop.offset().is_none() {
         return None;
     }
-    Some((prop.scale.unwrap_or(1.0), prop.offset.unwrap_or(0.0)))
+    Some((prop.scale().unwrap_or(1.0), prop.offset().unwrap_or(0.0)))
 }
 
 /// A small stack buffer for formatting one number without allocating.
@@ -162,11 +162,15 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 /// Normalizes one raw reading of `prop` into its published form, or says why
 /// it cannot be published.
 pub(crate) fn normalize(prop: &PropertySemantics, raw: &Value) -> Result<Published, &'static str> {
-    if let Some(i) = prop.enum_entries.iter().position(|e| same_raw(&e.raw, raw)) {
+    if let Some(i) = prop
+        .enum_entries()
+        .iter()
+        .position(|e| same_raw(&e.raw, raw))
+    {
         return Ok(Published::Label(i));
     }
     // An unlabeled enum value is published as the raw number, unscaled.
-    let scaling = if prop.enum_entries.is_empty() {
+    let scaling = if prop.enum_entries().is_empty() {
         scaling(prop)
     } else {
         None
@@ -254,16 +258,6 @@ impl Slot {
     }
 }
 
-/// Per-property data prepared once: JSON key and labels already escaped.
-struct Prepared {
-    /// `"name":`
-    key: Box<[u8]>,
-    /// Each enum label as a JSON string.
-    labels: Box<[Box<[u8]>]>,
-    /// The raw value last normalized into the current slot.
-    last_raw: Option<Value>,
-}
-
 /// Appends `v` as JSON to `buf`.
 fn push_json<T: Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) {
     // Serializing a string or number into a Vec cannot fail.
@@ -272,11 +266,16 @@ fn push_json<T: Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) {
     }
 }
 
-/// `s` as a JSON string.
-fn json_string(s: &str) -> Vec<u8> {
-    let mut v = Vec::with_capacity(s.len() + 2);
-    push_json(&mut v, s);
-    v
+/// Appends `s` as a JSON string to `buf`: copied as is when it needs no
+/// escaping (the usual property name or label), escaped by serde_json otherwise.
+fn push_json_str(buf: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        buf.push(b'"');
+        buf.extend_from_slice(s.as_bytes());
+        buf.push(b'"');
+    } else {
+        push_json(buf, s);
+    }
 }
 
 /// The live state of one device and its publish bookkeeping.
@@ -286,8 +285,8 @@ pub struct DeviceState {
     /// The device's settings (property semantics in device order), shared
     /// with the running device rather than copied.
     settings: Arc<DeviceSettings>,
-    /// Prepared per-property output data, same order.
-    prepared: Vec<Prepared>,
+    /// The raw value last normalized into each current slot, same order.
+    last_raw: Vec<Option<Value>>,
     /// Current state, same order.
     current: Vec<Slot>,
     /// State as last published (kept only with `on_change`).
@@ -308,28 +307,11 @@ impl DeviceState {
         let mut prefix = b"{\"name\":".to_vec();
         push_json(&mut prefix, settings.name.as_str());
         prefix.extend_from_slice(b",\"timestamp\":\"");
-        let prepared = settings
-            .properties
-            .iter()
-            .map(|p| {
-                let mut key = json_string(&p.name);
-                key.push(b':');
-                Prepared {
-                    key: key.into_boxed_slice(),
-                    labels: p
-                        .enum_entries
-                        .iter()
-                        .map(|e| json_string(&e.label).into_boxed_slice())
-                        .collect(),
-                    last_raw: None,
-                }
-            })
-            .collect();
         let n = settings.properties.len();
         Self {
             prefix,
             settings: Arc::clone(settings),
-            prepared,
+            last_raw: vec![None; n],
             current: vec![Slot::Unread; n],
             // Only an on-change publisher compares with what it published.
             published: if settings.publish.on_change {
@@ -350,9 +332,9 @@ impl DeviceState {
         let mut changed = false;
         for (index, result) in &readings.values {
             let index = *index;
-            let (Some(slot), Some(prep), Some(prop)) = (
+            let (Some(slot), Some(last_raw), Some(prop)) = (
                 self.current.get_mut(index),
-                self.prepared.get_mut(index),
+                self.last_raw.get_mut(index),
                 self.settings.properties.get(index),
             ) else {
                 tracing::debug!(index, "reading for an unknown property index ignored");
@@ -361,28 +343,28 @@ impl DeviceState {
             match result {
                 Ok(raw) => {
                     let unchanged =
-                        matches!(slot, Slot::Value(_)) && prep.last_raw.as_ref() == Some(raw);
+                        matches!(slot, Slot::Value(_)) && last_raw.as_ref() == Some(raw);
                     if !unchanged {
                         match normalize(prop, raw) {
                             Ok(out) => {
                                 *slot = Slot::Value(out);
-                                prep.last_raw = Some(raw.clone());
+                                *last_raw = Some(raw.clone());
                             }
                             Err(reason) => {
                                 slot.set_error(reason);
-                                prep.last_raw = None;
+                                *last_raw = None;
                             }
                         }
                     }
                 }
                 Err(e) => {
                     slot.set_error(&e.message);
-                    prep.last_raw = None;
+                    *last_raw = None;
                 }
             }
             if self.policy.on_change && !changed {
                 if let Some(old) = self.published.get(index) {
-                    changed = slot.differs_from(old, prop.deadband);
+                    changed = slot.differs_from(old, prop.deadband());
                 }
             }
         }
@@ -424,7 +406,7 @@ impl DeviceState {
         buf.extend_from_slice(b"\",\"properties\":{");
         let mut first = true;
         let mut errors = false;
-        for (slot, prep) in self.current.iter().zip(&self.prepared) {
+        for (slot, prop) in self.current.iter().zip(&self.settings.properties) {
             let value = match slot {
                 Slot::Value(v) => v,
                 Slot::Error(_) => {
@@ -437,14 +419,15 @@ impl DeviceState {
                 buf.push(b',');
             }
             first = false;
-            buf.extend_from_slice(&prep.key);
+            push_json_str(&mut buf, &prop.name);
+            buf.push(b':');
             match value {
                 Published::Bool(b) => push_json(&mut buf, b),
                 Published::Int(i) => push_json(&mut buf, i),
                 Published::Uint(u) => push_json(&mut buf, u),
                 Published::Float(f) => push_json(&mut buf, f),
-                Published::Label(i) => match prep.labels.get(*i) {
-                    Some(label) => buf.extend_from_slice(label),
+                Published::Label(i) => match prop.enum_entries().get(*i) {
+                    Some(entry) => push_json_str(&mut buf, &entry.label),
                     None => buf.extend_from_slice(b"null"),
                 },
                 Published::Text(s) => push_json(&mut buf, s.as_str()),
@@ -454,13 +437,14 @@ impl DeviceState {
         if errors {
             buf.extend_from_slice(b",\"errors\":{");
             let mut first = true;
-            for (slot, prep) in self.current.iter().zip(&self.prepared) {
+            for (slot, prop) in self.current.iter().zip(&self.settings.properties) {
                 if let Slot::Error(message) = slot {
                     if !first {
                         buf.push(b',');
                     }
                     first = false;
-                    buf.extend_from_slice(&prep.key);
+                    push_json_str(&mut buf, &prop.name);
+                    buf.push(b':');
                     push_json(&mut buf, message.as_str());
                 }
             }
@@ -495,32 +479,32 @@ pub fn meta_payload(settings: &DeviceSettings) -> Vec<u8> {
     for p in &settings.properties {
         let mut m = Map::new();
         m.insert("type".into(), J::from(p.data_type.as_str()));
-        if let Some(unit) = &p.unit {
-            m.insert("unit".into(), J::from(&**unit));
+        if let Some(unit) = p.unit() {
+            m.insert("unit".into(), J::from(unit));
         }
         m.insert("writable".into(), J::Bool(p.writable));
-        if !p.enum_entries.is_empty() {
+        if !p.enum_entries().is_empty() {
             let labels = p
-                .enum_entries
+                .enum_entries()
                 .iter()
                 .map(|e| (raw_key(&e.raw), J::from(e.label.as_str())))
                 .collect::<Map<_, _>>();
             m.insert("enum".into(), J::Object(labels));
         }
-        if let Some(description) = &p.description {
-            m.insert("description".into(), J::from(&**description));
+        if let Some(description) = p.description() {
+            m.insert("description".into(), J::from(description));
         }
         for (key, value) in [
-            ("min", p.min),
-            ("max", p.max),
-            ("scale", p.scale),
-            ("offset", p.offset),
+            ("min", p.min()),
+            ("max", p.max()),
+            ("scale", p.scale()),
+            ("offset", p.offset()),
         ] {
             if let Some(v) = value {
                 m.insert(key.into(), json_f64(v));
             }
         }
-        props.insert(p.name.clone(), J::Object(m));
+        props.insert(p.name.to_string(), J::Object(m));
     }
     let mut meta = Map::new();
     meta.insert("name".into(), J::from(settings.name.as_str()));

@@ -202,7 +202,7 @@ impl Plan {
             let names: Vec<&str> = r
                 .items
                 .iter()
-                .filter_map(|i| spec.properties.get(i.index).map(|p| p.name.as_str()))
+                .filter_map(|i| spec.properties.get(i.index).map(|p| &*p.name))
                 .collect();
             lines.push(format!(
                 "  FC{fc} {} {}..={} ({} {unit}): {}",

@@ -819,11 +819,7 @@ async fn subscribe(
         for (req, res) in chunk.iter().zip(&created) {
             if !res.result.status_code.is_good() {
                 let i = req.requested_parameters.client_handle as usize - 1;
-                let name = spec
-                    .properties
-                    .get(i)
-                    .map(|p| p.name.as_str())
-                    .unwrap_or("?");
+                let name = spec.properties.get(i).map(|p| &*p.name).unwrap_or("?");
                 // The initial Read reports the per-property error; just log here.
                 warn!(device = %spec.name, property = name,
                       "opcua: monitored item refused: {}", res.result.status_code);

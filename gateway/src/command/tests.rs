@@ -25,39 +25,34 @@ fn w(name: &str, data_type: DataType) -> PropertySemantics {
 /// uint64, 8 small int8 ×0.1, 9 offset int16 +(-40) ×0.5, 10 ratio float64 ×1e-300.
 fn boiler() -> DeviceSettings {
     device(vec![
-        PropertySemantics {
-            scale: Some(0.1),
-            min: Some(5.0),
-            max: Some(30.0),
-            ..w("setpoint", DataType::Int16)
-        },
+        w("setpoint", DataType::Int16).with(|d| {
+            d.scale = Some(0.1);
+            d.min = Some(5.0);
+            d.max = Some(30.0);
+        }),
         w("pump", DataType::Bool),
-        PropertySemantics {
-            enum_entries: entries(&[
+        w("gear", DataType::Uint8).with(|d| {
+            d.enum_entries = entries(&[
                 (Value::Uint(0), "slow"),
                 (Value::Uint(1), "middle"),
                 (Value::Uint(2), "fast"),
-            ]),
-            ..w("gear", DataType::Uint8)
-        },
+            ]);
+        }),
         prop("temperature", DataType::Float32),
         w("label", DataType::String),
         w("key", DataType::Bytes),
         w("level", DataType::Float32),
         w("counter", DataType::Uint64),
-        PropertySemantics {
-            scale: Some(0.1),
-            ..w("small", DataType::Int8)
-        },
-        PropertySemantics {
-            scale: Some(0.5),
-            offset: Some(-40.0),
-            ..w("offset", DataType::Int16)
-        },
-        PropertySemantics {
-            scale: Some(1e-300),
-            ..w("ratio", DataType::Float64)
-        },
+        w("small", DataType::Int8).with(|d| {
+            d.scale = Some(0.1);
+        }),
+        w("offset", DataType::Int16).with(|d| {
+            d.scale = Some(0.5);
+            d.offset = Some(-40.0);
+        }),
+        w("ratio", DataType::Float64).with(|d| {
+            d.scale = Some(1e-300);
+        }),
     ])
 }
 
@@ -302,10 +297,9 @@ fn floats_overflow_and_non_finite() {
         error_of(r#"{"ratio": 1e10}"#, "ratio"),
         "10000000000.0 is not finite after scaling"
     );
-    let scaled_f32 = device(vec![PropertySemantics {
-        scale: Some(1e-10),
-        ..w("tiny", DataType::Float32)
-    }]);
+    let scaled_f32 = device(vec![w("tiny", DataType::Float32).with(|d| {
+        d.scale = Some(1e-10);
+    })]);
     let e = parse_set(br#"{"tiny": 1e30}"#, PayloadEncode::Raw, &scaled_f32).expect_err("overflow");
     assert_eq!(
         e.errors[0].1,

@@ -1686,24 +1686,27 @@ impl Loader<'_> {
                             writable: w,
                             address: PropertyAddress::Simulated(g),
                         });
-                        let mut s = plain_semantics(name, t, w);
-                        if name == "gear" {
-                            s.enum_entries = ["slow", "middle", "fast"]
-                                .iter()
-                                .enumerate()
-                                .map(|(i, l)| EnumEntry {
-                                    raw: Value::Uint(i as u64),
-                                    label: (*l).into(),
-                                })
-                                .collect();
-                        }
-                        sems.push(s);
+                        let s = PropertySemantics::new(name, t, w);
+                        sems.push(if name == "gear" {
+                            s.with(|d| {
+                                d.enum_entries = ["slow", "middle", "fast"]
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(i, l)| EnumEntry {
+                                        raw: Value::Uint(i as u64),
+                                        label: (*l).into(),
+                                    })
+                                    .collect();
+                            })
+                        } else {
+                            s
+                        });
                     }
                 } else {
                     for (p, pn, _) in &d.props {
                         let g = generator(p, pn)?;
                         specs.push(PropertySpec {
-                            name: p.name.clone(),
+                            name: p.name.as_str().into(),
                             data_type: p.data_type,
                             writable: p.writable,
                             address: PropertyAddress::Simulated(g),
@@ -1752,7 +1755,7 @@ impl Loader<'_> {
                         RegisterName::Holding => mb::RegisterKind::Holding,
                     };
                     specs.push(PropertySpec {
-                        name: p.name.clone(),
+                        name: p.name.as_str().into(),
                         data_type: p.data_type,
                         writable: p.writable,
                         address: PropertyAddress::Modbus(mb::RegisterAddress {
@@ -1792,7 +1795,7 @@ impl Loader<'_> {
                 for (p, pn, _) in &d.props {
                     let access = ble_access(p);
                     specs.push(PropertySpec {
-                        name: p.name.clone(),
+                        name: p.name.as_str().into(),
                         data_type: p.data_type,
                         writable: access.writable(),
                         address: PropertyAddress::Ble(b::CharacteristicAddress {
@@ -1824,7 +1827,7 @@ impl Loader<'_> {
                 let proto = d.config.protocol.clone().unwrap_or_default();
                 for (p, pn, _) in &d.props {
                     specs.push(PropertySpec {
-                        name: p.name.clone(),
+                        name: p.name.as_str().into(),
                         data_type: p.data_type,
                         writable: p.writable,
                         address: PropertyAddress::OpcUa(fieldgate_drivers::opcua::NodeAddress {
@@ -1841,6 +1844,10 @@ impl Loader<'_> {
         };
         specs.shrink_to_fit();
         sems.shrink_to_fit();
+        // One allocation per property name, shared by driver and gateway.
+        for (sem, spec) in sems.iter_mut().zip(&specs) {
+            sem.name = spec.name.clone();
+        }
         Some((
             DeviceSpec {
                 name: d.config.name.clone(),
@@ -2654,42 +2661,29 @@ fn enum_raw(t: DataType, k: &Node) -> Result<Value, String> {
     }
 }
 
-fn plain_semantics(name: &str, t: DataType, writable: bool) -> PropertySemantics {
-    PropertySemantics {
-        name: name.into(),
-        data_type: t,
-        writable,
-        scale: None,
-        offset: None,
-        enum_entries: Box::new([]),
-        min: None,
-        max: None,
-        deadband: None,
-        unit: None,
-        description: None,
-    }
-}
-
 fn semantics(p: &PropertyConfig, pn: &Node) -> Option<PropertySemantics> {
-    let mut s = plain_semantics(&p.name, p.data_type, p.writable);
-    s.scale = p.scale;
-    s.offset = p.offset;
-    s.min = p.min;
-    s.max = p.max;
-    s.deadband = p.deadband;
-    s.unit = p.unit.as_deref().map(Box::from);
-    s.description = p.description.as_deref().map(Box::from);
+    let mut entries = Vec::new();
     if let Some(en) = pn.get("enum").and_then(|e| e.entries()) {
-        let mut entries = Vec::with_capacity(en.len());
+        entries.reserve_exact(en.len());
         for (k, v) in en {
             entries.push(EnumEntry {
                 raw: enum_raw(p.data_type, k).ok()?,
                 label: v.text().unwrap_or_default(),
             });
         }
-        s.enum_entries = entries.into_boxed_slice();
     }
-    Some(s)
+    Some(
+        PropertySemantics::new(p.name.as_str(), p.data_type, p.writable).with(|d| {
+            d.scale = p.scale;
+            d.offset = p.offset;
+            d.min = p.min;
+            d.max = p.max;
+            d.deadband = p.deadband;
+            d.unit = p.unit.as_deref().map(Box::from);
+            d.description = p.description.as_deref().map(Box::from);
+            d.enum_entries = entries.into_boxed_slice();
+        }),
+    )
 }
 
 fn constant_value(t: DataType, v: &Node) -> Result<Value, String> {

@@ -249,30 +249,30 @@ fn device(out: &mut String, r: &Resolved, d: &DeviceSettings) {
         } else {
             line.push_str(", read-only");
         }
-        if let Some(s) = sem.scale {
+        if let Some(s) = sem.scale() {
             let _ = write!(line, ", scale {s}");
         }
-        if let Some(o) = sem.offset {
+        if let Some(o) = sem.offset() {
             let _ = write!(line, ", offset {o}");
         }
-        if let Some(m) = sem.min {
+        if let Some(m) = sem.min() {
             let _ = write!(line, ", min {m}");
         }
-        if let Some(m) = sem.max {
+        if let Some(m) = sem.max() {
             let _ = write!(line, ", max {m}");
         }
-        if let Some(db) = sem.deadband {
+        if let Some(db) = sem.deadband() {
             let _ = write!(line, ", deadband {db}");
         }
-        if let Some(u) = &sem.unit {
+        if let Some(u) = sem.unit() {
             let _ = write!(line, ", unit {u:?}");
         }
-        if let Some(text) = &sem.description {
+        if let Some(text) = sem.description() {
             let _ = write!(line, ", description {text:?}");
         }
-        if !sem.enum_entries.is_empty() {
+        if !sem.enum_entries().is_empty() {
             let e: Vec<String> = sem
-                .enum_entries
+                .enum_entries()
                 .iter()
                 .map(|e| format!("{}: {}", value(&e.raw), e.label))
                 .collect();

@@ -230,14 +230,24 @@ pub struct EnumEntry {
 }
 
 /// The gateway's view of one property: its meaning (scaling, enum, bounds).
+/// The optional parts share one box: most properties have none of them, and
+/// a gateway holds tens of thousands of properties.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PropertySemantics {
-    /// Name.
-    pub name: String,
+    /// Name (the same allocation as the driver's [`fieldgate_drivers::PropertySpec::name`]).
+    pub name: Arc<str>,
     /// Raw type.
     pub data_type: DataType,
     /// Accepts `$set`.
     pub writable: bool,
+    /// Scaling, enum, bounds, deadband, unit and description; `None` when
+    /// the property has none of them.
+    pub details: Option<Box<PropertyDetails>>,
+}
+
+/// The optional parts of a property's meaning.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PropertyDetails {
     /// Multiplier (published = raw × scale + offset).
     pub scale: Option<f64>,
     /// Addend.
@@ -254,6 +264,69 @@ pub struct PropertySemantics {
     pub unit: Option<Box<str>>,
     /// Description for `$meta`.
     pub description: Option<Box<str>>,
+}
+
+impl PropertySemantics {
+    /// A property with no scaling, enum, bounds, deadband, unit or description.
+    pub fn new(name: impl Into<Arc<str>>, data_type: DataType, writable: bool) -> Self {
+        Self {
+            name: name.into(),
+            data_type,
+            writable,
+            details: None,
+        }
+    }
+
+    /// The same property with its details changed by `edit` (kept unboxed
+    /// when they end up empty).
+    pub fn with(mut self, edit: impl FnOnce(&mut PropertyDetails)) -> Self {
+        let mut details = self.details.take().unwrap_or_default();
+        edit(&mut details);
+        if *details != PropertyDetails::default() {
+            self.details = Some(details);
+        }
+        self
+    }
+
+    /// Multiplier (published = raw × scale + offset).
+    pub fn scale(&self) -> Option<f64> {
+        self.details.as_ref().and_then(|d| d.scale)
+    }
+
+    /// Addend.
+    pub fn offset(&self) -> Option<f64> {
+        self.details.as_ref().and_then(|d| d.offset)
+    }
+
+    /// Raw → label map (empty: no enum).
+    pub fn enum_entries(&self) -> &[EnumEntry] {
+        self.details.as_ref().map_or(&[], |d| &d.enum_entries)
+    }
+
+    /// Lower `$set` bound in published units.
+    pub fn min(&self) -> Option<f64> {
+        self.details.as_ref().and_then(|d| d.min)
+    }
+
+    /// Upper `$set` bound in published units.
+    pub fn max(&self) -> Option<f64> {
+        self.details.as_ref().and_then(|d| d.max)
+    }
+
+    /// On-change deadband in published units.
+    pub fn deadband(&self) -> Option<f64> {
+        self.details.as_ref().and_then(|d| d.deadband)
+    }
+
+    /// Unit for `$meta`.
+    pub fn unit(&self) -> Option<&str> {
+        self.details.as_ref().and_then(|d| d.unit.as_deref())
+    }
+
+    /// Description for `$meta`.
+    pub fn description(&self) -> Option<&str> {
+        self.details.as_ref().and_then(|d| d.description.as_deref())
+    }
 }
 
 /// One device, fully resolved.

@@ -92,12 +92,12 @@ fn fan_model_expands() {
     let p = &d.spec.properties;
     assert_eq!(p.len(), 3);
     assert_eq!(
-        (p[0].name.as_str(), p[0].data_type, p[0].writable),
+        (&*p[0].name, p[0].data_type, p[0].writable),
         ("on", DataType::Bool, true)
     );
     assert_eq!(p[0].address, PropertyAddress::Simulated(Generator::FanOn));
     assert_eq!(
-        (p[1].name.as_str(), p[1].data_type, p[1].writable),
+        (&*p[1].name, p[1].data_type, p[1].writable),
         ("gear", DataType::Uint8, true)
     );
     assert_eq!(
@@ -105,7 +105,7 @@ fn fan_model_expands() {
         PropertyAddress::Simulated(Generator::FanSpeed)
     );
     assert!(!p[2].writable);
-    let e = &d.properties[1].enum_entries;
+    let e = d.properties[1].enum_entries();
     assert_eq!(e[2].raw, Value::Uint(2));
     assert_eq!(e[2].label, "fast");
     assert_eq!((d.message.qos, d.message.retained), (0, false));

@@ -19,19 +19,7 @@ use crate::config::types::{DriverKind, PayloadEncode};
 
 /// A property of `data_type` with no semantics beyond its name.
 pub(crate) fn prop(name: &str, data_type: DataType) -> PropertySemantics {
-    PropertySemantics {
-        name: name.to_owned(),
-        data_type,
-        writable: false,
-        scale: None,
-        offset: None,
-        enum_entries: Box::new([]),
-        min: None,
-        max: None,
-        deadband: None,
-        unit: None,
-        description: None,
-    }
+    PropertySemantics::new(name, data_type, false)
 }
 
 /// Enum entries from `(raw, label)` pairs.
@@ -138,7 +126,7 @@ fn single(p: PropertySemantics, raw: Value) -> serde_json::Value {
 /// Published value of property `p` for `raw`.
 fn published(p: PropertySemantics, raw: Value) -> serde_json::Value {
     let name = p.name.clone();
-    single(p, raw)["properties"][name.as_str()].clone()
+    single(p, raw)["properties"][&*name].clone()
 }
 
 fn scaled(
@@ -147,11 +135,10 @@ fn scaled(
     scale: Option<f64>,
     offset: Option<f64>,
 ) -> PropertySemantics {
-    PropertySemantics {
-        scale,
-        offset,
-        ..prop(name, data_type)
-    }
+    prop(name, data_type).with(|d| {
+        d.scale = scale;
+        d.offset = offset;
+    })
 }
 
 #[test]
@@ -302,14 +289,13 @@ fn float32_uses_its_shortest_representation() {
 
 #[test]
 fn enum_labels_and_unknown_raw_values() {
-    let gear = PropertySemantics {
-        enum_entries: entries(&[
+    let gear = prop("gear", DataType::Uint16).with(|d| {
+        d.enum_entries = entries(&[
             (Value::Uint(0), "slow"),
             (Value::Uint(1), "middle"),
             (Value::Uint(2), "fast"),
-        ]),
-        ..prop("gear", DataType::Uint16)
-    };
+        ]);
+    });
     let settings = device(vec![gear]);
     let mut state = DeviceState::new(&Arc::new(settings.clone()));
     let v = parse(
@@ -329,10 +315,9 @@ fn enum_labels_and_unknown_raw_values() {
 
 #[test]
 fn bool_enum_labels() {
-    let p = PropertySemantics {
-        enum_entries: entries(&[(Value::Bool(false), "off"), (Value::Bool(true), "on")]),
-        ..prop("power", DataType::Bool)
-    };
+    let p = prop("power", DataType::Bool).with(|d| {
+        d.enum_entries = entries(&[(Value::Bool(false), "off"), (Value::Bool(true), "on")]);
+    });
     assert_eq!(published(p, Value::Bool(true)), json!("on"));
 }
 
@@ -471,10 +456,9 @@ fn first_readings_publish_even_when_empty() {
 
 #[test]
 fn deadband_is_strictly_more_than() {
-    let p = PropertySemantics {
-        deadband: Some(0.5),
-        ..scaled("t", DataType::Int16, Some(0.1), None)
-    };
+    let p = scaled("t", DataType::Int16, Some(0.1), None).with(|d| {
+        d.deadband = Some(0.5);
+    });
     let mut state = on_change(vec![p], Duration::ZERO);
     let now = Instant::now();
     assert!(state
@@ -505,14 +489,12 @@ fn deadband_is_strictly_more_than() {
 #[test]
 fn deadband_applies_per_property_and_non_numbers_always_count() {
     let props = vec![
-        PropertySemantics {
-            deadband: Some(10.0),
-            ..prop("n", DataType::Uint32)
-        },
-        PropertySemantics {
-            deadband: Some(10.0),
-            ..prop("s", DataType::String)
-        },
+        prop("n", DataType::Uint32).with(|d| {
+            d.deadband = Some(10.0);
+        }),
+        prop("s", DataType::String).with(|d| {
+            d.deadband = Some(10.0);
+        }),
     ];
     let mut state = on_change(props, Duration::ZERO);
     let now = Instant::now();
@@ -603,19 +585,23 @@ fn meta_payload_shape() {
     let mut settings = device(vec![
         PropertySemantics {
             writable: true,
-            scale: Some(0.1),
-            offset: Some(-5.0),
-            min: Some(10.0),
-            max: Some(30.0),
-            unit: Some("°C".into()),
-            description: Some("target temperature".into()),
             ..prop("setpoint", DataType::Int16)
-        },
+        }
+        .with(|d| {
+            d.scale = Some(0.1);
+            d.offset = Some(-5.0);
+            d.min = Some(10.0);
+            d.max = Some(30.0);
+            d.unit = Some("°C".into());
+            d.description = Some("target temperature".into());
+        }),
         PropertySemantics {
             writable: true,
-            enum_entries: entries(&[(Value::Uint(0), "slow"), (Value::Uint(2), "fast")]),
             ..prop("gear", DataType::Uint8)
-        },
+        }
+        .with(|d| {
+            d.enum_entries = entries(&[(Value::Uint(0), "slow"), (Value::Uint(2), "fast")]);
+        }),
         prop("pump", DataType::Bool),
     ]);
     settings.driver = DriverKind::Modbus;

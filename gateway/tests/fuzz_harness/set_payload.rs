@@ -216,9 +216,9 @@ fn check_request(device: &DeviceSettings, payload: &[u8], request: &SetRequest) 
             prop.name,
             prop.data_type
         );
-        if !prop.enum_entries.is_empty() {
+        if !prop.enum_entries().is_empty() {
             assert!(
-                prop.enum_entries.iter().any(|e| &e.raw == raw),
+                prop.enum_entries().iter().any(|e| &e.raw == raw),
                 "{}: raw {raw:?} is no enum key",
                 prop.name
             );
@@ -240,9 +240,9 @@ fn check_request(device: &DeviceSettings, payload: &[u8], request: &SetRequest) 
     for (index, _) in &request.writes {
         let prop = &device.properties[*index];
         let published = applied
-            .get(&prop.name)
+            .get(&*prop.name)
             .unwrap_or_else(|| panic!("{} missing from applied {applied:?}", prop.name));
-        check_published(prop, &asked[&prop.name], published);
+        check_published(prop, &asked[&*prop.name], published);
     }
     // A failed write: nothing after it, its error named.
     let err = fieldgate_drivers::DriverError::new(fieldgate_drivers::ErrorKind::Rejected, "no");
@@ -263,15 +263,15 @@ fn check_published(
     asked: &serde_json::Value,
     published: &serde_json::Value,
 ) {
-    let name = &prop.name;
-    if !prop.enum_entries.is_empty() || !prop.data_type.is_numeric() {
+    let name = &*prop.name;
+    if !prop.enum_entries().is_empty() || !prop.data_type.is_numeric() {
         match prop.data_type {
             DataType::Bytes => assert_eq!(
                 published.as_str().map(str::to_lowercase),
                 asked.as_str().map(str::to_lowercase),
                 "{name}"
             ),
-            DataType::String if prop.enum_entries.is_empty() => {
+            DataType::String if prop.enum_entries().is_empty() => {
                 let want = asked.as_str().unwrap_or_default();
                 assert_eq!(
                     published.as_str(),
@@ -286,9 +286,9 @@ fn check_published(
     let (Some(v), Some(p)) = (asked.as_f64(), published.as_f64()) else {
         panic!("{name}: asked {asked}, published {published}");
     };
-    let scaled = prop.scale.is_some() || prop.offset.is_some();
-    let scale = prop.scale.unwrap_or(1.0);
-    let offset = prop.offset.unwrap_or(0.0);
+    let scaled = prop.scale().is_some() || prop.offset().is_some();
+    let scale = prop.scale().unwrap_or(1.0);
+    let offset = prop.offset().unwrap_or(0.0);
     let tolerance = match (prop.data_type, scaled) {
         (t, false) if t.is_integer() => {
             // Unscaled integers are exact.
@@ -321,13 +321,13 @@ fn check_published(
         (p - v).abs() <= tolerance,
         "{name}: asked {v}, published {p} (tolerance {tolerance})"
     );
-    if let Some(min) = prop.min {
+    if let Some(min) = prop.min() {
         assert!(
             p >= min - tolerance,
             "{name}: published {p} below min {min}"
         );
     }
-    if let Some(max) = prop.max {
+    if let Some(max) = prop.max() {
         assert!(
             p <= max + tolerance,
             "{name}: published {p} above max {max}"
