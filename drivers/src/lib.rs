@@ -69,6 +69,17 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in declaration order (`kind as usize` indexes it).
+    pub const ALL: [ErrorKind; 7] = [
+        ErrorKind::Timeout,
+        ErrorKind::Exception,
+        ErrorKind::Io,
+        ErrorKind::Decode,
+        ErrorKind::NotFound,
+        ErrorKind::Rejected,
+        ErrorKind::Unsupported,
+    ];
+
     /// The metric label for this kind.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -18,7 +18,6 @@ use fieldgate_drivers::{
     WriteOutcome,
 };
 use futures_util::FutureExt as _;
-use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -31,7 +30,7 @@ use crate::config::resolved::DeviceSettings;
 use crate::config::types::PayloadEncode;
 use crate::mqtt::{Inbound, Inbox, OutMsg, SessionHandle, SessionInput};
 use crate::state::{self, DeviceState};
-use crate::telemetry::Metrics;
+use crate::telemetry::{DeviceSeries, Metrics, SetResult};
 
 /// Driver events buffered between the driver and the actor.
 const EVENT_QUEUE: usize = 64;
@@ -107,9 +106,7 @@ impl Topics {
 /// Metric handles of one device, resolved once.
 struct DeviceMetrics {
     metrics: Metrics,
-    up: IntGauge,
-    reads: IntCounter,
-    poll: Histogram,
+    series: Arc<DeviceSeries>,
 }
 
 /// Starts the driver and the actor of one device.
@@ -165,14 +162,11 @@ impl Actor {
         metrics: Metrics,
     ) -> Self {
         let session = session_rx.borrow_and_update().clone();
-        let name = [settings.name.as_str()];
         let m = DeviceMetrics {
-            up: metrics.device_up.with_label_values(&name),
-            reads: metrics.device_reads.with_label_values(&name),
-            poll: metrics.device_poll_duration.with_label_values(&name),
+            series: metrics.devices.series(&settings.name),
             metrics,
         };
-        m.up.set(0);
+        m.series.set_up(false);
         Self {
             topics: Topics::new(&settings.message.topic),
             state: DeviceState::new(&settings),
@@ -294,7 +288,7 @@ impl Actor {
             tracing::warn!(device = %self.name(), "driver did not stop in time; dropping it");
         }
         drop(driver);
-        self.m.up.set(0);
+        self.m.series.set_up(false);
         self.retain(self.topics.status.clone(), Bytes::from_static(b"offline"))
             .await;
         if clear_retained.load(std::sync::atomic::Ordering::SeqCst) {
@@ -346,17 +340,13 @@ impl Actor {
     }
 
     async fn on_readings(&mut self, r: &Readings) {
-        self.m.reads.inc();
+        self.m.series.count_read();
         if let Some(d) = r.duration {
-            self.m.poll.observe(d.as_secs_f64());
+            self.m.series.observe_poll(d);
         }
         for (_, v) in &r.values {
             if let Err(e) = v {
-                self.m
-                    .metrics
-                    .device_read_errors
-                    .with_label_values(&[&self.settings.name, e.kind.as_str()])
-                    .inc();
+                self.m.series.count_error(e.kind);
             }
         }
         if let Some(payload) = self.state.apply(r, std::time::Instant::now()) {
@@ -369,13 +359,9 @@ impl Actor {
             return;
         }
         self.online = Some(online);
-        self.m.up.set(online as i64);
+        self.m.series.set_up(online);
         if let Some(e) = reason {
-            self.m
-                .metrics
-                .device_read_errors
-                .with_label_values(&[&self.settings.name, e.kind.as_str()])
-                .inc();
+            self.m.series.count_error(e.kind);
             tracing::warn!(device = %self.name(), "offline: {e}");
         } else {
             tracing::info!(device = %self.name(), "online");
@@ -471,7 +457,7 @@ impl Actor {
                             "too many commands waiting for this device".into(),
                         )],
                     };
-                    self.count_set("rejected");
+                    self.count_set(SetResult::Rejected);
                     self.send_result(command::rejection_payload(&rejection), reply_to)
                         .await;
                     return;
@@ -479,7 +465,7 @@ impl Actor {
                 queue.push_back(PendingSet { request, reply_to });
             }
             Err(rejection) => {
-                self.count_set("rejected");
+                self.count_set(SetResult::Rejected);
                 tracing::info!(
                     device = %self.name(),
                     "$set rejected: {}",
@@ -534,7 +520,11 @@ impl Actor {
 
     async fn finish_set(&mut self, pending: PendingSet, outcome: WriteOutcome) {
         let failed = outcome.failed.as_ref().map(|(i, e)| (*i, e));
-        self.count_set(if failed.is_some() { "failed" } else { "ok" });
+        self.count_set(if failed.is_some() {
+            SetResult::Failed
+        } else {
+            SetResult::Ok
+        });
         if let Some((i, e)) = failed {
             tracing::warn!(device = %self.name(), "$set write {i} refused: {e}");
         }
@@ -543,12 +533,8 @@ impl Actor {
         self.send_result(payload, pending.reply_to).await;
     }
 
-    fn count_set(&self, result: &str) {
-        self.m
-            .metrics
-            .device_set_commands
-            .with_label_values(&[&self.settings.name, result])
-            .inc();
+    fn count_set(&self, result: SetResult) {
+        self.m.series.count_set(result);
     }
 
     async fn send_result(&self, json: Vec<u8>, reply_to: Option<(String, Option<Bytes>)>) {

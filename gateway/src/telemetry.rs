@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::types::{LogFormat, LogLevel};
 
+mod device_series;
+pub use device_series::{DeviceMetrics, DeviceSeries, SetResult};
+
 /// The `EnvFilter` directive of a configured log level.
 fn level_directive(level: LogLevel) -> String {
     let level = match level {
@@ -173,16 +176,8 @@ pub struct Metrics {
     registry: Registry,
     /// `fieldgate_build_info{version,drivers}` = 1
     pub build_info: IntGaugeVec,
-    /// `fieldgate_device_up{device}`
-    pub device_up: IntGaugeVec,
-    /// `fieldgate_device_reads_total{device}`
-    pub device_reads: IntCounterVec,
-    /// `fieldgate_device_read_errors_total{device,kind}`
-    pub device_read_errors: IntCounterVec,
-    /// `fieldgate_device_poll_duration_seconds{device}`
-    pub device_poll_duration: HistogramVec,
-    /// `fieldgate_device_set_commands_total{device,result}`
-    pub device_set_commands: IntCounterVec,
+    /// `fieldgate_device_{up,reads_total,read_errors_total,poll_duration_seconds,set_commands_total}`
+    pub devices: DeviceMetrics,
     /// `fieldgate_mqtt_connected{session}`
     pub mqtt_connected: IntGaugeVec,
     /// `fieldgate_mqtt_published_total{session}`
@@ -225,17 +220,8 @@ impl Metrics {
             registry.register(Box::new(c.clone()))?;
             Ok(c)
         };
-        let device_poll_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "fieldgate_device_poll_duration_seconds",
-                "Duration of one poll cycle of a device",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
-            &["device"],
-        )?;
-        registry.register(Box::new(device_poll_duration.clone()))?;
+        let devices = DeviceMetrics::new()?;
+        registry.register(Box::new(devices.clone()))?;
         let config_last_reload = Gauge::new(
             "fieldgate_config_last_reload_timestamp_seconds",
             "Unix time of the last successful config load",
@@ -267,27 +253,7 @@ impl Metrics {
                 "Build information (always 1)",
                 &["version", "drivers"],
             )?,
-            device_up: gauge(
-                "fieldgate_device_up",
-                "1 when the device answers, 0 when offline",
-                &["device"],
-            )?,
-            device_reads: counter(
-                "fieldgate_device_reads_total",
-                "Read cycles of a device",
-                &["device"],
-            )?,
-            device_read_errors: counter(
-                "fieldgate_device_read_errors_total",
-                "Failed property reads by kind",
-                &["device", "kind"],
-            )?,
-            device_poll_duration,
-            device_set_commands: counter(
-                "fieldgate_device_set_commands_total",
-                "$set commands by result",
-                &["device", "result"],
-            )?,
+            devices,
             mqtt_connected: gauge(
                 "fieldgate_mqtt_connected",
                 "1 while the MQTT session is connected",
@@ -347,9 +313,7 @@ impl Metrics {
 
     /// Forgets a stopped device's series.
     pub fn remove_device(&self, device: &str) {
-        let _ = self.device_up.remove_label_values(&[device]);
-        let _ = self.device_reads.remove_label_values(&[device]);
-        let _ = self.device_poll_duration.remove_label_values(&[device]);
+        self.devices.remove(device);
     }
 
     /// The Prometheus text exposition of every family.
