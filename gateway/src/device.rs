@@ -18,7 +18,7 @@ use fieldgate_drivers::{
     WriteOutcome,
 };
 use futures_util::FutureExt as _;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -190,7 +190,7 @@ impl Actor {
     ) {
         let (events_tx, mut events) = fieldgate_drivers::event_channel(EVENT_QUEUE);
         let (commands, commands_rx) = fieldgate_drivers::command_channel(COMMAND_QUEUE);
-        let (inbox_tx, mut inbox) = mpsc::channel::<Box<Inbound>>(INBOX);
+        let (inbox_tx, inbox) = flume::bounded::<Box<Inbound>>(INBOX);
         let driver_cancel = cancel.child_token();
         let spec = self.settings.spec.clone();
         let link = DeviceLink {
@@ -246,7 +246,7 @@ impl Actor {
                         break;
                     }
                 },
-                msg = inbox.recv() => if let Some(msg) = msg {
+                msg = inbox.recv_async() => if let Ok(msg) = msg {
                     Box::pin(self.on_inbound(*msg, &commands, &mut queue)).await;
                 },
                 _ = sleep_until_opt(wake_at) => {

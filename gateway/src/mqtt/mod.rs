@@ -86,10 +86,9 @@ pub enum SessionInput {
     },
 }
 
-/// A device's inbox for `$set`/`$get` messages. Messages travel boxed: a
-/// tokio channel allocates its slots 32 at a time whatever its capacity, and
-/// every device has one.
-pub type Inbox = mpsc::Sender<Box<Inbound>>;
+/// A device's inbox for `$set`/`$get` messages: a small flume channel (see
+/// [`fieldgate_drivers::EventSender`]), messages boxed.
+pub type Inbox = flume::Sender<Box<Inbound>>;
 
 /// How a session ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

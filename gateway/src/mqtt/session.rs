@@ -636,8 +636,9 @@ impl Session {
             Some(to) => {
                 if let Err(e) = to.try_send(Box::new(msg)) {
                     let topic = match &e {
-                        mpsc::error::TrySendError::Full(m)
-                        | mpsc::error::TrySendError::Closed(m) => m.topic.clone(),
+                        flume::TrySendError::Full(m) | flume::TrySendError::Disconnected(m) => {
+                            m.topic.clone()
+                        }
                     };
                     tracing::warn!(
                         session = %self.id(),

@@ -432,7 +432,7 @@ fn check_actor(index: usize, payload: &[u8], correlation: Option<Bytes>, expecte
                 correlation: correlation.clone(),
             };
             d.inbox
-                .send(Box::new(msg))
+                .send_async(Box::new(msg))
                 .await
                 .expect("the device takes commands");
         }
