@@ -2,13 +2,14 @@
 //! properties (constant, counter, sine, random). Always compiled in.
 
 use std::f64::consts::PI;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::time::MissedTickBehavior;
 
 use crate::{
     DataType, DeviceCommand, DeviceEvent, DeviceLink, DeviceSpec, DriverError, ErrorKind,
-    PropertyAddress, ReadCause, Readings, Value, WriteOutcome,
+    PropertyAddress, PropertySpec, ReadCause, Readings, Value, WriteOutcome,
 };
 
 /// How a simulated property produces its values (one step per read).
@@ -106,67 +107,42 @@ impl Fan {
     }
 }
 
-/// The live state of one simulated property.
+/// What a simulated property remembers between reads; its generator's
+/// parameters stay in the shared property list.
 #[derive(Debug)]
-enum Slot {
-    Fixed(Value),
-    Counter {
-        next: f64,
-        start: f64,
-        step: f64,
-    },
-    Sine {
-        min: f64,
-        max: f64,
-        period: Duration,
-    },
-    Random {
-        min: f64,
-        max: f64,
-    },
-    FanOn,
-    FanGear,
-    FanSpeed,
+enum Live {
+    /// Generated from the parameters alone (sine, random, constant, fan).
+    Generated,
+    /// A counter's next value.
+    Next(f64),
+    /// A value written over the generator.
+    Written(Box<Value>),
 }
 
 /// A simulated device: its properties' generators plus the fan state.
 struct Simulator {
     started: Instant,
     fan: Fan,
-    slots: Vec<(DataType, Slot)>,
+    properties: Arc<[PropertySpec]>,
+    live: Vec<Live>,
 }
 
 impl Simulator {
     fn new(spec: &DeviceSpec) -> Self {
         let now = Instant::now();
-        let slots = spec
+        let live = spec
             .properties
             .iter()
-            .map(|p| {
-                let slot = match &p.address {
-                    PropertyAddress::Simulated(g) => match g.clone() {
-                        Generator::Constant(v) => Slot::Fixed(v),
-                        Generator::Counter { start, step } => Slot::Counter {
-                            next: start,
-                            start,
-                            step,
-                        },
-                        Generator::Sine { min, max, period } => Slot::Sine { min, max, period },
-                        Generator::Random { min, max } => Slot::Random { min, max },
-                        Generator::FanOn => Slot::FanOn,
-                        Generator::FanGear => Slot::FanGear,
-                        Generator::FanSpeed => Slot::FanSpeed,
-                    },
-                    #[allow(unreachable_patterns)]
-                    _ => Slot::Fixed(Value::Bool(false)),
-                };
-                (p.data_type, slot)
+            .map(|p| match &p.address {
+                PropertyAddress::Simulated(Generator::Counter { start, .. }) => Live::Next(*start),
+                _ => Live::Generated,
             })
             .collect();
         Self {
             started: now,
             fan: Fan::new(now),
-            slots,
+            properties: Arc::clone(&spec.properties),
+            live,
         }
     }
 
@@ -181,13 +157,17 @@ impl Simulator {
     /// The next value of property `index`, `t` seconds after the start; the
     /// fan must already be up to date.
     fn value(&mut self, index: usize, t: f64) -> Result<Value, DriverError> {
-        let Some((data_type, slot)) = self.slots.get_mut(index) else {
+        let (Some(prop), Some(live)) = (self.properties.get(index), self.live.get_mut(index))
+        else {
             return Err(DriverError::new(ErrorKind::NotFound, "no such property"));
         };
-        let data_type = *data_type;
-        match slot {
-            Slot::Fixed(v) => Ok(v.clone()),
-            Slot::Counter { next, start, step } => {
+        let data_type = prop.data_type;
+        let PropertyAddress::Simulated(generator) = &prop.address else {
+            return Ok(Value::Bool(false));
+        };
+        match (live, generator) {
+            (Live::Written(v), _) => Ok((**v).clone()),
+            (Live::Next(next), Generator::Counter { start, step }) => {
                 let current = *next;
                 let mut following = current + *step;
                 if number_of(data_type, following).is_none() {
@@ -196,12 +176,16 @@ impl Simulator {
                 *next = following;
                 number_of(data_type, current).ok_or_else(|| out_of_range(data_type, current))
             }
-            Slot::Sine { min, max, period } => {
+            (_, Generator::Constant(v)) => Ok(v.clone()),
+            (_, Generator::Counter { start, .. }) => {
+                number_of(data_type, *start).ok_or_else(|| out_of_range(data_type, *start))
+            }
+            (_, Generator::Sine { min, max, period }) => {
                 let phase = 2.0 * PI * t / period.as_secs_f64().max(1e-3);
                 let v = *min + (*max - *min) * (1.0 + phase.sin()) / 2.0;
                 number_of(data_type, v).ok_or_else(|| out_of_range(data_type, v))
             }
-            Slot::Random { min, max } => {
+            (_, Generator::Random { min, max }) => {
                 let v = if data_type.is_integer() {
                     rand::random_range(min.ceil() as i64..=max.floor() as i64) as f64
                 } else {
@@ -209,40 +193,43 @@ impl Simulator {
                 };
                 number_of(data_type, v).ok_or_else(|| out_of_range(data_type, v))
             }
-            Slot::FanOn => Ok(Value::Bool(self.fan.on)),
-            Slot::FanGear => Ok(Value::Uint(self.fan.gear)),
-            Slot::FanSpeed => Ok(Value::Int(self.fan.speed)),
+            (_, Generator::FanOn) => Ok(Value::Bool(self.fan.on)),
+            (_, Generator::FanGear) => Ok(Value::Uint(self.fan.gear)),
+            (_, Generator::FanSpeed) => Ok(Value::Int(self.fan.speed)),
         }
     }
 
     fn write(&mut self, index: usize, value: Value, now: Instant) -> Result<(), DriverError> {
-        let Some((data_type, slot)) = self.slots.get_mut(index) else {
+        let (Some(prop), Some(live)) = (self.properties.get(index), self.live.get_mut(index))
+        else {
             return Err(DriverError::new(ErrorKind::NotFound, "no such property"));
         };
-        match (slot, value) {
-            (Slot::FanOn, Value::Bool(on)) => self.fan.set_on(on, now),
-            (Slot::FanGear, Value::Uint(g)) if g <= 2 => self.fan.set_gear(g, now),
-            (Slot::FanGear, v) => {
+        let generator = match &prop.address {
+            PropertyAddress::Simulated(g) => Some(g),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        };
+        match (generator, value) {
+            (Some(Generator::FanOn), Value::Bool(on)) => self.fan.set_on(on, now),
+            (Some(Generator::FanGear), Value::Uint(g)) if g <= 2 => self.fan.set_gear(g, now),
+            (Some(Generator::FanGear), v) => {
                 return Err(DriverError::new(
                     ErrorKind::Rejected,
                     format!("gear must be 0, 1 or 2, got {v:?}"),
                 ))
             }
-            (Slot::FanSpeed, _) => {
+            (Some(Generator::FanSpeed), _) => {
                 return Err(DriverError::new(
                     ErrorKind::Rejected,
                     "rotatingSpeed is read-only",
                 ))
             }
-            (Slot::Counter { next, .. }, v) => {
-                *next = v.as_f64().ok_or_else(|| {
+            (Some(Generator::Counter { .. }), v) => {
+                *live = Live::Next(v.as_f64().ok_or_else(|| {
                     DriverError::new(ErrorKind::Rejected, "counter takes a number")
-                })?
+                })?)
             }
-            (slot, v) => {
-                let _ = data_type;
-                *slot = Slot::Fixed(v);
-            }
+            (_, v) => *live = Live::Written(Box::new(v)),
         }
         Ok(())
     }
@@ -253,7 +240,7 @@ impl Simulator {
         // not once per property.
         self.fan.advance(now);
         let t = now.saturating_duration_since(self.started).as_secs_f64();
-        let values = (0..self.slots.len())
+        let values = (0..self.live.len())
             .map(|i| (i, self.value(i, t)))
             .collect();
         Readings {
@@ -290,44 +277,54 @@ fn number_of(data_type: DataType, v: f64) -> Option<Value> {
     }
 }
 
-/// Runs a simulated device until cancelled.
-pub(crate) async fn run(spec: DeviceSpec, mut link: DeviceLink) {
+/// Runs a simulated device until cancelled. Only what the loop needs goes
+/// into the returned future, not the whole spec (whose connection settings,
+/// of whichever driver is largest, would sit in every simulated device).
+pub(crate) fn run(
+    spec: DeviceSpec,
+    mut link: DeviceLink,
+) -> impl std::future::Future<Output = ()> + Send {
     let mut sim = Simulator::new(&spec);
-    let mut ticker = tokio::time::interval(spec.sync_interval.max(Duration::from_millis(1)));
-    // Polls stay on the grid of syncInterval: a tick handled late (busy
-    // machine, slow consumer) does not push every later poll back, which
-    // with `Delay` lost the lateness from the poll rate for good.
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    if link.events.send(DeviceEvent::Online).await.is_err() {
-        return;
-    }
-    loop {
-        let readings = tokio::select! {
-            _ = link.cancel.cancelled() => return,
-            _ = ticker.tick() => sim.read_all(ReadCause::Poll),
-            cmd = link.commands.recv() => match cmd {
-                None => return,
-                Some(DeviceCommand::ReadNow) => sim.read_all(ReadCause::Forced),
-                Some(DeviceCommand::Write { writes, reply }) => {
-                    let now = Instant::now();
-                    let mut outcome = WriteOutcome::default();
-                    for (n, (index, value)) in writes.into_iter().enumerate() {
-                        match sim.write(index, value, now) {
-                            Ok(()) => outcome.applied += 1,
-                            Err(e) => {
-                                outcome.failed = Some((n, e));
-                                break;
+    let period = spec.sync_interval.max(Duration::from_millis(1));
+    // An async block rather than an async fn: a function's arguments would
+    // be stored twice in its future, as arguments and as locals.
+    async move {
+        let mut ticker = tokio::time::interval(period);
+        // Polls stay on the grid of syncInterval: a tick handled late (busy
+        // machine, slow consumer) does not push every later poll back, which
+        // with `Delay` lost the lateness from the poll rate for good.
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        if link.events.send(DeviceEvent::Online).await.is_err() {
+            return;
+        }
+        loop {
+            let readings = tokio::select! {
+                _ = link.cancel.cancelled() => return,
+                _ = ticker.tick() => sim.read_all(ReadCause::Poll),
+                cmd = link.commands.recv() => match cmd {
+                    None => return,
+                    Some(DeviceCommand::ReadNow) => sim.read_all(ReadCause::Forced),
+                    Some(DeviceCommand::Write { writes, reply }) => {
+                        let now = Instant::now();
+                        let mut outcome = WriteOutcome::default();
+                        for (n, (index, value)) in writes.into_iter().enumerate() {
+                            match sim.write(index, value, now) {
+                                Ok(()) => outcome.applied += 1,
+                                Err(e) => {
+                                    outcome.failed = Some((n, e));
+                                    break;
+                                }
                             }
                         }
+                        let _ = reply.send(outcome);
+                        sim.read_all(ReadCause::Forced)
                     }
-                    let _ = reply.send(outcome);
-                    sim.read_all(ReadCause::Forced)
-                }
-            },
-        };
-        tokio::select! {
-            _ = link.cancel.cancelled() => return,
-            sent = link.events.send(DeviceEvent::Readings(readings)) => if sent.is_err() { return },
+                },
+            };
+            tokio::select! {
+                _ = link.cancel.cancelled() => return,
+                sent = link.events.send(DeviceEvent::Readings(readings)) => if sent.is_err() { return },
+            }
         }
     }
 }

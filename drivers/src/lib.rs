@@ -340,7 +340,7 @@ pub fn run_device(spec: DeviceSpec, link: DeviceLink, buses: &Buses) -> DriverFu
     match spec.connection {
         Connection::Dummy => Box::pin(dummy::run(spec, link)),
         #[cfg(feature = "modbus")]
-        Connection::Modbus(_) => Box::pin(buses.modbus.run_device(spec, link)),
+        Connection::Modbus(_) => buses.modbus.run_device(spec, link),
         #[cfg(feature = "ble")]
         Connection::Ble(_) => Box::pin(buses.ble.run_device(spec, link)),
         #[cfg(feature = "opcua")]

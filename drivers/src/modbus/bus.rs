@@ -18,7 +18,8 @@ use super::transport::{connect, describe, inter_frame_gap};
 use super::{ModbusConnection, RegisterKind, Transport};
 use crate::{
     Backoff, Connection, DataType, DeviceCommand, DeviceEvent, DeviceLink, DeviceSpec, DriverError,
-    ErrorKind, PropertyAddress, ReadCause, Readings, Value, WriteOutcome,
+    DriverFuture, ErrorKind, PropertyAddress, PropertySpec, ReadCause, Readings, Value,
+    WriteOutcome,
 };
 
 /// Queue depth of each bus queue; every device has at most one job queued.
@@ -162,18 +163,21 @@ impl BusRegistry {
         }
     }
 
-    /// Attaches a device to its bus (opening the bus if needed) and serves it
-    /// until cancelled.
-    pub async fn run_device(&self, spec: DeviceSpec, link: DeviceLink) {
+    /// Attaches a device to its bus (opening the bus if needed); the future
+    /// serves it until cancelled. The attachment is made here, so that the
+    /// future holds the device loop alone, not also the spec and
+    /// connection it was built from.
+    pub fn run_device(&self, spec: DeviceSpec, link: DeviceLink) -> DriverFuture<'static> {
         let Connection::Modbus(conn) = &spec.connection else {
-            let err = DriverError::new(ErrorKind::Unsupported, "not a Modbus device");
-            let _ = link.events.send(DeviceEvent::Offline(err)).await;
-            link.cancel.cancelled().await;
-            return;
+            return Box::pin(async move {
+                let err = DriverError::new(ErrorKind::Unsupported, "not a Modbus device");
+                let _ = link.events.send(DeviceEvent::Offline(err)).await;
+                link.cancel.cancelled().await;
+            });
         };
         let conn = conn.clone();
         let attachment = self.attach(&conn.transport);
-        DeviceLoop::new(spec, &conn, attachment).run(link).await;
+        Box::pin(DeviceLoop::new(spec, &conn, attachment).run(link))
     }
 }
 
@@ -591,7 +595,11 @@ fn decode_response(
 
 /// The device side: its schedule, offline state and backoff.
 struct DeviceLoop {
-    spec: DeviceSpec,
+    /// Device name (for logs).
+    name: String,
+    sync_interval: Duration,
+    timeout: Duration,
+    properties: Arc<[PropertySpec]>,
     unit: u8,
     plan: Option<Plan>,
     /// The merged plan, restored every [`REMERGE_EVERY`] cycles after splits.
@@ -618,37 +626,47 @@ impl DeviceLoop {
             offline_reason: None,
             backoff: Backoff::new(initial, UNIT_BACKOFF_MAX.max(initial)),
             paused_until: None,
-            spec,
+            // Not the whole spec: its connection settings are the bus's.
+            name: spec.name,
+            sync_interval: spec.sync_interval,
+            timeout: spec.timeout,
+            properties: spec.properties,
         }
     }
 
-    async fn run(mut self, mut link: DeviceLink) {
-        let mut ticker =
-            tokio::time::interval(self.spec.sync_interval.max(Duration::from_millis(1)));
-        // On the syncInterval grid: with Delay each tick handled late moved
-        // every later poll back, losing polls on a busy machine.
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
-        loop {
-            let keep_going = tokio::select! {
-                biased;
-                _ = link.cancel.cancelled() => false,
-                cmd = link.commands.recv() => match cmd {
-                    None => false,
-                    Some(DeviceCommand::ReadNow) => self.read(&link, ReadCause::Forced).await,
-                    Some(DeviceCommand::Write { writes, reply }) => {
-                        self.write(&link, writes, reply).await
+    /// Polls and writes until cancelled. An async block rather than an
+    /// async fn: a function's arguments would be stored twice in its future
+    /// (as arguments and as locals), and every device holds this future.
+    #[allow(clippy::manual_async_fn)] // deliberately not an async fn: see above
+    fn run(mut self, mut link: DeviceLink) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            let mut ticker =
+                tokio::time::interval(self.sync_interval.max(Duration::from_millis(1)));
+            // On the syncInterval grid: with Delay each tick handled late moved
+            // every later poll back, losing polls on a busy machine.
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+            loop {
+                let keep_going = tokio::select! {
+                    biased;
+                    _ = link.cancel.cancelled() => false,
+                    cmd = link.commands.recv() => match cmd {
+                        None => false,
+                        Some(DeviceCommand::ReadNow) => self.read(&link, ReadCause::Forced).await,
+                        Some(DeviceCommand::Write { writes, reply }) => {
+                            self.write(&link, writes, reply).await
+                        }
+                    },
+                    _ = ticker.tick() => {
+                        if self.paused_until.is_some_and(|until| Instant::now() < until) {
+                            true
+                        } else {
+                            self.read(&link, ReadCause::Poll).await
+                        }
                     }
-                },
-                _ = ticker.tick() => {
-                    if self.paused_until.is_some_and(|until| Instant::now() < until) {
-                        true
-                    } else {
-                        self.read(&link, ReadCause::Poll).await
-                    }
+                };
+                if !keep_going {
+                    return;
                 }
-            };
-            if !keep_going {
-                return;
             }
         }
     }
@@ -658,7 +676,7 @@ impl DeviceLoop {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             unit: self.unit,
-            timeout: self.spec.timeout,
+            timeout: self.timeout,
             work,
             reply,
         };
@@ -707,7 +725,7 @@ impl DeviceLoop {
             self.offline_reason = None;
             if self.online != Some(true) {
                 self.online = Some(true);
-                info!(device = %self.spec.name, "online");
+                info!(device = %self.name, "online");
                 if !self.emit(link, DeviceEvent::Online).await {
                     return false;
                 }
@@ -722,7 +740,7 @@ impl DeviceLoop {
                 || self.offline_reason.as_deref() != Some(err.message.as_str());
             self.online = Some(false);
             if changed {
-                warn!(device = %self.spec.name, error = %err, "offline");
+                warn!(device = %self.name, error = %err, "offline");
                 self.offline_reason = Some(err.message.clone());
                 if !self.emit(link, DeviceEvent::Offline(err)).await {
                     return false;
@@ -746,7 +764,7 @@ impl DeviceLoop {
     ) -> bool {
         let items = writes
             .into_iter()
-            .map(|(index, value)| match self.spec.properties.get(index) {
+            .map(|(index, value)| match self.properties.get(index) {
                 Some(p) => WriteItem {
                     data_type: p.data_type,
                     address: match &p.address {
