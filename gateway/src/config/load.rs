@@ -272,25 +272,51 @@ pub(crate) fn enclosing_path(text: &str, line: usize, column: usize) -> String {
 /// Parses, validates and resolves config text. `file_label` is used in
 /// error lines; `base_dir` resolves relative `passwordFile`s.
 pub fn load_str(text: &str, file_label: &str, base_dir: &Path) -> Result<Resolved, ConfigErrors> {
+    let root = parse_text(text, file_label)?;
+    resolve_tree(root, file_label, base_dir)
+}
+
+/// [`load_str`] for text the caller no longer needs: it is freed as soon as
+/// it is parsed, so a large file's text and resolved devices never coexist.
+pub fn load_string(
+    text: String,
+    file_label: &str,
+    base_dir: &Path,
+) -> Result<Resolved, ConfigErrors> {
+    let root = parse_text(&text, file_label)?;
+    drop(text);
+    resolve_tree(root, file_label, base_dir)
+}
+
+/// The located YAML tree of `text`, or its syntax error.
+fn parse_text(text: &str, file_label: &str) -> Result<Node, ConfigErrors> {
+    tree::parse(text).map_err(|e| {
+        let mut ctx = Ctx::new(file_label);
+        let path = enclosing_path(text, e.line, e.column);
+        ctx.at_pos(
+            e.line,
+            e.column,
+            &path,
+            format!("YAML syntax error: {}", e.message),
+        );
+        ConfigErrors(ctx.errors)
+    })
+}
+
+/// Validates and resolves a parsed config.
+fn resolve_tree(root: Node, file_label: &str, base_dir: &Path) -> Result<Resolved, ConfigErrors> {
     let mut ctx = Ctx::new(file_label);
-    let root = match tree::parse(text) {
-        Ok(n) => n,
-        Err(e) => {
-            let path = enclosing_path(text, e.line, e.column);
-            ctx.at_pos(
-                e.line,
-                e.column,
-                &path,
-                format!("YAML syntax error: {}", e.message),
-            );
-            return Err(ConfigErrors(ctx.errors));
-        }
-    };
+    // The devices are resolved one by one, each device's part of the tree
+    // dropped once resolved: a large file never holds its whole tree and
+    // all its resolved devices at once.
+    let mut root = root;
+    let devices = root.take("devices");
     let resolved = Loader {
         ctx: &mut ctx,
         base_dir,
     }
-    .run(&root);
+    .run(&root, devices);
+    drop(root);
     ctx.errors.sort_by_key(|e| (e.line, e.column));
     ctx.errors.dedup();
     drop_consequential(&mut ctx.errors);
@@ -430,7 +456,7 @@ fn owners(key: &str, table: fn(DriverKind) -> &'static [&'static str]) -> Vec<&'
 }
 
 impl Loader<'_> {
-    fn run(&mut self, root: &Node) -> Option<Resolved> {
+    fn run(&mut self, root: &Node, devices_node: Option<Node>) -> Option<Resolved> {
         let empty = Node::synthetic(Kind::Map(Box::new([])));
         let root = match &root.kind {
             Kind::Null => &empty,
@@ -563,27 +589,26 @@ impl Loader<'_> {
         // Devices, each resolved as soon as it is parsed: the parsed property
         // configs of one device are dropped before the next is read, so a
         // large file never holds them all at once.
-        let no_devices: &[Node] = &[];
-        let device_nodes = match root.get("devices") {
-            None => no_devices,
-            Some(dn) => match &dn.kind {
-                Kind::Null => no_devices,
-                Kind::Seq(items) => items,
+        let device_nodes: Vec<Node> = match devices_node {
+            None => Vec::new(),
+            Some(dn) => match dn.kind {
+                Kind::Null => Vec::new(),
+                Kind::Seq(items) => items.into_vec(),
                 _ => {
                     self.ctx.at(
-                        dn,
+                        &dn,
                         "devices",
                         format!("expected a list of devices, found {}", dn.describe()),
                     );
-                    no_devices
+                    Vec::new()
                 }
             },
         };
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut devices = Vec::with_capacity(device_nodes.len());
         let mut topics: HashMap<String, String> = HashMap::new();
-        for (i, node) in device_nodes.iter().enumerate() {
-            let Some(d) = self.parse_device(i, node) else {
+        for (i, node) in device_nodes.into_iter().enumerate() {
+            let Some(d) = self.parse_device(i, &node) else {
                 continue;
             };
             // Duplicate device names (second occurrence).

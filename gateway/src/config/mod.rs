@@ -110,7 +110,7 @@ pub fn load(path: &Path) -> Result<Resolved, ConfigErrors> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| Path::new("."));
-    load_str(&text, &label, base)
+    load::load_string(text, &label, base)
 }
 
 /// Parses, validates and resolves config `text`; errors name `file_label`;

@@ -107,6 +107,21 @@ impl Node {
         self.entry(&[key]).map(|(_, v)| v)
     }
 
+    /// Moves the value of `key` out, leaving a null node at its position
+    /// (the key stays, for key checks).
+    pub fn take(&mut self, key: &str) -> Option<Node> {
+        let Kind::Map(entries) = &mut self.kind else {
+            return None;
+        };
+        let (_, value) = entries.iter_mut().find(|(k, _)| k.is_text(key))?;
+        let hole = Node {
+            line: value.line,
+            column: value.column,
+            kind: Kind::Null,
+        };
+        Some(std::mem::replace(value, hole))
+    }
+
     /// True when the scalar's text is `want` (no allocation for strings).
     pub fn is_text(&self, want: &str) -> bool {
         match &self.kind {
