@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_modbus::client::{Client as _, Context};
 use tokio_modbus::prelude::SlaveContext as _;
@@ -97,11 +97,13 @@ struct Cycle {
     duration: Duration,
 }
 
-/// The two queues of a bus: writes and forced reads jump the polls.
+/// The two queues of a bus: writes and forced reads jump the polls. flume
+/// channels: a tokio channel allocates 32 job slots up front, two per bus,
+/// and every Modbus TCP device with its own endpoint has its own bus.
 #[derive(Clone)]
 struct Queues {
-    urgent: mpsc::Sender<Job>,
-    poll: mpsc::Sender<Job>,
+    urgent: flume::Sender<Job>,
+    poll: flume::Sender<Job>,
 }
 
 struct Entry {
@@ -146,8 +148,8 @@ impl BusRegistry {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let entry = buses.entry(transport.clone()).or_insert_with(|| {
-            let (urgent, urgent_rx) = mpsc::channel(QUEUE_DEPTH);
-            let (poll, poll_rx) = mpsc::channel(QUEUE_DEPTH);
+            let (urgent, urgent_rx) = flume::bounded(QUEUE_DEPTH);
+            let (poll, poll_rx) = flume::bounded(QUEUE_DEPTH);
             let bus = Bus::new(transport.clone());
             tokio::spawn(bus.run(urgent_rx, poll_rx));
             Entry {
@@ -215,30 +217,41 @@ impl Bus {
         }
     }
 
-    async fn run(mut self, mut urgent: mpsc::Receiver<Job>, mut poll: mpsc::Receiver<Job>) {
-        debug!(bus = %describe(&self.transport), "bus started");
-        loop {
-            let job = tokio::select! {
-                biased;
-                Some(job) = urgent.recv() => job,
-                Some(job) = poll.recv() => job,
-                else => break,
-            };
-            let done = match job.work {
-                Work::Read(mut plan) => {
-                    let cycle = self.read_cycle(job.unit, job.timeout, &mut plan).await;
-                    Done::Read(plan, cycle)
-                }
-                Work::Write(writes) => {
-                    Done::Write(self.write_all(job.unit, job.timeout, writes).await)
-                }
-            };
-            let _ = job.reply.send(done);
+    /// Serves jobs until both queues close. An async block rather than an
+    /// async fn, which would store `self` twice (argument and local).
+    #[allow(clippy::manual_async_fn)] // deliberately not an async fn: see above
+    fn run(
+        mut self,
+        urgent: flume::Receiver<Job>,
+        poll: flume::Receiver<Job>,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            debug!(bus = %describe(&self.transport), "bus started");
+            loop {
+                let job = tokio::select! {
+                    biased;
+                    Ok(job) = urgent.recv_async() => job,
+                    Ok(job) = poll.recv_async() => job,
+                    else => break,
+                };
+                let done = match job.work {
+                    Work::Read(mut plan) => {
+                        let cycle = self.read_cycle(job.unit, job.timeout, &mut plan).await;
+                        Done::Read(plan, cycle)
+                    }
+                    Work::Write(writes) => {
+                        // Boxed: writes are rare, and inline their future
+                        // would size every bus task.
+                        Done::Write(Box::pin(self.write_all(job.unit, job.timeout, writes)).await)
+                    }
+                };
+                let _ = job.reply.send(done);
+            }
+            if let Some(mut ctx) = self.conn.take() {
+                let _ = ctx.disconnect().await;
+            }
+            debug!(bus = %describe(&self.transport), "bus closed");
         }
-        if let Some(mut ctx) = self.conn.take() {
-            let _ = ctx.disconnect().await;
-        }
-        debug!(bus = %describe(&self.transport), "bus closed");
     }
 
     /// The open connection, opening it if its reconnect delay has passed.
@@ -687,7 +700,7 @@ impl DeviceLoop {
         };
         tokio::select! {
             _ = link.cancel.cancelled() => return None,
-            sent = queue.send(job) => sent.ok()?,
+            sent = queue.send_async(job) => sent.ok()?,
         }
         tokio::select! {
             _ = link.cancel.cancelled() => None,
