@@ -66,7 +66,7 @@ struct WriteItem {
 /// What a device asks its bus to do.
 enum Work {
     /// Run one read cycle of the plan.
-    Read(Plan),
+    Read(Arc<Plan>),
     /// Apply writes in order, stopping at the first failure.
     Write(Vec<WriteItem>),
 }
@@ -74,7 +74,7 @@ enum Work {
 /// What the bus answers.
 enum Done {
     /// The plan (with any splits) and the cycle's results.
-    Read(Plan, Cycle),
+    Read(Arc<Plan>, Cycle),
     /// The write outcome.
     Write(WriteOutcome),
 }
@@ -373,7 +373,7 @@ impl Bus {
         }
     }
 
-    async fn read_cycle(&mut self, unit: u8, timeout: Duration, plan: &mut Plan) -> Cycle {
+    async fn read_cycle(&mut self, unit: u8, timeout: Duration, plan: &mut Arc<Plan>) -> Cycle {
         let started = Instant::now();
         let mut values = Vec::new();
         let mut answered = false;
@@ -417,7 +417,10 @@ impl Bus {
                         }
                         _ => answered = true,
                     }
-                    if plan.split_at(i) {
+                    // Copied on the first split only: an unsplit plan is
+                    // shared with the device's merged plan.
+                    let splittable = plan.requests.get(i).and_then(ReadRequest::split).is_some();
+                    if splittable && Arc::make_mut(plan).split_at(i) {
                         debug!(unit, error = %e, "splitting refused read request");
                         continue;
                     }
@@ -614,9 +617,10 @@ struct DeviceLoop {
     timeout: Duration,
     properties: Arc<[PropertySpec]>,
     unit: u8,
-    plan: Option<Plan>,
-    /// The merged plan, restored every [`REMERGE_EVERY`] cycles after splits.
-    merged: Plan,
+    plan: Option<Arc<Plan>>,
+    /// The merged plan, restored every [`REMERGE_EVERY`] cycles after splits
+    /// (the same allocation as `plan` until a split).
+    merged: Arc<Plan>,
     cycles: u32,
     attachment: Attachment,
     online: Option<bool>,
@@ -627,11 +631,15 @@ struct DeviceLoop {
 
 impl DeviceLoop {
     fn new(spec: DeviceSpec, conn: &ModbusConnection, attachment: Attachment) -> Self {
-        let plan = Plan::for_device(&spec, conn.max_registers_per_read, conn.max_gap);
+        let plan = Arc::new(Plan::for_device(
+            &spec,
+            conn.max_registers_per_read,
+            conn.max_gap,
+        ));
         let initial = spec.sync_interval.max(Duration::from_millis(100));
         Self {
             unit: conn.unit_id,
-            merged: plan.clone(),
+            merged: Arc::clone(&plan),
             plan: Some(plan),
             cycles: 0,
             attachment,
@@ -721,9 +729,9 @@ impl DeviceLoop {
             return false;
         };
         self.cycles = self.cycles.wrapping_add(1);
-        if self.cycles.is_multiple_of(REMERGE_EVERY) && plan != self.merged {
+        if self.cycles.is_multiple_of(REMERGE_EVERY) && !Arc::ptr_eq(&plan, &self.merged) {
             // Refusals may have been temporary: try the merged reads again.
-            plan = self.merged.clone();
+            plan = Arc::clone(&self.merged);
         }
         let Some(Done::Read(plan, cycle)) = self
             .submit(link, Work::Read(plan), cause == ReadCause::Forced)
