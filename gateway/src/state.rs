@@ -307,6 +307,7 @@ impl DeviceState {
         let mut prefix = b"{\"name\":".to_vec();
         push_json(&mut prefix, settings.name.as_str());
         prefix.extend_from_slice(b",\"timestamp\":\"");
+        prefix.shrink_to_fit();
         let n = settings.properties.len();
         Self {
             prefix,
@@ -512,5 +513,8 @@ pub fn meta_payload(settings: &DeviceSettings) -> Vec<u8> {
     meta.insert("properties".into(), J::Object(props));
     let mut buf = Vec::with_capacity(256);
     push_json(&mut buf, &meta);
+    // Kept for the device's lifetime as its retained `$meta`: without the
+    // growth slack, which is up to half of the buffer.
+    buf.shrink_to_fit();
     buf
 }
