@@ -43,6 +43,11 @@ pub struct Meta {
 /// Ids start high so a predecessor's messages can be prepended below them.
 const FIRST_ID: u64 = 1 << 40;
 
+/// Slots the queue keeps whatever it held before; above this, a queue that
+/// drained to a quarter of its allocation gives half of it back, so a burst
+/// (start-up, an outage) does not keep its memory for the months after.
+const KEEP_SLOTS: usize = 256;
+
 /// A bounded, ordered store of outgoing messages.
 ///
 /// Ids are consecutive: the entry with id `front_id + i` is at index `i`.
@@ -213,6 +218,10 @@ impl Outbox {
             if self.cursor < self.front_id {
                 self.cursor = self.front_id;
             }
+            let allocated = self.entries.capacity();
+            if allocated > KEEP_SLOTS && self.entries.len() <= allocated / 4 {
+                self.entries.shrink_to(allocated / 2);
+            }
         }
     }
 
@@ -351,6 +360,26 @@ mod tests {
         o.on_acked(7);
         assert!(o.is_empty());
         assert_eq!(o.bytes(), 0);
+    }
+
+    #[test]
+    fn a_drained_burst_gives_its_memory_back() {
+        let mut o = Outbox::new(10_000);
+        for n in 0..5_000 {
+            o.push(msg(n, 0));
+        }
+        let burst = o.entries.capacity();
+        assert!(burst >= 5_000);
+        for _ in 0..5_000 {
+            hand(&mut o);
+            o.on_written(0);
+        }
+        assert!(o.is_empty());
+        assert!(
+            o.entries.capacity() <= KEEP_SLOTS * 2,
+            "{} slots kept after a burst of {burst}",
+            o.entries.capacity()
+        );
     }
 
     #[test]

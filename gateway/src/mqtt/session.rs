@@ -669,6 +669,11 @@ impl Session {
                     break;
                 }
                 self.priority.pop_front();
+                if self.priority.is_empty() {
+                    // A reconnect's replay of every retained topic is done:
+                    // do not keep its queue's memory until the next one.
+                    self.priority.shrink_to_fit();
+                }
                 self.outbox.note_transient();
                 continue;
             }
