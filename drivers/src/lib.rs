@@ -279,21 +279,25 @@ impl CommandSender {
 }
 
 /// Where a driver receives its device's commands. Commands travel boxed, for
-/// the same reason as events.
+/// the same reason as events. A stream rather than a receiver: a driver
+/// waits for commands in every round of its loop, and the stream keeps its
+/// registration between rounds instead of making a new one each time.
 #[derive(Debug)]
-pub struct CommandReceiver(flume::Receiver<Box<DeviceCommand>>);
+pub struct CommandReceiver(flume::r#async::RecvStream<'static, Box<DeviceCommand>>);
 
 impl CommandReceiver {
     /// The next command; `None` once the gateway's sender is gone.
     pub async fn recv(&mut self) -> Option<DeviceCommand> {
-        self.0.recv_async().await.ok().map(|command| *command)
+        futures_util::StreamExt::next(&mut self.0)
+            .await
+            .map(|command| *command)
     }
 }
 
 /// A device's command channel holding up to `capacity` commands.
 pub fn command_channel(capacity: usize) -> (CommandSender, CommandReceiver) {
     let (tx, rx) = flume::bounded(capacity);
-    (CommandSender(tx), CommandReceiver(rx))
+    (CommandSender(tx), CommandReceiver(rx.into_stream()))
 }
 
 /// The channels and lifetime of one running device.

@@ -191,6 +191,9 @@ impl Actor {
         let (events_tx, mut events) = fieldgate_drivers::event_channel(EVENT_QUEUE);
         let (commands, commands_rx) = fieldgate_drivers::command_channel(COMMAND_QUEUE);
         let (inbox_tx, inbox) = flume::bounded::<Box<Inbound>>(INBOX);
+        // A stream: it stays registered between rounds of the loop below
+        // instead of registering anew in each.
+        let mut inbox = inbox.into_stream();
         let driver_cancel = cancel.child_token();
         let spec = self.settings.spec.clone();
         let link = DeviceLink {
@@ -246,7 +249,7 @@ impl Actor {
                         break;
                     }
                 },
-                msg = inbox.recv_async() => if let Ok(msg) = msg {
+                msg = futures_util::StreamExt::next(&mut inbox) => if let Some(msg) = msg {
                     Box::pin(self.on_inbound(*msg, &commands, &mut queue)).await;
                 },
                 _ = sleep_until_opt(wake_at) => {

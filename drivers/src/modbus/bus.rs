@@ -226,12 +226,16 @@ impl Bus {
         poll: flume::Receiver<Job>,
     ) -> impl std::future::Future<Output = ()> + Send {
         async move {
+            // Streams: each stays registered between jobs instead of
+            // registering anew for every job.
+            let mut urgent = urgent.into_stream();
+            let mut poll = poll.into_stream();
             debug!(bus = %describe(&self.transport), "bus started");
             loop {
                 let job = tokio::select! {
                     biased;
-                    Ok(job) = urgent.recv_async() => job,
-                    Ok(job) = poll.recv_async() => job,
+                    Some(job) = futures_util::StreamExt::next(&mut urgent) => job,
+                    Some(job) = futures_util::StreamExt::next(&mut poll) => job,
                     else => break,
                 };
                 let done = match job.work {
