@@ -237,6 +237,25 @@ fn histogram(labels: Vec<proto::LabelPair>, s: &DeviceSeries) -> proto::Metric {
     m
 }
 
+/// Pushes one counter of `device` per `label` value that has counted, like
+/// a lazily created labelled series that appears with its first count.
+fn push_counted<'a>(
+    family: &mut MetricFamily,
+    device: &str,
+    label_name: &str,
+    counts: impl Iterator<Item = (&'a str, &'a AtomicU64)>,
+) {
+    for (value, n) in counts {
+        let n = n.load(Ordering::Relaxed);
+        if n > 0 {
+            family.mut_metric().push(counter(
+                vec![label("device", device), label(label_name, value)],
+                n,
+            ));
+        }
+    }
+}
+
 impl Collector for DeviceMetrics {
     fn desc(&self) -> Vec<&Desc> {
         self.inner.descs.iter().collect()
@@ -276,24 +295,25 @@ impl Collector for DeviceMetrics {
             families[1]
                 .mut_metric()
                 .push(counter(vec![device()], s.reads.load(Ordering::Relaxed)));
-            // Like a lazily created labelled series: shown once it counted.
-            for (kind, n) in ErrorKind::ALL.iter().zip(&s.read_errors) {
-                let n = n.load(Ordering::Relaxed);
-                if n > 0 {
-                    families[2]
-                        .mut_metric()
-                        .push(counter(vec![device(), label("kind", kind.as_str())], n));
-                }
-            }
+            push_counted(
+                &mut families[2],
+                name,
+                "kind",
+                ErrorKind::ALL
+                    .iter()
+                    .map(|k| k.as_str())
+                    .zip(&s.read_errors),
+            );
             families[3].mut_metric().push(histogram(vec![device()], s));
-            for (result, n) in SetResult::ALL.iter().zip(&s.set_commands) {
-                let n = n.load(Ordering::Relaxed);
-                if n > 0 {
-                    families[4]
-                        .mut_metric()
-                        .push(counter(vec![device(), label("result", result.as_str())], n));
-                }
-            }
+            push_counted(
+                &mut families[4],
+                name,
+                "result",
+                SetResult::ALL
+                    .iter()
+                    .map(|r| r.as_str())
+                    .zip(&s.set_commands),
+            );
         }
         families
     }
