@@ -383,8 +383,10 @@ impl Bus {
         let mut answered = false;
         let mut failure: Option<DriverError> = None;
         let mut i = 0;
-        while let Some(request) = plan.requests.get(i).cloned() {
-            let request = &request;
+        // The requests are read from a handle on the plan (no copy of a
+        // request per cycle); it is renewed when a split changes the plan.
+        let mut current = Arc::clone(plan);
+        while let Some(request) = current.requests.get(i) {
             if let Some(err) = &failure {
                 // A unit that timed out (or a lost bus) costs one timeout per
                 // cycle, not one per request.
@@ -421,11 +423,9 @@ impl Bus {
                         }
                         _ => answered = true,
                     }
-                    // Copied on the first split only: an unsplit plan is
-                    // shared with the device's merged plan.
-                    let splittable = plan.requests.get(i).and_then(ReadRequest::split).is_some();
-                    if splittable && Arc::make_mut(plan).split_at(i) {
+                    if Plan::split_at(plan, i) {
                         debug!(unit, error = %e, "splitting refused read request");
+                        current = Arc::clone(plan);
                         continue;
                     }
                     fail_items(&mut values, request, &e);

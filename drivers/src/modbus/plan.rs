@@ -1,6 +1,8 @@
 //! The read planner: merges neighbouring properties into as few requests as
 //! the device's limits allow, and splits requests that the device refuses.
 
+use std::sync::Arc;
+
 use super::codec::width;
 use super::{RegisterAddress, RegisterKind};
 use crate::{DataType, DeviceSpec, PropertyAddress};
@@ -170,12 +172,13 @@ impl Plan {
     }
 
     /// Replaces request `at` by its two halves after the device refused it;
-    /// returns false when it already serves a single property.
-    pub fn split_at(&mut self, at: usize) -> bool {
-        let Some((left, right)) = self.requests.get(at).and_then(ReadRequest::split) else {
+    /// returns false when it already serves a single property. A plan
+    /// shared with its merged copy is copied only when it does split.
+    pub fn split_at(plan: &mut Arc<Plan>, at: usize) -> bool {
+        let Some((left, right)) = plan.requests.get(at).and_then(ReadRequest::split) else {
             return false;
         };
-        self.requests.splice(at..=at, [left, right]);
+        Arc::make_mut(plan).requests.splice(at..=at, [left, right]);
         true
     }
 
@@ -326,19 +329,19 @@ mod tests {
 
     #[test]
     fn splitting_after_an_exception_reaches_single_properties() {
-        let mut p = Plan::new(
+        let mut p = Arc::new(Plan::new(
             (0..5).map(|i| item(i, Holding, i as u16, Uint16)).collect(),
             125,
             10,
-        );
-        assert!(p.split_at(0));
+        ));
+        assert!(Plan::split_at(&mut p, 0));
         assert_eq!(spans(&p), vec![(Holding, 0, 2), (Holding, 2, 3)]);
-        assert!(p.split_at(1));
+        assert!(Plan::split_at(&mut p, 1));
         assert_eq!(
             spans(&p),
             vec![(Holding, 0, 2), (Holding, 2, 1), (Holding, 3, 2)]
         );
-        assert!(!p.split_at(1));
-        assert!(!p.split_at(9));
+        assert!(!Plan::split_at(&mut p, 1));
+        assert!(!Plan::split_at(&mut p, 9));
     }
 }
