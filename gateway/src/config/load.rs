@@ -1705,13 +1705,14 @@ impl Loader<'_> {
                         ("gear", DataType::Uint8, true, Generator::FanGear),
                         ("rotatingSpeed", DataType::Int32, false, Generator::FanSpeed),
                     ] {
+                        let name_shared: Arc<str> = name.into();
                         specs.push(PropertySpec {
-                            name: name.into(),
+                            name: Arc::clone(&name_shared),
                             data_type: t,
                             writable: w,
                             address: PropertyAddress::Simulated(g),
                         });
-                        let s = PropertySemantics::new(name, t, w);
+                        let s = PropertySemantics::new(name_shared, t, w);
                         sems.push(if name == "gear" {
                             s.with(|d| {
                                 d.enum_entries = ["slow", "middle", "fast"]
@@ -1730,13 +1731,14 @@ impl Loader<'_> {
                 } else {
                     for (p, pn, _) in &d.props {
                         let g = generator(p, pn)?;
+                        let name: Arc<str> = p.name.as_str().into();
                         specs.push(PropertySpec {
-                            name: p.name.as_str().into(),
+                            name: Arc::clone(&name),
                             data_type: p.data_type,
                             writable: p.writable,
                             address: PropertyAddress::Simulated(g),
                         });
-                        sems.push(semantics(p, pn)?);
+                        sems.push(semantics(p, pn, name)?);
                     }
                 }
                 Connection::Dummy
@@ -1779,8 +1781,9 @@ impl Loader<'_> {
                         RegisterName::Input => mb::RegisterKind::Input,
                         RegisterName::Holding => mb::RegisterKind::Holding,
                     };
+                    let name: Arc<str> = p.name.as_str().into();
                     specs.push(PropertySpec {
-                        name: p.name.as_str().into(),
+                        name: Arc::clone(&name),
                         data_type: p.data_type,
                         writable: p.writable,
                         address: PropertyAddress::Modbus(mb::RegisterAddress {
@@ -1795,7 +1798,7 @@ impl Loader<'_> {
                             },
                         }),
                     });
-                    sems.push(semantics(p, pn)?);
+                    sems.push(semantics(p, pn, name)?);
                 }
                 Connection::Modbus(mb::ModbusConnection {
                     transport,
@@ -1819,8 +1822,9 @@ impl Loader<'_> {
                     .unwrap_or(b::Endian::Little);
                 for (p, pn, _) in &d.props {
                     let access = ble_access(p);
+                    let name: Arc<str> = p.name.as_str().into();
                     specs.push(PropertySpec {
-                        name: p.name.as_str().into(),
+                        name: Arc::clone(&name),
                         data_type: p.data_type,
                         writable: access.writable(),
                         address: PropertyAddress::Ble(b::CharacteristicAddress {
@@ -1834,7 +1838,7 @@ impl Loader<'_> {
                             byte_offset: usize::from(p.byte_offset.unwrap_or(0)),
                         }),
                     });
-                    let mut sem = semantics(p, pn)?;
+                    let mut sem = semantics(p, pn, name)?;
                     sem.writable = access.writable();
                     sems.push(sem);
                 }
@@ -1851,15 +1855,16 @@ impl Loader<'_> {
             DriverKind::Opcua => {
                 let proto = d.config.protocol.clone().unwrap_or_default();
                 for (p, pn, _) in &d.props {
+                    let name: Arc<str> = p.name.as_str().into();
                     specs.push(PropertySpec {
-                        name: p.name.as_str().into(),
+                        name: Arc::clone(&name),
                         data_type: p.data_type,
                         writable: p.writable,
                         address: PropertyAddress::OpcUa(fieldgate_drivers::opcua::NodeAddress {
                             node_id: p.node_id.clone()?,
                         }),
                     });
-                    sems.push(semantics(p, pn)?);
+                    sems.push(semantics(p, pn, name)?);
                 }
                 Connection::OpcUa(opcua_connection(self.base_dir, &proto, state_directory)?)
             }
@@ -1869,10 +1874,6 @@ impl Loader<'_> {
         };
         specs.shrink_to_fit();
         sems.shrink_to_fit();
-        // One allocation per property name, shared by driver and gateway.
-        for (sem, spec) in sems.iter_mut().zip(&specs) {
-            sem.name = spec.name.clone();
-        }
         Some((
             DeviceSpec {
                 name: d.config.name.clone(),
@@ -2686,7 +2687,9 @@ fn enum_raw(t: DataType, k: &Node) -> Result<Value, String> {
     }
 }
 
-fn semantics(p: &PropertyConfig, pn: &Node) -> Option<PropertySemantics> {
+/// The gateway's view of property `p`, named by the `name` its driver spec
+/// holds (one allocation per name, shared by driver and gateway).
+fn semantics(p: &PropertyConfig, pn: &Node, name: Arc<str>) -> Option<PropertySemantics> {
     let mut entries = Vec::new();
     if let Some(en) = pn.get("enum").and_then(|e| e.entries()) {
         entries.reserve_exact(en.len());
@@ -2698,7 +2701,7 @@ fn semantics(p: &PropertyConfig, pn: &Node) -> Option<PropertySemantics> {
         }
     }
     Some(
-        PropertySemantics::new(p.name.as_str(), p.data_type, p.writable).with(|d| {
+        PropertySemantics::new(name, p.data_type, p.writable).with(|d| {
             d.scale = p.scale;
             d.offset = p.offset;
             d.min = p.min;
