@@ -1,17 +1,28 @@
 //! Keeping the daemon's resident memory at its steady-state size: a large
-//! config load allocates many short-lived objects, and live data scattered
-//! among them would pin their pages. Loading runs on a scratch thread (glibc
-//! gives it its own malloc arena), the result is copied compactly into the
-//! caller's arena, and the freed memory is handed back to the OS.
+//! config load allocates many short-lived objects, and what it frees goes
+//! back to the OS at once. The daemon allocates with jemalloc (the
+//! `jemalloc` feature, on by default: one arena, freed pages returned after
+//! about a second), which keeps long-lived objects packed by size class;
+//! with glibc's malloc instead, the load runs on a scratch thread and its
+//! result is copied compactly, so that live data does not pin the pages of
+//! the load's garbage.
 
-/// Runs `load` on a scratch thread, deep-copies its result on the calling
-/// thread, drops the original and returns free memory to the OS. Falls back
-/// to running `load` in place if a thread cannot be started.
+/// Runs `load` and returns the memory it freed to the OS. With jemalloc
+/// (the `jemalloc` feature) that is all: its size classes keep the result
+/// apart from the load's garbage. With glibc's malloc, `load` runs on a
+/// scratch thread, its result is deep-copied on the calling thread and the
+/// original dropped, so that live data does not pin the garbage's pages;
+/// falls back to running `load` in place if a thread cannot be started.
 pub fn load_compact<T, F>(load: F) -> T
 where
     T: Clone + Send,
     F: FnOnce() -> T + Send,
 {
+    if cfg!(feature = "jemalloc") {
+        let result = load();
+        release_free_memory();
+        return result;
+    }
     let mut load = Some(load);
     let scratch = std::thread::scope(|s| {
         let job = load.take();
@@ -58,9 +69,24 @@ pub fn use_one_arena() {
     }
 }
 
-/// Asks the allocator to give free memory back to the OS. A no-op where the
-/// C library has no `malloc_trim` (non-glibc targets).
+/// Asks the allocators to give free memory back to the OS now: jemalloc's
+/// (the daemon's, with the `jemalloc` feature) and the C library's (used by
+/// C dependencies, and by everything without the feature). The C library's
+/// part is a no-op off glibc.
 pub fn release_free_memory() {
+    #[cfg(feature = "jemalloc")]
+    // SAFETY: "arena.<MALLCTL_ARENAS_ALL>.purge" is a void control (no old
+    // or new value, both pointers null) that purges every arena's unused
+    // dirty pages; it is safe to call at any time from any thread.
+    unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"arena.4096.purge".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        );
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists; it has
     // no preconditions and is safe to call at any time from any thread.
