@@ -18,9 +18,16 @@ use crate::EXIT_CONFIG;
 /// A clean stop must finish within this (the contract allows 5 s).
 const STOP_DEADLINE: Duration = Duration::from_millis(4500);
 
+/// After a config is applied, memory is settled once more this much later:
+/// by then sessions have connected and devices have run their first cycles,
+/// code that only they needed (connecting, announcing) is done.
+const SETTLE_AGAIN_AFTER: Duration = Duration::from_secs(15);
+
 /// Runs the daemon with the config at `path`; returns the process exit code.
 pub fn run(path: &Path) -> i32 {
     crate::heap::use_one_arena();
+    // What ran so far (the loader, the command line) is done with.
+    crate::code_pages::release();
     let resolved = match crate::heap::load_compact(|| config::load(path)) {
         Ok(r) => r,
         Err(errors) => {
@@ -117,6 +124,8 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
         ..resolved.clone()
     };
     supervisor.apply(&empty, &resolved).await;
+    settle_memory();
+    let mut settle_again = Some(tokio::time::Instant::now() + SETTLE_AGAIN_AFTER);
     let mut current = resolved;
 
     // systemd: ready once the config is loaded and every task started; the
@@ -143,6 +152,10 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
             Some(probe) = probes.recv() => { let _ = probe.send(()); }
+            _ = crate::deadline::sleep_until_opt(settle_again) => {
+                settle_again = None;
+                settle_memory();
+            }
             changed = watched(&mut watcher) => {
                 if changed.is_none() {
                     tracing::warn!("config watcher stopped; reload with SIGHUP");
@@ -162,6 +175,8 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
                     let summary = supervisor.apply(&current, &next).await;
                     log_summary(&summary);
                     current = next;
+                    settle_memory();
+                    settle_again = Some(tokio::time::Instant::now() + SETTLE_AGAIN_AFTER);
                 }
             }
             _ = sighup.recv() => {
@@ -174,6 +189,8 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
                     let summary = supervisor.apply(&current, &next).await;
                     log_summary(&summary);
                     current = next;
+                    settle_memory();
+                    settle_again = Some(tokio::time::Instant::now() + SETTLE_AGAIN_AFTER);
                 }
             }
         }
@@ -194,6 +211,15 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Once a config is applied, gives back what loading and applying it left
+/// behind: the allocator's free pages and the mappings of code that ran for
+/// it (see [`crate::code_pages`]).
+fn settle_memory() {
+    crate::heap::release_free_memory();
+    let bytes = crate::code_pages::release();
+    tracing::debug!(bytes, "released the mappings of start-up code");
 }
 
 /// Applies the gateway-wide settings that can change live (the log level)
