@@ -18,7 +18,7 @@ use fieldgate_drivers::{
     WriteOutcome,
 };
 use futures_util::FutureExt as _;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::command::{self, SetRequest};
 use crate::config::resolved::DeviceSettings;
 use crate::config::types::PayloadEncode;
-use crate::mqtt::{Inbound, Inbox, OutMsg, SessionHandle, SessionInput};
+use crate::mqtt::{Inbound, Inbox, OutMsg, PayloadBuilder, SessionHandle, SessionInput};
 use crate::state::{self, DeviceState};
 use crate::telemetry::{DeviceSeries, Metrics, SetResult};
 
@@ -43,13 +43,26 @@ const WRITE_DEADLINE_FLOOR: Duration = Duration::from_secs(5);
 /// How long a stopping driver gets to finish.
 const DRIVER_STOP_GRACE: Duration = Duration::from_secs(1);
 
+/// Requests to a running device task.
+enum Control {
+    /// Publish through another MQTT session from now on.
+    MoveTo(SessionHandle),
+    /// Stop; with `clear`, also clear the retained topics and routes.
+    Stop {
+        /// Clear the retained topics (the device is gone or renamed).
+        clear: bool,
+    },
+}
+
+/// Control requests that may wait for a device task: moves are rare (a
+/// reload), a stop is the last.
+const CONTROL_QUEUE: usize = 4;
+
 /// A device task and how to stop it.
 pub struct RunningDevice {
     /// The settings it runs with.
     pub settings: Arc<DeviceSettings>,
-    session: watch::Sender<SessionHandle>,
-    cancel: CancellationToken,
-    clear_retained: Arc<std::sync::atomic::AtomicBool>,
+    control: flume::Sender<Control>,
     task: JoinHandle<()>,
 }
 
@@ -64,16 +77,22 @@ impl RunningDevice {
     /// Moves the device to another MQTT session without restarting its
     /// driver: it re-subscribes its command topics and re-publishes its
     /// retained topics there.
-    pub fn move_to(&self, session: SessionHandle) {
-        self.session.send_replace(session);
+    pub async fn move_to(&self, session: SessionHandle) {
+        if self
+            .control
+            .send_async(Control::MoveTo(session))
+            .await
+            .is_err()
+        {
+            tracing::warn!(device = %self.settings.name, "device task has ended; not moved");
+        }
     }
 
     /// Stops the device: `offline` on `T/$state`; with `clear` also clears
     /// its retained `T`, `T/$meta` and `T/$state` and its subscriptions.
     pub async fn stop(self, clear: bool) {
-        self.clear_retained
-            .store(clear, std::sync::atomic::Ordering::SeqCst);
-        self.cancel.cancel();
+        // A task that has already ended has nothing left to stop.
+        let _ = self.control.send_async(Control::Stop { clear }).await;
         if let Err(e) = self.task.await {
             tracing::error!(device = %self.settings.name, "device task failed: {e}");
         }
@@ -83,8 +102,8 @@ impl RunningDevice {
 /// Topics of one device, built once.
 struct Topics {
     state: Arc<str>,
-    set: String,
-    get: String,
+    set: Arc<str>,
+    get: Arc<str>,
     result: Arc<str>,
     status: Arc<str>,
     meta: Arc<str>,
@@ -94,8 +113,8 @@ impl Topics {
     fn new(t: &str) -> Self {
         Self {
             state: t.into(),
-            set: format!("{t}/$set"),
-            get: format!("{t}/$get"),
+            set: format!("{t}/$set").into(),
+            get: format!("{t}/$get").into(),
             result: format!("{t}/$set/result").into(),
             status: format!("{t}/$state").into(),
             meta: format!("{t}/$meta").into(),
@@ -116,18 +135,16 @@ pub fn spawn(
     buses: Buses,
     metrics: Metrics,
 ) -> RunningDevice {
-    let cancel = CancellationToken::new();
-    let clear_retained = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (session_tx, session_rx) = watch::channel(session);
+    // One channel for moves and the stop: smaller than a watch channel, a
+    // cancellation token and a flag per device.
+    let (control, control_rx) = flume::bounded(CONTROL_QUEUE);
     // Boxed: as a value the actor would be stored twice in the task's future
     // (argument and local).
-    let actor = Box::new(Actor::new(settings.clone(), session_rx, metrics));
-    let task = tokio::spawn(actor.run(buses, cancel.clone(), clear_retained.clone()));
+    let actor = Box::new(Actor::new(settings.clone(), session, metrics));
+    let task = tokio::spawn(actor.run(buses, control_rx));
     RunningDevice {
         settings,
-        session: session_tx,
-        cancel,
-        clear_retained,
+        control,
         task,
     }
 }
@@ -148,7 +165,6 @@ struct InFlight {
 struct Actor {
     settings: Arc<DeviceSettings>,
     topics: Topics,
-    session_rx: watch::Receiver<SessionHandle>,
     session: SessionHandle,
     state: DeviceState,
     m: DeviceMetrics,
@@ -156,12 +172,7 @@ struct Actor {
 }
 
 impl Actor {
-    fn new(
-        settings: Arc<DeviceSettings>,
-        mut session_rx: watch::Receiver<SessionHandle>,
-        metrics: Metrics,
-    ) -> Self {
-        let session = session_rx.borrow_and_update().clone();
+    fn new(settings: Arc<DeviceSettings>, session: SessionHandle, metrics: Metrics) -> Self {
         let m = DeviceMetrics {
             series: metrics.devices.series(&settings.name),
             metrics,
@@ -171,7 +182,6 @@ impl Actor {
             topics: Topics::new(&settings.message.topic),
             state: DeviceState::new(&settings),
             settings,
-            session_rx,
             session,
             m,
             online: None,
@@ -182,19 +192,16 @@ impl Actor {
         &self.settings.name
     }
 
-    async fn run(
-        mut self: Box<Self>,
-        buses: Buses,
-        cancel: CancellationToken,
-        clear_retained: Arc<std::sync::atomic::AtomicBool>,
-    ) {
+    async fn run(mut self: Box<Self>, buses: Buses, control: flume::Receiver<Control>) {
         let (events_tx, mut events) = fieldgate_drivers::event_channel(EVENT_QUEUE);
         let (commands, commands_rx) = fieldgate_drivers::command_channel(COMMAND_QUEUE);
         let (inbox_tx, inbox) = flume::bounded::<Box<Inbound>>(INBOX);
         // A stream: it stays registered between rounds of the loop below
         // instead of registering anew in each.
         let mut inbox = inbox.into_stream();
-        let driver_cancel = cancel.child_token();
+        let mut control = control.into_stream();
+        let mut clear_retained = false;
+        let driver_cancel = CancellationToken::new();
         let spec = self.settings.spec.clone();
         let link = DeviceLink {
             events: events_tx,
@@ -208,7 +215,12 @@ impl Actor {
                 .catch_unwind();
         let mut driver_running = true;
 
-        let meta = Bytes::from(state::meta_payload(&self.settings));
+        // `$meta` is built when published, not kept: ~50 bytes per property
+        // for the device's whole life otherwise.
+        let meta = {
+            let settings = self.settings.clone();
+            PayloadBuilder::new(move || Bytes::from(state::meta_payload(&settings)))
+        };
         Box::pin(self.announce(&meta, &inbox_tx)).await;
 
         let mut queue: VecDeque<PendingSet> = VecDeque::new();
@@ -227,7 +239,19 @@ impl Actor {
             // precedes the state it caused.
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => break,
+                request = futures_util::StreamExt::next(&mut control) => match request {
+                    Some(Control::MoveTo(session)) => {
+                        self.session = session;
+                        tracing::info!(device = %self.name(), session = %self.session.client_id, "moved to another MQTT session");
+                        Box::pin(self.announce(&meta, &inbox_tx)).await;
+                    }
+                    Some(Control::Stop { clear }) => {
+                        clear_retained = clear;
+                        break;
+                    }
+                    // Its owner is gone without a word: stop as on a stop.
+                    None => break,
+                },
                 outcome = recv_outcome(&mut in_flight) => {
                     if let Some(done) = in_flight.take() {
                         let outcome = outcome.unwrap_or_else(|_| WriteOutcome {
@@ -236,11 +260,6 @@ impl Actor {
                         });
                         Box::pin(self.finish_set(done.pending, outcome)).await;
                     }
-                },
-                moved = self.session_rx.changed() => if moved.is_ok() {
-                    self.session = self.session_rx.borrow_and_update().clone();
-                    tracing::info!(device = %self.name(), session = %self.session.client_id, "moved to another MQTT session");
-                    Box::pin(self.announce(&meta, &inbox_tx)).await;
                 },
                 ev = events.recv() => match ev {
                     Some(ev) => self.on_event(ev).await,
@@ -294,7 +313,7 @@ impl Actor {
         self.m.series.set_up(false);
         self.retain(self.topics.status.clone(), Bytes::from_static(b"offline"))
             .await;
-        if clear_retained.load(std::sync::atomic::Ordering::SeqCst) {
+        if clear_retained {
             for topic in [&self.topics.set, &self.topics.get] {
                 self.session
                     .send(SessionInput::Unroute {
@@ -317,8 +336,20 @@ impl Actor {
 
     /// Registers the command topics with the current session and publishes
     /// the retained `$meta` (and `$state`, once known) there.
-    async fn announce(&self, meta: &Bytes, inbox: &Inbox) {
-        self.retain(self.topics.meta.clone(), meta.clone()).await;
+    async fn announce(&self, meta: &PayloadBuilder, inbox: &Inbox) {
+        let msg = OutMsg {
+            topic: self.topics.meta.clone(),
+            payload: meta.build(),
+            qos: self.settings.message.qos,
+            retain: true,
+            correlation: None,
+            props: None,
+        };
+        self.publish(SessionInput::SetRetainedRebuilt {
+            msg,
+            rebuild: meta.clone(),
+        })
+        .await;
         if let Some(online) = self.online {
             let payload: &'static [u8] = if online { b"online" } else { b"offline" };
             self.retain(self.topics.status.clone(), Bytes::from_static(payload))
@@ -436,7 +467,7 @@ impl Actor {
         commands: &CommandSender,
         queue: &mut VecDeque<PendingSet>,
     ) {
-        if msg.topic == self.topics.get {
+        if *msg.topic == *self.topics.get {
             if commands.try_send(DeviceCommand::ReadNow).is_err() {
                 tracing::warn!(device = %self.name(), "$get ignored: the driver is busy");
             }

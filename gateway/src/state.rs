@@ -513,8 +513,5 @@ pub fn meta_payload(settings: &DeviceSettings) -> Vec<u8> {
     meta.insert("properties".into(), J::Object(props));
     let mut buf = Vec::with_capacity(256);
     push_json(&mut buf, &meta);
-    // Kept for the device's lifetime as its retained `$meta`: without the
-    // growth slack, which is up to half of the buffer.
-    buf.shrink_to_fit();
     buf
 }

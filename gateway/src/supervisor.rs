@@ -153,7 +153,7 @@ impl Supervisor {
                     .get(d.settings.session)
                     .and_then(|s| self.sessions.get(s))
                 {
-                    d.move_to(h.clone());
+                    d.move_to(h.clone()).await;
                 }
             }
         }

@@ -154,6 +154,55 @@ async fn state_arrives_with_configured_qos_and_retain() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_lost_its_retained_store_gets_meta_and_state_again() {
+    // Non-persistent: a restart forgets every retained message.
+    let mut broker = Mosquitto::start();
+    let yaml = config(
+        broker.port(),
+        "",
+        r#"  - name: fan2
+    driver: dummy
+    syncInterval: 1s
+    properties:
+      - { name: speed, type: uint16, unit: rpm, writable: true, min: 0, max: 300, simulate: { constant: 10 } }
+"#,
+    );
+    let _gw = Gateway::start(&yaml);
+    let mut before = MqttProbe::connect(broker.port()).await;
+    before.subscribe("fieldgate/test/fan2/$meta", 1).await;
+    let first = state_on(&mut before, "fieldgate/test/fan2/$meta")
+        .await
+        .json();
+    drop(before);
+
+    broker.restart();
+
+    // The gateway reconnects and publishes its retained topics again (this
+    // probe may see them live or retained, depending on who came first).
+    // One probe per topic: the replay's order is not specified.
+    for topic in ["fieldgate/test/fan2/$meta", "fieldgate/test/fan2/$state"] {
+        let mut after = MqttProbe::connect(broker.port()).await;
+        after.subscribe(topic, 1).await;
+        state_on(&mut after, topic).await;
+    }
+
+    // Now the broker holds them again: a late subscriber gets them retained,
+    // and the `$meta` built anew for the replay is the one published first.
+    let mut late = MqttProbe::connect(broker.port()).await;
+    late.subscribe("fieldgate/test/fan2/$meta", 1).await;
+    let m = state_on(&mut late, "fieldgate/test/fan2/$meta").await;
+    assert!(m.retain);
+    assert_eq!(m.json(), first);
+    assert_eq!(first["properties"]["speed"]["unit"], "rpm");
+    assert_eq!(first["properties"]["speed"]["max"], 300.0);
+    let mut late = MqttProbe::connect(broker.port()).await;
+    late.subscribe("fieldgate/test/fan2/$state", 1).await;
+    let m = state_on(&mut late, "fieldgate/test/fan2/$state").await;
+    assert!(m.retain);
+    assert_eq!(m.payload_str(), "online");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counter_values_follow_each_other_per_poll() {
     let broker = Mosquitto::start();
     let yaml = config(

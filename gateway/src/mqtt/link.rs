@@ -116,7 +116,7 @@ impl LinkClient {
     }
 
     /// Queues a subscription without waiting.
-    pub fn try_subscribe(&self, topics: &[String], qos: u8) -> Result<(), String> {
+    pub fn try_subscribe(&self, topics: &[Arc<str>], qos: u8) -> Result<(), String> {
         if topics.is_empty() {
             return Ok(());
         }
@@ -125,14 +125,14 @@ impl LinkClient {
                 .try_subscribe_many(
                     topics
                         .iter()
-                        .map(|t| rumqttc::SubscribeFilter::new(t.clone(), qos4(qos))),
+                        .map(|t| rumqttc::SubscribeFilter::new(t.to_string(), qos4(qos))),
                 )
                 .map_err(|e| e.to_string()),
             LinkClient::V5(c) => c
                 .try_subscribe_many(
                     topics
                         .iter()
-                        .map(|t| rumqttc::v5::mqttbytes::v5::Filter::new(t.clone(), qos5(qos))),
+                        .map(|t| rumqttc::v5::mqttbytes::v5::Filter::new(t.to_string(), qos5(qos))),
                 )
                 .map_err(|e| e.to_string()),
         }

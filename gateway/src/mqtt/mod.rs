@@ -64,6 +64,16 @@ pub enum SessionInput {
     /// Publish a retained message and re-publish it after every reconnect
     /// (so a broker that lost its retained store gets it back).
     SetRetained(OutMsg),
+    /// Like `SetRetained`, but the session keeps `rebuild` instead of the
+    /// payload and builds the payload again for each replay: for a large
+    /// retained payload that is cheap to build (a device's `$meta`), which
+    /// a gateway would otherwise hold once per device for its whole life.
+    SetRetainedRebuilt {
+        /// The message to publish now.
+        msg: OutMsg,
+        /// Builds its payload again for a replay.
+        rebuild: PayloadBuilder,
+    },
     /// Forget a retained topic and clear it on the broker (empty retained
     /// message with this QoS).
     ClearRetained {
@@ -75,15 +85,38 @@ pub enum SessionInput {
     /// Deliver messages arriving on `topic` to `to` (subscribes).
     Route {
         /// Exact topic.
-        topic: String,
+        topic: Arc<str>,
         /// The device's inbox.
         to: Inbox,
     },
     /// Stop delivering `topic` (unsubscribes).
     Unroute {
         /// Exact topic.
-        topic: String,
+        topic: Arc<str>,
     },
+}
+
+/// Builds a retained message's payload on demand (see
+/// [`SessionInput::SetRetainedRebuilt`]).
+#[derive(Clone)]
+pub struct PayloadBuilder(Arc<dyn Fn() -> Bytes + Send + Sync>);
+
+impl PayloadBuilder {
+    /// A builder that calls `build` for each payload.
+    pub fn new(build: impl Fn() -> Bytes + Send + Sync + 'static) -> Self {
+        Self(Arc::new(build))
+    }
+
+    /// Builds the payload.
+    pub fn build(&self) -> Bytes {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for PayloadBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PayloadBuilder")
+    }
 }
 
 /// A device's inbox for `$set`/`$get` messages: a small flume channel (see

@@ -108,6 +108,30 @@ impl SessionMetrics {
     }
 }
 
+/// A retained topic as the session keeps it for replays after a reconnect.
+enum Retained {
+    /// The message as published.
+    Kept(OutMsg),
+    /// The message without its payload, and how to build the payload.
+    Rebuilt {
+        template: OutMsg,
+        rebuild: super::PayloadBuilder,
+    },
+}
+
+impl Retained {
+    /// The message to publish again.
+    fn message(&self) -> OutMsg {
+        match self {
+            Retained::Kept(msg) => msg.clone(),
+            Retained::Rebuilt { template, rebuild } => OutMsg {
+                payload: rebuild.build(),
+                ..template.clone()
+            },
+        }
+    }
+}
+
 struct Session {
     settings: SessionSettings,
     client: LinkClient,
@@ -119,15 +143,15 @@ struct Session {
     outbox_is_file: bool,
     /// Birth and retained replays: sent before the outbox after a connect.
     priority: VecDeque<OutMsg>,
-    retained: HashMap<Arc<str>, OutMsg>,
-    routes: HashMap<String, super::Inbox>,
+    retained: HashMap<Arc<str>, Retained>,
+    routes: HashMap<Arc<str>, super::Inbox>,
     /// Topics the broker's stored session holds subscriptions for
     /// (`cleanSession: false`).
-    broker_subs: std::collections::HashSet<String>,
+    broker_subs: std::collections::HashSet<Arc<str>>,
     /// Routed command topics not yet handed to the client as SUBSCRIBE:
     /// sent in batches as the request channel has room, so that a thousand
     /// devices starting at once are all subscribed.
-    pending_subs: std::collections::BTreeSet<String>,
+    pending_subs: std::collections::BTreeSet<Arc<str>>,
     /// When to try the pending subscriptions again after the request
     /// channel was full.
     subs_retry_at: Option<Instant>,
@@ -374,7 +398,17 @@ impl Session {
         match input {
             SessionInput::Publish(msg) => self.store(msg).await,
             SessionInput::SetRetained(msg) => {
-                self.retained.insert(msg.topic.clone(), msg.clone());
+                self.retained
+                    .insert(msg.topic.clone(), Retained::Kept(msg.clone()));
+                self.store(msg).await;
+            }
+            SessionInput::SetRetainedRebuilt { msg, rebuild } => {
+                let template = OutMsg {
+                    payload: Bytes::new(),
+                    ..msg.clone()
+                };
+                self.retained
+                    .insert(msg.topic.clone(), Retained::Rebuilt { template, rebuild });
                 self.store(msg).await;
             }
             SessionInput::ClearRetained { topic, qos } => {
@@ -396,7 +430,7 @@ impl Session {
                 self.routes.insert(topic.clone(), to);
                 let held = std::mem::take(&mut self.unrouted);
                 for msg in held {
-                    if msg.topic == topic {
+                    if *msg.topic == *topic {
                         self.route(msg);
                     } else {
                         self.unrouted.push_back(msg);
@@ -558,7 +592,8 @@ impl Session {
         // On the first connect they are still queued in the outbox, unless
         // a full store dropped some while connecting.
         if reconnect || self.outbox.dropped() > 0 {
-            self.priority.extend(self.retained.values().cloned());
+            self.priority
+                .extend(self.retained.values().map(Retained::message));
         }
     }
 
@@ -579,7 +614,7 @@ impl Session {
             .cloned()
             .collect();
         self.flush_subscriptions();
-        let stale: Vec<String> = self
+        let stale: Vec<Arc<str>> = self
             .broker_subs
             .iter()
             .filter(|t| !self.routes.contains_key(*t))
@@ -600,7 +635,7 @@ impl Session {
             return;
         }
         for _ in 0..SUBSCRIBE_BATCHES_PER_TURN {
-            let batch: Vec<String> = self
+            let batch: Vec<Arc<str>> = self
                 .pending_subs
                 .iter()
                 .take(SUBSCRIBE_BATCH)
@@ -632,7 +667,7 @@ impl Session {
     }
 
     fn route(&mut self, msg: Inbound) {
-        match self.routes.get(&msg.topic) {
+        match self.routes.get(msg.topic.as_str()) {
             Some(to) => {
                 if let Err(e) = to.try_send(Box::new(msg)) {
                     let topic = match &e {
