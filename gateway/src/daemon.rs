@@ -36,6 +36,8 @@ pub fn run(path: &Path) -> i32 {
             return EXIT_CONFIG;
         }
     };
+    // And so is the loading code.
+    crate::code_pages::release();
     let logs = telemetry::init_logging(resolved.gateway.log_level, resolved.gateway.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -14,6 +14,14 @@ use crate::device::{self, RunningDevice};
 use crate::mqtt::{self, SessionHandle};
 use crate::telemetry::{Health, Metrics};
 
+/// Devices started together before their session's backlog is looked at.
+const START_BATCH: usize = 50;
+/// The backlog (messages) a session may have before more devices start.
+const START_BACKLOG: usize = 200;
+/// The longest a batch of devices waits for its session (to connect, or to
+/// send): with the broker down, 1 000 devices all run within ~1 s.
+const START_BATCH_WAIT: Duration = Duration::from_millis(50);
+
 /// How long stopping sessions may take to flush on a clean stop.
 const SESSION_STOP_DEADLINE: Duration = Duration::from_secs(3);
 
@@ -181,8 +189,11 @@ impl Supervisor {
             }
         }
 
-        // 6. Start what is new or changed.
-        for settings in start {
+        // 6. Start what is new or changed, in batches no faster than their
+        //    sessions send the first messages (`$meta`, `$state`, the first
+        //    state): a thousand devices starting at once would otherwise
+        //    queue all of theirs at the same moment (~2.5 KB per device).
+        for (i, settings) in start.into_iter().enumerate() {
             let Some(session) = new
                 .sessions
                 .get(settings.session)
@@ -192,6 +203,14 @@ impl Supervisor {
                 tracing::error!(device = %settings.name, "no MQTT session for device; not started");
                 continue;
             };
+            if i > 0 && i % START_BATCH == 0 {
+                session
+                    .pace_new_devices(START_BACKLOG, START_BATCH_WAIT)
+                    .await;
+                // What starting the previous batches mapped, and no running
+                // device needs, goes again (see crate::code_pages).
+                crate::code_pages::release();
+            }
             let name = settings.name.clone();
             let running =
                 device::spawn(settings, session, self.buses.clone(), self.metrics.clone());

@@ -147,6 +147,15 @@ pub struct SessionHandle {
     pub client_id: Arc<str>,
     tx: mpsc::Sender<SessionInput>,
     stop: mpsc::Sender<StopRequest>,
+    backlog: Option<Backlog>,
+}
+
+/// How far a session is behind: its stored messages and whether it is
+/// connected (the session's own metric series, shared).
+#[derive(Clone)]
+struct Backlog {
+    messages: prometheus::IntGauge,
+    connected: prometheus::IntGauge,
 }
 
 impl SessionHandle {
@@ -161,8 +170,33 @@ impl SessionHandle {
             client_id: client_id.into(),
             tx,
             stop,
+            backlog: None,
         };
         (handle, rx)
+    }
+
+    /// Paces a burst of new devices: waits a moment (their tasks run), then
+    /// while the session is not connected or has more than `limit` messages
+    /// waiting (queued requests and stored messages), waits for it to
+    /// connect and send them — at most `deadline` in all. Devices then start
+    /// no faster than the broker takes their first messages, instead of
+    /// queueing all of them at the same moment.
+    pub async fn pace_new_devices(&self, limit: usize, deadline: std::time::Duration) {
+        let Some(b) = &self.backlog else {
+            return;
+        };
+        let give_up = tokio::time::Instant::now() + deadline;
+        let backlog = || {
+            let stored = usize::try_from(b.messages.get()).unwrap_or(0);
+            stored + self.tx.max_capacity() - self.tx.capacity()
+        };
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            let caught_up = b.connected.get() == 1 && backlog() <= limit;
+            if caught_up || tokio::time::Instant::now() >= give_up {
+                return;
+            }
+        }
     }
 
     /// Sends a request; waits only if the session's input queue is full.

@@ -69,11 +69,16 @@ fn start(
     let client_id: Arc<str> = settings.client_id.as_str().into();
     let link = link::open(&settings);
     let session = Session::new(settings, link.client.clone(), metrics, health);
+    let backlog = Some(super::Backlog {
+        messages: session.m.store_messages.clone(),
+        connected: session.m.connected.clone(),
+    });
     tokio::spawn(session.run(link, rx, stop_rx, predecessor));
     SessionHandle {
         client_id,
         tx,
         stop: stop_tx,
+        backlog,
     }
 }
 
