@@ -337,14 +337,7 @@ impl Actor {
     /// Registers the command topics with the current session and publishes
     /// the retained `$meta` (and `$state`, once known) there.
     async fn announce(&self, meta: &PayloadBuilder, inbox: &Inbox) {
-        let msg = OutMsg {
-            topic: self.topics.meta.clone(),
-            payload: meta.build(),
-            qos: self.settings.message.qos,
-            retain: true,
-            correlation: None,
-            props: None,
-        };
+        let msg = self.retained_msg(self.topics.meta.clone(), meta.build());
         self.publish(SessionInput::SetRetainedRebuilt {
             msg,
             rebuild: meta.clone(),
@@ -450,15 +443,20 @@ impl Actor {
     }
 
     async fn retain(&self, topic: Arc<str>, payload: Bytes) {
-        let msg = OutMsg {
+        let msg = self.retained_msg(topic, payload);
+        self.publish(SessionInput::SetRetained(msg)).await;
+    }
+
+    /// A retained message of this device (`T/$meta`, `T/$state`).
+    fn retained_msg(&self, topic: Arc<str>, payload: Bytes) -> OutMsg {
+        OutMsg {
             topic,
             payload,
             qos: self.settings.message.qos,
             retain: true,
             correlation: None,
             props: None,
-        };
-        self.publish(SessionInput::SetRetained(msg)).await;
+        }
     }
 
     async fn on_inbound(
