@@ -126,8 +126,7 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
         ..resolved.clone()
     };
     supervisor.apply(&empty, &resolved).await;
-    settle_memory();
-    let mut settle_again = Some(tokio::time::Instant::now() + SETTLE_AGAIN_AFTER);
+    let mut settle_again = Some(settle_memory());
     let mut current = resolved;
 
     // systemd: ready once the config is loaded and every task started; the
@@ -155,8 +154,8 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
             Some(probe) = probes.recv() => { let _ = probe.send(()); }
             _ = crate::deadline::sleep_until_opt(settle_again) => {
-                settle_again = None;
                 settle_memory();
+                settle_again = None;
             }
             changed = watched(&mut watcher) => {
                 if changed.is_none() {
@@ -177,8 +176,7 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
                     let summary = supervisor.apply(&current, &next).await;
                     log_summary(&summary);
                     current = next;
-                    settle_memory();
-                    settle_again = Some(tokio::time::Instant::now() + SETTLE_AGAIN_AFTER);
+                    settle_again = Some(settle_memory());
                 }
             }
             _ = sighup.recv() => {
@@ -191,8 +189,7 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
                     let summary = supervisor.apply(&current, &next).await;
                     log_summary(&summary);
                     current = next;
-                    settle_memory();
-                    settle_again = Some(tokio::time::Instant::now() + SETTLE_AGAIN_AFTER);
+                    settle_again = Some(settle_memory());
                 }
             }
         }
@@ -217,11 +214,12 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
 
 /// Once a config is applied, gives back what loading and applying it left
 /// behind: the allocator's free pages and the mappings of code that ran for
-/// it (see [`crate::code_pages`]).
-fn settle_memory() {
+/// it (see [`crate::code_pages`]). Returns when to do it once more.
+fn settle_memory() -> tokio::time::Instant {
     crate::heap::release_free_memory();
     let bytes = crate::code_pages::release();
     tracing::debug!(bytes, "released the mappings of start-up code");
+    tokio::time::Instant::now() + SETTLE_AGAIN_AFTER
 }
 
 /// Applies the gateway-wide settings that can change live (the log level)
