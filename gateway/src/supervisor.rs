@@ -19,7 +19,7 @@ const START_BATCH: usize = 50;
 /// The backlog (messages) a session may have before more devices start.
 const START_BACKLOG: usize = 200;
 /// The longest a batch of devices waits for its session (to connect, or to
-/// send): with the broker down, 1 000 devices all run within ~1 s.
+/// send); after one batch waited this long, the others do not wait.
 const START_BATCH_WAIT: Duration = Duration::from_millis(50);
 
 /// How long stopping sessions may take to flush on a clean stop.
@@ -193,6 +193,9 @@ impl Supervisor {
         //    sessions send the first messages (`$meta`, `$state`, the first
         //    state): a thousand devices starting at once would otherwise
         //    queue all of theirs at the same moment (~2.5 KB per device).
+        //    Once a batch waited in vain (the broker down or slow), the rest
+        //    start without waiting: a reload is applied within a second.
+        let mut pacing = true;
         for (i, settings) in start.into_iter().enumerate() {
             let Some(session) = new
                 .sessions
@@ -204,9 +207,11 @@ impl Supervisor {
                 continue;
             };
             if i > 0 && i % START_BATCH == 0 {
-                session
-                    .pace_new_devices(START_BACKLOG, START_BATCH_WAIT)
-                    .await;
+                if pacing {
+                    pacing = session
+                        .pace_new_devices(START_BACKLOG, START_BATCH_WAIT)
+                        .await;
+                }
                 // What starting the previous batches mapped, and no running
                 // device needs, goes again (see crate::code_pages).
                 crate::code_pages::release();

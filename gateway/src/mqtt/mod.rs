@@ -180,10 +180,11 @@ impl SessionHandle {
     /// waiting (queued requests and stored messages), waits for it to
     /// connect and send them — at most `deadline` in all. Devices then start
     /// no faster than the broker takes their first messages, instead of
-    /// queueing all of them at the same moment.
-    pub async fn pace_new_devices(&self, limit: usize, deadline: std::time::Duration) {
+    /// queueing all of them at the same moment. Returns false when it gave
+    /// up (the session is down or too slow: pacing further only delays).
+    pub async fn pace_new_devices(&self, limit: usize, deadline: std::time::Duration) -> bool {
         let Some(b) = &self.backlog else {
-            return;
+            return true;
         };
         let give_up = tokio::time::Instant::now() + deadline;
         let backlog = || {
@@ -192,9 +193,11 @@ impl SessionHandle {
         };
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            let caught_up = b.connected.get() == 1 && backlog() <= limit;
-            if caught_up || tokio::time::Instant::now() >= give_up {
-                return;
+            if b.connected.get() == 1 && backlog() <= limit {
+                return true;
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return false;
             }
         }
     }
