@@ -18,17 +18,9 @@ use crate::EXIT_CONFIG;
 /// A clean stop must finish within this (the contract allows 5 s).
 const STOP_DEADLINE: Duration = Duration::from_millis(4500);
 
-/// After a config is applied, memory is settled once more this much later:
-/// by then sessions have connected and devices have run their first cycles,
-/// code that only they needed (connecting, announcing) is done.
-const SETTLE_AGAIN_AFTER: Duration = Duration::from_secs(15);
-
 /// Runs the daemon with the config at `path`; returns the process exit code.
 pub fn run(path: &Path) -> i32 {
-    crate::heap::use_one_arena();
-    // What ran so far (the loader, the command line) is done with.
-    crate::code_pages::release();
-    let resolved = match crate::heap::load_compact(|| config::load(path)) {
+    let resolved = match config::load(path) {
         Ok(r) => r,
         Err(errors) => {
             eprintln!("{errors}");
@@ -36,8 +28,8 @@ pub fn run(path: &Path) -> i32 {
             return EXIT_CONFIG;
         }
     };
-    // And so is the loading code.
-    crate::code_pages::release();
+    // A large config's parse tree is garbage now: give its pages back.
+    crate::heap::release_free_memory();
     let logs = telemetry::init_logging(resolved.gateway.log_level, resolved.gateway.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -126,7 +118,6 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
         ..resolved.clone()
     };
     supervisor.apply(&empty, &resolved).await;
-    let mut settle_again = Some(settle_memory());
     let mut current = resolved;
 
     // systemd: ready once the config is loaded and every task started; the
@@ -153,10 +144,6 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
             Some(probe) = probes.recv() => { let _ = probe.send(()); }
-            _ = crate::deadline::sleep_until_opt(settle_again) => {
-                settle_memory();
-                settle_again = None;
-            }
             changed = watched(&mut watcher) => {
                 if changed.is_none() {
                     tracing::warn!("config watcher stopped; reload with SIGHUP");
@@ -176,7 +163,6 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
                     let summary = supervisor.apply(&current, &next).await;
                     log_summary(&summary);
                     current = next;
-                    settle_again = Some(settle_memory());
                 }
             }
             _ = sighup.recv() => {
@@ -189,7 +175,6 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
                     let summary = supervisor.apply(&current, &next).await;
                     log_summary(&summary);
                     current = next;
-                    settle_again = Some(settle_memory());
                 }
             }
         }
@@ -210,16 +195,6 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Once a config is applied, gives back what loading and applying it left
-/// behind: the allocator's free pages and the mappings of code that ran for
-/// it (see [`crate::code_pages`]). Returns when to do it once more.
-fn settle_memory() -> tokio::time::Instant {
-    crate::heap::release_free_memory();
-    let bytes = crate::code_pages::release();
-    tracing::debug!(bytes, "released the mappings of start-up code");
-    tokio::time::Instant::now() + SETTLE_AGAIN_AFTER
 }
 
 /// Applies the gateway-wide settings that can change live (the log level)
@@ -285,8 +260,12 @@ async fn watched(watcher: &mut Option<reload::ConfigWatcher>) -> Option<()> {
 /// in the log and the reload metric.
 async fn reload(path: &Path, metrics: &Metrics) -> Option<Resolved> {
     let p = path.to_path_buf();
-    let loaded =
-        tokio::task::spawn_blocking(move || crate::heap::load_compact(|| config::load(&p))).await;
+    let loaded = tokio::task::spawn_blocking(move || {
+        let loaded = config::load(&p);
+        crate::heap::release_free_memory();
+        loaded
+    })
+    .await;
     match loaded {
         Ok(Ok(next)) => {
             metrics.config_reloads.with_label_values(&["ok"]).inc();

@@ -3,7 +3,6 @@
 
 #[cfg(feature = "broker")]
 pub mod broker;
-pub mod code_pages;
 pub mod command;
 pub mod config;
 pub mod daemon;

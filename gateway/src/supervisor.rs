@@ -206,15 +206,10 @@ impl Supervisor {
                 tracing::error!(device = %settings.name, "no MQTT session for device; not started");
                 continue;
             };
-            if i > 0 && i % START_BATCH == 0 {
-                if pacing {
-                    pacing = session
-                        .pace_new_devices(START_BACKLOG, START_BATCH_WAIT)
-                        .await;
-                }
-                // What starting the previous batches mapped, and no running
-                // device needs, goes again (see crate::code_pages).
-                crate::code_pages::release();
+            if pacing && i > 0 && i % START_BATCH == 0 {
+                pacing = session
+                    .pace_new_devices(START_BACKLOG, START_BATCH_WAIT)
+                    .await;
             }
             let name = settings.name.clone();
             let running =

@@ -711,11 +711,8 @@ impl Session {
                 self.priority.pop_front();
                 if self.priority.is_empty() {
                     // A reconnect's replay of every retained topic is done:
-                    // do not keep its queue's memory until the next one,
-                    // nor the mappings of the code that connecting ran (it
-                    // is mapped again on the next reconnect).
+                    // do not keep its queue's memory until the next one.
                     self.priority.shrink_to_fit();
-                    crate::code_pages::release();
                 }
                 self.outbox.note_transient();
                 continue;
