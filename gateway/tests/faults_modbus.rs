@@ -253,6 +253,9 @@ enum Reply {
     NoiseFirst,
     /// A correct response from unit 9.
     WrongUnit,
+    /// No answer at all, the line staying open: what a process sees on the
+    /// handle of a USB adapter that was pulled out.
+    Silent,
 }
 
 /// Two Modbus RTU units on the far end of a pseudo-terminal, answering by
@@ -375,6 +378,7 @@ async fn serve_line(
                     f
                 }
                 Reply::WrongUnit => response(9),
+                Reply::Silent => continue,
             };
             if line.write_all(&out).await.is_err() {
                 return;
@@ -527,5 +531,53 @@ async fn a_serial_port_it_may_not_open_or_that_is_missing_is_reported_and_retrie
     rec.state_where("locked", "r0 = 42", |v| v["properties"]["r0"] == 42)
         .await;
     std::fs::set_permissions(&line.path, original).unwrap();
+    assert_up(&mut gw, metrics);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replugged_usb_adapter_is_found_again_under_its_stable_name() {
+    // The config names the adapter by a stable link, as
+    // /dev/serial/by-id/... does; the test swaps what it points to.
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("usb-FTDI_FT232R-if00-port0");
+    let first = RtuLine::start();
+    std::os::unix::fs::symlink(&first.path, &link).unwrap();
+    let broker = support::Mosquitto::start();
+    let mut rec = Recorder::start(broker.port(), "faults").await;
+    let metrics = support::free_port();
+    let devices = [
+        clock("clock"),
+        rtu_device("meter", &link.to_string_lossy(), 1),
+    ]
+    .concat();
+    let mut gw = Gateway::start(&config(broker.port(), metrics, &devices));
+    rec.status("meter", "online").await;
+    rec.state_where("meter", "a value", |v| v["properties"]["r0"].is_u64())
+        .await;
+
+    // Pulled out: the open handle only times out, and the node is gone.
+    first.set(Reply::Silent);
+    std::fs::remove_file(&link).unwrap();
+    rec.status("meter", "offline").await;
+    rec.state_where("meter", "an error", |v| v["errors"]["r0"].is_string())
+        .await;
+
+    // Plugged in again: a new device node behind the same stable name.
+    let second = RtuLine::start();
+    std::os::unix::fs::symlink(&second.path, &link).unwrap();
+    rec.status("meter", "online").await;
+    rec.state_where("meter", "a value from the replugged adapter", |v| {
+        v["properties"]["r0"].is_u64() && v.get("errors").is_none()
+    })
+    .await;
+    assert!(second.asked() >= 1, "the new adapter was never asked");
+    let log = gw.log();
+    assert!(
+        log.contains("serial port vanished"),
+        "the unplug is logged:\n{log}"
+    );
+    let mark = rec.mark();
+    rec.more_states("clock", 5).await;
+    assert_counting("clock", &rec.states_since(mark, "clock"));
     assert_up(&mut gw, metrics);
 }

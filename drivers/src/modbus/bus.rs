@@ -33,6 +33,11 @@ const REMERGE_EVERY: u32 = 100;
 /// Transactions in a row without an answer after which a TCP connection is
 /// given up and dialled again.
 const MISSED_BEFORE_REDIAL: u32 = 2;
+/// Transactions in a row without an answer from any unit after which a
+/// serial port is closed and opened again: a USB adapter that was pulled
+/// may fail only with timeouts on the old handle, and a replugged one comes
+/// back as a new device node (a `/dev/serial/by-id/…` link follows it).
+const MISSED_BEFORE_REOPEN: u32 = 3;
 /// Longest pause of a unit that timed out on a whole cycle.
 const UNIT_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
@@ -305,6 +310,28 @@ impl Bus {
         }
     }
 
+    /// Closes the serial port after missed answers (or because its device
+    /// node is gone) so that the next transaction opens it again, after the
+    /// bus's reconnect backoff; returns the error the transaction reports.
+    fn reopen_serial(&mut self, vanished: bool, timeout: DriverError) -> DriverError {
+        self.missed = 0;
+        self.conn = None;
+        let port = match &self.transport {
+            Transport::Rtu(s) => s.port.as_str(),
+            _ => "",
+        };
+        let err = if vanished {
+            warn!(bus = %describe(&self.transport), "serial port vanished (adapter unplugged?); waiting for it to come back");
+            DriverError::new(ErrorKind::Io, format!("serial port {port} vanished"))
+        } else {
+            debug!(bus = %describe(&self.transport), "no answer on the line: opening the port again");
+            timeout
+        };
+        self.retry_at = Some(Instant::now() + self.backoff.next_delay());
+        self.last_error = Some(err.clone());
+        err
+    }
+
     /// One request/response on the bus, bounded by `timeout`.
     async fn transact(
         &mut self,
@@ -330,16 +357,23 @@ impl Bus {
         }
         match result {
             Err(_) => {
-                // Two missed answers in a row, with no answer from any unit
-                // in between: the TCP path may be dead without a FIN or RST
-                // (a half-open connection never heals by itself). Dial
-                // afresh. One silent unit among answering ones does not
+                // Missed answers in a row, with no answer from any unit in
+                // between. TCP: the path may be dead without a FIN or RST
+                // (a half-open connection never heals by itself): dial
+                // afresh. Serial: the adapter may be gone: open the port
+                // again. One silent unit among answering ones does not
                 // count: their answers keep the connection.
                 self.missed += 1;
-                if self.missed >= MISSED_BEFORE_REDIAL {
+                let err = DriverError::timeout(timeout);
+                if let Transport::Rtu(s) = &self.transport {
+                    let vanished = !tokio::fs::try_exists(&s.port).await.unwrap_or(true);
+                    if vanished || self.missed >= MISSED_BEFORE_REOPEN {
+                        return Err(self.reopen_serial(vanished, err));
+                    }
+                } else if self.missed >= MISSED_BEFORE_REDIAL {
                     self.forget_stream();
                 }
-                Err(DriverError::timeout(timeout))
+                Err(err)
             }
             Ok(Ok(Ok(response))) => Ok(response),
             Ok(Ok(Err(code))) => Err(DriverError::new(

@@ -195,6 +195,11 @@ fn device(out: &mut String, r: &Resolved, d: &DeviceSettings) {
                 "    connection: {tr}, unit {}, maxRegistersPerRead {}, maxGap {}",
                 c.unit_id, c.max_registers_per_read, c.max_gap
             );
+            if let Transport::Rtu(s) = &c.transport {
+                if let Some(w) = unstable_serial_name(&s.port) {
+                    let _ = writeln!(out, "    warning: {w}");
+                }
+            }
         }
         #[cfg(feature = "ble")]
         Connection::Ble(c) => {
@@ -324,6 +329,22 @@ fn device(out: &mut String, r: &Resolved, d: &DeviceSettings) {
     }
 }
 
+/// A warning for a serial port named by enumeration order (`/dev/ttyUSB0`,
+/// `/dev/ttyACM1`): such a name moves when the adapter is replugged or
+/// another one appears, while its `/dev/serial/by-id/…` link stays.
+fn unstable_serial_name(port: &str) -> Option<String> {
+    let name = port.strip_prefix("/dev/")?;
+    let digits = ["ttyUSB", "ttyACM"]
+        .iter()
+        .find_map(|p| name.strip_prefix(p))?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(format!(
+        "{port} may name another adapter after a replug or a reboot; use its stable link under /dev/serial/by-id/ (see docs/install.md)"
+    ))
+}
+
 /// The report for a valid config.
 pub fn render(r: &Resolved) -> String {
     let mut out = String::new();
@@ -353,4 +374,19 @@ pub fn render(r: &Resolved) -> String {
         device(&mut out, r, d);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unstable_serial_name;
+
+    #[test]
+    fn enumerated_usb_serial_names_are_warned_about() {
+        assert!(unstable_serial_name("/dev/ttyUSB0").is_some());
+        assert!(unstable_serial_name("/dev/ttyACM12").is_some());
+        assert!(unstable_serial_name("/dev/serial/by-id/usb-FTDI-if00-port0").is_none());
+        assert!(unstable_serial_name("/dev/ttyAMA0").is_none());
+        assert!(unstable_serial_name("/dev/ttySC0").is_none());
+        assert!(unstable_serial_name("/dev/ttyUSB").is_none());
+    }
 }
