@@ -30,6 +30,11 @@ pub fn run(path: &Path) -> i32 {
     };
     // A large config's parse tree is garbage now: give its pages back.
     crate::heap::release_free_memory();
+    if let Err(e) = crate::descriptors::ensure(crate::descriptors::needed(&resolved)) {
+        eprintln!("fieldgate: {e}");
+        eprintln!("fieldgate: not starting");
+        return EXIT_CONFIG;
+    }
     let logs = telemetry::init_logging(resolved.gateway.log_level, resolved.gateway.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -268,6 +273,11 @@ async fn reload(path: &Path, metrics: &Metrics) -> Option<Resolved> {
     .await;
     match loaded {
         Ok(Ok(next)) => {
+            if let Err(e) = crate::descriptors::ensure(crate::descriptors::needed(&next)) {
+                metrics.config_reloads.with_label_values(&["invalid"]).inc();
+                tracing::error!("config not reloaded: {e}");
+                return None;
+            }
             metrics.config_reloads.with_label_values(&["ok"]).inc();
             metrics.config_last_reload.set(now_seconds());
             Some(next)

@@ -7,6 +7,7 @@ pub mod command;
 pub mod config;
 pub mod daemon;
 pub mod deadline;
+pub mod descriptors;
 pub mod device;
 pub mod heap;
 pub mod mqtt;

@@ -581,3 +581,60 @@ async fn a_replugged_usb_adapter_is_found_again_under_its_stable_name() {
     assert_counting("clock", &rec.states_since(mark, "clock"));
     assert_up(&mut gw, metrics);
 }
+
+/// `prlimit` (util-linux) runs the gateway with the given open-file limits.
+fn run_with_nofile(soft: u64, hard: u64, config: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.arg(format!("--nofile={soft}:{hard}"))
+        .arg("--")
+        .arg(support::fieldgate_binary())
+        .args(["run", "-c"])
+        .arg(config);
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_needing_more_open_files_than_allowed_is_refused_or_the_limit_raised() {
+    let broker = support::Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    // 300 Modbus endpoints (refused connections on loopback: each still
+    // takes a descriptor while it is tried).
+    let devices: String = (0..300)
+        .map(|i| tcp_device(&format!("m{i}"), &format!("127.0.0.1:{}", 40000 + i)))
+        .collect();
+    let metrics = support::free_port();
+    std::fs::write(&path, config(broker.port(), metrics, &devices)).unwrap();
+
+    // A hard limit below the need: a clear error at start, exit 78.
+    let out = run_with_nofile(256, 256, &path).output().expect("prlimit");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("open files") && err.contains("at most 256") && err.contains("LimitNOFILE"),
+        "{err}"
+    );
+
+    // A soft limit below the need but a hard one above: raised, and it runs.
+    let mut child = run_with_nofile(256, 8192, &path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prlimit");
+    let limits = format!("/proc/{}/limits", child.id());
+    let raised = support::wait_until(std::time::Duration::from_secs(20), || {
+        std::fs::read_to_string(&limits)
+            .ok()
+            .and_then(|l| {
+                l.lines()
+                    .find(|l| l.starts_with("Max open files"))
+                    .and_then(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok())
+            })
+            .is_some_and(|soft| soft > 256)
+    });
+    let running = child.try_wait().ok().flatten().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(raised, "the soft limit was not raised");
+    assert!(running, "the gateway exited");
+}
