@@ -12,6 +12,7 @@ pub mod dummy;
 pub mod modbus;
 #[cfg(feature = "opcua")]
 pub mod opcua;
+pub mod resolve;
 pub mod value;
 
 use std::time::{Duration, SystemTime};

@@ -638,3 +638,75 @@ async fn a_config_needing_more_open_files_than_allowed_is_refused_or_the_limit_r
     assert!(raised, "the soft limit was not raised");
     assert!(running, "the gateway exited");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_server_that_never_answers_marks_only_the_devices_behind_a_host_name() {
+    // The gateway alone gets a resolv.conf naming a "name server" that
+    // swallows every query: its own mount namespace with the file bound over
+    // /etc/resolv.conf. The machine's resolver config is never touched.
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root for a mount namespace and a socket on port 53");
+        return;
+    }
+    let swallower = std::net::UdpSocket::bind("127.0.0.2:53").expect("bind 127.0.0.2:53");
+    let dir = tempfile::tempdir().unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.2\noptions timeout:30 attempts:1\n",
+    )
+    .unwrap();
+    let bind = format!(
+        "mount --bind '{}' /etc/resolv.conf && exec \"$@\"",
+        resolv.display()
+    );
+
+    let healthy = tcp_server(holding(7), "127.0.0.1:0").await;
+    let broker = support::Mosquitto::start();
+    let mut rec = Recorder::start(broker.port(), "faults").await;
+    let metrics = support::free_port();
+    let devices = [
+        clock("clock"),
+        tcp_device("tank", &healthy.addr.to_string()),
+        tcp_device("named", "plc-7.fieldgate-test:1502"),
+    ]
+    .concat();
+    let mut gw = Gateway::start_wrapped(
+        &config(broker.port(), metrics, &devices),
+        &["unshare", "--mount", "--", "sh", "-c", &bind, "sh"],
+    );
+
+    rec.status("tank", "online").await;
+    let s = rec
+        .state_where("named", "a resolver error", |v| {
+            v["errors"]["r0"]
+                .as_str()
+                .is_some_and(|e| e.contains("cannot resolve plc-7.fieldgate-test:1502"))
+        })
+        .await;
+    assert!(
+        s["errors"]["r0"]
+            .as_str()
+            .is_some_and(|e| e.contains("no answer from the name server")),
+        "{s}"
+    );
+    // Meanwhile the device on an address keeps its cadence.
+    let mark = rec.mark();
+    rec.more_states("clock", 20).await;
+    let tank = good_states(&rec, mark, "tank", json!(7));
+    assert!(
+        tank >= 10,
+        "only {tank} tank states while the clock made 20"
+    );
+    // Lookups in flight stay bounded: no thread piles up per attempt.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", gw.pid())).unwrap();
+    let threads: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap();
+    assert!(threads <= 24, "{threads} threads");
+    assert_up(&mut gw, metrics);
+    drop(swallower);
+}

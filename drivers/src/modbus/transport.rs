@@ -11,23 +11,32 @@ use super::mbap::MbapClient;
 use super::{Parity, SerialSettings, Transport};
 use crate::{DriverError, ErrorKind};
 
-/// Opens a client context on `transport` within `timeout`.
+/// Opens a client context on `transport` within `timeout`. A host name is
+/// resolved first, within the resolver's own time limit (see
+/// [`crate::resolve`]): a slow name server does not eat the device timeout.
 pub async fn connect(transport: &Transport, timeout: Duration) -> Result<Context, DriverError> {
+    let addrs = match transport {
+        Transport::Tcp { endpoint } | Transport::RtuOverTcp { endpoint } => {
+            Some(crate::resolve::resolve(endpoint).await?)
+        }
+        Transport::Rtu(_) => None,
+    };
     let opening = async {
-        match transport {
-            Transport::Tcp { endpoint } => {
-                let stream = tcp_stream(endpoint).await?;
+        match (transport, addrs) {
+            (Transport::Tcp { endpoint }, Some(addrs)) => {
+                let stream = tcp_stream(endpoint, &addrs).await?;
                 let client: Box<dyn Client> = Box::new(MbapClient::new(stream, Slave(1)));
                 Ok(Context::from(client))
             }
-            Transport::RtuOverTcp { endpoint } => {
-                let stream = tcp_stream(endpoint).await?;
+            (Transport::RtuOverTcp { endpoint }, Some(addrs)) => {
+                let stream = tcp_stream(endpoint, &addrs).await?;
                 Ok(rtu::attach_slave(stream, Slave(1)))
             }
-            Transport::Rtu(settings) => {
+            (Transport::Rtu(settings), _) => {
                 let port = open_serial(settings)?;
                 Ok(rtu::attach_slave(port, Slave(1)))
             }
+            (_, None) => Err(DriverError::new(ErrorKind::Io, "no address")),
         }
     };
     match tokio::time::timeout(timeout, opening).await {
@@ -52,8 +61,11 @@ pub fn describe(transport: &Transport) -> String {
     }
 }
 
-async fn tcp_stream(endpoint: &str) -> Result<TcpStream, DriverError> {
-    let stream = TcpStream::connect(endpoint)
+async fn tcp_stream(
+    endpoint: &str,
+    addrs: &[std::net::SocketAddr],
+) -> Result<TcpStream, DriverError> {
+    let stream = TcpStream::connect(addrs)
         .await
         .map_err(|e| DriverError::new(ErrorKind::Io, format!("connect to {endpoint}: {e}")))?;
     // Requests are small and latency matters more than throughput.

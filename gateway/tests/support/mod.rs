@@ -957,6 +957,12 @@ impl Gateway {
         ))
     }
 
+    /// Like [`Gateway::start`], run through `wrapper` (a command that execs
+    /// the rest of its arguments: the binary, `run`, `-c`, the config).
+    pub fn start_wrapped(config_yaml: &str, wrapper: &[&str]) -> Self {
+        Self::spawn(config_yaml, &[], wrapper)
+    }
+
     /// Starts the daemon, prefixed by `wrapper` (a command that execs the
     /// rest of its arguments) when it is not empty.
     fn spawn(config_yaml: &str, env: &[(&str, &str)], wrapper: &[&str]) -> Self {
