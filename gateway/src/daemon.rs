@@ -91,6 +91,13 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
         None => None,
     };
 
+    crate::clock::set_kernel_check(resolved.gateway.clock_check);
+    tokio::spawn(crate::clock::watch(
+        metrics.clone(),
+        health.clone(),
+        cancel.clone(),
+    ));
+
     #[cfg(feature = "broker")]
     let _broker = match &resolved.broker {
         Some(b) => Some(crate::broker::start(b.listen)?),
@@ -209,6 +216,7 @@ fn apply_gateway_settings(old: &Resolved, new: &Resolved, logs: &LogControl) {
         logs.set_level(new.gateway.log_level);
         tracing::info!(level = ?new.gateway.log_level, "log level changed");
     }
+    crate::clock::set_kernel_check(new.gateway.clock_check);
     if old.gateway.log_format != new.gateway.log_format {
         tracing::warn!("gateway.log.format changed: takes effect after a restart");
     }

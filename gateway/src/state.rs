@@ -451,6 +451,9 @@ impl DeviceState {
             }
             buf.push(b'}');
         }
+        if !crate::clock::is_synchronized() {
+            buf.extend_from_slice(b",\"clockSynchronized\":false");
+        }
         buf.push(b'}');
         buf
     }

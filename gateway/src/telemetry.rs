@@ -12,8 +12,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -202,6 +202,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `fieldgate_config_last_reload_timestamp_seconds`
     pub config_last_reload: Gauge,
+    /// `fieldgate_clock_synchronized`: 1 while the system clock is trusted.
+    pub clock_synchronized: IntGauge,
     /// `fieldgate_config_info{hash}` = 1 for the loaded config's content hash
     pub config_info: IntGaugeVec,
 }
@@ -227,6 +229,13 @@ impl Metrics {
             "Unix time of the last successful config load",
         )?;
         registry.register(Box::new(config_last_reload.clone()))?;
+        let clock_synchronized = IntGauge::new(
+            "fieldgate_clock_synchronized",
+            "1 while the system clock is trusted for timestamps (kernel NTP state, \
+             not earlier than the binary), 0 while states carry clockSynchronized: false",
+        )?;
+        clock_synchronized.set(1);
+        registry.register(Box::new(clock_synchronized.clone()))?;
         let mqtt_store_oldest_age = GaugeVec::new(
             Opts::new(
                 "fieldgate_mqtt_store_oldest_age_seconds",
@@ -302,6 +311,7 @@ impl Metrics {
                 &["result"],
             )?,
             config_last_reload,
+            clock_synchronized,
             config_info: gauge(
                 "fieldgate_config_info",
                 "Content hash of the loaded config file (always 1)",
@@ -331,6 +341,7 @@ impl Metrics {
 #[derive(Clone, Default)]
 pub struct Health {
     reasons: Arc<Mutex<BTreeMap<String, String>>>,
+    warnings: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 impl Health {
@@ -348,6 +359,22 @@ impl Health {
         }
     }
 
+    /// Records (or replaces) a warning under `key`: shown by `/healthz`,
+    /// without degrading it (the gateway still works, e.g. with an
+    /// unsynchronised clock).
+    pub fn set_warning(&self, key: &str, warning: String) {
+        if let Ok(mut w) = self.warnings.lock() {
+            w.insert(key.to_owned(), warning);
+        }
+    }
+
+    /// Clears the warning under `key`.
+    pub fn clear_warning(&self, key: &str) {
+        if let Ok(mut w) = self.warnings.lock() {
+            w.remove(key);
+        }
+    }
+
     /// The current reasons, sorted by key.
     pub fn reasons(&self) -> Vec<String> {
         self.reasons
@@ -356,11 +383,25 @@ impl Health {
             .unwrap_or_default()
     }
 
+    /// The current warnings, sorted by key.
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings
+            .lock()
+            .map(|w| w.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// The `/healthz` status code and JSON body.
     pub fn report(&self) -> (StatusCode, String) {
         let reasons = self.reasons();
         let status = if reasons.is_empty() { "ok" } else { "degraded" };
-        let body = serde_json::json!({ "status": status, "reasons": reasons }).to_string();
+        let warnings = self.warnings();
+        let body = if warnings.is_empty() {
+            serde_json::json!({ "status": status, "reasons": reasons })
+        } else {
+            serde_json::json!({ "status": status, "reasons": reasons, "warnings": warnings })
+        }
+        .to_string();
         let code = if reasons.is_empty() {
             StatusCode::OK
         } else {

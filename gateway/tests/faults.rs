@@ -522,3 +522,116 @@ async fn a_full_disk_under_the_file_store_loses_nothing_and_leaves_it_recoverabl
     }
     drop(second);
 }
+
+/// libfaketime's preload library (Debian package `faketime`, installed by
+/// tests/run-tests.sh).
+fn libfaketime() -> PathBuf {
+    let found = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.is_file());
+    found.expect(
+        "libfaketime not found: install the Debian package faketime (tests/run-tests.sh does)",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_jumps_by_days_are_flagged_and_change_no_age_or_cadence() {
+    // The gateway alone runs on a faked wall clock that the test sets by
+    // writing a libfaketime spec into a file; the monotonic clock stays real.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("faketime");
+    let set_clock = |s: &str| std::fs::write(&spec, s).unwrap();
+    set_clock("+0");
+    let lib = libfaketime();
+    let mut broker = Mosquitto::start();
+    let mut rec = Recorder::start(broker.port(), "faults").await;
+    let metrics = support::free_port();
+    let yaml = format!(
+        "gateway:\n  namespace: faults\n  clockCheck: false\n  metrics: {{ listen: \"127.0.0.1:{metrics}\" }}\nmqtt:\n  client:\n    server: tcp://127.0.0.1:{}\n    maxReconnectInterval: 1s\ndevices:\n{}",
+        broker.port(),
+        clock("clock")
+    );
+    let mut gw = Gateway::start_with_env(
+        &yaml,
+        &[
+            ("LD_PRELOAD", lib.to_str().unwrap()),
+            ("FAKETIME_TIMESTAMP_FILE", spec.to_str().unwrap()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+            ("FAKETIME_CACHE_DURATION", "1"),
+        ],
+    );
+    let synced = |rec: &Recorder, mark: usize| -> Vec<bool> {
+        rec.states_since(mark, "clock")
+            .iter()
+            .map(|s| s.get("clockSynchronized").is_none())
+            .collect()
+    };
+    let first = rec
+        .state_where("clock", "a state", |s| s["properties"]["n"].is_u64())
+        .await;
+    assert!(first.get("clockSynchronized").is_none(), "{first}");
+
+    // A board without a real-time clock: 1970 until NTP syncs.
+    set_clock("@1970-01-02 03:04:05");
+    let s = rec
+        .state_where("clock", "clockSynchronized: false", |s| {
+            s["clockSynchronized"] == false
+        })
+        .await;
+    assert!(
+        s["timestamp"].as_str().unwrap().starts_with("1970-01-02"),
+        "{s}"
+    );
+    assert_eq!(
+        metric(metrics, "fieldgate_clock_synchronized", &[]),
+        Some(0.0)
+    );
+    let mark = rec.mark();
+    rec.more_states("clock", 20).await;
+    assert_counting("clock", &rec.states_since(mark, "clock"));
+    assert!(synced(&rec, mark).iter().all(|s| !s), "flag missing");
+
+    // An outage, and NTP jumps the clock 57 years forward meanwhile: the
+    // store's age of what waits stays the seconds it really waited.
+    broker.stop();
+    assert!(
+        support::wait_until(WAIT, || {
+            metric(metrics, "fieldgate_mqtt_store_messages", &[]).is_some_and(|n| n >= 10.0)
+        }),
+        "the store did not fill during the outage"
+    );
+    set_clock("+3d");
+    assert!(
+        support::wait_until(WAIT, || {
+            metric(metrics, "fieldgate_clock_synchronized", &[]) == Some(1.0)
+        }),
+        "the clock was not trusted again after the jump"
+    );
+    let age = metric(metrics, "fieldgate_mqtt_store_oldest_age_seconds", &[]).unwrap();
+    assert!(age < 120.0, "store age after a clock jump: {age} s");
+    broker.restart();
+    let mark = rec.mark();
+    rec.more_states("clock", 10).await;
+    assert_counting("clock", &rec.states_since(mark, "clock"));
+
+    // Set back by days (earlier than the binary): flagged again, then
+    // cleared when the clock is right; the cadence never breaks.
+    set_clock("-2d");
+    rec.state_where("clock", "clockSynchronized: false again", |s| {
+        s["clockSynchronized"] == false
+    })
+    .await;
+    set_clock("+0");
+    rec.state_where("clock", "the flag gone", |s| {
+        s.get("clockSynchronized").is_none()
+    })
+    .await;
+    let mark = rec.mark();
+    rec.more_states("clock", 20).await;
+    assert_counting("clock", &rec.states_since(mark, "clock"));
+    assert!(gw.is_running(), "{}", gw.log());
+    assert_eq!(healthz(metrics), Some(200), "{}", gw.log());
+}

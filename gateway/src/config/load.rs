@@ -792,6 +792,7 @@ impl Loader<'_> {
                 metrics_listen,
                 log_level: gateway.log.level,
                 log_format: gateway.log.format,
+                clock_check: gateway.clock_check,
             },
             broker,
             gateway_topic,

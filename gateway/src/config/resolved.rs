@@ -38,6 +38,8 @@ pub struct GatewaySettings {
     pub log_level: LogLevel,
     /// Log format.
     pub log_format: LogFormat,
+    /// `clockCheck`: ask the kernel whether the clock is synchronised.
+    pub clock_check: bool,
 }
 
 /// The embedded broker.

@@ -37,6 +37,11 @@ pub struct GatewaySection {
     pub metrics: MetricsSection,
     /// Logging.
     pub log: LogSection,
+    /// Ask the kernel whether the system clock is synchronised (NTP) before
+    /// trusting it for timestamps; off for machines whose clock is kept by
+    /// their host (many VMs never clear the kernel's flag). A clock earlier
+    /// than the binary is distrusted either way.
+    pub clock_check: bool,
 }
 
 impl Default for GatewaySection {
@@ -46,6 +51,7 @@ impl Default for GatewaySection {
             state_directory: "/var/lib/fieldgate".into(),
             metrics: MetricsSection::default(),
             log: LogSection::default(),
+            clock_check: true,
         }
     }
 }

@@ -43,10 +43,20 @@ pub struct Store {
     backing: Backing,
 }
 
+/// Milliseconds since the Unix epoch on a clock that never jumps: the wall
+/// clock as read at the first call, advanced by the monotonic clock since.
+/// Store ages (and the time stamped into the file store) stay right when
+/// the system clock is set by days, e.g. when NTP first synchronises a
+/// board without a real-time clock.
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    static ANCHOR: std::sync::OnceLock<(std::time::Instant, u64)> = std::sync::OnceLock::new();
+    let (at, wall_ms) = ANCHOR.get_or_init(|| {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        (std::time::Instant::now(), wall)
+    });
+    wall_ms.saturating_add(u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Store {
