@@ -111,6 +111,7 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
         "fieldgate starting"
     );
     let mut loaded_hash = file_hash(&path).await;
+    let mut loaded_stamp = crate::settle::stamp(&path).await;
     set_config_hash(&metrics, loaded_hash.as_deref());
     let mut watcher = match reload::watch(&path) {
         Ok(w) => Some(w),
@@ -151,17 +152,29 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
         }
     }
 
+    let mut settling: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
+        None;
     loop {
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
             Some(probe) = probes.recv() => { let _ = probe.send(()); }
-            changed = watched(&mut watcher) => {
+            changed = watched(&mut watcher), if settling.is_none() => {
                 if changed.is_none() {
                     tracing::warn!("config watcher stopped; reload with SIGHUP");
                     watcher = None;
                     continue;
                 }
+                // Read only once a file written in place stopped changing.
+                settling = Some(Box::pin(crate::settle::settled(
+                    path.clone(),
+                    loaded_stamp,
+                    current.gateway.reload_settle,
+                )));
+            }
+            _ = async { if let Some(s) = settling.as_mut() { s.await } }, if settling.is_some() => {
+                settling = None;
+                let stamp = crate::settle::stamp(&path).await;
                 let hash = file_hash(&path).await;
                 if hash.is_some() && hash == loaded_hash {
                     tracing::debug!("config file touched but unchanged");
@@ -170,6 +183,7 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
                 tracing::info!("config file changed: reloading {}", path.display());
                 if let Some(next) = reload(&path, &metrics).await {
                     loaded_hash = hash;
+                    loaded_stamp = stamp;
                     set_config_hash(&metrics, loaded_hash.as_deref());
                     apply_gateway_settings(&current, &next, &logs);
                     let summary = supervisor.apply(&current, &next).await;
@@ -179,9 +193,11 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
             }
             _ = sighup.recv() => {
                 tracing::info!("SIGHUP: reloading {}", path.display());
+                let stamp = crate::settle::stamp(&path).await;
                 let hash = file_hash(&path).await;
                 if let Some(next) = reload(&path, &metrics).await {
                     loaded_hash = hash;
+                    loaded_stamp = stamp;
                     set_config_hash(&metrics, loaded_hash.as_deref());
                     apply_gateway_settings(&current, &next, &logs);
                     let summary = supervisor.apply(&current, &next).await;

@@ -14,6 +14,7 @@ pub mod heap;
 pub mod mqtt;
 pub mod reload;
 pub mod sdnotify;
+pub mod settle;
 pub mod state;
 pub mod supervisor;
 pub mod telemetry;

@@ -627,3 +627,62 @@ async fn the_log_level_applies_on_reload() {
     rec.state("more").await;
     assert!(gw.wait_for_log("config applied", WAIT), "{}", gw.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_copied_in_place_slowly_is_applied_once_whole() {
+    // scp / SMB / `rsync --inplace`: the file is truncated and written in
+    // pieces. Every piece ends at a line, so most prefixes are valid
+    // configs with fewer devices: none of them may be applied.
+    let broker = Mosquitto::start();
+    let mut rec = Recorder::subscribe_all(broker.port()).await;
+    let metrics = support::free_port();
+    let listen = format!("127.0.0.1:{metrics}");
+    let gw = Gateway::start(&config(
+        broker.port(),
+        &listen,
+        "",
+        &counter("keeper", 0, ""),
+    ));
+    rec.state("keeper").await;
+    assert!(support::wait_until(WAIT, || metric(metrics, RELOADS_OK).is_some()));
+    let ok_before = metric(metrics, RELOADS_OK).unwrap_or(0.0);
+    let invalid_before = metric(metrics, RELOADS_INVALID).unwrap_or(0.0);
+
+    let devices: String = std::iter::once(counter("keeper", 0, ""))
+        .chain((0..40).map(|i| counter(&format!("copied-{i}"), 0, "")))
+        .collect();
+    let full = config(broker.port(), &listen, "", &devices);
+    let lines: Vec<&str> = full.split_inclusive('\n').collect();
+    let pieces: Vec<String> = lines.chunks(8).map(|c| c.concat()).collect();
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(gw.config_path())
+            .unwrap();
+        // The copy's pace: a piece every 150 ms (the watcher's quiet time),
+        // ~4 s in all, longer than the watcher's 600 ms burst cap.
+        let mut pace = tokio::time::interval(Duration::from_millis(150));
+        for piece in &pieces {
+            pace.tick().await;
+            f.write_all(piece.as_bytes()).unwrap();
+            f.flush().unwrap();
+        }
+    }
+    let last = "copied-39";
+    rec.wait("the last copied device online", |m| {
+        m.topic == format!("{}/$state", topic(last)) && m.payload == b"online"
+    })
+    .await;
+    let ok = metric(metrics, RELOADS_OK).unwrap_or(0.0) - ok_before;
+    let invalid = metric(metrics, RELOADS_INVALID).unwrap_or(0.0) - invalid_before;
+    assert_eq!(
+        (ok, invalid),
+        (1.0, 0.0),
+        "reloads while the file was being written:\n{}",
+        gw.log()
+    );
+    let log = gw.log();
+    assert!(log.contains("still being written"), "{log}");
+}

@@ -793,6 +793,7 @@ impl Loader<'_> {
                 log_level: gateway.log.level,
                 log_format: gateway.log.format,
                 clock_check: gateway.clock_check,
+                reload_settle: gateway.reload.settle.get(),
             },
             broker,
             gateway_topic,

@@ -40,6 +40,8 @@ pub struct GatewaySettings {
     pub log_format: LogFormat,
     /// `clockCheck`: ask the kernel whether the clock is synchronised.
     pub clock_check: bool,
+    /// `reload.settle`: how long a file written in place must stay unchanged.
+    pub reload_settle: std::time::Duration,
 }
 
 /// The embedded broker.

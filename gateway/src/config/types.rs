@@ -42,6 +42,25 @@ pub struct GatewaySection {
     /// their host (many VMs never clear the kernel's flag). A clock earlier
     /// than the binary is distrusted either way.
     pub clock_check: bool,
+    /// Hot reload.
+    pub reload: ReloadSection,
+}
+
+/// `gateway.reload:`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ReloadSection {
+    /// A config file written in place (not replaced by a rename) is read
+    /// only once it has not changed for this long. Default 500ms.
+    pub settle: HumanDuration,
+}
+
+impl Default for ReloadSection {
+    fn default() -> Self {
+        Self {
+            settle: HumanDuration(Duration::from_millis(500)),
+        }
+    }
 }
 
 impl Default for GatewaySection {
@@ -52,6 +71,7 @@ impl Default for GatewaySection {
             metrics: MetricsSection::default(),
             log: LogSection::default(),
             clock_check: true,
+            reload: ReloadSection::default(),
         }
     }
 }
