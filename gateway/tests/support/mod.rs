@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod counters;
+pub mod cdp;
 pub mod http;
 
 use std::borrow::Cow;

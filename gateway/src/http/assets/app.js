@@ -158,7 +158,8 @@
     button.setAttribute("aria-expanded", "true");
     const d = row.device;
     const fields = [];
-    const form = el("form", { class: "setform", "data-set": d.name });
+    // The gateway validates (the $set rules); the browser only helps typing.
+    const form = el("form", { class: "setform", "data-set": d.name, novalidate: "" });
     for (const p of d.properties.filter((q) => q.writable)) {
       let input;
       if (p.enum || p.type === "bool") {
