@@ -41,7 +41,8 @@
   }
   function show(v) {
     if (v === null || v === undefined) return "–";
-    if (typeof v === "number") return String(Math.round(v * 1e6) / 1e6);
+    // Six significant digits on screen; the API has the exact value.
+    if (typeof v === "number") return Number.isInteger(v) ? String(v) : String(Number(v.toPrecision(6)));
     return String(v);
   }
 
