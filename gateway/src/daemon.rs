@@ -275,7 +275,11 @@ async fn watched(watcher: &mut Option<reload::ConfigWatcher>) -> Option<()> {
 
 /// Loads the config again; an invalid one changes nothing and is reported
 /// in the log and the reload metric.
-async fn reload(path: &Path, metrics: &Metrics, info: &crate::http::GatewayInfo) -> Option<Resolved> {
+async fn reload(
+    path: &Path,
+    metrics: &Metrics,
+    info: &crate::http::GatewayInfo,
+) -> Option<Resolved> {
     let p = path.to_path_buf();
     let loaded = tokio::task::spawn_blocking(move || {
         let loaded = config::load(&p);

@@ -139,7 +139,9 @@ fn status_and_devices_as_json() {
     let first = value(boiler, "count").as_u64().expect("count");
     assert!(wait_until(WAIT, || {
         let d = get(&addr, "/api/v1/devices/boiler").json();
-        d["properties"][1]["value"].as_u64().is_some_and(|n| n > first)
+        d["properties"][1]["value"]
+            .as_u64()
+            .is_some_and(|n| n > first)
     }));
 
     // One device; an unknown one is a 404.
@@ -173,7 +175,10 @@ fn status_and_devices_as_json() {
     // No CORS, ever.
     let r = get(&addr, "/api/v1/status");
     assert!(!r.head.contains("access-control-"), "{}", r.head);
-    assert_eq!(r.header("content-type").as_deref(), Some("application/json"));
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/json")
+    );
 
     // The listener still serves /metrics and /healthz.
     let m = get(&addr, "/metrics");
@@ -206,14 +211,21 @@ fn page_and_assets_are_embedded_with_strict_headers() {
         for text in [&page.body, &r.body] {
             // (The inline SVG icon names its XML namespace; nothing is loaded from it.)
             let text = text.replace("http://www.w3.org/2000/svg", "");
-            assert!(!text.contains("http://") && !text.contains("https://"), "{asset}");
+            assert!(
+                !text.contains("http://") && !text.contains("https://"),
+                "{asset}"
+            );
         }
     }
     assert!(page.body.contains("app.js") && page.body.contains("style.css"));
     assert!(total < 100 * 1024, "page weighs {total} bytes");
     // The script never turns data into markup.
     let js = get(&addr, "/app.js").body;
-    assert!(!js.contains("innerHTML") && !js.contains("outerHTML") && !js.contains("insertAdjacentHTML"));
+    assert!(
+        !js.contains("innerHTML")
+            && !js.contains("outerHTML")
+            && !js.contains("insertAdjacentHTML")
+    );
     assert_eq!(get(&addr, "/nothing-here").status, 404);
     let r = request(&addr, "DELETE", "/api/v1/status", &[], b"").expect("DELETE");
     assert_eq!(r.status, 405);
@@ -240,7 +252,9 @@ async fn writes_are_off_unless_configured() {
 async fn writes_go_through_set_validation_and_reach_the_device() {
     let broker = Mosquitto::start();
     let mut probe = MqttProbe::connect(broker.port()).await;
-    probe.subscribe("fieldgate/test/boiler/$set/result", 1).await;
+    probe
+        .subscribe("fieldgate/test/boiler/$set/result", 1)
+        .await;
     let (gw, addr) = start(&broker, ", commands: true");
     let a = addr.clone();
     let ready = tokio::task::spawn_blocking(move || {
@@ -296,9 +310,12 @@ async fn writes_go_through_set_validation_and_reach_the_device() {
     assert!(r.json()["errors"]["$payload"].is_string(), "{}", r.body);
 
     // Same origin only, JSON only, bounded, known devices only.
-    let r = post(r#"{"setpoint": 6}"#, vec![("Origin", "http://evil.example")])
-        .await
-        .expect("post");
+    let r = post(
+        r#"{"setpoint": 6}"#,
+        vec![("Origin", "http://evil.example")],
+    )
+    .await
+    .expect("post");
     assert_eq!(r.status, 403, "{}", r.body);
     let r = post(r#"{"setpoint": 6}"#, vec![("Sec-Fetch-Site", "cross-site")])
         .await
@@ -371,7 +388,10 @@ fn token_guards_writes_and_is_required_off_loopback() {
     .expect("write");
     let out = support::fieldgate(&["check", "-c", cfg.to_str().expect("path")]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("gateway.metrics.tokenFile: cannot read"), "{err}");
+    assert!(
+        err.contains("gateway.metrics.tokenFile: cannot read"),
+        "{err}"
+    );
     std::fs::write(
         &cfg,
         "gateway:\n  metrics:\n    token: abc\n    tokenFile: t.txt\n",
@@ -467,7 +487,12 @@ fn a_failed_reload_shows_its_errors_with_file_and_line() {
         .iter()
         .find(|e| e["path"] == "devices[0].model")
         .expect("the error at devices[0].model");
-    assert!(e["file"].as_str().is_some_and(|f| f.ends_with("config.yaml")), "{e}");
+    assert!(
+        e["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("config.yaml")),
+        "{e}"
+    );
     assert_eq!(e["line"], 6, "{e}");
     assert_eq!(e["column"], 12, "{e}");
     assert!(e["text"]

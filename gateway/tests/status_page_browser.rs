@@ -141,18 +141,11 @@ fn the_status_page_in_headless_chromium() {
     // The filter box narrows the table.
     b.type_into("#filter", "offline");
     assert!(b.wait_for(
-        &format!(
-            "{}.hidden && !{}.hidden",
-            tr("boiler"),
-            tr("dead-meter")
-        ),
+        &format!("{}.hidden && !{}.hidden", tr("boiler"), tr("dead-meter")),
         WAIT
     ));
     b.eval("(() => { const f = document.getElementById('filter'); f.value = ''; f.dispatchEvent(new Event('input')); })()");
-    assert!(b.wait_for(
-        &format!("!{}.hidden", tr("boiler")),
-        WAIT
-    ));
+    assert!(b.wait_for(&format!("!{}.hidden", tr("boiler")), WAIT));
 
     // Commands on: set the boiler's setpoint through its form.
     b.click("tr[data-device=\"boiler\"] button.set-open");
@@ -183,7 +176,9 @@ fn the_status_page_in_headless_chromium() {
         WAIT
     ));
     // A value out of bounds is refused with the $set error, shown on the page.
-    b.eval("document.querySelector('form[data-set=\"boiler\"] input[name=\"setpoint\"]').value = ''");
+    b.eval(
+        "document.querySelector('form[data-set=\"boiler\"] input[name=\"setpoint\"]').value = ''",
+    );
     b.type_into("form[data-set=\"boiler\"] input[name=\"setpoint\"]", "500");
     b.click("form[data-set=\"boiler\"] button[type=\"submit\"]");
     assert!(b.wait_for(

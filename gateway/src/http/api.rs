@@ -209,7 +209,8 @@ fn device(probe: &DeviceProbe, answer: Result<Snapshot, Unanswered>) -> Value {
         );
         d.insert(
             "lastReadingAgeSeconds".into(),
-            snap.last_reading.map_or(Value::Null, |t| num(age_seconds(t))),
+            snap.last_reading
+                .map_or(Value::Null, |t| num(age_seconds(t))),
         );
     }
     let mut errors = Map::new();

@@ -104,7 +104,9 @@ pub fn check_write(
         None if !is_loopback_host(host) => {
             return Err(refuse(
                 StatusCode::FORBIDDEN,
-                format!("writes without a token are accepted only for a loopback Host (got `{host}`)"),
+                format!(
+                    "writes without a token are accepted only for a loopback Host (got `{host}`)"
+                ),
             ));
         }
         None => {}

@@ -135,10 +135,7 @@ impl Browser {
         let deadline = Instant::now() + CALL_TIMEOUT;
         loop {
             assert!(Instant::now() < deadline, "{method}: no answer");
-            let frame = self
-                .ws
-                .read()
-                .unwrap_or_else(|e| panic!("{method}: {e}"));
+            let frame = self.ws.read().unwrap_or_else(|e| panic!("{method}: {e}"));
             let tungstenite::Message::Text(text) = frame else {
                 continue;
             };
@@ -183,7 +180,11 @@ impl Browser {
     }
 
     /// Polls `cond` every 50 ms until it holds or `timeout` passes.
-    pub fn wait_until(&mut self, timeout: Duration, mut cond: impl FnMut(&mut Self) -> bool) -> bool {
+    pub fn wait_until(
+        &mut self,
+        timeout: Duration,
+        mut cond: impl FnMut(&mut Self) -> bool,
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             if cond(self) {

@@ -19,8 +19,7 @@ pub struct Reply {
 impl Reply {
     /// The body as JSON (panics with the body when it is not JSON).
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 
     /// The value of header `name` (lowercase), if present.
@@ -90,6 +89,5 @@ pub fn get(addr: &str, path: &str) -> Reply {
 pub fn post_json(addr: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
     let mut h = vec![("Content-Type", "application/json")];
     h.extend_from_slice(headers);
-    request(addr, "POST", path, &h, body.as_bytes())
-        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    request(addr, "POST", path, &h, body.as_bytes()).unwrap_or_else(|e| panic!("POST {path}: {e}"))
 }

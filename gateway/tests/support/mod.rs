@@ -8,8 +8,8 @@
 
 #![allow(dead_code)]
 
-pub mod counters;
 pub mod cdp;
+pub mod counters;
 pub mod http;
 
 use std::borrow::Cow;
