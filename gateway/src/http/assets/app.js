@@ -128,6 +128,9 @@
   }
 
   function updateRow(row, d) {
+    // A device that did not answer in time keeps showing what it said last.
+    if (d.status === "busy" && row.known) d = Object.assign({}, row.known, { status: "busy" });
+    else if (d.status !== "busy") row.known = d;
     const c = row.cells;
     setText(c.driver, d.driver);
     const badge = el("span", { class: "badge " + d.status }, d.status);
