@@ -19,9 +19,11 @@ installed() {
 # dbus for the private dbus-daemon of the BLE tests)
 # and that --all-features needs to build (the BLE driver links libdbus;
 # jemalloc's build runs make).
-# openssl makes the TLS test certificates; faketime fakes clock jumps; nats-server (where the
+# openssl makes the TLS test certificates; faketime fakes clock jumps;
+# chromium is the real browser the status page tests drive (headless, DevTools
+# protocol; fonts for readable screenshots); nats-server (where the
 # distribution has it) runs the core scenarios on NATS's MQTT listener.
-needed=(mosquitto mosquitto-clients pkg-config libdbus-1-dev make openssl dbus faketime)
+needed=(mosquitto mosquitto-clients pkg-config libdbus-1-dev make openssl dbus faketime chromium fonts-dejavu-core)
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
     for pkg in "${needed[@]}"; do

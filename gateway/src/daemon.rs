@@ -84,9 +84,16 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
 
+    let mut loaded_hash = file_hash(&path).await;
+    let info = crate::http::GatewayInfo::new(&path, &resolved, loaded_hash.clone());
     let http = match resolved.gateway.metrics_listen {
         Some(addr) => {
-            Some(telemetry::serve(addr, metrics.clone(), health.clone(), cancel.clone()).await?)
+            let state = crate::http::HttpState {
+                metrics: metrics.clone(),
+                health: health.clone(),
+                info: info.clone(),
+            };
+            Some(crate::http::serve(addr, state, cancel.clone()).await?)
         }
         None => None,
     };
@@ -110,7 +117,6 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
         config = %path.display(),
         "fieldgate starting"
     );
-    let mut loaded_hash = file_hash(&path).await;
     let mut loaded_stamp = crate::settle::stamp(&path).await;
     set_config_hash(&metrics, loaded_hash.as_deref());
     let mut watcher = match reload::watch(&path) {
@@ -131,6 +137,7 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
         ..resolved.clone()
     };
     supervisor.apply(&empty, &resolved).await;
+    info.set_devices(supervisor.probes());
     let mut current = resolved;
 
     // systemd: ready once the config is loaded and every task started; the
@@ -181,12 +188,14 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
                     continue;
                 }
                 tracing::info!("config file changed: reloading {}", path.display());
-                if let Some(next) = reload(&path, &metrics).await {
+                if let Some(next) = reload(&path, &metrics, &info).await {
                     loaded_hash = hash;
                     loaded_stamp = stamp;
                     set_config_hash(&metrics, loaded_hash.as_deref());
                     apply_gateway_settings(&current, &next, &logs);
                     let summary = supervisor.apply(&current, &next).await;
+                    info.loaded(&next, loaded_hash.clone());
+                    info.set_devices(supervisor.probes());
                     log_summary(&summary);
                     current = next;
                 }
@@ -195,12 +204,14 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
                 tracing::info!("SIGHUP: reloading {}", path.display());
                 let stamp = crate::settle::stamp(&path).await;
                 let hash = file_hash(&path).await;
-                if let Some(next) = reload(&path, &metrics).await {
+                if let Some(next) = reload(&path, &metrics, &info).await {
                     loaded_hash = hash;
                     loaded_stamp = stamp;
                     set_config_hash(&metrics, loaded_hash.as_deref());
                     apply_gateway_settings(&current, &next, &logs);
                     let summary = supervisor.apply(&current, &next).await;
+                    info.loaded(&next, loaded_hash.clone());
+                    info.set_devices(supervisor.probes());
                     log_summary(&summary);
                     current = next;
                 }
@@ -211,6 +222,7 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
     if let Some(n) = &notifier {
         n.notify("STOPPING=1\nSTATUS=stopping");
     }
+    info.set_devices(Vec::new());
     if tokio::time::timeout(STOP_DEADLINE, supervisor.shutdown())
         .await
         .is_err()
@@ -287,7 +299,11 @@ async fn watched(watcher: &mut Option<reload::ConfigWatcher>) -> Option<()> {
 
 /// Loads the config again; an invalid one changes nothing and is reported
 /// in the log and the reload metric.
-async fn reload(path: &Path, metrics: &Metrics) -> Option<Resolved> {
+async fn reload(
+    path: &Path,
+    metrics: &Metrics,
+    info: &crate::http::GatewayInfo,
+) -> Option<Resolved> {
     let p = path.to_path_buf();
     let loaded = tokio::task::spawn_blocking(move || {
         let loaded = config::load(&p);
@@ -304,6 +320,7 @@ async fn reload(path: &Path, metrics: &Metrics) -> Option<Resolved> {
             }
             metrics.config_reloads.with_label_values(&["ok"]).inc();
             metrics.config_last_reload.set(now_seconds());
+            info.reloaded(None);
             Some(next)
         }
         Ok(Err(errors)) => {
@@ -311,6 +328,7 @@ async fn reload(path: &Path, metrics: &Metrics) -> Option<Resolved> {
             for e in &errors.0 {
                 tracing::error!("config not reloaded: {e}");
             }
+            info.reloaded(Some(&errors));
             None
         }
         Err(e) => {

@@ -52,6 +52,86 @@ enum Control {
         /// Clear the retained topics (the device is gone or renamed).
         clear: bool,
     },
+    /// Report the current state (the status page, `/api/v1`).
+    Snapshot(oneshot::Sender<Snapshot>),
+    /// A `$set` from the status page (plain JSON, as on `T/$set`); the
+    /// result (plain JSON) goes back to `reply` as well as to `T/$set/result`.
+    Set {
+        /// The `$set` payload.
+        payload: Bytes,
+        /// Where the result goes.
+        reply: oneshot::Sender<Vec<u8>>,
+    },
+}
+
+/// What a running device reports about itself on request (read-only).
+#[derive(Debug)]
+pub struct Snapshot {
+    /// `None` until the driver said whether it reaches the device.
+    pub online: Option<bool>,
+    /// Why the device is offline (while it is).
+    pub offline_reason: Option<String>,
+    /// When the latest readings were taken.
+    pub last_reading: Option<std::time::SystemTime>,
+    /// Each property's value (JSON) or error, in device order.
+    pub values: Vec<state::CurrentValue>,
+}
+
+/// Why a running device gave no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unanswered {
+    /// Its request queue is full (it is busy, e.g. waiting for its session).
+    Busy,
+    /// It has stopped.
+    Stopped,
+    /// It did not answer in time.
+    Timeout,
+}
+
+/// A cheap handle to ask a running device for its state or hand it a
+/// `$set` (the status page); holds no state of its own.
+#[derive(Clone)]
+pub struct DeviceProbe {
+    /// The settings it runs with.
+    pub settings: Arc<DeviceSettings>,
+    control: flume::Sender<Control>,
+}
+
+impl DeviceProbe {
+    /// Asks the device task for a [`Snapshot`] without waiting for room in
+    /// its queue; the answer arrives on the returned receiver.
+    pub fn request_snapshot(&self) -> Result<oneshot::Receiver<Snapshot>, Unanswered> {
+        let (tx, rx) = oneshot::channel();
+        self.control
+            .try_send(Control::Snapshot(tx))
+            .map_err(|e| match e {
+                flume::TrySendError::Full(_) => Unanswered::Busy,
+                flume::TrySendError::Disconnected(_) => Unanswered::Stopped,
+            })?;
+        Ok(rx)
+    }
+
+    /// Hands a `$set` payload (plain JSON) to the device, through the same
+    /// validation and queue as `T/$set`, and waits up to `wait` for its
+    /// result payload (plain JSON).
+    pub async fn set(&self, payload: Bytes, wait: Duration) -> Result<Vec<u8>, Unanswered> {
+        let (reply, rx) = oneshot::channel();
+        let sent = tokio::time::timeout(
+            wait,
+            self.control.send_async(Control::Set { payload, reply }),
+        )
+        .await;
+        match sent {
+            Err(_) => return Err(Unanswered::Busy),
+            Ok(Err(_)) => return Err(Unanswered::Stopped),
+            Ok(Ok(())) => {}
+        }
+        match tokio::time::timeout(wait, rx).await {
+            Err(_) => Err(Unanswered::Timeout),
+            Ok(Err(_)) => Err(Unanswered::Stopped),
+            Ok(Ok(result)) => Ok(result),
+        }
+    }
 }
 
 /// Control requests that may wait for a device task: moves are rare (a
@@ -67,6 +147,14 @@ pub struct RunningDevice {
 }
 
 impl RunningDevice {
+    /// A handle for the status page to ask this device about itself.
+    pub fn probe(&self) -> DeviceProbe {
+        DeviceProbe {
+            settings: Arc::clone(&self.settings),
+            control: self.control.clone(),
+        }
+    }
+
     /// The same running device, described by equivalent `settings` (a
     /// reload that changed nothing it uses, e.g. a session's index).
     pub fn with_settings(mut self, settings: Arc<DeviceSettings>) -> Self {
@@ -153,6 +241,8 @@ pub fn spawn(
 struct PendingSet {
     request: SetRequest,
     reply_to: Option<(String, Option<Bytes>)>,
+    /// The status page waiting for the result (plain JSON).
+    http: Option<oneshot::Sender<Vec<u8>>>,
 }
 
 /// A `$set` handed to the driver, waiting for its outcome.
@@ -169,6 +259,8 @@ struct Actor {
     state: DeviceState,
     m: DeviceMetrics,
     online: Option<bool>,
+    /// Why the device is offline, while it is (for the status page).
+    offline_reason: Option<Box<str>>,
 }
 
 impl Actor {
@@ -185,6 +277,7 @@ impl Actor {
             session,
             m,
             online: None,
+            offline_reason: None,
         }
     }
 
@@ -249,6 +342,18 @@ impl Actor {
                         clear_retained = clear;
                         break;
                     }
+                    Some(Control::Snapshot(reply)) => {
+                        let _ = reply.send(self.snapshot());
+                    }
+                    Some(Control::Set { payload, reply }) => {
+                        let msg = Inbound {
+                            topic: self.topics.set.to_string(),
+                            payload,
+                            response_topic: None,
+                            correlation: None,
+                        };
+                        Box::pin(self.on_inbound(msg, Some(reply), &commands, &mut queue)).await;
+                    }
                     // Its owner is gone without a word: stop as on a stop.
                     None => break,
                 },
@@ -269,7 +374,7 @@ impl Actor {
                     }
                 },
                 msg = futures_util::StreamExt::next(&mut inbox) => if let Some(msg) = msg {
-                    Box::pin(self.on_inbound(*msg, &commands, &mut queue)).await;
+                    Box::pin(self.on_inbound(*msg, None, &commands, &mut queue)).await;
                 },
                 _ = sleep_until_opt(wake_at) => {
                     let now = Instant::now();
@@ -381,7 +486,26 @@ impl Actor {
         }
     }
 
+    /// The current state, for the status page.
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            online: self.online,
+            offline_reason: self.offline_reason.as_deref().map(str::to_owned),
+            last_reading: self.state.last_reading(),
+            values: self.state.current(),
+        }
+    }
+
     async fn set_online(&mut self, online: bool, reason: Option<DriverError>) {
+        if !online {
+            if let Some(e) = &reason {
+                if self.offline_reason.as_deref() != Some(e.message.as_str()) {
+                    self.offline_reason = Some(e.message.as_str().into());
+                }
+            }
+        } else {
+            self.offline_reason = None;
+        }
         if self.online == Some(online) {
             return;
         }
@@ -459,9 +583,13 @@ impl Actor {
         }
     }
 
+    /// A `$set` or `$get` from the session (`http: None`) or a `$set` from
+    /// the status page (`http`: where its result goes; its payload is plain
+    /// JSON whatever the device's `payloadEncode`).
     async fn on_inbound(
         &mut self,
         msg: Inbound,
+        http: Option<oneshot::Sender<Vec<u8>>>,
         commands: &CommandSender,
         queue: &mut VecDeque<PendingSet>,
     ) {
@@ -475,11 +603,11 @@ impl Actor {
             .response_topic
             .clone()
             .map(|topic| (topic, msg.correlation.clone()));
-        match command::parse_set(
-            &msg.payload,
-            self.settings.message.payload_encode,
-            &self.settings,
-        ) {
+        let encoding = match http {
+            Some(_) => PayloadEncode::Raw,
+            None => self.settings.message.payload_encode,
+        };
+        match command::parse_set(&msg.payload, encoding, &self.settings) {
             Ok(request) => {
                 if queue.len() >= INBOX {
                     let rejection = command::SetRejection {
@@ -490,11 +618,15 @@ impl Actor {
                         )],
                     };
                     self.count_set(SetResult::Rejected);
-                    self.send_result(command::rejection_payload(&rejection), reply_to)
+                    self.send_result(command::rejection_payload(&rejection), reply_to, http)
                         .await;
                     return;
                 }
-                queue.push_back(PendingSet { request, reply_to });
+                queue.push_back(PendingSet {
+                    request,
+                    reply_to,
+                    http,
+                });
             }
             Err(rejection) => {
                 self.count_set(SetResult::Rejected);
@@ -508,7 +640,7 @@ impl Actor {
                         .collect::<Vec<_>>()
                         .join("; ")
                 );
-                self.send_result(command::rejection_payload(&rejection), reply_to)
+                self.send_result(command::rejection_payload(&rejection), reply_to, http)
                     .await;
             }
         }
@@ -562,14 +694,24 @@ impl Actor {
         }
         let payload =
             command::result_payload(&self.settings, &pending.request, outcome.applied, failed);
-        self.send_result(payload, pending.reply_to).await;
+        self.send_result(payload, pending.reply_to, pending.http)
+            .await;
     }
 
     fn count_set(&self, result: SetResult) {
         self.m.series.count_set(result);
     }
 
-    async fn send_result(&self, json: Vec<u8>, reply_to: Option<(String, Option<Bytes>)>) {
+    async fn send_result(
+        &self,
+        json: Vec<u8>,
+        reply_to: Option<(String, Option<Bytes>)>,
+        http: Option<oneshot::Sender<Vec<u8>>>,
+    ) {
+        if let Some(http) = http {
+            // The page may have given up waiting: nothing to do then.
+            let _ = http.send(json.clone());
+        }
         let payload = self.encode(json);
         let qos = self.settings.message.qos;
         if let Some((topic, correlation)) = reply_to {

@@ -11,6 +11,7 @@ pub mod deadline;
 pub mod descriptors;
 pub mod device;
 pub mod heap;
+pub mod http;
 pub mod mqtt;
 pub mod reload;
 pub mod sdnotify;

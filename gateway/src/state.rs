@@ -278,6 +278,10 @@ fn push_json_str(buf: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// One property's current value (as JSON) or the error of its last read;
+/// `None` while it was never read.
+pub type CurrentValue = Option<Result<serde_json::Value, String>>;
+
 /// The live state of one device and its publish bookkeeping.
 pub struct DeviceState {
     /// `{"name":"<device>","timestamp":"`
@@ -293,6 +297,8 @@ pub struct DeviceState {
     published: Vec<Slot>,
     /// Time of the latest readings.
     at: Option<SystemTime>,
+    /// Time of the latest readings with at least one value (not all errors).
+    read_ok_at: Option<SystemTime>,
     /// The device's publish policy.
     policy: PublishPolicy,
     /// When the state was last published.
@@ -321,6 +327,7 @@ impl DeviceState {
                 Vec::new()
             },
             at: None,
+            read_ok_at: None,
             policy: settings.publish,
             last_publish: None,
             last_len: 128,
@@ -370,12 +377,35 @@ impl DeviceState {
             }
         }
         self.at = Some(readings.at);
+        if readings.values.iter().any(|(_, r)| r.is_ok()) {
+            self.read_ok_at = Some(readings.at);
+        }
         let publish = !self.policy.on_change
             || self.last_publish.is_none()
             || readings.cause == ReadCause::Forced
             || changed
             || self.heartbeat_due().is_some_and(|due| now >= due);
         publish.then(|| self.publish_now(now))
+    }
+
+    /// When the latest readings that read at least one value were taken
+    /// (`None`: none yet; readings that all failed do not count).
+    pub fn last_reading(&self) -> Option<SystemTime> {
+        self.read_ok_at
+    }
+
+    /// Every property's current value or error, in device order (for the
+    /// status page; built on request, nothing kept for it).
+    pub fn current(&self) -> Vec<CurrentValue> {
+        self.current
+            .iter()
+            .zip(&self.settings.properties)
+            .map(|(slot, prop)| match slot {
+                Slot::Unread => None,
+                Slot::Value(v) => Some(Ok(v.to_json(prop))),
+                Slot::Error(e) => Some(Err(e.clone())),
+            })
+            .collect()
     }
 
     /// When a heartbeat publish is next due (`None`: no heartbeat).

@@ -219,6 +219,13 @@ impl Supervisor {
         summary
     }
 
+    /// Handles to every running device, sorted by name (for the status page).
+    pub fn probes(&self) -> Vec<device::DeviceProbe> {
+        let mut probes: Vec<_> = self.devices.values().map(RunningDevice::probe).collect();
+        probes.sort_unstable_by(|a, b| a.settings.name.cmp(&b.settings.name));
+        probes
+    }
+
     /// Clean stop: every device publishes `offline`, then every session
     /// publishes its will payload, flushes and disconnects.
     pub async fn shutdown(&mut self) {

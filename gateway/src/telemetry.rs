@@ -1,22 +1,15 @@
 //! Logging setup, the Prometheus registry with every fieldgate metric family,
-//! and the small HTTP listener serving `/metrics` and `/healthz`.
+//! and what `/healthz` reports (served by [`crate::http`]).
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::io::IsTerminal;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context;
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Request, Response, StatusCode};
+use hyper::StatusCode;
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::types::{LogFormat, LogLevel};
 
@@ -409,68 +402,4 @@ impl Health {
         };
         (code, body)
     }
-}
-
-fn respond(code: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = code;
-    if let Ok(v) = content_type.parse() {
-        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
-    }
-    resp
-}
-
-/// Binds `addr` and serves `/metrics` and `/healthz` until `cancel` fires.
-/// Binding errors are returned at once so start-up can report them.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Metrics,
-    health: Health,
-    cancel: CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
-    tracing::info!("metrics and health on http://{addr}/metrics and /healthz");
-    Ok(tokio::spawn(async move {
-        loop {
-            let (stream, _) = tokio::select! {
-                _ = cancel.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!("metrics listener: {e}");
-                        continue;
-                    }
-                },
-            };
-            let metrics = metrics.clone();
-            let health = health.clone();
-            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let resp = match req.uri().path() {
-                    "/metrics" => respond(
-                        StatusCode::OK,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                        metrics.render(),
-                    ),
-                    "/healthz" => {
-                        let (code, body) = health.report();
-                        respond(code, "application/json", body)
-                    }
-                    _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
-                };
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            tokio::spawn(async move {
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(std::time::Duration::from_secs(10))
-                    .serve_connection(io, service);
-                if let Err(e) = conn.await {
-                    tracing::debug!("metrics connection: {e}");
-                }
-            });
-        }
-    }))
 }

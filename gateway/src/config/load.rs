@@ -515,6 +515,7 @@ impl Loader<'_> {
                 }
             }
         };
+        let metrics_token = self.metrics_token(gw_node, &gateway, metrics_listen);
         if gateway.state_directory.is_empty() {
             if let Some(g) = gw_map("stateDirectory") {
                 self.ctx
@@ -790,6 +791,8 @@ impl Loader<'_> {
                 namespace: ns,
                 state_directory: gateway.state_directory.clone().into(),
                 metrics_listen,
+                metrics_commands: gateway.metrics.commands,
+                metrics_token,
                 log_level: gateway.log.level,
                 log_format: gateway.log.format,
                 clock_check: gateway.clock_check,
@@ -800,6 +803,70 @@ impl Loader<'_> {
             sessions,
             devices,
         })
+    }
+
+    /// `gateway.metrics.token` / `tokenFile`: the write token, read and
+    /// checked; with `commands: true` on an address other than loopback one
+    /// is required.
+    fn metrics_token(
+        &mut self,
+        gw_node: Option<&Node>,
+        gateway: &GatewaySection,
+        listen: Option<SocketAddr>,
+    ) -> Option<Secret> {
+        let m = &gateway.metrics;
+        let node = gw_node.and_then(|g| g.get("metrics"));
+        let file = m.token_file.as_deref().filter(|f| !f.is_empty());
+        let token = match (m.token.as_deref(), file) {
+            (Some(_), Some(_)) => {
+                if let Some(n) = node {
+                    self.ctx.key(
+                        n,
+                        "gateway.metrics",
+                        &["tokenFile"],
+                        "give either `token` or `tokenFile`, not both",
+                    );
+                }
+                None
+            }
+            (Some(t), None) => Some(t.to_owned()),
+            (None, Some(f)) => match read_password_file(self.base_dir, f) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    if let Some(n) = node {
+                        self.ctx.val(n, "gateway.metrics", &["tokenFile"], e);
+                    }
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            if let Some(n) = node {
+                let key = if file.is_some() { "tokenFile" } else { "token" };
+                self.ctx.val(
+                    n,
+                    "gateway.metrics",
+                    &[key],
+                    "the token is empty; give at least 16 characters, e.g. from `openssl rand -hex 16`",
+                );
+            }
+            return None;
+        }
+        let remote = listen.is_some_and(|a| !a.ip().is_loopback());
+        if m.commands && remote && m.token.is_none() && file.is_none() {
+            if let (Some(n), Some(addr)) = (node, listen) {
+                self.ctx.val(
+                    n,
+                    "gateway.metrics",
+                    &["commands"],
+                    format!(
+                        "writes from the status page on {addr} (not loopback) need `gateway.metrics.token` or `tokenFile`"
+                    ),
+                );
+            }
+        }
+        token.map(Secret)
     }
 
     /// `mqtt:` (top level or per device): client and message, each validated.

@@ -360,6 +360,14 @@ pub fn render(r: &Resolved) -> String {
             .map(|a| format!("http://{a}/metrics"))
             .unwrap_or_else(|| "off".into())
     );
+    if let Some(a) = g.metrics_listen {
+        let writes = match (g.metrics_commands, &g.metrics_token) {
+            (false, _) => "read-only",
+            (true, Some(_)) => "commands on, token required",
+            (true, None) => "commands on",
+        };
+        let _ = writeln!(out, "  status page http://{a}/ ({writes})");
+    }
     let _ = writeln!(out, "  log {:?} {:?}", g.log_level, g.log_format);
     let _ = writeln!(out, "  topic {}", r.gateway_topic);
     if let Some(b) = &r.broker {

@@ -34,6 +34,10 @@ pub struct GatewaySettings {
     pub state_directory: PathBuf,
     /// Metrics listener; `None` = off.
     pub metrics_listen: Option<SocketAddr>,
+    /// Writes from the status page and `/api/v1` allowed.
+    pub metrics_commands: bool,
+    /// Bearer token those writes need, if any.
+    pub metrics_token: Option<Secret>,
     /// Log level.
     pub log_level: LogLevel,
     /// Log format.
@@ -42,6 +46,16 @@ pub struct GatewaySettings {
     pub clock_check: bool,
     /// `reload.settle`: how long a file written in place must stay unchanged.
     pub reload_settle: std::time::Duration,
+}
+
+/// A secret string (a token) that never shows in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// The embedded broker.

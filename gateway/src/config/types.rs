@@ -80,14 +80,25 @@ impl Default for GatewaySection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct MetricsSection {
-    /// `host:port` for /metrics and /healthz; empty turns it off.
+    /// `host:port` for /metrics, /healthz, /api/v1 and the status page; empty turns it off.
     pub listen: String,
+    /// Let the status page and `POST /api/v1/devices/<name>/set` write
+    /// writable properties (through the `$set` validation). Default: false.
+    pub commands: bool,
+    /// Bearer token for writes; required with `commands` when the listener
+    /// is not on loopback (prefer `tokenFile`).
+    pub token: Option<String>,
+    /// File holding the token (its first line).
+    pub token_file: Option<String>,
 }
 
 impl Default for MetricsSection {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9880".into(),
+            commands: false,
+            token: None,
+            token_file: None,
         }
     }
 }

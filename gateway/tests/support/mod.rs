@@ -8,7 +8,9 @@
 
 #![allow(dead_code)]
 
+pub mod cdp;
 pub mod counters;
+pub mod http;
 
 use std::borrow::Cow;
 use std::fs;

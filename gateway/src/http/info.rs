@@ -1,0 +1,140 @@
+//! What the status page tells about the gateway itself: version, uptime,
+//! the loaded config (hash, when, the last reload and its errors), the MQTT
+//! sessions it runs, whether writes are allowed, and which devices run.
+//! The daemon updates it on start and on every reload; the listener reads it.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Instant, SystemTime};
+
+use crate::config::resolved::Secret;
+use crate::config::{ConfigErrors, Resolved};
+use crate::device::DeviceProbe;
+
+/// The outcome of the last reload attempt.
+#[derive(Debug, Clone)]
+pub struct ReloadOutcome {
+    /// `ok` or `invalid`.
+    pub result: &'static str,
+    /// When it was tried.
+    pub at: SystemTime,
+    /// The errors of an invalid config (empty when `ok`).
+    pub errors: Vec<crate::config::ConfigError>,
+}
+
+/// One MQTT session as configured.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// Client id (the metric label `session`).
+    pub id: String,
+    /// The broker address, as configured (no credentials).
+    pub server: String,
+}
+
+/// The gateway's facts that change only on start and reload.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    /// `gateway.namespace`.
+    pub namespace: String,
+    /// The config file.
+    pub config_path: String,
+    /// Content hash of the loaded config file.
+    pub config_hash: Option<String>,
+    /// When the running config was loaded.
+    pub loaded_at: SystemTime,
+    /// The last reload attempt, if any.
+    pub last_reload: Option<ReloadOutcome>,
+    /// The running sessions.
+    pub sessions: Vec<SessionInfo>,
+    /// Writes allowed (`gateway.metrics.commands`).
+    pub commands: bool,
+    /// The token writes need, if any.
+    pub token: Option<Secret>,
+}
+
+/// Shared between the daemon (writes) and the listener (reads).
+#[derive(Clone)]
+pub struct GatewayInfo {
+    started: Instant,
+    facts: Arc<Mutex<Facts>>,
+    /// Sorted by name; replaced as a whole after each apply (one pointer
+    /// per device, nothing else kept for the page).
+    devices: Arc<RwLock<Arc<[DeviceProbe]>>>,
+}
+
+impl GatewayInfo {
+    /// Facts of the config `resolved`, loaded from `path` with `hash`.
+    pub fn new(path: &std::path::Path, resolved: &Resolved, hash: Option<String>) -> Self {
+        let facts = Facts {
+            namespace: String::new(),
+            config_path: path.display().to_string(),
+            config_hash: None,
+            loaded_at: SystemTime::now(),
+            last_reload: None,
+            sessions: Vec::new(),
+            commands: false,
+            token: None,
+        };
+        let info = Self {
+            started: Instant::now(),
+            facts: Arc::new(Mutex::new(facts)),
+            devices: Arc::new(RwLock::new(Arc::from(Vec::new()))),
+        };
+        info.loaded(resolved, hash);
+        info
+    }
+
+    /// A config was loaded and applied (start-up or a reload).
+    pub fn loaded(&self, resolved: &Resolved, hash: Option<String>) {
+        if let Ok(mut f) = self.facts.lock() {
+            f.namespace = resolved.gateway.namespace.clone();
+            f.config_hash = hash;
+            f.loaded_at = SystemTime::now();
+            f.sessions = resolved
+                .sessions
+                .iter()
+                .map(|s| SessionInfo {
+                    id: s.client_id.clone(),
+                    server: s.server.to_string(),
+                })
+                .collect();
+            f.commands = resolved.gateway.metrics_commands;
+            f.token = resolved.gateway.metrics_token.clone();
+        }
+    }
+
+    /// A reload was tried: `errors` is `None` when it succeeded.
+    pub fn reloaded(&self, errors: Option<&ConfigErrors>) {
+        if let Ok(mut f) = self.facts.lock() {
+            f.last_reload = Some(ReloadOutcome {
+                result: if errors.is_some() { "invalid" } else { "ok" },
+                at: SystemTime::now(),
+                errors: errors.map(|e| e.0.clone()).unwrap_or_default(),
+            });
+        }
+    }
+
+    /// The running devices changed: `probes` sorted by name.
+    pub fn set_devices(&self, probes: Vec<DeviceProbe>) {
+        if let Ok(mut d) = self.devices.write() {
+            *d = Arc::from(probes);
+        }
+    }
+
+    /// The running devices, sorted by name.
+    pub fn devices(&self) -> Arc<[DeviceProbe]> {
+        self.devices
+            .read()
+            .map(|d| Arc::clone(&d))
+            .unwrap_or_else(|_| Arc::from(Vec::new()))
+    }
+
+    /// A copy of the current facts.
+    pub fn facts(&self) -> Option<Facts> {
+        self.facts.lock().ok().map(|f| f.clone())
+    }
+
+    /// Seconds since the daemon started.
+    pub fn uptime_seconds(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+}
