@@ -52,6 +52,8 @@ pub fn status(info: &GatewayInfo, metrics: &Metrics, health: &Health) -> Value {
         "uptimeSeconds": info.uptime_seconds(),
         "status": if reasons.is_empty() { "ok" } else { "degraded" },
         "reasons": reasons,
+        "warnings": health.warnings(),
+        "clockSynchronized": crate::clock::is_synchronized(),
         "config": config(&facts),
         "sessions": sessions,
         "devices": { "total": info.devices().len() },
