@@ -635,3 +635,66 @@ async fn clock_jumps_by_days_are_flagged_and_change_no_age_or_cadence() {
     assert!(gw.is_running(), "{}", gw.log());
     assert_eq!(healthz(metrics), Some(200), "{}", gw.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_on_the_http_listener_backs_off_and_recovers() {
+    // A limit a little over what the gateway needs: clients of /metrics take
+    // the rest, and accept() fails with EMFILE while they stay.
+    let broker = Mosquitto::start();
+    let metrics = support::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    let log_path = dir.path().join("fieldgate.log");
+    std::fs::write(
+        &path,
+        format!(
+            "gateway:\n  namespace: faults\n  metrics: {{ listen: \"127.0.0.1:{metrics}\" }}\nmqtt:\n  client:\n    server: tcp://127.0.0.1:{}\ndevices:\n{}",
+            broker.port(),
+            clock("clock")
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new("prlimit")
+        .arg("--nofile=80:80")
+        .arg("--")
+        .arg(support::fieldgate_binary())
+        .args(["run", "-c"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("prlimit");
+    assert!(
+        support::wait_until(WAIT, || healthz(metrics) == Some(200)),
+        "{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let mut clients = Vec::new();
+    for _ in 0..70 {
+        if let Ok(c) = std::net::TcpStream::connect(("127.0.0.1", metrics)) {
+            clients.push(c);
+        }
+    }
+    assert!(
+        support::wait_until(WAIT, || read_log().contains("retrying with backoff")),
+        "accept never ran out of descriptors:\n{}",
+        read_log()
+    );
+    drop(clients);
+    assert!(
+        support::wait_until(WAIT, || healthz(metrics) == Some(200)),
+        "/healthz did not answer again"
+    );
+    let warnings = read_log().matches("http listener").count();
+    let running = child.try_wait().ok().flatten().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(running, "the gateway exited:\n{}", read_log());
+    assert!(
+        warnings <= 3,
+        "{warnings} accept warnings (a spinning accept loop logs one per try)"
+    );
+}

@@ -232,6 +232,9 @@ pub async fn serve(
     tracing::info!("status page on http://{addr}/, metrics on /metrics, health on /healthz");
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     Ok(tokio::spawn(async move {
+        // Accept errors (EMFILE when the process is out of descriptors,
+        // ENOBUFS) repeat at once if retried at once: back off, log once.
+        let mut accept_backoff = Duration::ZERO;
         loop {
             // Wait for a free slot before accepting: excess clients wait in
             // the kernel's queue instead of costing memory here.
@@ -245,9 +248,21 @@ pub async fn serve(
             let (stream, _) = tokio::select! {
                 _ = cancel.cancelled() => return,
                 accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
+                    Ok(a) => {
+                        accept_backoff = Duration::ZERO;
+                        a
+                    }
                     Err(e) => {
-                        tracing::warn!("http listener: {e}");
+                        if accept_backoff.is_zero() {
+                            tracing::warn!("http listener: {e}; retrying with backoff");
+                        }
+                        accept_backoff = (accept_backoff * 2)
+                            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+                        drop(permit);
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep(accept_backoff) => {}
+                        }
                         continue;
                     }
                 },
