@@ -2,8 +2,8 @@
 # Installs the cross toolchain for fieldgate's ARM builds from Debian 12's own
 # packages (no Docker, no rustup targets): rustc-web/cargo-web (Rust 1.96 as
 # /usr/bin/rustc and /usr/bin/cargo), the target's std (libstd-rust-web-dev:<arch>),
-# a gcc cross linker, libdbus-1-dev:<arch> (the BLE driver links libdbus),
-# qemu-user-static (smoke tests) and cargo-deb.
+# a gcc cross compiler and linker (also for the C parts: ring, jemalloc and
+# libdbus, built from source), make, qemu-user-static (smoke tests) and cargo-deb.
 #
 #     sudo bash cross/setup.sh arm64          # or armhf, amd64, all
 #
@@ -50,10 +50,10 @@ update() {
     fi
 }
 
-# libdbus-1-dev:<arch> pulls Multi-Arch: same libraries (libsystemd0, liblzma5,
-# ...) that must have the same version for every architecture. When the host's
-# copies are older than the foreign index's, install both at the foreign
-# candidate version (a point-release upgrade of the host's copies).
+# A foreign std pulls Multi-Arch: same libraries (libxml2, libicu72, ...) that
+# must have the same version for every architecture. When the host's copies
+# are older than the foreign index's, install both at the foreign candidate
+# version (a point-release upgrade of the host's copies).
 align_multiarch() {
     local arch=$1 lib cand a pins=()
     shift
@@ -107,7 +107,7 @@ remove_mismatched_std() {
 
 multiarch_libs=(libsystemd0 liblzma5 libzstd1 liblz4-1 libgcrypt20 libgpg-error0 libcap2)
 
-common=(rustc-web cargo-web pkg-config make qemu-user-static dpkg-dev binutils)
+common=(rustc-web cargo-web make qemu-user-static dpkg-dev binutils)
 for arch in "${arches[@]}"; do
     case "$arch" in
         amd64) ;;
@@ -123,20 +123,14 @@ install_missing "${common[@]}"
 
 for arch in "${arches[@]}"; do
     case "$arch" in
-        amd64)
-            install_missing libdbus-1-dev
-            ;;
+        amd64) ;;
         arm64)
-            installed libdbus-1-dev:arm64 || align_multiarch arm64 "${multiarch_libs[@]}"
             install_missing gcc-aarch64-linux-gnu libc6-dev-arm64-cross binutils-aarch64-linux-gnu
             install_std arm64
-            install_missing libdbus-1-dev:arm64
             ;;
         armhf)
-            installed libdbus-1-dev:armhf || align_multiarch armhf "${multiarch_libs[@]}"
             install_missing gcc-arm-linux-gnueabihf libc6-dev-armhf-cross binutils-arm-linux-gnueabihf
             install_std armhf
-            install_missing libdbus-1-dev:armhf
             ;;
     esac
 done
