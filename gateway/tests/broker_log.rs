@@ -23,10 +23,9 @@ fn error_lines(log: &str) -> Vec<&str> {
 }
 
 fn run(cmd: &mut Command) {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {cmd:?}: {e} (mosquitto-clients installed? run tests/run-tests.sh)"));
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| {
+        panic!("run {cmd:?}: {e} (mosquitto-clients installed? run tests/run-tests.sh)")
+    });
     assert!(
         out.status.success(),
         "{cmd:?}: {}",
@@ -54,11 +53,27 @@ async fn client_disconnects_log_no_error_and_real_errors_stay() {
 
     // A publisher: CONNECT, PUBLISH, DISCONNECT.
     run(Command::new("mosquitto_pub").args([
-        "-h", "127.0.0.1", "-p", &p, "-t", "test/hello", "-m", "hi",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &p,
+        "-t",
+        "test/hello",
+        "-m",
+        "hi",
     ]));
     // A subscriber that leaves after one message (DISCONNECT).
     run(Command::new("mosquitto_sub").args([
-        "-h", "127.0.0.1", "-p", &p, "-t", "fieldgate/#", "-C", "1", "-W", "20",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &p,
+        "-t",
+        "fieldgate/#",
+        "-C",
+        "1",
+        "-W",
+        "20",
     ]));
     // A subscriber killed without DISCONNECT: its socket just closes.
     let mut killed = Command::new("mosquitto_sub")

@@ -123,7 +123,9 @@ mod tests {
         assert!(is_routine("router-drop", Some("Recv(Disconnected)")));
         assert!(is_routine(
             "disconnected",
-            Some(r#"Network(Io(Os { code: 104, kind: ConnectionReset, message: "Connection reset by peer" }))"#)
+            Some(
+                r#"Network(Io(Os { code: 104, kind: ConnectionReset, message: "Connection reset by peer" }))"#
+            )
         ));
         assert!(is_routine(
             "disconnected",
@@ -142,7 +144,10 @@ mod tests {
             "Error while handling MQTT connect packet",
             Some("Network(Protocol(InvalidProtocol))")
         ));
-        assert!(!is_routine("disconnected", Some("Network(Protocol(PayloadSizeLimitExceeded(2000000)))")));
+        assert!(!is_routine(
+            "disconnected",
+            Some("Network(Protocol(PayloadSizeLimitExceeded(2000000)))")
+        ));
         assert!(!is_routine("router-drop", Some("Send(Full)")));
         assert!(!is_routine("no space for new connection", None));
         assert!(!is_routine("Remote link error", Some("Recv(Disconnected)")));
