@@ -10,7 +10,14 @@
 # armhf: when the security suite's armhf index cannot be downloaded (seen:
 # "File has unexpected size"), the script falls back to building std from
 # Debian's rust-web-src (cross/build.sh then uses -Zbuild-std); see cross/README.md.
+#
+# FIELDGATE_CROSS_BUILD_STD=1 skips the foreign architectures altogether: no
+# `dpkg --add-architecture`, no foreign index in `apt-get update` (whose
+# download failures would then break every other apt-get on the machine), std
+# built from rust-web-src. Nothing but native packages is installed.
 set -euo pipefail
+
+build_std_only=${FIELDGATE_CROSS_BUILD_STD:-0}
 
 arches=("$@")
 [ "${#arches[@]}" -gt 0 ] || arches=(arm64)
@@ -82,6 +89,11 @@ align_multiarch() {
 # (rust-web-src) instead: cross/build.sh builds std with -Zbuild-std.
 install_std() {
     local arch=$1 want have
+    if [ "$build_std_only" = 1 ]; then
+        echo "cross/setup.sh: FIELDGATE_CROSS_BUILD_STD=1: std for $arch from rust-web-src (-Zbuild-std)" >&2
+        install_missing rust-web-src
+        return 0
+    fi
     want=$(apt-cache policy rustc-web | awk '/Candidate:/ {print $2}')
     have=$(apt-cache policy "libstd-rust-web-dev:$arch" | awk '/Candidate:/ {print $2}')
     if [ -n "$want" ] && [ "$want" = "$have" ]; then
@@ -111,13 +123,13 @@ common=(rustc-web cargo-web make qemu-user-static dpkg-dev binutils)
 for arch in "${arches[@]}"; do
     case "$arch" in
         amd64) ;;
-        arm64 | armhf) add_arch "$arch" ;;
+        arm64 | armhf) [ "$build_std_only" = 1 ] || add_arch "$arch" ;;
         *) echo "usage: $0 [amd64|arm64|armhf|all]..." >&2; exit 2 ;;
     esac
 done
 update
 for arch in "${arches[@]}"; do
-    [ "$arch" = amd64 ] || remove_mismatched_std "$arch"
+    [ "$arch" = amd64 ] || [ "$build_std_only" = 1 ] || remove_mismatched_std "$arch"
 done
 install_missing "${common[@]}"
 
