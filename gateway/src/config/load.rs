@@ -2062,6 +2062,8 @@ fn check_tls(ctx: &mut Ctx, base: &Path, secrets: &Path, tn: &Node, tp: &str, t:
         .into_iter()
         .filter_map(|(on, k)| on.then_some(k))
         .collect();
+        // Given, even if unusable (reported below): not "missing".
+        present[i] = !given.is_empty();
         if given.len() > 1 {
             ctx.key(
                 tn,
@@ -2104,7 +2106,6 @@ fn check_tls(ctx: &mut Ctx, base: &Path, secrets: &Path, tn: &Node, tp: &str, t:
             Err(e) => ctx.val(tn, tp, &[key], e),
             Ok(None) => {}
             Ok(Some(text)) => {
-                present[i] = true;
                 let ok = if i == 2 {
                     PrivateKeyDer::from_pem_slice(text.as_bytes()).is_ok()
                 } else {
