@@ -28,7 +28,6 @@ case "$arch" in
     arm64)
         target=aarch64-unknown-linux-gnu
         export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
-        export PKG_CONFIG_aarch64_unknown_linux_gnu=aarch64-linux-gnu-pkg-config
         # jemalloc fixes its page size when built: 64 KiB runs on kernels with
         # 4, 16 (Raspberry Pi 5) and 64 KiB pages; 4 KiB would abort on the
         # others ("Unsupported system page size").
@@ -37,10 +36,12 @@ case "$arch" in
     armhf)
         target=armv7-unknown-linux-gnueabihf
         export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc
-        export PKG_CONFIG_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-pkg-config
         ;;
     *) echo "unknown architecture $arch (amd64, arm64, armhf)" >&2; exit 2 ;;
 esac
+# Every C part (ring, jemalloc, libdbus) is built from source by its crate:
+# no build script may look for a system library (see .ci/check-no-system-libs.sh).
+export PKG_CONFIG=/bin/false
 if [ "$arch" != amd64 ]; then
     # Debian's toolchain, not rustup's proxies in ~/.cargo/bin.
     cargo=(/usr/bin/cargo)

@@ -2,15 +2,22 @@
 # Installs the cross toolchain for fieldgate's ARM builds from Debian 12's own
 # packages (no Docker, no rustup targets): rustc-web/cargo-web (Rust 1.96 as
 # /usr/bin/rustc and /usr/bin/cargo), the target's std (libstd-rust-web-dev:<arch>),
-# a gcc cross linker, libdbus-1-dev:<arch> (the BLE driver links libdbus),
-# qemu-user-static (smoke tests) and cargo-deb.
+# a gcc cross compiler and linker (also for the C parts: ring, jemalloc and
+# libdbus, built from source), make, qemu-user-static (smoke tests) and cargo-deb.
 #
 #     sudo bash cross/setup.sh arm64          # or armhf, amd64, all
 #
 # armhf: when the security suite's armhf index cannot be downloaded (seen:
 # "File has unexpected size"), the script falls back to building std from
 # Debian's rust-web-src (cross/build.sh then uses -Zbuild-std); see cross/README.md.
+#
+# FIELDGATE_CROSS_BUILD_STD=1 skips the foreign architectures altogether: no
+# `dpkg --add-architecture`, no foreign index in `apt-get update` (whose
+# download failures would then break every other apt-get on the machine), std
+# built from rust-web-src. Nothing but native packages is installed.
 set -euo pipefail
+
+build_std_only=${FIELDGATE_CROSS_BUILD_STD:-0}
 
 arches=("$@")
 [ "${#arches[@]}" -gt 0 ] || arches=(arm64)
@@ -50,10 +57,10 @@ update() {
     fi
 }
 
-# libdbus-1-dev:<arch> pulls Multi-Arch: same libraries (libsystemd0, liblzma5,
-# ...) that must have the same version for every architecture. When the host's
-# copies are older than the foreign index's, install both at the foreign
-# candidate version (a point-release upgrade of the host's copies).
+# A foreign std pulls Multi-Arch: same libraries (libxml2, libicu72, ...) that
+# must have the same version for every architecture. When the host's copies
+# are older than the foreign index's, install both at the foreign candidate
+# version (a point-release upgrade of the host's copies).
 align_multiarch() {
     local arch=$1 lib cand a pins=()
     shift
@@ -82,6 +89,11 @@ align_multiarch() {
 # (rust-web-src) instead: cross/build.sh builds std with -Zbuild-std.
 install_std() {
     local arch=$1 want have
+    if [ "$build_std_only" = 1 ]; then
+        echo "cross/setup.sh: FIELDGATE_CROSS_BUILD_STD=1: std for $arch from rust-web-src (-Zbuild-std)" >&2
+        install_missing rust-web-src
+        return 0
+    fi
     want=$(apt-cache policy rustc-web | awk '/Candidate:/ {print $2}')
     have=$(apt-cache policy "libstd-rust-web-dev:$arch" | awk '/Candidate:/ {print $2}')
     if [ -n "$want" ] && [ "$want" = "$have" ]; then
@@ -107,36 +119,30 @@ remove_mismatched_std() {
 
 multiarch_libs=(libsystemd0 liblzma5 libzstd1 liblz4-1 libgcrypt20 libgpg-error0 libcap2)
 
-common=(rustc-web cargo-web pkg-config make qemu-user-static dpkg-dev binutils)
+common=(rustc-web cargo-web make qemu-user-static dpkg-dev binutils)
 for arch in "${arches[@]}"; do
     case "$arch" in
         amd64) ;;
-        arm64 | armhf) add_arch "$arch" ;;
+        arm64 | armhf) [ "$build_std_only" = 1 ] || add_arch "$arch" ;;
         *) echo "usage: $0 [amd64|arm64|armhf|all]..." >&2; exit 2 ;;
     esac
 done
 update
 for arch in "${arches[@]}"; do
-    [ "$arch" = amd64 ] || remove_mismatched_std "$arch"
+    [ "$arch" = amd64 ] || [ "$build_std_only" = 1 ] || remove_mismatched_std "$arch"
 done
 install_missing "${common[@]}"
 
 for arch in "${arches[@]}"; do
     case "$arch" in
-        amd64)
-            install_missing libdbus-1-dev
-            ;;
+        amd64) ;;
         arm64)
-            installed libdbus-1-dev:arm64 || align_multiarch arm64 "${multiarch_libs[@]}"
             install_missing gcc-aarch64-linux-gnu libc6-dev-arm64-cross binutils-aarch64-linux-gnu
             install_std arm64
-            install_missing libdbus-1-dev:arm64
             ;;
         armhf)
-            installed libdbus-1-dev:armhf || align_multiarch armhf "${multiarch_libs[@]}"
             install_missing gcc-arm-linux-gnueabihf libc6-dev-armhf-cross binutils-arm-linux-gnueabihf
             install_std armhf
-            install_missing libdbus-1-dev:armhf
             ;;
     esac
 done

@@ -15,7 +15,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 arch=${1:-}
 case "$arch" in
     amd64) target=x86_64-unknown-linux-gnu; run=() ;;
-    arm64) target=aarch64-unknown-linux-gnu; run=(qemu-aarch64-static) ;;
+    arm64)
+        target=aarch64-unknown-linux-gnu
+        run=(qemu-aarch64-static)
+        # As for armhf: the cross libc only when no arm64 loader is installed
+        # (FIELDGATE_CROSS_BUILD_STD=1 setups install no libc6:arm64).
+        [ -e /lib/ld-linux-aarch64.so.1 ] || run+=(-L /usr/aarch64-linux-gnu)
+        ;;
     armhf)
         target=armv7-unknown-linux-gnueabihf
         run=(qemu-arm-static)

@@ -68,6 +68,9 @@ for f in Version Maintainer Description Section Priority Depends; do
 done
 field Depends | grep -q libc6 || fail "Depends lacks libc6: $(field Depends)"
 field Depends | grep -q adduser || fail "Depends lacks adduser"
+# libdbus is built into the binary (libdbus-sys `vendored`): no run-time libdbus-1-3.
+if field Depends | grep -q libdbus; then fail "Depends names libdbus: $(field Depends)"; fi
+field Suggests | grep -q bluez || fail "Suggests lacks bluez (the BLE driver talks to bluetoothd)"
 # (Outputs are captured before grep -q: with pipefail, grep -q exiting at
 # its first match kills the writer with SIGPIPE and fails the pipeline.)
 conffiles=$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles)

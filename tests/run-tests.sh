@@ -16,14 +16,14 @@ installed() {
 }
 
 # Debian packages the tests need at run time (mosquitto, mosquitto-clients,
-# dbus for the private dbus-daemon of the BLE tests)
-# and that --all-features needs to build (the BLE driver links libdbus;
-# jemalloc's build runs make).
+# dbus for the private dbus-daemon of the BLE tests) and that the build needs
+# besides Rust and a C compiler (make: jemalloc's build; libdbus is built
+# from source, so no pkg-config or libdbus-1-dev).
 # openssl makes the TLS test certificates; faketime fakes clock jumps;
 # chromium is the real browser the status page tests drive (headless, DevTools
 # protocol; fonts for readable screenshots); nats-server (where the
 # distribution has it) runs the core scenarios on NATS's MQTT listener.
-needed=(mosquitto mosquitto-clients pkg-config libdbus-1-dev make openssl dbus faketime chromium fonts-dejavu-core)
+needed=(mosquitto mosquitto-clients make openssl dbus faketime chromium fonts-dejavu-core)
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
     for pkg in "${needed[@]}"; do
@@ -34,7 +34,7 @@ if command -v dpkg-query >/dev/null 2>&1; then
     fi
 elif ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     echo "run-tests.sh: mosquitto is not installed and this is not a Debian-like system;" >&2
-    echo "install mosquitto (and pkg-config + libdbus-1 headers) and run again." >&2
+    echo "install mosquitto, mosquitto-clients, make, openssl and dbus, and run again." >&2
     exit 1
 fi
 

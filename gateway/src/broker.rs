@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 
+mod log_levels;
+pub use log_levels::RoutineBrokerEvents;
+
 /// How long [`start`] waits for the broker to answer an MQTT CONNECT.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 

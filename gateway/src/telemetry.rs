@@ -98,11 +98,11 @@ pub fn init_logging(level: LogLevel, format: LogFormat) -> LogControl {
         LogFormat::Text => fmt.boxed(),
         LogFormat::Json => fmt.json().boxed(),
     };
-    let installed = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .try_init()
-        .is_ok();
+    let subscriber = tracing_subscriber::registry().with(filter).with(fmt);
+    // The embedded broker's routine disconnects at DEBUG, not ERROR.
+    #[cfg(feature = "broker")]
+    let subscriber = subscriber.with(crate::broker::RoutineBrokerEvents);
+    let installed = subscriber.try_init().is_ok();
     LogControl {
         handle: installed.then_some(handle),
         from_env,

@@ -220,6 +220,67 @@ async fn mutual_tls_with_inline_pem() {
     );
 }
 
+/// `caFilePemRef`, `certFilePemRef`, `keyFilePemRef` (`{name, item}`) read
+/// from `<gateway.secretsDirectory>/<name>/<item>`, laid out like a mounted
+/// Kubernetes secret (issue #19).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_pem_refs_from_the_secrets_directory() {
+    let pki = Pki::new("ca-secrets");
+    let secret = pki.path("secrets/mqtt-tls");
+    std::fs::create_dir_all(&secret).expect("secret dir");
+    for (from, to) in [
+        ("ca.pem", "ca.crt"),
+        ("client.pem", "tls.crt"),
+        ("client.key", "tls.key"),
+    ] {
+        std::fs::copy(pki.path(from), secret.join(to)).expect("copy into the secret");
+    }
+    let tls_port = support::free_port();
+    let broker = Mosquitto::start_with(&pki.listener(
+        tls_port,
+        "require_certificate true\nuse_identity_as_username true",
+    ));
+    let mut probe = probe_on(broker.port()).await;
+    let client = format!(
+        "    server: tls://localhost:{tls_port}\n    tlsConfig:\n      caFilePemRef: {{ name: mqtt-tls, item: ca.crt }}\n      certFilePemRef: {{ name: mqtt-tls, item: tls.crt }}\n      keyFilePemRef: {{ name: mqtt-tls, item: tls.key }}\n",
+    );
+    let yaml = config(&client, "", "").replacen(
+        "  namespace: test\n",
+        &format!(
+            "  namespace: test\n  secretsDirectory: {}\n",
+            pki.p("secrets")
+        ),
+        1,
+    );
+    let _gw = Gateway::start(&yaml);
+    wait_state(&mut probe).await;
+    assert!(
+        support::wait_until(WAIT, || broker.log().contains("u'fieldgate'")),
+        "the broker did not see the client certificate from the secret:\n{}",
+        broker.log()
+    );
+    // A missing item is a located config error (exit 78 from `check`).
+    std::fs::remove_file(secret.join("tls.key")).expect("remove the key");
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, &yaml).expect("write config");
+    let out = support::fieldgate(&["check", "-c", &path.display().to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:12:22: mqtt.client.tlsConfig.keyFilePemRef: cannot read secret `mqtt-tls` item `tls.key`",
+            path.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "only the missing secret: {stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_ca_is_refused_with_a_clear_error_in_log_and_healthz() {
     let pki = Pki::new("ca-real");

@@ -314,6 +314,7 @@ fn resolve_tree(root: Node, file_label: &str, base_dir: &Path) -> Result<Resolve
     let resolved = Loader {
         ctx: &mut ctx,
         base_dir,
+        secrets_dir: config_path(base_dir, super::types::DEFAULT_SECRETS_DIRECTORY),
     }
     .run(&root, devices);
     drop(root);
@@ -354,6 +355,8 @@ fn drop_consequential(errors: &mut Vec<ConfigError>) {
 struct Loader<'c> {
     ctx: &'c mut Ctx,
     base_dir: &'c Path,
+    /// `gateway.secretsDirectory` (for `…PemRef` keys), once the gateway section is read.
+    secrets_dir: std::path::PathBuf,
 }
 
 /// One device as parsed, with the nodes needed to locate later errors.
@@ -521,6 +524,14 @@ impl Loader<'_> {
                 self.ctx
                     .val(g, "gateway", &["stateDirectory"], "must not be empty");
             }
+        }
+        if gateway.secrets_directory.is_empty() {
+            if let Some(g) = gw_map("secretsDirectory") {
+                self.ctx
+                    .val(g, "gateway", &["secretsDirectory"], "must not be empty");
+            }
+        } else {
+            self.secrets_dir = config_path(self.base_dir, &gateway.secrets_directory);
         }
 
         // broker
@@ -1016,7 +1027,14 @@ impl Loader<'_> {
             }
         }
         if let (Some(t), Some(tn)) = (&c.tls_config, n.get("tlsConfig")) {
-            check_tls(ctx, self.base_dir, tn, &join(path, "tlsConfig"), t);
+            check_tls(
+                ctx,
+                self.base_dir,
+                &self.secrets_dir,
+                tn,
+                &join(path, "tlsConfig"),
+                t,
+            );
             if t.server_name.as_deref().is_some_and(|s| !s.is_empty())
                 && matches!(server, Some(ServerAddress::WebSocket { .. }))
             {
@@ -1704,7 +1722,7 @@ impl Loader<'_> {
             client_id,
             server,
             protocol_version: c.protocol_version.unwrap_or(4),
-            tls: resolve_tls(self.base_dir, c.tls_config.as_ref()),
+            tls: resolve_tls(self.base_dir, &self.secrets_dir, c.tls_config.as_ref()),
             http_headers: c
                 .http_headers
                 .iter()
@@ -2030,14 +2048,20 @@ fn header_value_ok(v: &str) -> bool {
         .all(|b| b == b' ' || b == b'\t' || (0x21..0x7f).contains(&b))
 }
 
-/// PEM text given inline (`…Pem`) or as a file (relative to the config file).
+/// PEM text given inline (`…Pem`), as a file (relative to the config file)
+/// or as a secret reference (`…PemRef`, under `secrets`).
 fn pem_source(
     base: &Path,
+    secrets: &Path,
     inline: Option<&str>,
     file: Option<&str>,
+    reference: Option<&SecretRef>,
 ) -> Result<Option<String>, String> {
     if let Some(t) = inline.filter(|t| !t.trim().is_empty()) {
         return Ok(Some(t.to_string()));
+    }
+    if let Some(r) = reference {
+        return super::secrets::read(secrets, r).map(Some);
     }
     let Some(f) = file.filter(|f| !f.is_empty()) else {
         return Ok(None);
@@ -2056,33 +2080,99 @@ fn pem_source(
 
 /// Validates `tlsConfig`: one source per item, readable files, parseable PEM,
 /// certificate and key together.
-fn check_tls(ctx: &mut Ctx, base: &Path, tn: &Node, tp: &str, t: &TlsOptions) {
+#[allow(clippy::type_complexity)]
+fn check_tls(ctx: &mut Ctx, base: &Path, secrets: &Path, tn: &Node, tp: &str, t: &TlsOptions) {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let items: [(&str, &str, &Option<String>, &Option<String>); 3] = [
-        ("caFilePem", "caFile", &t.ca_file_pem, &t.ca_file),
-        ("certFilePem", "certFile", &t.cert_file_pem, &t.cert_file),
-        ("keyFilePem", "keyFile", &t.key_file_pem, &t.key_file),
+    let items: [(
+        &str,
+        &str,
+        &str,
+        &Option<String>,
+        &Option<String>,
+        &Option<SecretRef>,
+    ); 3] = [
+        (
+            "caFilePem",
+            "caFile",
+            "caFilePemRef",
+            &t.ca_file_pem,
+            &t.ca_file,
+            &t.ca_file_pem_ref,
+        ),
+        (
+            "certFilePem",
+            "certFile",
+            "certFilePemRef",
+            &t.cert_file_pem,
+            &t.cert_file,
+            &t.cert_file_pem_ref,
+        ),
+        (
+            "keyFilePem",
+            "keyFile",
+            "keyFilePemRef",
+            &t.key_file_pem,
+            &t.key_file,
+            &t.key_file_pem_ref,
+        ),
     ];
     let mut present = [false; 3];
-    for (i, (pem_key, file_key, inline, file)) in items.iter().enumerate() {
+    for (i, (pem_key, file_key, ref_key, inline, file, reference)) in items.iter().enumerate() {
         let has_inline = inline.as_deref().is_some_and(|s| !s.trim().is_empty());
         let has_file = file.as_deref().is_some_and(|s| !s.is_empty());
-        if has_inline && has_file {
+        let given: Vec<&str> = [
+            (has_inline, *pem_key),
+            (has_file, *file_key),
+            (reference.is_some(), *ref_key),
+        ]
+        .into_iter()
+        .filter_map(|(on, k)| on.then_some(k))
+        .collect();
+        // Given, even if unusable (reported below): not "missing".
+        present[i] = !given.is_empty();
+        if given.len() > 1 {
             ctx.key(
                 tn,
                 tp,
-                &[file_key],
-                format!("give either `{pem_key}` or `{file_key}`, not both"),
+                &given[1..],
+                format!(
+                    "give one of `{pem_key}`, `{file_key}` and `{ref_key}`, not {}",
+                    given
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ),
             );
             continue;
         }
-        let key = if has_inline { *pem_key } else { *file_key };
-        match pem_source(base, inline.as_deref(), file.as_deref()) {
+        if let Some(r) = reference {
+            if let Err((field, msg)) = super::secrets::check_ref(r) {
+                match tn.get(ref_key) {
+                    Some(rn) => ctx.val(rn, &join(tp, ref_key), &[field], msg),
+                    None => ctx.val(tn, tp, &[ref_key], msg),
+                }
+                continue;
+            }
+        }
+        let key = if has_inline {
+            *pem_key
+        } else if reference.is_some() {
+            *ref_key
+        } else {
+            *file_key
+        };
+        match pem_source(
+            base,
+            secrets,
+            inline.as_deref(),
+            file.as_deref(),
+            reference.as_ref(),
+        ) {
             Err(e) => ctx.val(tn, tp, &[key], e),
             Ok(None) => {}
             Ok(Some(text)) => {
-                present[i] = true;
                 let ok = if i == 2 {
                     PrivateKeyDer::from_pem_slice(text.as_bytes()).is_ok()
                 } else {
@@ -2104,15 +2194,15 @@ fn check_tls(ctx: &mut Ctx, base: &Path, tn: &Node, tp: &str, t: &TlsOptions) {
     if present[1] != present[2] {
         let missing = if present[1] { "keyFile" } else { "certFile" };
         let given = if present[1] {
-            &["certFilePem", "certFile"]
+            &["certFilePem", "certFile", "certFilePemRef"]
         } else {
-            &["keyFilePem", "keyFile"]
+            &["keyFilePem", "keyFile", "keyFilePemRef"]
         };
         ctx.key(
             tn,
             tp,
             given,
-            format!("mutual TLS needs both a client certificate and its key: `{missing}` (or `{missing}Pem`) is missing"),
+            format!("mutual TLS needs both a client certificate and its key: `{missing}` (or `{missing}Pem`, `{missing}PemRef`) is missing"),
         );
     }
     if let Some(name) = t.server_name.as_deref().filter(|s| !s.is_empty()) {
@@ -2128,19 +2218,25 @@ fn check_tls(ctx: &mut Ctx, base: &Path, tn: &Node, tp: &str, t: &TlsOptions) {
 }
 
 /// The resolved TLS settings (errors were reported by [`check_tls`]).
-fn resolve_tls(base: &Path, t: Option<&TlsOptions>) -> TlsSettings {
+fn resolve_tls(base: &Path, secrets: &Path, t: Option<&TlsOptions>) -> TlsSettings {
     let Some(t) = t else {
         return TlsSettings::default();
     };
-    let pem = |inline: &Option<String>, file: &Option<String>| {
-        pem_source(base, inline.as_deref(), file.as_deref())
-            .ok()
-            .flatten()
+    let pem = |inline: &Option<String>, file: &Option<String>, reference: &Option<SecretRef>| {
+        pem_source(
+            base,
+            secrets,
+            inline.as_deref(),
+            file.as_deref(),
+            reference.as_ref(),
+        )
+        .ok()
+        .flatten()
     };
     TlsSettings {
-        ca_pem: pem(&t.ca_file_pem, &t.ca_file),
-        cert_pem: pem(&t.cert_file_pem, &t.cert_file),
-        key_pem: pem(&t.key_file_pem, &t.key_file),
+        ca_pem: pem(&t.ca_file_pem, &t.ca_file, &t.ca_file_pem_ref),
+        cert_pem: pem(&t.cert_file_pem, &t.cert_file, &t.cert_file_pem_ref),
+        key_pem: pem(&t.key_file_pem, &t.key_file, &t.key_file_pem_ref),
         server_name: t.server_name.clone().filter(|s| !s.is_empty()),
         insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
     }

@@ -6,6 +6,7 @@ pub mod load;
 pub mod report;
 pub mod resolved;
 pub mod schema;
+pub mod secrets;
 pub mod tree;
 pub mod types;
 

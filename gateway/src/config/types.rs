@@ -33,6 +33,10 @@ pub struct GatewaySection {
     pub namespace: String,
     /// Where the outbox and other state live.
     pub state_directory: String,
+    /// Where `…PemRef` keys (`{name, item}`) are read from:
+    /// `<secretsDirectory>/<name>/<item>`, the layout of a mounted Kubernetes
+    /// secret. Relative paths are relative to the config file.
+    pub secrets_directory: String,
     /// The Prometheus / health listener.
     pub metrics: MetricsSection,
     /// Logging.
@@ -68,6 +72,7 @@ impl Default for GatewaySection {
         Self {
             namespace: "default".into(),
             state_directory: "/var/lib/fieldgate".into(),
+            secrets_directory: DEFAULT_SECRETS_DIRECTORY.into(),
             metrics: MetricsSection::default(),
             log: LogSection::default(),
             clock_check: true,
@@ -75,6 +80,9 @@ impl Default for GatewaySection {
         }
     }
 }
+
+/// The default `gateway.secretsDirectory`.
+pub const DEFAULT_SECRETS_DIRECTORY: &str = "/etc/fieldgate/secrets";
 
 /// `gateway.metrics:`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -280,10 +288,27 @@ pub struct TlsOptions {
     pub key_file_pem: Option<String>,
     /// Client key, PEM file.
     pub key_file: Option<String>,
+    /// CA certificate, PEM read from a secret: `<secretsDirectory>/<name>/<item>`.
+    pub ca_file_pem_ref: Option<SecretRef>,
+    /// Client certificate, PEM read from a secret.
+    pub cert_file_pem_ref: Option<SecretRef>,
+    /// Client key, PEM read from a secret.
+    pub key_file_pem_ref: Option<SecretRef>,
     /// Name to verify the server certificate against (SNI).
     pub server_name: Option<String>,
     /// Do not verify the server certificate (dangerous).
     pub insecure_skip_verify: Option<bool>,
+}
+
+/// A reference to one item of a secret (the reference design's
+/// `DeviceLinkReferenceRelationship`): the file `<secretsDirectory>/<name>/<item>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretRef {
+    /// The secret: a directory under `gateway.secretsDirectory`.
+    pub name: String,
+    /// The item: a file in that directory.
+    pub item: String,
 }
 
 /// `store:`

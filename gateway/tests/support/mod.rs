@@ -182,6 +182,11 @@ impl Mosquitto {
         format!("tcp://127.0.0.1:{}", self.port)
     }
 
+    /// The broker's process id while it runs (to freeze it with SIGSTOP).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// True while the broker process runs.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
