@@ -38,31 +38,63 @@ fn one_line(s: &str) -> String {
 
 /// Collects located errors for one file.
 pub(crate) struct Ctx {
-    file: String,
+    pub(crate) file: String,
+    /// Files besides the main one (included files, profiles): a node tagged
+    /// with number N (see [`super::sources`]) is in `files[N - 1]`.
+    pub(crate) files: Vec<super::sources::SourceFile>,
+    /// The device being loaded: errors inside a profile name it.
+    pub(crate) device: Option<String>,
     pub(crate) errors: Vec<ConfigError>,
 }
 
 impl Ctx {
-    fn new(file: &str) -> Self {
+    pub(crate) fn new(file: &str) -> Self {
         Ctx {
             file: file.to_string(),
+            files: Vec::new(),
+            device: None,
             errors: Vec::new(),
         }
     }
 
     /// An error at `node`, key path `path`.
-    fn at(&mut self, node: &Node, path: &str, msg: impl Into<String>) {
+    pub(crate) fn at(&mut self, node: &Node, path: &str, msg: impl Into<String>) {
         let (line, column) = node.pos();
         self.at_pos(line, column, path, msg);
     }
 
-    fn at_pos(&mut self, line: usize, column: usize, path: &str, msg: impl Into<String>) {
+    /// The label of the file node `node` was read from.
+    pub(crate) fn file_of(&self, node: &Node) -> &str {
+        let (id, _) = super::sources::split(node.line as usize);
+        match id.checked_sub(1).and_then(|i| self.files.get(i)) {
+            Some(f) => &f.label,
+            None => &self.file,
+        }
+    }
+
+    pub(crate) fn at_pos(&mut self, line: usize, column: usize, path: &str, msg: impl Into<String>) {
+        let (id, line) = super::sources::split(line);
+        let mut message = msg.into();
+        let file = match id.checked_sub(1).and_then(|i| self.files.get(i)) {
+            Some(f) => {
+                if let Some(p) = &f.profile {
+                    match &self.device {
+                        Some(d) => message.push_str(&format!(
+                            " (in profile `{p}`, used by device `{d}`)"
+                        )),
+                        None => message.push_str(&format!(" (in profile `{p}`)")),
+                    }
+                }
+                f.label.clone()
+            }
+            None => self.file.clone(),
+        };
         self.errors.push(ConfigError {
-            file: self.file.clone(),
+            file,
             line: line.max(1),
             column: column.max(1),
             key_path: one_line(path),
-            message: one_line(&msg.into()),
+            message: one_line(&message),
         });
     }
 
@@ -310,15 +342,27 @@ fn resolve_tree(root: Node, file_label: &str, base_dir: &Path) -> Result<Resolve
     // dropped once resolved: a large file never holds its whole tree and
     // all its resolved devices at once.
     let mut root = root;
-    let devices = root.take("devices");
+    let mut devices = root.take("devices");
+    // `include:` adds the devices of other files; `profile:` merges a
+    // profile into each device that names one (both tag their nodes with
+    // their file, so errors point into it).
+    let mut sources = super::include::expand(&mut ctx, &mut root, &mut devices, base_dir);
+    super::profile::apply(&mut ctx, &mut devices, base_dir, &mut sources);
     let resolved = Loader {
         ctx: &mut ctx,
         base_dir,
         secrets_dir: config_path(base_dir, super::types::DEFAULT_SECRETS_DIRECTORY),
     }
-    .run(&root, devices);
+    .run(&root, devices)
+    .map(|mut r| {
+        r.sources = sources;
+        r
+    });
     drop(root);
-    ctx.errors.sort_by_key(|e| (e.line, e.column));
+    ctx.device = None;
+    let main = ctx.file.clone();
+    ctx.errors
+        .sort_by(|a, b| (a.file != main, &a.file, a.line, a.column).cmp(&(b.file != main, &b.file, b.line, b.column)));
     ctx.errors.dedup();
     drop_consequential(&mut ctx.errors);
     match resolved {
@@ -371,7 +415,7 @@ struct ParsedDevice<'n> {
     props: Vec<(PropertyConfig, &'n Node, String)>,
 }
 
-const ROOT_KEYS: &[&str] = &["gateway", "broker", "mqtt", "devices"];
+const ROOT_KEYS: &[&str] = &["gateway", "broker", "mqtt", "devices", "include"];
 const MQTT_KEYS: &[&str] = &["client", "message"];
 const MODBUS_PROTOCOL: &[&str] = &[
     "tcp",
@@ -616,26 +660,40 @@ impl Loader<'_> {
                 }
             },
         };
-        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut seen: HashMap<String, (String, usize)> = HashMap::new();
         let mut devices = Vec::with_capacity(device_nodes.len());
         let mut topics: HashMap<String, String> = HashMap::new();
-        for (i, node) in device_nodes.into_iter().enumerate() {
+        // Included files count their devices from 0 each.
+        let mut per_file: HashMap<String, usize> = HashMap::new();
+        for node in device_nodes.into_iter() {
+            let file = self.ctx.file_of(&node).to_string();
+            let i = {
+                let n = per_file.entry(file.clone()).or_default();
+                *n += 1;
+                *n - 1
+            };
+            self.ctx.device = node.get("name").and_then(Node::text);
             let Some(d) = self.parse_device(i, &node) else {
                 continue;
             };
             // Duplicate device names (second occurrence).
-            if let Some(first) = seen.get(&d.config.name) {
+            if let Some((first_file, first)) = seen.get(&d.config.name) {
+                let other = if *first_file == file {
+                    format!("devices[{first}]")
+                } else {
+                    format!("devices[{first}] in {first_file}")
+                };
                 self.ctx.val(
                     d.node,
                     &d.path,
                     &["name"],
                     format!(
-                        "duplicate device name `{}`: already used by devices[{first}]; device names must be unique",
+                        "duplicate device name `{}`: already used by {other}; device names must be unique",
                         d.config.name
                     ),
                 );
             } else {
-                seen.insert(d.config.name.clone(), d.index);
+                seen.insert(d.config.name.clone(), (file.clone(), d.index));
             }
             let dev_client = d.mqtt.as_ref().map(|(m, _)| m.client.clone());
             let dev_msg = d.mqtt.as_ref().map(|(m, _)| m.message.clone());
@@ -813,6 +871,7 @@ impl Loader<'_> {
             gateway_topic,
             sessions,
             devices,
+            sources: Default::default(),
         })
     }
 

@@ -2,11 +2,14 @@
 //! (`FILE:LINE:COLUMN: KEY.PATH: message`), validation, and resolution into
 //! the effective settings the running gateway uses.
 
+pub mod include;
 pub mod load;
+pub mod profile;
 pub mod report;
 pub mod resolved;
 pub mod schema;
 pub mod secrets;
+pub mod sources;
 pub mod tree;
 pub mod types;
 

@@ -128,6 +128,15 @@ fn session(out: &mut String, i: usize, s: &SessionSettings) {
 
 fn device(out: &mut String, r: &Resolved, d: &DeviceSettings) {
     let _ = writeln!(out, "  {} (driver {})", d.name, d.driver.as_str());
+    if let Some(f) = r.sources.file_of(&d.name) {
+        let _ = writeln!(out, "    from: {f}");
+    }
+    if let Some((p, from)) = r.sources.profile_of(&d.name) {
+        let _ = writeln!(
+            out,
+            "    profile: {p} ({from}); the device's own keys override it"
+        );
+    }
     // The merged client options (top-level `mqtt.client` + the device's
     // override) are the device's session's options.
     if let Some(s) = r.sessions.get(d.session) {
@@ -376,6 +385,12 @@ pub fn render(r: &Resolved) -> String {
     let _ = writeln!(out, "sessions:");
     for (i, s) in r.sessions.iter().enumerate() {
         session(&mut out, i, s);
+    }
+    if !r.sources.include_globs.is_empty() {
+        let _ = writeln!(out, "include: {}", r.sources.include_globs.join(", "));
+        for f in &r.sources.files {
+            let _ = writeln!(out, "  {}", f.display());
+        }
     }
     let _ = writeln!(out, "devices: {}", r.devices.len());
     for d in &r.devices {

@@ -23,6 +23,8 @@ pub struct Resolved {
     pub sessions: Vec<SessionSettings>,
     /// Devices, in file order (shared with the running devices, not copied).
     pub devices: Vec<Arc<DeviceSettings>>,
+    /// The files (included, profiles) this config was assembled from.
+    pub sources: super::sources::Sources,
 }
 
 /// `gateway:` after defaults.

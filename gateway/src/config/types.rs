@@ -23,6 +23,20 @@ pub struct ConfigFile {
     pub mqtt: MqttOptions,
     /// The devices to read.
     pub devices: Vec<DeviceConfig>,
+    /// More `devices:` from other files: glob patterns relative to this
+    /// file (one pattern or a list); each file is a mapping with only a
+    /// `devices:` list. Watched for changes like this file.
+    pub include: Option<IncludePatterns>,
+}
+
+/// `include:` — one glob pattern or a list of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum IncludePatterns {
+    /// One pattern, e.g. `devices/*.yaml`.
+    One(String),
+    /// Several patterns.
+    Many(Vec<String>),
 }
 
 /// `gateway:`
@@ -435,6 +449,11 @@ pub struct DeviceConfig {
     pub name: String,
     /// Which driver reads it.
     pub driver: DriverKind,
+    /// A device profile whose keys this device starts from: a built-in
+    /// profile name (`fieldgate profiles`), a file in
+    /// /etc/fieldgate/profiles/NAME.yaml, or a path relative to this file.
+    #[serde(default)]
+    pub profile: Option<String>,
     /// dummy only: a built-in model instead of `properties`.
     #[serde(default)]
     pub model: Option<DummyModel>,
