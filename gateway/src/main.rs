@@ -45,6 +45,101 @@ enum Command {
     },
     /// Print the JSON Schema of the config file.
     Schema,
+    /// List the device profiles, or print one (`profiles show NAME`).
+    Profiles {
+        #[command(subcommand)]
+        action: Option<ProfilesCmd>,
+    },
+    /// Browse a server and print a ready device YAML (read-only).
+    Discover {
+        #[command(subcommand)]
+        what: DiscoverCmd,
+    },
+    /// Scan a bus and show what answers, decoded every way (read-only).
+    Probe {
+        #[command(subcommand)]
+        what: ProbeCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProfilesCmd {
+    /// Print one profile's YAML.
+    Show {
+        /// Profile name (built-in or local) or a path ending in .yaml.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DiscoverCmd {
+    /// Browse an OPC-UA server from a root node to a depth.
+    #[cfg(feature = "opcua")]
+    Opcua {
+        /// opc.tcp://HOST:PORT[/PATH]
+        endpoint: String,
+        /// NodeId to start from (default: the Objects folder).
+        #[arg(long, default_value = "i=85")]
+        root: String,
+        /// Levels below the root to browse.
+        #[arg(long, default_value_t = 5)]
+        depth: usize,
+        /// Device name in the printed YAML (default: opcua-<host>).
+        #[arg(long)]
+        name: Option<String>,
+        /// None | Basic256Sha256 | Aes128Sha256RsaOaep | Aes256Sha256RsaPss
+        #[arg(long, default_value = "None")]
+        security_policy: String,
+        /// None | Sign | SignAndEncrypt
+        #[arg(long, default_value = "None")]
+        security_mode: String,
+        /// User name (with --password-file).
+        #[arg(long)]
+        username: Option<String>,
+        /// File whose first line is the password.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// Client certificate (DER or PEM).
+        #[arg(long)]
+        certificate: Option<PathBuf>,
+        /// Client private key (PEM).
+        #[arg(long)]
+        private_key: Option<PathBuf>,
+        /// Directory of trusted server certificates.
+        #[arg(long, default_value = "/etc/fieldgate/pki/trusted")]
+        trusted_server_certificates: PathBuf,
+        /// Where a generated client certificate is kept (the daemon's `<stateDirectory>/opcua`).
+        #[arg(long, default_value = "/var/lib/fieldgate/opcua")]
+        state_directory: PathBuf,
+        /// Per-request timeout.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProbeCmd {
+    /// Scan unit ids and register ranges of a Modbus bus.
+    #[cfg(feature = "modbus")]
+    Modbus {
+        /// tcp://HOST:PORT, rtu+tcp://HOST:PORT or rtu:/dev/ttyUSB0?baud=9600[&parity=even]
+        target: String,
+        /// Unit ids to try, e.g. 1-247 or 1,3,10-12.
+        #[arg(long, default_value = "1-247")]
+        units: String,
+        /// Register ranges, e.g. holding:0-99 (repeat or comma-separate for more).
+        #[arg(long, default_value = "holding:0-99")]
+        registers: Vec<String>,
+        /// Print a device YAML skeleton instead of the table.
+        #[arg(long)]
+        yaml: bool,
+        /// Per-unit (and per-request) timeout.
+        #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Bound on the whole scan.
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        total: std::time::Duration,
+    },
 }
 
 fn version_line() -> String {
@@ -67,6 +162,12 @@ fn main() {
         Command::Run { config } => fieldgate::daemon::run(&config_path(config)),
         Command::Check { config } => check(&config_path(config)),
         Command::Schema => schema(),
+        Command::Profiles { action: None } => fieldgate::cli::profiles::list(),
+        Command::Profiles {
+            action: Some(ProfilesCmd::Show { name }),
+        } => fieldgate::cli::profiles::show(&name),
+        Command::Discover { what } => discover(what),
+        Command::Probe { what } => probe(what),
     };
     std::process::exit(code);
 }
@@ -91,4 +192,62 @@ fn check(path: &std::path::Path) -> i32 {
 fn schema() -> i32 {
     println!("{}", fieldgate::config::schema::schema_pretty());
     0
+}
+
+/// `fieldgate discover …`.
+fn discover(what: DiscoverCmd) -> i32 {
+    match what {
+        #[cfg(feature = "opcua")]
+        DiscoverCmd::Opcua {
+            endpoint,
+            root,
+            depth,
+            name,
+            security_policy,
+            security_mode,
+            username,
+            password_file,
+            certificate,
+            private_key,
+            trusted_server_certificates,
+            state_directory,
+            timeout,
+        } => fieldgate::cli::discover_opcua::run(fieldgate::cli::discover_opcua::Options {
+            endpoint,
+            root,
+            depth,
+            name,
+            security_policy,
+            security_mode,
+            username,
+            password_file,
+            certificate,
+            private_key,
+            trusted_server_certificates,
+            state_directory,
+            timeout,
+        }),
+    }
+}
+
+/// `fieldgate probe …`.
+fn probe(what: ProbeCmd) -> i32 {
+    match what {
+        #[cfg(feature = "modbus")]
+        ProbeCmd::Modbus {
+            target,
+            units,
+            registers,
+            yaml,
+            timeout,
+            total,
+        } => fieldgate::cli::probe_modbus::run(fieldgate::cli::probe_modbus::Options {
+            target,
+            units,
+            registers,
+            yaml,
+            timeout,
+            total,
+        }),
+    }
 }

@@ -17,6 +17,7 @@ pub mod bus;
 pub mod codec;
 pub mod mbap;
 pub mod plan;
+pub mod probe;
 pub mod transport;
 
 pub use bus::BusRegistry;

@@ -13,6 +13,7 @@
 //! - `security`: client certificate (configured or generated once) and the
 //!   server trust check.
 
+pub mod browse;
 pub mod convert;
 pub mod security;
 
