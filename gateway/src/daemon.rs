@@ -84,7 +84,7 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
 
-    let mut loaded_hash = file_hash(&path).await;
+    let mut loaded_hash = file_hash(&path, &resolved.sources).await;
     let info = crate::http::GatewayInfo::new(&path, &resolved, loaded_hash.clone());
     let http = match resolved.gateway.metrics_listen {
         Some(addr) => {
@@ -120,7 +120,10 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
     let mut loaded_stamp = crate::settle::stamp(&path).await;
     set_config_hash(&metrics, loaded_hash.as_deref());
     let mut watcher = match reload::watch(&path) {
-        Ok(w) => Some(w),
+        Ok(mut w) => {
+            w.set_sources(&resolved.sources);
+            Some(w)
+        }
         Err(e) => {
             tracing::warn!(
                 "not watching {} for changes ({e}); reload with SIGHUP",
@@ -182,7 +185,7 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
             _ = async { if let Some(s) = settling.as_mut() { s.await } }, if settling.is_some() => {
                 settling = None;
                 let stamp = crate::settle::stamp(&path).await;
-                let hash = file_hash(&path).await;
+                let hash = file_hash(&path, &current.sources).await;
                 if hash.is_some() && hash == loaded_hash {
                     tracing::debug!("config file touched but unchanged");
                     continue;
@@ -197,13 +200,16 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
                     info.loaded(&next, loaded_hash.clone());
                     info.set_devices(supervisor.probes());
                     log_summary(&summary);
+                    if let Some(w) = &mut watcher {
+                        w.set_sources(&next.sources);
+                    }
                     current = next;
                 }
             }
             _ = sighup.recv() => {
                 tracing::info!("SIGHUP: reloading {}", path.display());
                 let stamp = crate::settle::stamp(&path).await;
-                let hash = file_hash(&path).await;
+                let hash = file_hash(&path, &current.sources).await;
                 if let Some(next) = reload(&path, &metrics, &info).await {
                     loaded_hash = hash;
                     loaded_stamp = stamp;
@@ -213,6 +219,9 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
                     info.loaded(&next, loaded_hash.clone());
                     info.set_devices(supervisor.probes());
                     log_summary(&summary);
+                    if let Some(w) = &mut watcher {
+                        w.set_sources(&next.sources);
+                    }
                     current = next;
                 }
             }
@@ -269,17 +278,15 @@ fn log_summary(summary: &DiffSummary) {
     );
 }
 
-/// The config file's content hash, `None` if it cannot be read (or is
+/// The content hash of the config file and of the files it includes (see
+/// [`reload::sources_hash`]), `None` if the config cannot be read (or is
 /// larger than a config may be).
-async fn file_hash(path: &Path) -> Option<String> {
+async fn file_hash(path: &Path, sources: &config::sources::Sources) -> Option<String> {
     let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        config::read_limited(&path, config::tree::MAX_CONFIG_BYTES as u64)
-    })
-    .await
-    .ok()?
-    .ok()
-    .map(|b| reload::content_hash(&b))
+    let sources = sources.clone();
+    tokio::task::spawn_blocking(move || reload::sources_hash(&path, &sources))
+        .await
+        .ok()?
 }
 
 fn set_config_hash(metrics: &Metrics, hash: Option<&str>) {

@@ -5,6 +5,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
@@ -25,9 +26,121 @@ pub fn content_hash(bytes: &[u8]) -> String {
 
 /// A running watcher; dropping it stops watching.
 pub struct ConfigWatcher {
-    _watcher: notify::RecommendedWatcher,
+    watcher: notify::RecommendedWatcher,
+    /// The included files, profiles and `include:` globs being watched.
+    extra: Arc<Mutex<Extra>>,
+    /// Directories watched for them (besides the config's own).
+    extra_dirs: Vec<PathBuf>,
     /// Fires (debounced) when something in the config's directory changed.
     pub changed: mpsc::Receiver<()>,
+}
+
+/// What else than the main file can change the config: files read for it
+/// (included files, local profiles) and the `include:` patterns, whose new
+/// matches count too. Paths are absolute.
+#[derive(Default)]
+struct Extra {
+    files: Vec<PathBuf>,
+    globs: Vec<glob::Pattern>,
+}
+
+impl Extra {
+    fn matches(&self, p: &Path) -> bool {
+        let opts = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: true,
+        };
+        self.files.iter().any(|f| f == p) || self.globs.iter().any(|g| g.matches_path_with(p, opts))
+    }
+}
+
+/// `p` made absolute against the working directory, without resolving links.
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// The directory a glob pattern's matches live under (its components before
+/// the first one with a wildcard), and whether matches can be deeper.
+fn glob_base(pattern: &str) -> (PathBuf, bool) {
+    let mut base = PathBuf::new();
+    let comps: Vec<&str> = pattern.split('/').collect();
+    for (i, c) in comps.iter().enumerate() {
+        if c.contains(['*', '?', '[']) {
+            // Wildcards only in the last component: one directory.
+            return (base, i + 1 < comps.len());
+        }
+        if i + 1 == comps.len() {
+            break;
+        }
+        base.push(if c.is_empty() && i == 0 { "/" } else { c });
+    }
+    (base, false)
+}
+
+impl ConfigWatcher {
+    /// Watches what `sources` names besides the main file: the directory of
+    /// each included or profile file, and the base directory of each
+    /// `include:` glob (so a file that starts matching is noticed).
+    pub fn set_sources(&mut self, sources: &crate::config::sources::Sources) {
+        let mut extra = Extra::default();
+        let mut dirs: Vec<(PathBuf, RecursiveMode)> = Vec::new();
+        for f in &sources.files {
+            let f = absolute(f);
+            if let Some(d) = f.parent() {
+                dirs.push((d.to_path_buf(), RecursiveMode::NonRecursive));
+            }
+            extra.files.push(f);
+        }
+        for g in &sources.include_globs {
+            let abs = absolute(Path::new(g)).display().to_string();
+            let (base, deep) = glob_base(&abs);
+            if let Ok(p) = glob::Pattern::new(&abs) {
+                extra.globs.push(p);
+            }
+            let mode = if deep {
+                RecursiveMode::Recursive
+            } else {
+                RecursiveMode::NonRecursive
+            };
+            dirs.push((base, mode));
+        }
+        dirs.sort_by(|a, b| a.0.cmp(&b.0));
+        dirs.dedup_by(|a, b| a.0 == b.0);
+        for d in std::mem::take(&mut self.extra_dirs) {
+            let _ = self.watcher.unwatch(&d);
+        }
+        for (d, mode) in dirs {
+            match self.watcher.watch(&d, mode) {
+                Ok(()) => self.extra_dirs.push(d),
+                Err(e) => tracing::warn!("not watching {} for config changes: {e}", d.display()),
+            }
+        }
+        if let Ok(mut x) = self.extra.lock() {
+            *x = extra;
+        }
+    }
+}
+
+/// A fingerprint of everything the config was assembled from: the main
+/// file, the files each `include:` glob matches now (names and bytes) and
+/// the other files read (local profiles). `None` if the main file cannot be
+/// read.
+pub fn sources_hash(config: &Path, sources: &crate::config::sources::Sources) -> Option<String> {
+    use crate::config::{include, read_limited, tree::MAX_CONFIG_BYTES};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    read_limited(config, MAX_CONFIG_BYTES as u64).ok()?.hash(&mut h);
+    let mut files: Vec<PathBuf> = sources.files.clone();
+    for g in &sources.include_globs {
+        files.extend(include::matches(g).unwrap_or_default());
+    }
+    files.sort();
+    files.dedup();
+    for f in files {
+        f.hash(&mut h);
+        read_limited(&f, MAX_CONFIG_BYTES as u64).ok().hash(&mut h);
+    }
+    Some(format!("{:016x}", h.finish()))
 }
 
 /// Watches the directory holding `config`. Errors (e.g. the directory does
@@ -40,6 +153,9 @@ pub fn watch(config: &Path) -> notify::Result<ConfigWatcher> {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let config = config.to_path_buf();
+    let extra = Arc::new(Mutex::new(Extra::default()));
+    let seen_extra = extra.clone();
+    let main_dir = absolute(&dir);
     let (raw_tx, raw_rx) = mpsc::channel::<()>(64);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         match res {
@@ -49,9 +165,13 @@ pub fn watch(config: &Path) -> notify::Result<ConfigWatcher> {
                 // (or another one) since the watch started.
                 let relevant = relevant_names(&config);
                 let touches_config = ev.paths.iter().any(|p| {
-                    p.file_name()
-                        .is_some_and(|n| relevant.iter().any(|r| r.as_os_str() == n))
-                });
+                    let in_dir = p.parent().is_some_and(|d| absolute(d) == main_dir);
+                    in_dir
+                        && p.file_name()
+                            .is_some_and(|n| relevant.iter().any(|r| r.as_os_str() == n))
+                }) || seen_extra
+                    .lock()
+                    .is_ok_and(|x| ev.paths.iter().any(|p| x.matches(&absolute(p))));
                 if touches_config {
                     // A full channel already holds a pending trigger.
                     let _ = raw_tx.try_send(());
@@ -64,7 +184,9 @@ pub fn watch(config: &Path) -> notify::Result<ConfigWatcher> {
     let (tx, changed) = mpsc::channel(1);
     tokio::spawn(debounce(raw_rx, tx));
     Ok(ConfigWatcher {
-        _watcher: watcher,
+        watcher,
+        extra,
+        extra_dirs: Vec::new(),
         changed,
     })
 }

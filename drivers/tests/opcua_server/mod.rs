@@ -78,7 +78,14 @@ pub struct Options {
     /// When set, the secured endpoints accept only the X.509 user identity
     /// of this certificate (DER) — no anonymous or user-name logins.
     pub x509_user: Option<PathBuf>,
+    /// Variables of a nested tree `Plant/Area N/Line M/…` (see [`TREE_ROOT`]):
+    /// every scalar type in turn, plus nodes discovery must skip (a method,
+    /// an array, a Guid). 0 = no tree.
+    pub tree: usize,
 }
+
+/// The folder holding the tree of [`Options::tree`] (in the test namespace).
+pub const TREE_ROOT: &str = "Plant";
 
 impl Options {
     /// Defaults: any port, 100 ms ticks, no load variables.
@@ -89,6 +96,7 @@ impl Options {
             tick: Duration::from_millis(100),
             load: 0,
             x509_user: None,
+            tree: 0,
         }
     }
 }
@@ -240,6 +248,9 @@ impl OpcUaServer {
                 vars.push(v);
             }
             space.add_variables(vars, &folder);
+            if options.tree > 0 {
+                add_tree(&mut space, ns, options.tree);
+            }
         }
         let subs = handle.subscriptions().clone();
         nm.set_value(
@@ -347,5 +358,67 @@ impl OpcUaServer {
         self.handle.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
         self.options
+    }
+}
+
+/// A nested tree of `count` readable variables under `Plant` (4 areas × 5
+/// lines, names with spaces and brackets), cycling through the scalar types
+/// (some writable), plus in each line a method, an Int32 array and a Guid.
+fn add_tree(space: &mut opcua::server::address_space::AddressSpace, ns: u16, count: usize) {
+    let root = NodeId::new(ns, TREE_ROOT);
+    space.add_folder(&root, TREE_ROOT, TREE_ROOT, &ObjectId::ObjectsFolder.into());
+    let types = scalars();
+    let mut lines = Vec::new();
+    for a in 0..4 {
+        let area = NodeId::new(ns, format!("{TREE_ROOT}/Area {a}"));
+        space.add_folder(&area, format!("Area {a}").as_str(), format!("Area {a}").as_str(), &root);
+        for l in 0..5 {
+            let line = NodeId::new(ns, format!("{TREE_ROOT}/Area {a}/Line {l}"));
+            space.add_folder(&line, format!("Line {l}").as_str(), format!("Line {l}").as_str(), &area);
+            let m = NodeId::new(ns, format!("{TREE_ROOT}/Area {a}/Line {l}/Reset"));
+            opcua::nodes::MethodBuilder::new(&m, "Reset", "Reset")
+                .component_of(line.clone())
+                .insert(&mut *space);
+            let mut arr = Variable::new(
+                &NodeId::new(ns, format!("{TREE_ROOT}/Area {a}/Line {l}/History")),
+                "History",
+                "History",
+                Variant::from(vec![1i32, 2, 3]),
+            );
+            arr.set_value_rank(1);
+            let guid = Variable::new(
+                &NodeId::new(ns, format!("{TREE_ROOT}/Area {a}/Line {l}/Id")),
+                "Id",
+                "Id",
+                Variant::Guid(Box::new(opcua::types::Guid::new())),
+            );
+            space.add_variables(vec![arr, guid], &line);
+            lines.push((a, l, line));
+        }
+    }
+    let per_line = count.div_ceil(lines.len());
+    let mut made = 0;
+    for (a, l, line) in &lines {
+        let mut vars = Vec::new();
+        for k in 0..per_line {
+            if made == count {
+                break;
+            }
+            let (tname, value) = types[made % types.len()].clone();
+            let name = format!("{tname} ({k})");
+            let mut v = Variable::new(
+                &NodeId::new(ns, format!("{TREE_ROOT}/Area {a}/Line {l}/{name}")),
+                name.as_str(),
+                name.as_str(),
+                value,
+            );
+            if made % 3 == 0 {
+                v.set_writable(true);
+                v.set_user_access_level(v.access_level());
+            }
+            vars.push(v);
+            made += 1;
+        }
+        space.add_variables(vars, line);
     }
 }

@@ -170,7 +170,11 @@ pub fn yaml(o: &Options, d: &Discovery) -> String {
     let _ = writeln!(out, "    properties:");
     let mut used = HashSet::new();
     let mut any = false;
-    for n in &d.nodes {
+    // In path order: a folder's nodes together, whatever order the server
+    // answered in.
+    let mut nodes: Vec<&browse::FoundNode> = d.nodes.iter().collect();
+    nodes.sort_by(|a, b| a.path.cmp(&b.path));
+    for n in nodes {
         let shown = n.path.join("/");
         match &n.kind {
             FoundKind::Method => {
