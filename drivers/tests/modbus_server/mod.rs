@@ -35,6 +35,8 @@ pub struct Tables {
     pub holding: HashMap<u16, u16>,
     pub silent_units: HashSet<u8>,
     pub requests: usize,
+    /// Write requests received (of any function code).
+    pub writes: usize,
 }
 
 /// Shared storage; every unit id that is not silent sees the same tables.
@@ -58,6 +60,10 @@ impl Storage {
 
     pub fn requests(&self) -> usize {
         self.0.lock().unwrap().requests
+    }
+
+    pub fn writes(&self) -> usize {
+        self.0.lock().unwrap().writes
     }
 }
 
@@ -99,6 +105,17 @@ impl Service for Storage {
             return ready(Ok(None));
         }
         t.requests += 1;
+        if matches!(
+            req.request,
+            Request::WriteSingleCoil(..)
+                | Request::WriteMultipleCoils(..)
+                | Request::WriteSingleRegister(..)
+                | Request::WriteMultipleRegisters(..)
+                | Request::MaskWriteRegister(..)
+                | Request::ReadWriteMultipleRegisters(..)
+        ) {
+            t.writes += 1;
+        }
         let r = match req.request {
             Request::ReadCoils(a, n) => range(&t.coils, a, n).map(Response::ReadCoils),
             Request::ReadDiscreteInputs(a, n) => {
