@@ -31,6 +31,8 @@ pub struct ConfigWatcher {
     extra: Arc<Mutex<Extra>>,
     /// Directories watched for them (besides the config's own).
     extra_dirs: Vec<PathBuf>,
+    /// The config's own directory (absolute), watched from the start.
+    main_dir: PathBuf,
     /// Fires (debounced) when something in the config's directory changed.
     pub changed: mpsc::Receiver<()>,
 }
@@ -111,6 +113,20 @@ impl ConfigWatcher {
             let _ = self.watcher.unwatch(&d);
         }
         for (d, mode) in dirs {
+            // A glob's directory that does not exist yet is watched once a
+            // reload (SIGHUP, or an edit of the config) finds it.
+            if !d.is_dir() {
+                tracing::debug!("not watching {}: not a directory (yet)", d.display());
+                continue;
+            }
+            // The config's own directory is watched already; watching it
+            // again would share (and later unwatch) the same watch.
+            if d == self.main_dir {
+                if matches!(mode, RecursiveMode::Recursive) {
+                    let _ = self.watcher.watch(&d, mode);
+                }
+                continue;
+            }
             match self.watcher.watch(&d, mode) {
                 Ok(()) => self.extra_dirs.push(d),
                 Err(e) => tracing::warn!("not watching {} for config changes: {e}", d.display()),
@@ -156,6 +172,7 @@ pub fn watch(config: &Path) -> notify::Result<ConfigWatcher> {
     let extra = Arc::new(Mutex::new(Extra::default()));
     let seen_extra = extra.clone();
     let main_dir = absolute(&dir);
+    let own_dir = main_dir.clone();
     let (raw_tx, raw_rx) = mpsc::channel::<()>(64);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         match res {
@@ -165,7 +182,7 @@ pub fn watch(config: &Path) -> notify::Result<ConfigWatcher> {
                 // (or another one) since the watch started.
                 let relevant = relevant_names(&config);
                 let touches_config = ev.paths.iter().any(|p| {
-                    let in_dir = p.parent().is_some_and(|d| absolute(d) == main_dir);
+                    let in_dir = p.parent().is_some_and(|d| absolute(d) == own_dir);
                     in_dir
                         && p.file_name()
                             .is_some_and(|n| relevant.iter().any(|r| r.as_os_str() == n))
@@ -187,6 +204,7 @@ pub fn watch(config: &Path) -> notify::Result<ConfigWatcher> {
         watcher,
         extra,
         extra_dirs: Vec::new(),
+        main_dir,
         changed,
     })
 }

@@ -347,7 +347,7 @@ fn resolve_tree(root: Node, file_label: &str, base_dir: &Path) -> Result<Resolve
     // profile into each device that names one (both tag their nodes with
     // their file, so errors point into it).
     let mut sources = super::include::expand(&mut ctx, &mut root, &mut devices, base_dir);
-    super::profile::apply(&mut ctx, &mut devices, base_dir, &mut sources);
+    let failed = super::profile::apply(&mut ctx, &mut devices, base_dir, &mut sources);
     let resolved = Loader {
         ctx: &mut ctx,
         base_dir,
@@ -360,6 +360,7 @@ fn resolve_tree(root: Node, file_label: &str, base_dir: &Path) -> Result<Resolve
     });
     drop(root);
     ctx.device = None;
+    super::profile::drop_consequential(&mut ctx.errors, &failed);
     let main = ctx.file.clone();
     ctx.errors
         .sort_by(|a, b| (a.file != main, &a.file, a.line, a.column).cmp(&(b.file != main, &b.file, b.line, b.column)));

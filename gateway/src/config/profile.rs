@@ -184,19 +184,28 @@ struct Loaded {
 }
 
 /// Merges the profile of every device that names one into the device.
-pub(crate) fn apply(ctx: &mut Ctx, devices: &mut Option<Node>, base_dir: &Path, sources: &mut Sources) {
+pub(crate) fn apply(
+    ctx: &mut Ctx,
+    devices: &mut Option<Node>,
+    base_dir: &Path,
+    sources: &mut Sources,
+) -> Vec<(String, usize, usize)> {
     let Some(Node {
         kind: Kind::Seq(items),
         ..
     }) = devices
     else {
-        return;
+        return Vec::new();
     };
     // Each profile is read and parsed once, whatever the number of devices
     // using it: key (directory, name).
     let mut cache: HashMap<(PathBuf, String), Loaded> = HashMap::new();
     let mut per_file: HashMap<String, usize> = HashMap::new();
-    for item in items.iter_mut() {
+    // Devices whose profile could not be used: their missing keys (a driver
+    // the profile would have given) are not reported on top of the
+    // profile's own error.
+    let mut failed: Vec<usize> = Vec::new();
+    for (position, item) in items.iter_mut().enumerate() {
         let file = ctx.file_of(item).to_string();
         let index = {
             let n = per_file.entry(file.clone()).or_default();
@@ -218,6 +227,7 @@ pub(crate) fn apply(ctx: &mut Ctx, devices: &mut Option<Node>, base_dir: &Path, 
                     &path,
                     format!("expected a profile name or path, found {}", pv.describe()),
                 );
+                failed.push(position);
                 continue;
             }
         };
@@ -257,6 +267,7 @@ pub(crate) fn apply(ctx: &mut Ctx, devices: &mut Option<Node>, base_dir: &Path, 
             continue;
         };
         let Some(profile) = &loaded.root else {
+            failed.push(position);
             continue;
         };
         if let Some(d) = &device_name {
@@ -267,6 +278,26 @@ pub(crate) fn apply(ctx: &mut Ctx, devices: &mut Option<Node>, base_dir: &Path, 
         *item = merge(profile, item);
     }
     ctx.device = None;
+    failed
+        .into_iter()
+        .filter_map(|i| items.get(i))
+        .map(|n| {
+            let (_, line) = sources::split(n.line as usize);
+            (ctx.file_of(n).to_string(), line, n.column as usize)
+        })
+        .collect()
+}
+
+/// Drops the "missing required key" errors of devices whose profile could
+/// not be used (`failed`, from [`apply`]): the keys were to come from the
+/// profile, whose own error is reported.
+pub(crate) fn drop_consequential(errors: &mut Vec<ConfigError>, failed: &[(String, usize, usize)]) {
+    errors.retain(|e| {
+        !(e.message.starts_with("missing required key")
+            && failed
+                .iter()
+                .any(|(f, l, c)| *f == e.file && *l == e.line && *c == e.column))
+    });
 }
 
 /// Parses and checks one profile file, tagging its nodes.
