@@ -92,6 +92,7 @@ async fn the_table_shows_each_value_in_its_byte_order_and_nothing_is_written() {
     .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
     assert!(text.contains("unit 1 answers"), "{text}");
     assert!(text.contains("unit 3 answers"), "{text}");
     assert!(text.contains("no answer from unit(s): 2, 4"), "{text}");
