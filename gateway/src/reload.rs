@@ -145,7 +145,9 @@ impl ConfigWatcher {
 pub fn sources_hash(config: &Path, sources: &crate::config::sources::Sources) -> Option<String> {
     use crate::config::{include, read_limited, tree::MAX_CONFIG_BYTES};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    read_limited(config, MAX_CONFIG_BYTES as u64).ok()?.hash(&mut h);
+    read_limited(config, MAX_CONFIG_BYTES as u64)
+        .ok()?
+        .hash(&mut h);
     let mut files: Vec<PathBuf> = sources.files.clone();
     for g in &sources.include_globs {
         files.extend(include::matches(g).unwrap_or_default());

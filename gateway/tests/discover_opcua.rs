@@ -69,8 +69,14 @@ async fn discovered_yaml_is_valid_and_every_variable_is_published() {
     // Types from data types, `writable` from the access level.
     assert!(yaml.contains("type: float64"), "{yaml}");
     assert!(yaml.contains("type: bytes"), "{yaml}");
-    assert!(yaml.contains(r#"Area_0.Line_0.Bool__0_", nodeId"#), "{yaml}");
-    let writable = props.iter().filter(|l| l.contains("writable: true")).count();
+    assert!(
+        yaml.contains(r#"Area_0.Line_0.Bool__0_", nodeId"#),
+        "{yaml}"
+    );
+    let writable = props
+        .iter()
+        .filter(|l| l.contains("writable: true"))
+        .count();
     assert_eq!(writable, VARIABLES.div_ceil(3), "{yaml}");
     // Skipped nodes are commented with the reason.
     for why in ["a method", "an array", "data type i=14"] {

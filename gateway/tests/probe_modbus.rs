@@ -51,7 +51,9 @@ fn storage() -> Storage {
 
 /// The table rows (address → column → cell) of the first block of `out`.
 fn table(out: &str) -> HashMap<u32, HashMap<String, String>> {
-    let mut lines = out.lines().skip_while(|l| !l.trim_start().starts_with("addr"));
+    let mut lines = out
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("addr"));
     let header: Vec<String> = lines
         .next()
         .expect("a table header")
@@ -84,14 +86,25 @@ async fn the_table_shows_each_value_in_its_byte_order_and_nothing_is_written() {
     let t = target.clone();
     let out = tokio::task::spawn_blocking(move || {
         support::fieldgate(&[
-            "probe", "modbus", &t, "--units", "1-4", "--registers", "holding:0-31",
-            "--timeout", "500ms",
+            "probe",
+            "modbus",
+            &t,
+            "--units",
+            "1-4",
+            "--registers",
+            "holding:0-31",
+            "--timeout",
+            "500ms",
         ])
     })
     .await
     .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     println!("{text}");
     assert!(text.contains("unit 1 answers"), "{text}");
     assert!(text.contains("unit 3 answers"), "{text}");
@@ -101,11 +114,23 @@ async fn the_table_shows_each_value_in_its_byte_order_and_nothing_is_written() {
         let a = (i * 2) as u32;
         // The value reads right in its own order's column, marked plausible…
         assert_eq!(rows[&a][&format!("float32:{o}")], "230.5*", "{o}: {text}");
-        assert_eq!(rows[&(10 + a)][&format!("int32:{o}")], "-123456", "{o}: {text}");
-        assert_eq!(rows[&(20 + a)][&format!("uint32:{o}")], "3000000000", "{o}: {text}");
+        assert_eq!(
+            rows[&(10 + a)][&format!("int32:{o}")],
+            "-123456",
+            "{o}: {text}"
+        );
+        assert_eq!(
+            rows[&(20 + a)][&format!("uint32:{o}")],
+            "3000000000",
+            "{o}: {text}"
+        );
         // …and wrong in the others.
         for other in ORDERS.iter().filter(|x| *x != o) {
-            assert_ne!(rows[&a][&format!("float32:{other}")], "230.5*", "{o} as {other}");
+            assert_ne!(
+                rows[&a][&format!("float32:{other}")],
+                "230.5*",
+                "{o} as {other}"
+            );
             assert_ne!(rows[&(10 + a)][&format!("int32:{other}")], "-123456");
         }
     }
@@ -117,7 +142,14 @@ async fn the_table_shows_each_value_in_its_byte_order_and_nothing_is_written() {
     let t = target.clone();
     let out = tokio::task::spawn_blocking(move || {
         support::fieldgate(&[
-            "probe", "modbus", &t, "--units", "1", "--registers", "holding:0-7", "--yaml",
+            "probe",
+            "modbus",
+            &t,
+            "--units",
+            "1",
+            "--registers",
+            "holding:0-7",
+            "--yaml",
         ])
     })
     .await

@@ -26,12 +26,18 @@ fn config(broker: u16, devices: &str) -> String {
 
 fn f32_regs(v: f32) -> [u16; 2] {
     let b = v.to_be_bytes();
-    [u16::from_be_bytes([b[0], b[1]]), u16::from_be_bytes([b[2], b[3]])]
+    [
+        u16::from_be_bytes([b[0], b[1]]),
+        u16::from_be_bytes([b[2], b[3]]),
+    ]
 }
 
 /// Runs a gateway with one device using `profile` on a server holding
 /// `storage`, and returns the first state in which every property read.
-async fn published(profile: &str, storage: Storage) -> (Value, Server, Gateway, MqttProbe, Mosquitto) {
+async fn published(
+    profile: &str,
+    storage: Storage,
+) -> (Value, Server, Gateway, MqttProbe, Mosquitto) {
     let server = tcp_server(storage, "127.0.0.1:0").await;
     let broker = Mosquitto::start();
     let mut probe = MqttProbe::connect(broker.port()).await;
@@ -54,13 +60,18 @@ async fn published(profile: &str, storage: Storage) -> (Value, Server, Gateway, 
 }
 
 fn close(v: &Value, want: f64) -> bool {
-    v.as_f64().is_some_and(|x| (x - want).abs() < 1e-3 * want.abs().max(1.0))
+    v.as_f64()
+        .is_some_and(|x| (x - want).abs() < 1e-3 * want.abs().max(1.0))
 }
 
 fn assert_values(state: &Value, want: &[(&str, f64)]) {
     let p = &state["properties"];
     for (name, v) in want {
-        assert!(close(&p[*name], *v), "{name}: want {v}, got {} in {state}", p[*name]);
+        assert!(
+            close(&p[*name], *v),
+            "{name}: want {v}, got {} in {state}",
+            p[*name]
+        );
     }
 }
 
@@ -165,14 +176,17 @@ async fn abb_b23_publishes_the_documented_values() {
             t.holding.insert(a, 0);
         }
         // Active import 12345.67 kWh = 1234567 × 0.01 (uint64, 4 registers).
-        t.holding.extend([(0x5000, 0), (0x5001, 0), (0x5002, 0x0012), (0x5003, 0xD687)]);
-        t.holding.extend([(0x5004, 0), (0x5005, 0), (0x5006, 0), (0x5007, 1050)]);
+        t.holding
+            .extend([(0x5000, 0), (0x5001, 0), (0x5002, 0x0012), (0x5003, 0xD687)]);
+        t.holding
+            .extend([(0x5004, 0), (0x5005, 0), (0x5006, 0), (0x5007, 1050)]);
         t.holding.extend([(0x5B00, 0), (0x5B01, 2301)]); // 230.1 V
         t.holding.extend([(0x5B02, 0), (0x5B03, 2298)]);
         t.holding.extend([(0x5B04, 0), (0x5B05, 2310)]);
         t.holding.extend([(0x5B0C, 0), (0x5B0D, 523)]); // 5.23 A
         let p = (-120_050i32) as u32; // -1200.50 W
-        t.holding.extend([(0x5B14, (p >> 16) as u16), (0x5B15, p as u16)]);
+        t.holding
+            .extend([(0x5B14, (p >> 16) as u16), (0x5B15, p as u16)]);
         t.holding.insert(0x5B2C, 5002); // 50.02 Hz
         t.holding.insert(0x5B3A, (-950i16) as u16); // PF -0.950
     });
@@ -198,7 +212,9 @@ async fn abb_b23_publishes_the_documented_values() {
 fn sunspec_string(s: &str, n: usize) -> Vec<u16> {
     let mut b = s.as_bytes().to_vec();
     b.resize(n * 2, 0);
-    b.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect()
+    b.chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,7 +223,8 @@ async fn sunspec_common_and_inverter_103_publish_the_model_values() {
         for a in 40000..40122u16 {
             t.holding.insert(a, 0);
         }
-        t.holding.extend([(40000, 0x5375), (40001, 0x6E53), (40002, 1), (40003, 65)]);
+        t.holding
+            .extend([(40000, 0x5375), (40001, 0x6E53), (40002, 1), (40003, 65)]);
         for (base, text, n) in [
             (40004u16, "SunSpecTest", 16),
             (40020, "Inverter 3P", 16),
@@ -220,12 +237,14 @@ async fn sunspec_common_and_inverter_103_publish_the_model_values() {
         }
         t.holding.insert(40068, 1);
         t.holding.extend([(40070, 103), (40071, 50)]);
-        t.holding.extend([(40072, 1234), (40073, 411), (40074, 412), (40075, 411)]);
+        t.holding
+            .extend([(40072, 1234), (40073, 411), (40074, 412), (40075, 411)]);
         t.holding.insert(40076, (-2i16) as u16); // A_SF
         t.holding.extend([(40080, 2301), (40083, (-1i16) as u16)]); // 230.1 V
         t.holding.extend([(40084, 8500), (40085, 0)]); // 8500 W
         t.holding.extend([(40086, 5001), (40087, (-2i16) as u16)]); // 50.01 Hz
-        t.holding.extend([(40094, 0x0001), (40095, 0x86A0), (40096, 0)]); // 100000 Wh
+        t.holding
+            .extend([(40094, 0x0001), (40095, 0x86A0), (40096, 0)]); // 100000 Wh
         t.holding.extend([(40103, 415), (40107, (-1i16) as u16)]); // 41.5 °C
         t.holding.insert(40108, 4); // MPPT
     });
@@ -257,7 +276,8 @@ async fn sunspec_common_and_inverter_103_publish_the_model_values() {
 async fn xy_md02_publishes_the_documented_examples() {
     let storage = Storage::with(|t| {
         t.input.extend([(1, 0x0131), (2, 0x0222)]); // the document: 30.5 °C, 54.6 %RH
-        t.holding.extend([(0x101, 1), (0x102, 9600), (0x103, 0), (0x104, 0)]);
+        t.holding
+            .extend([(0x101, 1), (0x102, 9600), (0x103, 0), (0x104, 0)]);
     });
     let (state, server, _gw, mut probe, _broker) = published("xy-md02", storage.clone()).await;
     assert_values(
@@ -325,7 +345,10 @@ fn device_keys_override_the_profile_and_properties_merge_by_name() {
     };
     assert_eq!(addr(0).byte_order, ByteOrder::Abcd);
     assert_eq!(addr(1).address, 10);
-    assert_eq!(r.sources.profile_of("p1").map(|p| p.0), Some("profiles/pump.yaml"));
+    assert_eq!(
+        r.sources.profile_of("p1").map(|p| p.0),
+        Some("profiles/pump.yaml")
+    );
 }
 
 #[test]
@@ -346,10 +369,20 @@ fn errors_inside_a_profile_point_into_it_and_name_the_device() {
         .iter()
         .find(|e| e.file == profile.display().to_string())
         .unwrap_or_else(|| panic!("{errors:?}"));
-    assert_eq!((in_profile.line, in_profile.column), (3, 51), "{in_profile}");
+    assert_eq!(
+        (in_profile.line, in_profile.column),
+        (3, 51),
+        "{in_profile}"
+    );
     assert_eq!(in_profile.key_path, "devices[0].properties[0].type");
-    assert!(in_profile.message.contains("did you mean `float32`"), "{in_profile}");
-    assert!(in_profile.message.contains("used by device `m1`"), "{in_profile}");
+    assert!(
+        in_profile.message.contains("did you mean `float32`"),
+        "{in_profile}"
+    );
+    assert!(
+        in_profile.message.contains("used by device `m1`"),
+        "{in_profile}"
+    );
     // An unknown profile name is an error at the device's `profile:`.
     let unknown = errors
         .iter()
@@ -357,18 +390,35 @@ fn errors_inside_a_profile_point_into_it_and_name_the_device() {
         .unwrap_or_else(|| panic!("{errors:?}"));
     assert_eq!((unknown.line, unknown.column), (6, 14), "{unknown}");
     assert_eq!(unknown.key_path, "devices[1].profile");
-    assert!(unknown.message.contains("did you mean `eastron-sdm630`"), "{unknown}");
+    assert!(
+        unknown.message.contains("did you mean `eastron-sdm630`"),
+        "{unknown}"
+    );
 
     // A profile may not name the device, nor another profile.
-    write(dir.path(), "meter.yaml", "name: x\nprofile: y\ndriver: modbus\n");
+    write(
+        dir.path(),
+        "meter.yaml",
+        "name: x\nprofile: y\ndriver: modbus\n",
+    );
     let errors = fieldgate::config::load(&main).unwrap_err().0;
     let lines: Vec<(usize, &str)> = errors
         .iter()
         .filter(|e| e.file == profile.display().to_string())
         .map(|e| (e.line, e.message.as_str()))
         .collect();
-    assert!(lines.iter().any(|(l, m)| *l == 1 && m.contains("must not set `name`")), "{lines:?}");
-    assert!(lines.iter().any(|(l, m)| *l == 2 && m.contains("do not nest")), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|(l, m)| *l == 1 && m.contains("must not set `name`")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|(l, m)| *l == 2 && m.contains("do not nest")),
+        "{lines:?}"
+    );
 }
 
 #[test]
@@ -391,12 +441,36 @@ fn a_local_profile_overrides_the_built_in_one_and_check_shows_the_effective_devi
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains(&format!("profile: xy-md02 ({}/xy-md02.yaml)", local.display())), "{text}");
-    assert!(text.contains("      t: int16, read-only, scale 0.01"), "{text}");
-    assert!(text.contains("profile: eastron-sdm120 (builtin:eastron-sdm120.yaml)"), "{text}");
-    assert!(text.contains("      voltage: float32, read-only, deadband 0.5, Input 0 Abcd"), "{text}");
-    assert!(text.contains("      totalReactiveEnergy: float32, read-only, unit \"kvarh\", Input 344 Abcd"), "{text}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!(
+            "profile: xy-md02 ({}/xy-md02.yaml)",
+            local.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("      t: int16, read-only, scale 0.01"),
+        "{text}"
+    );
+    assert!(
+        text.contains("profile: eastron-sdm120 (builtin:eastron-sdm120.yaml)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("      voltage: float32, read-only, deadband 0.5, Input 0 Abcd"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "      totalReactiveEnergy: float32, read-only, unit \"kvarh\", Input 344 Abcd"
+        ),
+        "{text}"
+    );
 
     // `fieldgate profiles` lists the local one first, then the built-ins.
     let out = std::process::Command::new(support::fieldgate_binary())
@@ -406,9 +480,21 @@ fn a_local_profile_overrides_the_built_in_one_and_check_shows_the_effective_devi
         .unwrap();
     let list = String::from_utf8_lossy(&out.stdout);
     let first = list.lines().next().unwrap_or_default();
-    assert!(first.starts_with("xy-md02") && first.contains("my own XY-MD02"), "{list}");
-    for name in ["abb-b23", "eastron-sdm120", "eastron-sdm630", "sunspec-inverter-103"] {
-        assert!(list.lines().any(|l| l.starts_with(name) && l.contains("built-in")), "{list}");
+    assert!(
+        first.starts_with("xy-md02") && first.contains("my own XY-MD02"),
+        "{list}"
+    );
+    for name in [
+        "abb-b23",
+        "eastron-sdm120",
+        "eastron-sdm630",
+        "sunspec-inverter-103",
+    ] {
+        assert!(
+            list.lines()
+                .any(|l| l.starts_with(name) && l.contains("built-in")),
+            "{list}"
+        );
     }
 }
 
@@ -418,7 +504,11 @@ fn profiles_show_prints_a_profile_with_its_source() {
         let out = support::fieldgate(&["profiles", "show", b.name]);
         assert!(out.status.success());
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("Source:"), "{} names no source document", b.name);
+        assert!(
+            text.contains("Source:"),
+            "{} names no source document",
+            b.name
+        );
         assert!(text.contains(b.text), "{}", b.name);
     }
     let out = support::fieldgate(&["profiles", "show", "no-such"]);
@@ -434,9 +524,17 @@ fn include_globs_are_relative_to_the_main_file_and_duplicates_name_both_files() 
     let dir = tempfile::tempdir().unwrap();
     let sub = dir.path().join("etc");
     write(&sub, "devices/a.yaml", "devices:\n  - { name: a1, driver: dummy, model: fan }\n  - { name: a2, driver: dummy, model: fan }\n");
-    write(&sub, "devices/b.yaml", "devices:\n  - { name: b1, driver: dummy, model: fan }\n");
+    write(
+        &sub,
+        "devices/b.yaml",
+        "devices:\n  - { name: b1, driver: dummy, model: fan }\n",
+    );
     write(&sub, "devices/skip.txt", "not yaml: [\n");
-    let main = write(&sub, "config.yaml", "include: [ devices/*.yaml ]\ndevices:\n  - { name: m1, driver: dummy, model: fan }\n");
+    let main = write(
+        &sub,
+        "config.yaml",
+        "include: [ devices/*.yaml ]\ndevices:\n  - { name: m1, driver: dummy, model: fan }\n",
+    );
     // Loaded from another working directory: the glob is the file's.
     let r = fieldgate::config::load(&main).unwrap_or_else(|e| panic!("{e}"));
     let names: Vec<&str> = r.devices.iter().map(|d| d.name.as_str()).collect();
@@ -449,23 +547,52 @@ fn include_globs_are_relative_to_the_main_file_and_duplicates_name_both_files() 
     assert_eq!(errors.len(), 1, "{errors:?}");
     let e = &errors[0];
     assert_eq!(e.file, b.display().to_string());
-    assert_eq!((e.line, e.column, e.key_path.as_str()), (3, 13, "devices[1].name"));
-    assert!(e.message.contains(&format!("devices[1] in {}", sub.join("devices/a.yaml").display())), "{e}");
+    assert_eq!(
+        (e.line, e.column, e.key_path.as_str()),
+        (3, 13, "devices[1].name")
+    );
+    assert!(
+        e.message.contains(&format!(
+            "devices[1] in {}",
+            sub.join("devices/a.yaml").display()
+        )),
+        "{e}"
+    );
 
     // An included file holds only devices; its errors point into it.
-    write(&sub, "devices/b.yaml", "mqtt: {}\ndevices:\n  - { name: b1, driver: dummy, model: fna }\n");
+    write(
+        &sub,
+        "devices/b.yaml",
+        "mqtt: {}\ndevices:\n  - { name: b1, driver: dummy, model: fna }\n",
+    );
     let errors = fieldgate::config::load(&main).unwrap_err().0;
     let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-    assert!(lines.iter().any(|l| l.starts_with(&format!("{}:1:1: mqtt:", b.display()))), "{lines:?}");
-    assert!(lines.iter().any(|l| l.starts_with(&format!("{}:3:39: devices[0].model:", b.display()))), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{}:1:1: mqtt:", b.display()))),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{}:3:39: devices[0].model:", b.display()))),
+        "{lines:?}"
+    );
 }
 
 async fn state_of(probe: &mut MqttProbe, device: &str, want: Value, gw: &Gateway) {
     let t = format!("fieldgate/test/{device}");
     let got = probe
-        .wait_for(WAIT, |m| m.topic == t && m.json()["properties"]["v"] == want)
+        .wait_for(WAIT, |m| {
+            m.topic == t && m.json()["properties"]["v"] == want
+        })
         .await;
-    assert!(got.is_some(), "{device} never published v = {want}:\n{}", gw.log());
+    assert!(
+        got.is_some(),
+        "{device} never published v = {want}:\n{}",
+        gw.log()
+    );
 }
 
 fn constant(name: &str, v: i64) -> String {
@@ -508,13 +635,20 @@ async fn included_files_hot_reload_and_new_matches_are_picked_up() {
         "{}",
         gw.log()
     );
-    assert!(gw.log().contains("conf.d/c.yaml:2:11: devices[0].name: duplicate device name `inc-1`"), "{}", gw.log());
+    assert!(
+        gw.log()
+            .contains("conf.d/c.yaml:2:11: devices[0].name: duplicate device name `inc-1`"),
+        "{}",
+        gw.log()
+    );
 
     // Removing the file that stopped matching removes its device.
     std::fs::remove_file(gw.dir().join("conf.d/c.yaml")).unwrap();
     std::fs::remove_file(gw.dir().join("conf.d/b.yaml")).unwrap();
     let gone = probe
-        .wait_for(WAIT, |m| m.topic == "fieldgate/test/inc-2/$state" && m.payload_str() == "offline")
+        .wait_for(WAIT, |m| {
+            m.topic == "fieldgate/test/inc-2/$state" && m.payload_str() == "offline"
+        })
         .await;
     assert!(gone.is_some(), "{}", gw.log());
     state_of(&mut probe, "inc-1", json!(2), &gw).await;

@@ -160,7 +160,9 @@ pub async fn probe(
                         }
                     }
                     Err(e) => {
-                        block.values.extend(std::iter::repeat_n(None, count as usize));
+                        block
+                            .values
+                            .extend(std::iter::repeat_n(None, count as usize));
                         block.notes.push(format!("addresses {start}+{count}: {e}"));
                         ctx = transport::connect(transport, connect_timeout).await?;
                     }

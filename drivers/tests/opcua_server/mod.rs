@@ -371,10 +371,20 @@ fn add_tree(space: &mut opcua::server::address_space::AddressSpace, ns: u16, cou
     let mut lines = Vec::new();
     for a in 0..4 {
         let area = NodeId::new(ns, format!("{TREE_ROOT}/Area {a}"));
-        space.add_folder(&area, format!("Area {a}").as_str(), format!("Area {a}").as_str(), &root);
+        space.add_folder(
+            &area,
+            format!("Area {a}").as_str(),
+            format!("Area {a}").as_str(),
+            &root,
+        );
         for l in 0..5 {
             let line = NodeId::new(ns, format!("{TREE_ROOT}/Area {a}/Line {l}"));
-            space.add_folder(&line, format!("Line {l}").as_str(), format!("Line {l}").as_str(), &area);
+            space.add_folder(
+                &line,
+                format!("Line {l}").as_str(),
+                format!("Line {l}").as_str(),
+                &area,
+            );
             let m = NodeId::new(ns, format!("{TREE_ROOT}/Area {a}/Line {l}/Reset"));
             opcua::nodes::MethodBuilder::new(&m, "Reset", "Reset")
                 .component_of(line.clone())

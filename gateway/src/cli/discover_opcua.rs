@@ -60,7 +60,7 @@ pub fn type_of(data_type: &str) -> Result<&'static str, String> {
         "i=12" => "string",
         "i=13" => "string", // DateTime, published as RFC 3339 text
         "i=15" => "bytes",
-        "i=21" => "string", // LocalizedText: its text
+        "i=21" => "string",  // LocalizedText: its text
         "i=26" => "float64", // Number
         "i=27" => "int64",   // Integer
         "i=28" => "uint64",  // UInteger
@@ -154,10 +154,18 @@ pub fn yaml(o: &Options, d: &Discovery) -> String {
         let _ = writeln!(out, "      username: {}", quote(u));
     }
     if let Some(p) = &o.password_file {
-        let _ = writeln!(out, "      passwordFile: {}", quote(&p.display().to_string()));
+        let _ = writeln!(
+            out,
+            "      passwordFile: {}",
+            quote(&p.display().to_string())
+        );
     }
     if let (Some(c), Some(k)) = (&o.certificate, &o.private_key) {
-        let _ = writeln!(out, "      certificate: {}", quote(&c.display().to_string()));
+        let _ = writeln!(
+            out,
+            "      certificate: {}",
+            quote(&c.display().to_string())
+        );
         let _ = writeln!(out, "      privateKey: {}", quote(&k.display().to_string()));
     }
     if o.security_policy != "None" {
@@ -255,7 +263,10 @@ pub fn run(o: Options) -> i32 {
     };
     let identity = match (&o.username, &o.password_file) {
         (Some(user), Some(pf)) => {
-            match crate::config::load::read_password_file(std::path::Path::new("."), &pf.display().to_string()) {
+            match crate::config::load::read_password_file(
+                std::path::Path::new("."),
+                &pf.display().to_string(),
+            ) {
                 Ok(password) => Identity::UserName {
                     user: user.clone(),
                     password,
@@ -320,9 +331,15 @@ mod tests {
     #[test]
     fn names_are_sanitised_and_unique() {
         let mut used = HashSet::new();
-        let a = unique(sanitize(&["Line 1".into(), "Speed (rpm)".into()]), &mut used);
+        let a = unique(
+            sanitize(&["Line 1".into(), "Speed (rpm)".into()]),
+            &mut used,
+        );
         assert_eq!(a, "Line_1.Speed__rpm_");
-        let b = unique(sanitize(&["Line 1".into(), "Speed (rpm)".into()]), &mut used);
+        let b = unique(
+            sanitize(&["Line 1".into(), "Speed (rpm)".into()]),
+            &mut used,
+        );
         assert_eq!(b, "Line_1.Speed__rpm__2");
         assert_eq!(sanitize(&["$x".into()]), "v_x");
         assert_eq!(type_of("i=11").unwrap(), "float64");

@@ -16,7 +16,10 @@ pub const ORDERS: [&str; 4] = ["ABCD", "BADC", "CDAB", "DCBA"];
 /// `rtu:PORT?baud=9600&parity=none&dataBits=8&stopBits=1`.
 pub fn parse_target(s: &str) -> Result<Transport, String> {
     let with_port = |hp: &str| -> String {
-        if hp.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        if hp
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
             hp.to_string()
         } else {
             format!("{hp}:502")
@@ -139,7 +142,11 @@ pub fn plausible(f: f32) -> bool {
 
 fn fmt_float(f: f32) -> String {
     if !f.is_finite() {
-        return if f.is_nan() { "NaN".into() } else { "inf".into() };
+        return if f.is_nan() {
+            "NaN".into()
+        } else {
+            "inf".into()
+        };
     }
     let a = f.abs();
     if a != 0.0 && !(1e-3..1e7).contains(&a) {
@@ -147,7 +154,11 @@ fn fmt_float(f: f32) -> String {
     }
     let s = format!("{f:.4}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" { "0".into() } else { s.to_string() }
+    if s == "-0" {
+        "0".into()
+    } else {
+        s.to_string()
+    }
 }
 
 fn kind_name(k: RegisterKind) -> &'static str {
@@ -409,14 +420,19 @@ pub fn run(o: Options) -> i32 {
             return 2;
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("fieldgate probe modbus: {e}");
             return 1;
         }
     };
-    match rt.block_on(probe::probe(&transport, &units, &ranges, o.timeout, o.total)) {
+    match rt.block_on(probe::probe(
+        &transport, &units, &ranges, o.timeout, o.total,
+    )) {
         Ok(report) => {
             if o.yaml {
                 print!("{}", yaml(&transport, &report));
@@ -444,15 +460,22 @@ mod tests {
     fn targets_units_and_ranges_parse() {
         assert_eq!(
             parse_target("tcp://127.0.0.1:5020").unwrap(),
-            Transport::Tcp { endpoint: "127.0.0.1:5020".into() }
+            Transport::Tcp {
+                endpoint: "127.0.0.1:5020".into()
+            }
         );
         assert_eq!(
             parse_target("tcp://plc").unwrap(),
-            Transport::Tcp { endpoint: "plc:502".into() }
+            Transport::Tcp {
+                endpoint: "plc:502".into()
+            }
         );
         match parse_target("rtu:/dev/ttyUSB0?baud=19200&parity=even").unwrap() {
             Transport::Rtu(s) => {
-                assert_eq!((s.port.as_str(), s.baud_rate, s.parity), ("/dev/ttyUSB0", 19200, Parity::Even))
+                assert_eq!(
+                    (s.port.as_str(), s.baud_rate, s.parity),
+                    ("/dev/ttyUSB0", 19200, Parity::Even)
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -460,8 +483,22 @@ mod tests {
         assert_eq!(parse_units("1-3,7").unwrap(), vec![1, 2, 3, 7]);
         assert!(parse_units("3-1").is_err());
         let r = parse_registers("holding:0-99,input:5").unwrap();
-        assert_eq!(r[0], Range { kind: RegisterKind::Holding, first: 0, last: 99 });
-        assert_eq!(r[1], Range { kind: RegisterKind::Input, first: 5, last: 5 });
+        assert_eq!(
+            r[0],
+            Range {
+                kind: RegisterKind::Holding,
+                first: 0,
+                last: 99
+            }
+        );
+        assert_eq!(
+            r[1],
+            Range {
+                kind: RegisterKind::Input,
+                first: 5,
+                last: 5
+            }
+        );
         assert!(parse_registers("coil:0-1").is_err());
     }
 

@@ -62,7 +62,10 @@ pub fn matches(full: &str) -> Result<Vec<PathBuf>, String> {
         require_literal_leading_dot: true,
     };
     let paths = glob::glob_with(full, opts).map_err(|e| e.to_string())?;
-    let mut out: Vec<PathBuf> = paths.filter_map(Result::ok).filter(|p| p.is_file()).collect();
+    let mut out: Vec<PathBuf> = paths
+        .filter_map(Result::ok)
+        .filter(|p| p.is_file())
+        .collect();
     out.sort();
     Ok(out)
 }
@@ -87,7 +90,11 @@ pub(crate) fn expand(
         let found = match matches(&full) {
             Ok(f) => f,
             Err(e) => {
-                ctx.at(&pnode, "include", format!("invalid glob pattern `{pattern}`: {e}"));
+                ctx.at(
+                    &pnode,
+                    "include",
+                    format!("invalid glob pattern `{pattern}`: {e}"),
+                );
                 continue;
             }
         };
@@ -116,22 +123,29 @@ pub(crate) fn expand(
 /// Reads one included file and appends its devices.
 fn include_file(ctx: &mut Ctx, path: &Path, devices: &mut Option<Node>, sources: &mut Sources) {
     let label = path.display().to_string();
-    let file_error = |ctx: &mut Ctx, line: usize, column: usize, key_path: String, message: String| {
-        ctx.errors.push(super::ConfigError {
-            file: label.clone(),
-            line: line.max(1),
-            column: column.max(1),
-            key_path,
-            message,
-        })
-    };
+    let file_error =
+        |ctx: &mut Ctx, line: usize, column: usize, key_path: String, message: String| {
+            ctx.errors.push(super::ConfigError {
+                file: label.clone(),
+                line: line.max(1),
+                column: column.max(1),
+                key_path,
+                message,
+            })
+        };
     let text = match super::read_limited(path, tree::MAX_CONFIG_BYTES as u64)
         .map_err(|e| e.to_string())
         .and_then(|b| String::from_utf8(b).map_err(|_| "it is not UTF-8 text".to_string()))
     {
         Ok(t) => t,
         Err(e) => {
-            file_error(ctx, 1, 1, String::new(), format!("cannot read included file: {e}"));
+            file_error(
+                ctx,
+                1,
+                1,
+                String::new(),
+                format!("cannot read included file: {e}"),
+            );
             return;
         }
     };
@@ -139,7 +153,13 @@ fn include_file(ctx: &mut Ctx, path: &Path, devices: &mut Option<Node>, sources:
         Ok(n) => n,
         Err(e) => {
             let key_path = super::load::enclosing_path(&text, e.line, e.column);
-            file_error(ctx, e.line, e.column, key_path, format!("YAML syntax error: {}", e.message));
+            file_error(
+                ctx,
+                e.line,
+                e.column,
+                key_path,
+                format!("YAML syntax error: {}", e.message),
+            );
             return;
         }
     };

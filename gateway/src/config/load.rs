@@ -72,16 +72,22 @@ impl Ctx {
         }
     }
 
-    pub(crate) fn at_pos(&mut self, line: usize, column: usize, path: &str, msg: impl Into<String>) {
+    pub(crate) fn at_pos(
+        &mut self,
+        line: usize,
+        column: usize,
+        path: &str,
+        msg: impl Into<String>,
+    ) {
         let (id, line) = super::sources::split(line);
         let mut message = msg.into();
         let file = match id.checked_sub(1).and_then(|i| self.files.get(i)) {
             Some(f) => {
                 if let Some(p) = &f.profile {
                     match &self.device {
-                        Some(d) => message.push_str(&format!(
-                            " (in profile `{p}`, used by device `{d}`)"
-                        )),
+                        Some(d) => {
+                            message.push_str(&format!(" (in profile `{p}`, used by device `{d}`)"))
+                        }
                         None => message.push_str(&format!(" (in profile `{p}`)")),
                     }
                 }
@@ -362,8 +368,14 @@ fn resolve_tree(root: Node, file_label: &str, base_dir: &Path) -> Result<Resolve
     ctx.device = None;
     super::profile::drop_consequential(&mut ctx.errors, &failed);
     let main = ctx.file.clone();
-    ctx.errors
-        .sort_by(|a, b| (a.file != main, &a.file, a.line, a.column).cmp(&(b.file != main, &b.file, b.line, b.column)));
+    ctx.errors.sort_by(|a, b| {
+        (a.file != main, &a.file, a.line, a.column).cmp(&(
+            b.file != main,
+            &b.file,
+            b.line,
+            b.column,
+        ))
+    });
     ctx.errors.dedup();
     drop_consequential(&mut ctx.errors);
     match resolved {

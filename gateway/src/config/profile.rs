@@ -344,7 +344,10 @@ fn load_profile(ctx: &mut Ctx, found: &Found, device: Option<&str>) -> Loaded {
             line: 1,
             column: 1,
             key_path: String::new(),
-            message: format!("a profile may have at most {} lines{note}", sources::MAX_TAGGED_LINE),
+            message: format!(
+                "a profile may have at most {} lines{note}",
+                sources::MAX_TAGGED_LINE
+            ),
         });
         return invalid;
     }
@@ -376,7 +379,11 @@ fn load_profile(ctx: &mut Ctx, found: &Found, device: Option<&str>) -> Loaded {
             );
             ok = false;
         } else if k.is_text("profile") {
-            ctx.at(k, "profile", "profiles do not nest: a profile cannot name another profile");
+            ctx.at(
+                k,
+                "profile",
+                "profiles do not nest: a profile cannot name another profile",
+            );
             ok = false;
         }
     }
