@@ -133,3 +133,78 @@ async fn discovered_yaml_is_valid_and_every_variable_is_published() {
     assert_eq!(before, after);
     server.stop().await;
 }
+
+/// `fieldgate discover opcua` with `args`, run off the async runtime.
+async fn discover(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        support::fieldgate(&a)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_options_work_like_the_drivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = Options::new(&dir.path().join("server"));
+    opts.tree = 30;
+    let server = OpcUaServer::start(opts).await;
+    let trusted = dir.path().join("trusted");
+    std::fs::create_dir_all(&trusted).unwrap();
+    let pass = dir.path().join("op.pass");
+    std::fs::write(&pass, format!("{}\n", opcua_server::PASSWORD)).unwrap();
+    let args = |trusted: &std::path::Path| -> Vec<String> {
+        [
+            "discover",
+            "opcua",
+            server.url.as_str(),
+            "--root",
+            &format!("ns={};s={TREE_ROOT}", server.ns),
+            "--name",
+            "secure",
+            "--security-policy",
+            "Basic256Sha256",
+            "--security-mode",
+            "SignAndEncrypt",
+            "--username",
+            opcua_server::USER,
+            "--password-file",
+            pass.to_str().unwrap(),
+            "--trusted-server-certificates",
+            trusted.to_str().unwrap(),
+            "--state-directory",
+            dir.path().join("state").to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    // An unknown server is refused, as by the daemon.
+    let out = discover(args(&trusted)).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not trusted"), "{err}");
+    // Trusted: the same walk over the encrypted session.
+    std::fs::copy(server.certificate(), trusted.join("plc.der")).unwrap();
+    let out = discover(args(&trusted)).await;
+    let yaml = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        yaml.lines()
+            .filter(|l| l.trim_start().starts_with("- { name:"))
+            .count(),
+        30,
+        "{yaml}"
+    );
+    assert!(yaml.contains("securityPolicy: Basic256Sha256"), "{yaml}");
+    assert!(yaml.contains("securityMode: SignAndEncrypt"), "{yaml}");
+    assert!(yaml.contains(&format!("username: \"{}\"", opcua_server::USER)), "{yaml}");
+    assert!(yaml.contains("passwordFile:"), "{yaml}");
+    assert!(yaml.contains("trustedServerCertificates:"), "{yaml}");
+    server.stop().await;
+}

@@ -37,7 +37,8 @@ macro_rules! builtin {
     };
 }
 
-/// The built-in profiles, by name.
+/// The built-in profiles, by name. (The BLE advertisement formats of the
+/// contract's §11 join this list with the BLE advertisement work.)
 pub const BUILTIN: &[Builtin] = builtin![
     "abb-b23",
     "eastron-sdm120",
