@@ -203,7 +203,10 @@ async fn security_options_work_like_the_drivers() {
     );
     assert!(yaml.contains("securityPolicy: Basic256Sha256"), "{yaml}");
     assert!(yaml.contains("securityMode: SignAndEncrypt"), "{yaml}");
-    assert!(yaml.contains(&format!("username: \"{}\"", opcua_server::USER)), "{yaml}");
+    assert!(
+        yaml.contains(&format!("username: \"{}\"", opcua_server::USER)),
+        "{yaml}"
+    );
     assert!(yaml.contains("passwordFile:"), "{yaml}");
     assert!(yaml.contains("trustedServerCertificates:"), "{yaml}");
     server.stop().await;
