@@ -408,6 +408,10 @@ fn errors_inside_a_profile_point_into_it_and_name_the_device() {
         .map(|e| (e.line, e.message.as_str()))
         .collect();
     assert!(
+        errors.iter().any(|e| e.key_path == "devices[0].name"),
+        "{errors:?}"
+    );
+    assert!(
         lines
             .iter()
             .any(|(l, m)| *l == 1 && m.contains("must not set `name`")),

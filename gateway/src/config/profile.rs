@@ -251,7 +251,12 @@ pub(crate) fn apply(
                             sources.files.push(p.clone());
                         }
                     }
-                    load_profile(ctx, &found, device_name.as_deref())
+                    load_profile(
+                        ctx,
+                        &found,
+                        device_name.as_deref(),
+                        &format!("devices[{index}]"),
+                    )
                 }
                 Err(e) => {
                     ctx.at(pv, &path, e);
@@ -302,7 +307,7 @@ pub(crate) fn drop_consequential(errors: &mut Vec<ConfigError>, failed: &[(Strin
 }
 
 /// Parses and checks one profile file, tagging its nodes.
-fn load_profile(ctx: &mut Ctx, found: &Found, device: Option<&str>) -> Loaded {
+fn load_profile(ctx: &mut Ctx, found: &Found, device: Option<&str>, device_path: &str) -> Loaded {
     let note = match device {
         Some(d) => format!(" (in profile `{}`, used by device `{d}`)", found.name),
         None => format!(" (in profile `{}`)", found.name),
@@ -362,7 +367,7 @@ fn load_profile(ctx: &mut Ctx, found: &Found, device: Option<&str>) -> Loaded {
         }
         ctx.at(
             &root,
-            "",
+            device_path,
             format!(
                 "a profile must be a mapping of device keys (driver, protocol, properties, …), found {}",
                 root.describe()
@@ -375,14 +380,14 @@ fn load_profile(ctx: &mut Ctx, found: &Found, device: Option<&str>) -> Loaded {
         if k.is_text("name") {
             ctx.at(
                 k,
-                "name",
+                &tree::join(device_path, "name"),
                 "a profile must not set `name`: every device names itself",
             );
             ok = false;
         } else if k.is_text("profile") {
             ctx.at(
                 k,
-                "profile",
+                &tree::join(device_path, "profile"),
                 "profiles do not nest: a profile cannot name another profile",
             );
             ok = false;
