@@ -23,6 +23,8 @@ pub struct Resolved {
     pub sessions: Vec<SessionSettings>,
     /// Devices, in file order (shared with the running devices, not copied).
     pub devices: Vec<Arc<DeviceSettings>>,
+    /// Home Assistant discovery, when enabled.
+    pub home_assistant: Option<crate::northbound::homeassistant::HomeAssistantSettings>,
 }
 
 /// `gateway:` after defaults.
@@ -282,6 +284,8 @@ pub struct PropertyDetails {
     pub unit: Option<Box<str>>,
     /// Description for `$meta`.
     pub description: Option<Box<str>>,
+    /// `homeAssistant:` refinements of the property's entity.
+    pub home_assistant: Option<Box<crate::northbound::homeassistant::config::PropertyOverrides>>,
 }
 
 impl PropertySemantics {
