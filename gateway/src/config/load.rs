@@ -937,7 +937,8 @@ impl Loader<'_> {
             } else if let Some(opts) = self.ctx.de::<DiscoveryOptions>(dn, &p) {
                 if let (Some(ha), Some(hn)) = (&opts.home_assistant, dn.get("homeAssistant")) {
                     let hp = join(&p, "homeAssistant");
-                    for (key, value) in [("prefix", &ha.prefix), ("statusTopic", &ha.status_topic)] {
+                    for (key, value) in [("prefix", &ha.prefix), ("statusTopic", &ha.status_topic)]
+                    {
                         if let Some(problem) = ha_config::topic_problem(value) {
                             self.ctx.val(hn, &hp, &[key], problem);
                         }
@@ -1398,14 +1399,25 @@ impl Loader<'_> {
                         ctx.val(hn, &hp, &["component"], problem);
                     }
                 }
-                if let Some(problem) = o.device_class.as_deref().and_then(ha_config::device_class_problem) {
+                if let Some(problem) = o
+                    .device_class
+                    .as_deref()
+                    .and_then(ha_config::device_class_problem)
+                {
                     ctx.val(hn, &hp, &["deviceClass"], problem);
                 }
                 if let Some(problem) = o.icon.as_deref().and_then(ha_config::icon_problem) {
                     ctx.val(hn, &hp, &["icon"], problem);
                 }
-                let sensor = o.component.is_none_or(|c| c == ha_config::Component::Sensor);
-                if o.state_class.is_some() && !(sensor && p.data_type.is_numeric() && !has_enum && (o.component.is_some() || !p.writable)) {
+                let sensor = o
+                    .component
+                    .is_none_or(|c| c == ha_config::Component::Sensor);
+                if o.state_class.is_some()
+                    && !(sensor
+                        && p.data_type.is_numeric()
+                        && !has_enum
+                        && (o.component.is_some() || !p.writable))
+                {
                     ctx.val(
                         hn,
                         &hp,

@@ -159,7 +159,9 @@ pub fn component_misfit(
             .then(|| format!("`binary_sensor` needs a `bool` property, not `{data_type}`")),
         Component::Switch => {
             if data_type != DataType::Bool {
-                Some(format!("`switch` needs a `bool` property, not `{data_type}`"))
+                Some(format!(
+                    "`switch` needs a `bool` property, not `{data_type}`"
+                ))
             } else {
                 needs_write("switch")
             }
@@ -168,7 +170,11 @@ pub fn component_misfit(
             if !data_type.is_numeric() || has_enum {
                 Some(format!(
                     "`number` needs a numeric property without `enum`, not `{data_type}`{}",
-                    if has_enum { " with `enum` (use `select`)" } else { "" }
+                    if has_enum {
+                        " with `enum` (use `select`)"
+                    } else {
+                        ""
+                    }
                 ))
             } else {
                 needs_write("number")
@@ -183,7 +189,9 @@ pub fn component_misfit(
         }
         Component::Text => {
             if data_type != DataType::String {
-                Some(format!("`text` needs a `string` property, not `{data_type}`"))
+                Some(format!(
+                    "`text` needs a `string` property, not `{data_type}`"
+                ))
             } else {
                 needs_write("text")
             }
@@ -195,7 +203,8 @@ pub fn component_misfit(
 /// device classes are lower-case words joined by `_`.
 pub fn device_class_problem(s: &str) -> Option<String> {
     let ok = !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     (!ok).then(|| format!("`{s}` is not a Home Assistant device class: use its lower-case name, e.g. `temperature`, `power`, `door`"))
 }
 
@@ -204,7 +213,8 @@ pub fn icon_problem(s: &str) -> Option<String> {
     let ok = s.split_once(':').is_some_and(|(set, name)| {
         !set.is_empty()
             && !name.is_empty()
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_:".contains(&b))
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_:".contains(&b))
     });
     (!ok).then(|| format!("`{s}` is not an icon: write `<set>:<name>`, e.g. `mdi:fan`"))
 }

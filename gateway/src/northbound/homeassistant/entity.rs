@@ -238,14 +238,23 @@ pub fn property_entity(
             c.insert("state_on".into(), "ON".into());
             c.insert("state_off".into(), "OFF".into());
             c.insert("command_topic".into(), set_topic.into());
-            c.insert("payload_on".into(), set_payload(ctx, name, true.into()).into());
-            c.insert("payload_off".into(), set_payload(ctx, name, false.into()).into());
+            c.insert(
+                "payload_on".into(),
+                set_payload(ctx, name, true.into()).into(),
+            );
+            c.insert(
+                "payload_off".into(),
+                set_payload(ctx, name, false.into()).into(),
+            );
         }
         Component::Number => {
             // A number ignores an empty state.
             c.insert("value_template".into(), template(&plain, "").into());
             c.insert("command_topic".into(), set_topic.into());
-            c.insert("command_template".into(), command_template(ctx, name, "value").into());
+            c.insert(
+                "command_template".into(),
+                command_template(ctx, name, "value").into(),
+            );
             let (lo, hi) = published_range(p);
             c.insert("min".into(), num(p.min().unwrap_or(lo)));
             c.insert("max".into(), num(p.max().unwrap_or(hi)));
@@ -263,13 +272,19 @@ pub fn property_entity(
         Component::Select => {
             c.insert("value_template".into(), template(&plain, "").into());
             c.insert("command_topic".into(), set_topic.into());
-            c.insert("command_template".into(), command_template(ctx, name, "value").into());
+            c.insert(
+                "command_template".into(),
+                command_template(ctx, name, "value").into(),
+            );
             c.insert("options".into(), labels.clone().into());
         }
         Component::Text => {
             c.insert("value_template".into(), template(&plain, KEEP_TEXT).into());
             c.insert("command_topic".into(), set_topic.into());
-            c.insert("command_template".into(), command_template(ctx, name, "value").into());
+            c.insert(
+                "command_template".into(),
+                command_template(ctx, name, "value").into(),
+            );
         }
         Component::Sensor => {
             if numeric {
@@ -280,11 +295,17 @@ pub fn property_entity(
                     c.insert("unit_of_measurement".into(), u.into());
                 }
             } else if !labels.is_empty() {
-                c.insert("value_template".into(), template(&plain, KEEP_OR_NONE).into());
+                c.insert(
+                    "value_template".into(),
+                    template(&plain, KEEP_OR_NONE).into(),
+                );
                 c.insert("device_class".into(), "enum".into());
                 c.insert("options".into(), labels.clone().into());
             } else {
-                c.insert("value_template".into(), template(&plain, KEEP_OR_NONE).into());
+                c.insert(
+                    "value_template".into(),
+                    template(&plain, KEEP_OR_NONE).into(),
+                );
             }
         }
     }

@@ -98,7 +98,11 @@ pub fn gateway_entities(ctx: &GatewayContext<'_>) -> Vec<EntityConfig> {
     backlog.insert("availability".into(), availability);
 
     [
-        (Component::BinarySensor, "_gateway_connectivity", connectivity),
+        (
+            Component::BinarySensor,
+            "_gateway_connectivity",
+            connectivity,
+        ),
         (Component::Sensor, "_gateway_devices_online", online),
         (Component::Sensor, "_gateway_store_backlog", backlog),
     ]

@@ -170,11 +170,7 @@ fn plan(u: &Update, s: &HomeAssistantSettings) -> Vec<Planned> {
                 move || device_entity(&shared, &sess, &d, i)
             };
             let (topic, _) = build();
-            push(
-                topic,
-                d.session,
-                PayloadBuilder::new(move || build().1),
-            );
+            push(topic, d.session, PayloadBuilder::new(move || build().1));
         }
     }
     out
@@ -312,8 +308,11 @@ async fn publish_diff(u: &Update, planned: &[Planned], published: &mut Published
     for (topic, client) in gone {
         published.remove(&topic);
         if let Some(h) = handle_of(&client) {
-            h.send(SessionInput::ClearRetained { topic, qos: CONFIG_QOS })
-                .await;
+            h.send(SessionInput::ClearRetained {
+                topic,
+                qos: CONFIG_QOS,
+            })
+            .await;
         }
     }
     let mut sent = 0usize;

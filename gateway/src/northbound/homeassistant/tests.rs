@@ -19,7 +19,10 @@ fn ok(yaml: &str) -> Resolved {
     load(yaml).unwrap_or_else(|e| {
         panic!(
             "unexpected errors:\n{}",
-            e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
+            e.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
         )
     })
 }
@@ -102,7 +105,10 @@ fn components_follow_the_contract_table() {
                 component.as_str()
             )
         );
-        assert_eq!(e.payload["unique_id"], format!("fieldgate_plant-a_boiler_{name}"));
+        assert_eq!(
+            e.payload["unique_id"],
+            format!("fieldgate_plant-a_boiler_{name}")
+        );
         assert_eq!(e.payload["state_topic"], "fieldgate/plant-a/boiler");
         assert_eq!(e.payload["availability_mode"], "all");
         assert_eq!(
@@ -150,7 +156,10 @@ fn writable_number_box_bounds_and_step() {
     );
     // Without min/max: the published range of the raw type; integer step 1.
     let c = entity_of(&r, "count").payload;
-    assert_eq!((&c["min"], &c["max"], &c["step"]), (&json!(0), &json!(65535), &json!(1)));
+    assert_eq!(
+        (&c["min"], &c["max"], &c["step"]),
+        (&json!(0), &json!(65535), &json!(1))
+    );
     // Floats step by 0.001.
     assert_eq!(entity_of(&r, "ratio").payload["step"], json!(0.001));
 }
@@ -159,10 +168,15 @@ fn writable_number_box_bounds_and_step() {
 fn switch_commands_are_set_objects() {
     let p = entity_of(&ok(DEVICE), "pump").payload;
     assert_eq!(p["command_topic"], "fieldgate/plant-a/boiler/$set");
-    let on: Value = serde_json::from_str(p["payload_on"].as_str().unwrap_or_default()).unwrap_or_default();
-    let off: Value = serde_json::from_str(p["payload_off"].as_str().unwrap_or_default()).unwrap_or_default();
+    let on: Value =
+        serde_json::from_str(p["payload_on"].as_str().unwrap_or_default()).unwrap_or_default();
+    let off: Value =
+        serde_json::from_str(p["payload_off"].as_str().unwrap_or_default()).unwrap_or_default();
     assert_eq!((on, off), (json!({"pump": true}), json!({"pump": false})));
-    assert_eq!((&p["state_on"], &p["state_off"]), (&json!("ON"), &json!("OFF")));
+    assert_eq!(
+        (&p["state_on"], &p["state_off"]),
+        (&json!("ON"), &json!("OFF"))
+    );
 }
 
 #[test]
@@ -192,7 +206,10 @@ fn value_template_reads_properties_and_keeps_state_when_absent() {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    assert!(b.contains(r#"{{ 'ON' if p["alarm"] else 'OFF' }}{% else %}{% endif %}"#), "{b}");
+    assert!(
+        b.contains(r#"{{ 'ON' if p["alarm"] else 'OFF' }}{% else %}{% endif %}"#),
+        "{b}"
+    );
     let s = entity_of(&r, "serial").payload["value_template"]
         .as_str()
         .unwrap_or_default()
@@ -216,7 +233,9 @@ devices:
     let e = entity::property_entity(&c, &d.properties[0], None);
     let id = e.topic.split('/').nth(3).unwrap_or_default().to_owned();
     assert!(id.starts_with("dev_1_say__hi_"), "{id}");
-    assert!(id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+    assert!(id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
     assert_eq!(
         e.payload["command_template"],
         r#"{{ {"say \"hi\" {{x}}": value} | tojson }}"#
@@ -283,25 +302,39 @@ devices:
 fn config_keys_defaults_and_errors() {
     let r = ok(DEVICE);
     let ha = r.home_assistant.expect("enabled");
-    assert_eq!((ha.prefix.as_str(), ha.status_topic.as_str()), ("homeassistant", "homeassistant/status"));
+    assert_eq!(
+        (ha.prefix.as_str(), ha.status_topic.as_str()),
+        ("homeassistant", "homeassistant/status")
+    );
     // Off by default, and off when `enabled: false`.
     assert!(ok("devices: []").home_assistant.is_none());
-    assert!(ok("mqtt: { discovery: { homeAssistant: { prefix: ha } } }").home_assistant.is_none());
+    assert!(ok("mqtt: { discovery: { homeAssistant: { prefix: ha } } }")
+        .home_assistant
+        .is_none());
     let e = errs(
         "mqtt:\n  discovery:\n    homeAssistant: { enabled: true, prefix: 'a/#', statusTop: x }\n",
     );
     assert!(
-        e.iter().any(|l| l.starts_with("c.yaml:3:") && l.contains("mqtt.discovery.homeAssistant.statusTop")),
+        e.iter()
+            .any(|l| l.starts_with("c.yaml:3:")
+                && l.contains("mqtt.discovery.homeAssistant.statusTop")),
         "{e:?}"
     );
     let e = errs("mqtt:\n  discovery:\n    homeAssistant: { enabled: true, prefix: 'a/#' }\n");
     assert!(
-        e.iter().any(|l| l.starts_with("c.yaml:3:") && l.contains("mqtt.discovery.homeAssistant.prefix") && l.contains("wildcard")),
+        e.iter().any(|l| l.starts_with("c.yaml:3:")
+            && l.contains("mqtt.discovery.homeAssistant.prefix")
+            && l.contains("wildcard")),
         "{e:?}"
     );
     // Per device: refused, located.
     let e = errs("devices:\n  - name: a\n    driver: dummy\n    mqtt: { discovery: {} }\n    properties: []\n");
-    assert!(e.iter().any(|l| l.starts_with("c.yaml:4:") && l.contains("devices[0].mqtt.discovery") && l.contains("top-level")), "{e:?}");
+    assert!(
+        e.iter().any(|l| l.starts_with("c.yaml:4:")
+            && l.contains("devices[0].mqtt.discovery")
+            && l.contains("top-level")),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -319,23 +352,53 @@ fn property_override_errors_are_located() {
     );
     let has = |prefix: &str, key: &str, needle: &str| {
         assert!(
-            e.iter().any(|l| l.starts_with(prefix) && l.contains(key) && l.contains(needle)),
+            e.iter()
+                .any(|l| l.starts_with(prefix) && l.contains(key) && l.contains(needle)),
             "no `{prefix}…{key}…{needle}` in {e:#?}"
         )
     };
-    has("c.yaml:5:", "devices[0].properties[0].homeAssistant.component", "needs a `bool` property");
-    has("c.yaml:6:", "devices[0].properties[1].homeAssistant.deviceClass", "not a Home Assistant device class");
-    has("c.yaml:6:", "devices[0].properties[1].homeAssistant.icon", "mdi:fan");
-    has("c.yaml:7:", "devices[0].properties[2].homeAssistant.colour", "");
-    has("c.yaml:8:", "devices[0].properties[3].homeAssistant.component", "enum");
+    has(
+        "c.yaml:5:",
+        "devices[0].properties[0].homeAssistant.component",
+        "needs a `bool` property",
+    );
+    has(
+        "c.yaml:6:",
+        "devices[0].properties[1].homeAssistant.deviceClass",
+        "not a Home Assistant device class",
+    );
+    has(
+        "c.yaml:6:",
+        "devices[0].properties[1].homeAssistant.icon",
+        "mdi:fan",
+    );
+    has(
+        "c.yaml:7:",
+        "devices[0].properties[2].homeAssistant.colour",
+        "",
+    );
+    has(
+        "c.yaml:8:",
+        "devices[0].properties[3].homeAssistant.component",
+        "enum",
+    );
     let e2 = errs(
         "devices:\n  - name: a\n    driver: dummy\n    properties:\n      - { name: z, type: string, simulate: { constant: s }, homeAssistant: { stateClass: measurement } }\n",
     );
-    assert!(e2.iter().any(|l| l.starts_with("c.yaml:5:") && l.contains("homeAssistant.stateClass") && l.contains("numeric sensors")), "{e2:?}");
+    assert!(
+        e2.iter().any(|l| l.starts_with("c.yaml:5:")
+            && l.contains("homeAssistant.stateClass")
+            && l.contains("numeric sensors")),
+        "{e2:?}"
+    );
     let e3 = errs(
         "devices:\n  - name: a\n    driver: dummy\n    properties:\n      - { name: z, type: float32, simulate: { constant: 1 }, homeAssistant: { component: number } }\n",
     );
-    assert!(e3.iter().any(|l| l.contains("homeAssistant.component") && l.contains("writable: true")), "{e3:?}");
+    assert!(
+        e3.iter()
+            .any(|l| l.contains("homeAssistant.component") && l.contains("writable: true")),
+        "{e3:?}"
+    );
 }
 
 #[test]
@@ -360,18 +423,31 @@ fn gateway_entities_and_health() {
     let conn = &es[0].payload;
     assert_eq!(conn["device_class"], "connectivity");
     assert_eq!(conn["state_topic"], "fieldgate/plant-a/$will");
-    assert_eq!((&conn["payload_on"], &conn["payload_off"]), (&json!("online"), &json!("offline")));
+    assert_eq!(
+        (&conn["payload_on"], &conn["payload_off"]),
+        (&json!("online"), &json!("offline"))
+    );
     for e in &es {
         assert_eq!(e.payload["entity_category"], "diagnostic");
-        assert_eq!(e.payload["device"]["identifiers"], json!(["fieldgate_plant-a"]));
+        assert_eq!(
+            e.payload["device"]["identifiers"],
+            json!(["fieldgate_plant-a"])
+        );
     }
     assert_eq!(es[1].payload["state_topic"], "fieldgate/plant-a/$health");
     let h = gateway::health_payload(
         3,
         2,
-        &[SessionHealth { id: "fieldgate-plant-a".into(), connected: true, store_messages: 7 }],
+        &[SessionHealth {
+            id: "fieldgate-plant-a".into(),
+            connected: true,
+            store_messages: 7,
+        }],
     );
     assert_eq!(h["devices"], json!({"total": 3, "online": 2}));
-    assert_eq!(h["sessions"]["fieldgate-plant-a"], json!({"connected": true, "storeMessages": 7}));
+    assert_eq!(
+        h["sessions"]["fieldgate-plant-a"],
+        json!({"connected": true, "storeMessages": 7})
+    );
     assert_eq!(h["status"], "ok");
 }
