@@ -288,7 +288,13 @@ async fn home_assistant_sees_controls_and_loses_fieldgate_devices() {
     );
 
     // A device removed by reload disappears from Home Assistant.
-    gw.replace_config(&config(port, &modbus, false));
+    // (The same reload removes a property of the other device: its entity goes.)
+    let without_flow = config(port, &modbus, false).replace(
+        "      - { name: flow, register: holding, address: 2, type: uint16, unit: \"L/min\" }\n",
+        "",
+    );
+    assert!(!without_flow.contains("name: flow"));
+    gw.replace_config(&without_flow);
     for e in [
         "sensor.sim_temperature",
         "switch.sim_pump",
@@ -303,7 +309,8 @@ async fn home_assistant_sees_controls_and_loses_fieldgate_devices() {
         "sim entities left: {:?}",
         ha.entity_ids()
     );
-    // The other device's entities stay.
+    wait_entity(&ha, "sensor.plc_flow", "removal", |s| s.is_none()).await;
+    // The other device's other entities stay.
     assert!(ha.state("switch.plc_valve").is_some());
 
     // fieldgate stopped: its session's will makes everything unavailable.

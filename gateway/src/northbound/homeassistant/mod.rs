@@ -237,8 +237,19 @@ async fn run(mut updates: mpsc::Receiver<Update>, metrics: Metrics) {
                     h.send(SessionInput::Route { topic: Arc::clone(topic), to: status_tx.clone() }).await;
                 }
                 routed = want;
-                if u.settings.is_none() {
-                    health_sent = None;
+                if u.settings.is_none() && health_sent.take().is_some() {
+                    // Discovery turned off: the health document goes too.
+                    if let Some(h) = u.sessions.first().and_then(|s| s.handle.as_ref()) {
+                        h.send(SessionInput::Publish(OutMsg {
+                            topic: gateway::health_topic(&u.gateway_topic).into(),
+                            payload: Bytes::new(),
+                            qos: 1,
+                            retain: true,
+                            correlation: None,
+                            props: None,
+                        }))
+                        .await;
+                    }
                 }
                 current = Some((u, planned));
                 if current.as_ref().is_some_and(|(u, _)| u.settings.is_some()) {

@@ -451,3 +451,161 @@ fn gateway_entities_and_health() {
     );
     assert_eq!(h["status"], "ok");
 }
+
+mod running {
+    //! The discovery task against a detached session: what it publishes,
+    //! clears and publishes again.
+
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use tokio::sync::mpsc;
+
+    use super::super::Discovery;
+    use super::ok;
+    use crate::mqtt::{Inbound, SessionHandle, SessionInput};
+    use crate::telemetry::Metrics;
+
+    const TWO_PROPS: &str = r#"
+gateway: { namespace: t }
+mqtt: { discovery: { homeAssistant: { enabled: true, prefix: ha, statusTopic: ha/status } } }
+devices:
+  - name: d
+    driver: dummy
+    properties:
+      - { name: a, type: float64, simulate: { constant: 1 } }
+      - { name: b, type: bool, writable: true, simulate: { constant: true } }
+"#;
+
+    /// Everything the task sent within a short quiet period.
+    async fn drain(rx: &mut mpsc::Receiver<SessionInput>) -> Vec<SessionInput> {
+        let mut out = Vec::new();
+        while let Ok(Some(i)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+            out.push(i);
+        }
+        out
+    }
+
+    fn published(inputs: &[SessionInput]) -> Vec<String> {
+        let mut v: Vec<String> = inputs
+            .iter()
+            .filter_map(|i| match i {
+                SessionInput::SetRetainedRebuilt { msg, rebuild } => {
+                    assert!(msg.retain && msg.qos == 1, "{msg:?}");
+                    assert_eq!(msg.payload, rebuild.build());
+                    Some(msg.topic.to_string())
+                }
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn cleared(inputs: &[SessionInput]) -> Vec<String> {
+        let mut v: Vec<String> = inputs
+            .iter()
+            .filter_map(|i| match i {
+                SessionInput::ClearRetained { topic, .. } => Some(topic.to_string()),
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn publishes_clears_and_answers_the_birth() {
+        let metrics = Metrics::new().expect("metrics");
+        let (handle, mut rx) = SessionHandle::detached("fieldgate-t", 1024);
+        let first = ok(TWO_PROPS);
+        let sessions: HashMap<_, _> = [(first.sessions[0].clone(), handle.clone())].into();
+        let mut disc = Discovery::default();
+
+        disc.apply(&first, &sessions, &metrics).await;
+        let got = drain(&mut rx).await;
+        let gateway = [
+            "ha/binary_sensor/fieldgate_t/_gateway_connectivity/config",
+            "ha/sensor/fieldgate_t/_gateway_devices_online/config",
+            "ha/sensor/fieldgate_t/_gateway_store_backlog/config",
+        ];
+        let mut all: Vec<String> = gateway.iter().map(|s| s.to_string()).collect();
+        all.extend([
+            "ha/sensor/fieldgate_t/d_a/config".into(),
+            "ha/switch/fieldgate_t/d_b/config".into(),
+        ]);
+        all.sort();
+        assert_eq!(published(&got), all);
+        let inbox = got
+            .iter()
+            .find_map(|i| match i {
+                SessionInput::Route { topic, to } if &**topic == "ha/status" => Some(to.clone()),
+                _ => None,
+            })
+            .expect("status topic routed");
+        assert!(got.iter().any(|i| matches!(i, SessionInput::Publish(m) if &*m.topic == "fieldgate/t/$health" && m.retain)));
+
+        // The same config again publishes nothing new.
+        disc.apply(&first, &sessions, &metrics).await;
+        assert!(published(&drain(&mut rx).await).is_empty());
+
+        // Home Assistant's birth: every config again; other payloads: nothing.
+        inbox
+            .send(Box::new(Inbound {
+                topic: "ha/status".into(),
+                payload: "offline".into(),
+                response_topic: None,
+                correlation: None,
+            }))
+            .expect("inbox");
+        assert!(published(&drain(&mut rx).await).is_empty());
+        inbox
+            .send(Box::new(Inbound {
+                topic: "ha/status".into(),
+                payload: "online".into(),
+                response_topic: None,
+                correlation: None,
+            }))
+            .expect("inbox");
+        assert_eq!(published(&drain(&mut rx).await), all);
+
+        // A property removed: its entity's config is cleared; a changed one is published.
+        let second = ok(&TWO_PROPS
+            .replace(
+                "      - { name: a, type: float64, simulate: { constant: 1 } }\n",
+                "",
+            )
+            .replace("writable: true", "writable: false"));
+        disc.apply(&second, &sessions, &metrics).await;
+        let got = drain(&mut rx).await;
+        assert_eq!(
+            cleared(&got),
+            [
+                "ha/sensor/fieldgate_t/d_a/config",
+                "ha/switch/fieldgate_t/d_b/config"
+            ]
+        );
+        assert_eq!(published(&got), ["ha/binary_sensor/fieldgate_t/d_b/config"]);
+
+        // A device removed: all its configs are cleared.
+        let third = ok(
+            "gateway: { namespace: t }\nmqtt: { discovery: { homeAssistant: { enabled: true, prefix: ha, statusTopic: ha/status } } }\ndevices: []\n",
+        );
+        disc.apply(&third, &sessions, &metrics).await;
+        assert_eq!(
+            cleared(&drain(&mut rx).await),
+            ["ha/binary_sensor/fieldgate_t/d_b/config"]
+        );
+
+        // Discovery turned off: everything goes, the status topic too.
+        let off = ok("gateway: { namespace: t }\ndevices: []\n");
+        disc.apply(&off, &sessions, &metrics).await;
+        let got = drain(&mut rx).await;
+        assert_eq!(cleared(&got), gateway);
+        assert!(got
+            .iter()
+            .any(|i| matches!(i, SessionInput::Unroute { topic } if &**topic == "ha/status")));
+        // …and the health document the diagnostic sensors read.
+        assert!(got.iter().any(|i| matches!(i, SessionInput::Publish(m) if &*m.topic == "fieldgate/t/$health" && m.retain && m.payload.is_empty())));
+    }
+}
