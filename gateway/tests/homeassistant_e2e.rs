@@ -39,7 +39,17 @@ fn config(broker: u16, modbus: &str, with_sim: bool) -> String {
         type: uint32
         unit: kWh
         simulate: { counter: { start: 100, step: 1 } }
-        homeAssistant: { deviceClass: energy, stateClass: total_increasing, icon: "mdi:flash" }"#
+        homeAssistant: { deviceClass: energy, stateClass: total_increasing, icon: "mdi:flash" }
+  - name: quiet
+    driver: dummy
+    syncInterval: 1h
+    mqtt: { message: { retained: true } }
+    properties:
+      - { name: count, type: float64, simulate: { constant: 1 } }
+      - { name: flag, type: bool, simulate: { constant: true } }
+      - { name: note, type: string, simulate: { constant: "kept" } }
+      - { name: kind, type: uint8, enum: { 0: alpha, 1: beta }, simulate: { constant: 1 } }
+      - { name: amount, type: uint16, writable: true, simulate: { constant: 7 } }"#
     } else {
         ""
     };
@@ -175,7 +185,7 @@ async fn home_assistant_sees_controls_and_loses_fieldgate_devices() {
 
     // The gateway's own device and its diagnostics.
     wait_state(&ha, "binary_sensor.fieldgate_ha_connectivity", "on").await;
-    wait_state(&ha, "sensor.fieldgate_ha_devices_online", "2").await;
+    wait_state(&ha, "sensor.fieldgate_ha_devices_online", "3").await;
     wait_state(&ha, "sensor.fieldgate_ha_store_backlog", "0").await;
 
     // Commands from Home Assistant reach the devices.
@@ -225,33 +235,30 @@ async fn home_assistant_sees_controls_and_loses_fieldgate_devices() {
     wait_state(&ha, "number.plc_setpoint", "22.5").await;
     wait_state(&ha, "select.plc_fan", "high").await;
 
-    // A property absent from a state payload leaves its entity unchanged.
+    // A property absent from a state payload leaves its entity unchanged
+    // (`quiet` publishes once an hour, retained so that Home Assistant gets
+    // it when it subscribes: nothing overwrites the test's message).
+    let quiet = [
+        ("binary_sensor.quiet_flag", "on"),
+        ("sensor.quiet_note", "kept"),
+        ("sensor.quiet_kind", "beta"),
+        ("number.quiet_amount", "7"),
+    ];
+    wait_state(&ha, "sensor.quiet_count", "1.0").await;
+    for (entity, state) in quiet {
+        wait_state(&ha, entity, state).await;
+    }
     let probe = MqttProbe::connect(port).await;
     probe
         .publish(
-            "fieldgate/ha/sim",
-            r#"{"name":"sim","properties":{},"errors":{"label":"timeout after 1s"}}"#,
+            "fieldgate/ha/quiet",
+            r#"{"name":"quiet","properties":{"count":99.5},"errors":{"flag":"timeout after 1s","note":"timeout after 1s","kind":"timeout after 1s","amount":"timeout after 1s"}}"#,
             1,
             false,
         )
         .await;
-    probe
-        .publish(
-            "fieldgate/ha/sim",
-            r#"{"name":"sim","properties":{"temperature":21.5}}"#,
-            1,
-            false,
-        )
-        .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    for (entity, state) in [
-        ("sensor.sim_label", "hello"),
-        ("sensor.sim_mode", "manual"),
-        ("switch.sim_pump", "on"),
-        ("binary_sensor.sim_alarm", "on"),
-        ("select.sim_gear", "fast"),
-        ("number.sim_level", "55.0"),
-    ] {
+    wait_state(&ha, "sensor.quiet_count", "99.5").await;
+    for (entity, state) in quiet {
         let s = ha.state(entity);
         assert_eq!(
             s.as_ref().map(|s| s["state"].clone()),
@@ -280,7 +287,7 @@ async fn home_assistant_sees_controls_and_loses_fieldgate_devices() {
     ] {
         wait_state(&ha, e, "unavailable").await;
     }
-    wait_state(&ha, "sensor.fieldgate_ha_devices_online", "1").await;
+    wait_state(&ha, "sensor.fieldgate_ha_devices_online", "2").await;
     assert_eq!(
         ha.state("sensor.sim_temperature")
             .map(|s| s["state"].clone()),
@@ -301,11 +308,15 @@ async fn home_assistant_sees_controls_and_loses_fieldgate_devices() {
         "select.sim_gear",
         "number.sim_level",
         "sensor.sim_energy",
+        "sensor.quiet_count",
+        "number.quiet_amount",
     ] {
         wait_entity(&ha, e, "removal", |s| s.is_none()).await;
     }
     assert!(
-        !ha.entity_ids().iter().any(|e| e.contains(".sim_")),
+        !ha.entity_ids()
+            .iter()
+            .any(|e| e.contains(".sim_") || e.contains(".quiet_")),
         "sim entities left: {:?}",
         ha.entity_ids()
     );
