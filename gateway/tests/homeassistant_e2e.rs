@@ -43,7 +43,6 @@ fn config(broker: u16, modbus: &str, with_sim: bool) -> String {
   - name: quiet
     driver: dummy
     syncInterval: 1h
-    mqtt: { message: { retained: true } }
     properties:
       - { name: count, type: float64, simulate: { constant: 1 } }
       - { name: flag, type: bool, simulate: { constant: true } }
@@ -235,9 +234,9 @@ async fn home_assistant_sees_controls_and_loses_fieldgate_devices() {
     wait_state(&ha, "number.plc_setpoint", "22.5").await;
     wait_state(&ha, "select.plc_fan", "high").await;
 
-    // A property absent from a state payload leaves its entity unchanged
-    // (`quiet` publishes once an hour, retained so that Home Assistant gets
-    // it when it subscribes: nothing overwrites the test's message).
+    // `quiet` publishes once an hour: its first state went out before Home
+    // Assistant had its entities (and subscribed); the gateway's `T/$get`
+    // after announcing them brings the state.
     let quiet = [
         ("binary_sensor.quiet_flag", "on"),
         ("sensor.quiet_note", "kept"),
@@ -248,22 +247,37 @@ async fn home_assistant_sees_controls_and_loses_fieldgate_devices() {
     for (entity, state) in quiet {
         wait_state(&ha, entity, state).await;
     }
+
+    // A property absent from a state payload leaves its entity unchanged.
+    // (A state the gateway publishes meanwhile has the same values; the
+    // message is sent again until Home Assistant shows its count.)
     let probe = MqttProbe::connect(port).await;
-    probe
-        .publish(
-            "fieldgate/ha/quiet",
-            r#"{"name":"quiet","properties":{"count":99.5},"errors":{"flag":"timeout after 1s","note":"timeout after 1s","kind":"timeout after 1s","amount":"timeout after 1s"}}"#,
-            1,
-            false,
-        )
-        .await;
-    wait_state(&ha, "sensor.quiet_count", "99.5").await;
-    for (entity, state) in quiet {
-        let s = ha.state(entity);
-        assert_eq!(
-            s.as_ref().map(|s| s["state"].clone()),
-            Some(json!(state)),
-            "{entity} changed"
+    let t0 = Instant::now();
+    'seen: loop {
+        probe
+            .publish(
+                "fieldgate/ha/quiet",
+                r#"{"name":"quiet","properties":{"count":99.5},"errors":{"flag":"timeout after 1s","note":"timeout after 1s","kind":"timeout after 1s","amount":"timeout after 1s"}}"#,
+                1,
+                false,
+            )
+            .await;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let states: Vec<Option<Value>> = std::iter::once("sensor.quiet_count")
+                .chain(quiet.iter().map(|(e, _)| *e))
+                .map(|e| ha.state(e).map(|s| s["state"].clone()))
+                .collect();
+            if states[0] == Some(json!("99.5")) {
+                for ((entity, state), got) in quiet.iter().zip(&states[1..]) {
+                    assert_eq!(got, &Some(json!(state)), "{entity} changed");
+                }
+                break 'seen;
+            }
+        }
+        assert!(
+            t0.elapsed() < WAIT,
+            "Home Assistant never showed the count 99.5"
         );
     }
 

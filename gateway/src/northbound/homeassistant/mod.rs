@@ -15,7 +15,7 @@ pub mod config;
 pub mod entity;
 pub mod gateway;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +40,10 @@ const HEALTH_CHECK: Duration = Duration::from_secs(2);
 const HEALTH_REFRESH: Duration = Duration::from_secs(60);
 /// Home Assistant status messages held while the task is busy.
 const STATUS_QUEUE: usize = 8;
+/// How long after announcing entities their devices are asked for their
+/// state (`T/$get`): Home Assistant subscribes to a state topic only once it
+/// has the config, and state messages are not retained by default.
+const REFRESH_DELAY: Duration = Duration::from_secs(3);
 
 /// One applied config, as the discovery task needs it.
 struct Update {
@@ -112,6 +116,8 @@ impl Discovery {
 struct Planned {
     topic: Arc<str>,
     session: usize,
+    /// Index of its device in `Update::devices` (`None`: the gateway's).
+    device: Option<usize>,
     builder: PayloadBuilder,
     hash: u64,
 }
@@ -133,15 +139,17 @@ struct Shared {
 /// gateway's entities first, so `via_device` exists when devices arrive).
 fn plan(u: &Update, s: &HomeAssistantSettings) -> Vec<Planned> {
     let mut out = Vec::new();
-    let mut push = |topic: String, session: usize, builder: PayloadBuilder| {
-        let hash = hash_of(&builder.build());
-        out.push(Planned {
-            topic: topic.into(),
-            session,
-            builder,
-            hash,
-        });
-    };
+    let mut push =
+        |topic: String, session: usize, device: Option<usize>, builder: PayloadBuilder| {
+            let hash = hash_of(&builder.build());
+            out.push(Planned {
+                topic: topic.into(),
+                session,
+                device,
+                builder,
+                hash,
+            });
+        };
     if let Some(gw) = u.sessions.first() {
         let ctx = GatewayContext {
             prefix: &s.prefix,
@@ -152,10 +160,15 @@ fn plan(u: &Update, s: &HomeAssistantSettings) -> Vec<Planned> {
         };
         for e in gateway::gateway_entities(&ctx) {
             let payload = Bytes::from(e.payload.to_string());
-            push(e.topic, 0, PayloadBuilder::new(move || payload.clone()));
+            push(
+                e.topic,
+                0,
+                None,
+                PayloadBuilder::new(move || payload.clone()),
+            );
         }
     }
-    for d in &u.devices {
+    for (di, d) in u.devices.iter().enumerate() {
         let Some(sess) = u.sessions.get(d.session) else {
             continue;
         };
@@ -170,7 +183,12 @@ fn plan(u: &Update, s: &HomeAssistantSettings) -> Vec<Planned> {
                 move || device_entity(&shared, &sess, &d, i)
             };
             let (topic, _) = build();
-            push(topic, d.session, PayloadBuilder::new(move || build().1));
+            push(
+                topic,
+                d.session,
+                Some(di),
+                PayloadBuilder::new(move || build().1),
+            );
         }
     }
     out
@@ -212,6 +230,9 @@ async fn run(mut updates: mpsc::Receiver<Update>, metrics: Metrics) {
     let mut current: Option<(Update, Vec<Planned>)> = None;
     let mut routed: Option<(Arc<str>, SessionHandle)> = None;
     let mut health_sent: Option<(String, tokio::time::Instant)> = None;
+    // Devices whose entities were (re)announced, asked for their state at `refresh_at`.
+    let mut refresh: BTreeSet<String> = BTreeSet::new();
+    let mut refresh_at: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval(HEALTH_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -222,7 +243,11 @@ async fn run(mut updates: mpsc::Receiver<Update>, metrics: Metrics) {
                     Some(s) => plan(&u, s),
                     None => Vec::new(),
                 };
-                publish_diff(&u, &planned, &mut published).await;
+                let announced = publish_diff(&u, &planned, &mut published).await;
+                if !announced.is_empty() {
+                    refresh.extend(announced);
+                    refresh_at = Some(tokio::time::Instant::now() + REFRESH_DELAY);
+                }
                 // Home Assistant's status topic, on the gateway session.
                 let want = u.settings.as_ref().and_then(|s| {
                     let h = u.sessions.first()?.handle.clone()?;
@@ -277,6 +302,14 @@ async fn run(mut updates: mpsc::Receiver<Update>, metrics: Metrics) {
                         }
                     }
                     publish_health(Some(u), &metrics, &mut health_sent, true).await;
+                    refresh.extend(u.devices.iter().map(|d| d.name.clone()));
+                    refresh_at = Some(tokio::time::Instant::now() + REFRESH_DELAY);
+                }
+            }
+            _ = sleep_until(refresh_at) => {
+                refresh_at = None;
+                if let Some((u, _)) = &current {
+                    request_states(u, std::mem::take(&mut refresh)).await;
                 }
             }
             _ = tick.tick() => {
@@ -285,6 +318,33 @@ async fn run(mut updates: mpsc::Receiver<Update>, metrics: Metrics) {
                 }
             }
         }
+    }
+}
+
+/// Sleeps until `at`; forever when `None`.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Asks each of `devices` for its current state by publishing to its
+/// `T/$get`: Home Assistant has just subscribed to their state topics.
+async fn request_states(u: &Update, devices: BTreeSet<String>) {
+    for d in u.devices.iter().filter(|d| devices.contains(&d.name)) {
+        let Some(h) = u.sessions.get(d.session).and_then(|s| s.handle.as_ref()) else {
+            continue;
+        };
+        h.send(SessionInput::Publish(OutMsg {
+            topic: format!("{}/$get", d.message.topic).into(),
+            payload: Bytes::new(),
+            qos: 1,
+            retain: false,
+            correlation: None,
+            props: None,
+        }))
+        .await;
     }
 }
 
@@ -301,8 +361,14 @@ fn config_msg(topic: &Arc<str>, payload: Bytes) -> OutMsg {
 
 /// Publishes the configs that are new or changed, and clears (empty
 /// retained message) those no longer planned: a removed device's or
-/// property's entity leaves Home Assistant.
-async fn publish_diff(u: &Update, planned: &[Planned], published: &mut Published) {
+/// property's entity leaves Home Assistant. Returns the devices with a new
+/// or changed config.
+async fn publish_diff(
+    u: &Update,
+    planned: &[Planned],
+    published: &mut Published,
+) -> BTreeSet<String> {
+    let mut announced = BTreeSet::new();
     let handle_of = |client_id: &str| {
         u.sessions
             .iter()
@@ -344,11 +410,15 @@ async fn publish_diff(u: &Update, planned: &[Planned], published: &mut Published
         })
         .await;
         published.insert(Arc::clone(&p.topic), (p.hash, Arc::clone(&sess.client_id)));
+        if let Some(d) = p.device.and_then(|i| u.devices.get(i)) {
+            announced.insert(d.name.clone());
+        }
         sent += 1;
     }
     if sent > 0 {
         tracing::info!("Home Assistant discovery: {sent} config(s) published");
     }
+    announced
 }
 
 /// Publishes the health document (retained, QoS 1, on the gateway session)

@@ -609,3 +609,45 @@ devices:
         assert!(got.iter().any(|i| matches!(i, SessionInput::Publish(m) if &*m.topic == "fieldgate/t/$health" && m.retain && m.payload.is_empty())));
     }
 }
+
+mod refresh {
+    //! Announced devices are asked for their state a moment later.
+
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use super::super::Discovery;
+    use super::ok;
+    use crate::mqtt::{SessionHandle, SessionInput};
+    use crate::telemetry::Metrics;
+
+    #[tokio::test]
+    async fn announced_devices_get_a_state_request() {
+        let metrics = Metrics::new().expect("metrics");
+        let (handle, mut rx) = SessionHandle::detached("fieldgate-t", 1024);
+        let r = ok(r#"
+gateway: { namespace: t }
+mqtt: { discovery: { homeAssistant: { enabled: true } } }
+devices:
+  - { name: d, driver: dummy, properties: [ { name: a, type: bool, simulate: { constant: true } } ] }
+"#);
+        let sessions: HashMap<_, _> = [(r.sessions[0].clone(), handle)].into();
+        let mut disc = Discovery::default();
+        disc.apply(&r, &sessions, &metrics).await;
+        let got = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(i) = rx.recv().await {
+                if let SessionInput::Publish(m) = i {
+                    if &*m.topic == "fieldgate/t/d/$get" {
+                        return Some(m);
+                    }
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .expect("a $get for the announced device");
+        assert!(!got.retain);
+    }
+}
