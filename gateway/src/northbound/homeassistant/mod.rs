@@ -44,6 +44,12 @@ const STATUS_QUEUE: usize = 8;
 /// state (`T/$get`): Home Assistant subscribes to a state topic only once it
 /// has the config, and state messages are not retained by default.
 const REFRESH_DELAY: Duration = Duration::from_secs(3);
+/// Home Assistant's `online` re-announces at most this often (anyone may
+/// publish on its status topic; a flood must not multiply into configs).
+const REANNOUNCE_MIN: Duration = Duration::from_secs(10);
+/// The longest a burst of configs waits for its session to send the
+/// previous batch (once it waited in vain, the rest of the burst does not wait).
+const PACE_WAIT: Duration = Duration::from_secs(2);
 
 /// One applied config, as the discovery task needs it.
 struct Update {
@@ -59,6 +65,8 @@ struct Update {
 #[derive(Clone)]
 struct SessionRef {
     client_id: Arc<str>,
+    /// `messageChannelDepth`: a burst of configs is paced to stay within it.
+    depth: usize,
     will_topic: Arc<str>,
     will_payload: Arc<str>,
     handle: Option<SessionHandle>,
@@ -93,6 +101,7 @@ impl Discovery {
                 .iter()
                 .map(|s| SessionRef {
                     client_id: s.client_id.as_str().into(),
+                    depth: s.message_channel_depth,
                     will_topic: s.will.topic.as_str().into(),
                     will_payload: String::from_utf8_lossy(&s.will.payload).into(),
                     handle: sessions.get(s).cloned(),
@@ -233,6 +242,7 @@ async fn run(mut updates: mpsc::Receiver<Update>, metrics: Metrics) {
     // Devices whose entities were (re)announced, asked for their state at `refresh_at`.
     let mut refresh: BTreeSet<String> = BTreeSet::new();
     let mut refresh_at: Option<tokio::time::Instant> = None;
+    let mut reannounced: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval(HEALTH_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -286,19 +296,28 @@ async fn run(mut updates: mpsc::Receiver<Update>, metrics: Metrics) {
                 if msg.payload.as_ref() != b"online" {
                     continue;
                 }
-                if let Some((u, planned)) = &current {
+                let enabled = current.as_ref().filter(|(u, _)| u.settings.is_some());
+                if let Some((u, planned)) = enabled {
+                    let now = tokio::time::Instant::now();
+                    if reannounced.is_some_and(|at| now.duration_since(at) < REANNOUNCE_MIN) {
+                        tracing::debug!("Home Assistant is online again within {REANNOUNCE_MIN:?}; not publishing the configs again yet");
+                        continue;
+                    }
+                    reannounced = Some(now);
                     tracing::info!(
                         "Home Assistant is online ({}): publishing {} discovery configs again",
                         msg.topic,
                         planned.len()
                     );
+                    let mut pacer = Pacer::default();
                     for p in planned {
-                        if let Some(h) = u.sessions.get(p.session).and_then(|s| s.handle.as_ref()) {
-                            h.send(SessionInput::SetRetainedRebuilt {
+                        let Some(s) = u.sessions.get(p.session) else { continue };
+                        if let Some(h) = &s.handle {
+                            let input = SessionInput::SetRetainedRebuilt {
                                 msg: config_msg(&p.topic, p.builder.build()),
                                 rebuild: p.builder.clone(),
-                            })
-                            .await;
+                            };
+                            pacer.send(s, h, input).await;
                         }
                     }
                     publish_health(Some(u), &metrics, &mut health_sent, true).await;
@@ -317,6 +336,29 @@ async fn run(mut updates: mpsc::Receiver<Update>, metrics: Metrics) {
                     publish_health(Some(u), &metrics, &mut health_sent, false).await;
                 }
             }
+        }
+    }
+}
+
+/// Keeps a burst of configs (thousands on a large gateway) within the
+/// sessions' stores, which drop their oldest when full: after each batch of a
+/// quarter of a session's `messageChannelDepth`, waits until the session has
+/// sent what it holds. When a session is not connected the burst goes on
+/// unpaced: the session publishes every retained config again once it connects.
+#[derive(Default)]
+struct Pacer {
+    sent: HashMap<Arc<str>, usize>,
+    gave_up: bool,
+}
+
+impl Pacer {
+    async fn send(&mut self, s: &SessionRef, h: &SessionHandle, input: SessionInput) {
+        h.send(input).await;
+        let n = self.sent.entry(Arc::clone(&s.client_id)).or_default();
+        *n += 1;
+        let batch = (s.depth / 4).max(1);
+        if !self.gave_up && *n % batch == 0 && !h.pace_new_devices(batch, PACE_WAIT).await {
+            self.gave_up = true;
         }
     }
 }
@@ -369,13 +411,13 @@ async fn publish_diff(
     published: &mut Published,
 ) -> BTreeSet<String> {
     let mut announced = BTreeSet::new();
-    let handle_of = |client_id: &str| {
+    let session_of = |client_id: &str| {
         u.sessions
             .iter()
             .find(|s| &*s.client_id == client_id)
             .or(u.sessions.first())
-            .and_then(|s| s.handle.clone())
     };
+    let mut pacer = Pacer::default();
     let keep: std::collections::HashSet<&str> = planned.iter().map(|p| &*p.topic).collect();
     let gone: Vec<(Arc<str>, Arc<str>)> = published
         .iter()
@@ -384,12 +426,14 @@ async fn publish_diff(
         .collect();
     for (topic, client) in gone {
         published.remove(&topic);
-        if let Some(h) = handle_of(&client) {
-            h.send(SessionInput::ClearRetained {
-                topic,
-                qos: CONFIG_QOS,
-            })
-            .await;
+        if let Some(s) = session_of(&client) {
+            if let Some(h) = &s.handle {
+                let input = SessionInput::ClearRetained {
+                    topic,
+                    qos: CONFIG_QOS,
+                };
+                pacer.send(s, h, input).await;
+            }
         }
     }
     let mut sent = 0usize;
@@ -404,11 +448,11 @@ async fn publish_diff(
             continue;
         }
         let Some(h) = &sess.handle else { continue };
-        h.send(SessionInput::SetRetainedRebuilt {
+        let input = SessionInput::SetRetainedRebuilt {
             msg: config_msg(&p.topic, p.builder.build()),
             rebuild: p.builder.clone(),
-        })
-        .await;
+        };
+        pacer.send(sess, h, input).await;
         published.insert(Arc::clone(&p.topic), (p.hash, Arc::clone(&sess.client_id)));
         if let Some(d) = p.device.and_then(|i| u.devices.get(i)) {
             announced.insert(d.name.clone());
