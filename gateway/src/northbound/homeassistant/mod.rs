@@ -357,7 +357,10 @@ impl Pacer {
         let n = self.sent.entry(Arc::clone(&s.client_id)).or_default();
         *n += 1;
         let batch = (s.depth / 4).max(1);
-        if !self.gave_up && *n % batch == 0 && !h.pace_new_devices(batch, PACE_WAIT).await {
+        if !self.gave_up
+            && (*n).is_multiple_of(batch)
+            && !h.pace_new_devices(batch, PACE_WAIT).await
+        {
             self.gave_up = true;
         }
     }
