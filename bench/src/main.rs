@@ -315,6 +315,9 @@ struct DummyArgs {
     /// Time between the first state message and the measurement window.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     warmup: Duration,
+    /// Turn on Home Assistant discovery (`mqtt.discovery.homeAssistant`).
+    #[arg(long)]
+    ha_discovery: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -417,17 +420,21 @@ async fn measure_dummy(args: &DummyArgs) -> anyhow::Result<Report> {
     let dir = RunDir::create(args.common.keep)?;
     let (_broker, port) = process::start_mosquitto(&dir.path).await?;
     let config = dir.path.join("config.yaml");
-    std::fs::write(
-        &config,
-        scenario::dummy_config(
-            args.devices,
-            args.properties,
-            args.interval,
-            port,
-            &dir.path.join("state"),
-        ),
-    )
-    .with_context(|| format!("write {}", config.display()))?;
+    let mut yaml = scenario::dummy_config(
+        args.devices,
+        args.properties,
+        args.interval,
+        port,
+        &dir.path.join("state"),
+    );
+    if args.ha_discovery {
+        yaml = yaml.replacen(
+            "\nmqtt:\n",
+            "\nmqtt:\n  discovery: { homeAssistant: { enabled: true } }\n",
+            1,
+        );
+    }
+    std::fs::write(&config, yaml).with_context(|| format!("write {}", config.display()))?;
     measure_gateway(
         &args.common,
         &dir.path,
@@ -713,6 +720,7 @@ async fn run_scale(args: ScaleArgs) -> anyhow::Result<()> {
                         interval,
                         duration: args.duration,
                         warmup: args.warmup,
+                        ha_discovery: false,
                         common,
                     })
                     .await?

@@ -32,6 +32,8 @@ pub struct Supervisor {
     buses: Buses,
     sessions: HashMap<SessionSettings, SessionHandle>,
     devices: HashMap<String, RunningDevice>,
+    /// Home Assistant discovery configs (northbound dialect).
+    discovery: crate::northbound::homeassistant::Discovery,
 }
 
 /// What a config change does, device by device (for logs and tests).
@@ -73,6 +75,7 @@ impl Supervisor {
             buses: Buses::new(),
             sessions: HashMap::new(),
             devices: HashMap::new(),
+            discovery: Default::default(),
         }
     }
 
@@ -216,6 +219,11 @@ impl Supervisor {
                 device::spawn(settings, session, self.buses.clone(), self.metrics.clone());
             self.devices.insert(name, running);
         }
+
+        // 7. Dialects: Home Assistant discovery configs for what now runs.
+        self.discovery
+            .apply(new, &self.sessions, &self.metrics)
+            .await;
         summary
     }
 

@@ -17,6 +17,7 @@ use super::resolved::*;
 use super::tree::{self, from_node, join, list, Kind, Node};
 use super::types::*;
 use super::{ConfigError, ConfigErrors};
+use crate::northbound::homeassistant::config::{self as ha_config, DiscoveryOptions};
 
 /// `s` with control characters (line breaks, tabs, terminal escapes) written
 /// as escapes: keys and values quoted from the file must not break an error
@@ -429,7 +430,7 @@ struct ParsedDevice<'n> {
 }
 
 const ROOT_KEYS: &[&str] = &["gateway", "broker", "mqtt", "devices", "include"];
-const MQTT_KEYS: &[&str] = &["client", "message"];
+const MQTT_KEYS: &[&str] = &["client", "message", "discovery"];
 const MODBUS_PROTOCOL: &[&str] = &[
     "tcp",
     "rtu",
@@ -464,6 +465,7 @@ const COMMON_PROPERTY: &[&str] = &[
     "deadband",
     "unit",
     "description",
+    "homeAssistant",
 ];
 const DUMMY_PROPERTY: &[&str] = &["simulate"];
 const MODBUS_PROPERTY: &[&str] = &[
@@ -621,6 +623,15 @@ impl Loader<'_> {
             None => MqttOptions::default(),
         };
 
+        let home_assistant = top
+            .discovery
+            .as_ref()
+            .and_then(|d| d.home_assistant.as_ref())
+            .filter(|h| h.enabled)
+            .map(|h| ha_config::HomeAssistantSettings {
+                prefix: h.prefix.clone(),
+                status_topic: h.status_topic.clone(),
+            });
         let ns = gateway.namespace.clone();
         let top_prefix = top
             .message
@@ -885,6 +896,7 @@ impl Loader<'_> {
             sessions,
             devices,
             sources: Default::default(),
+            home_assistant,
         })
     }
 
@@ -983,6 +995,28 @@ impl Loader<'_> {
             if let Some(opts) = self.ctx.de::<MessageOptions>(m, &p) {
                 self.check_message(m, &p, &opts, top);
                 out.message = opts;
+            }
+        }
+        if let Some(dn) = n.get("discovery").filter(|d| !d.is_null()) {
+            let p = join(path, "discovery");
+            if !top {
+                self.ctx.key(
+                    n,
+                    path,
+                    &["discovery"],
+                    "`discovery` is a gateway-wide setting: set it under the top-level `mqtt:`",
+                );
+            } else if let Some(opts) = self.ctx.de::<DiscoveryOptions>(dn, &p) {
+                if let (Some(ha), Some(hn)) = (&opts.home_assistant, dn.get("homeAssistant")) {
+                    let hp = join(&p, "homeAssistant");
+                    for (key, value) in [("prefix", &ha.prefix), ("statusTopic", &ha.status_topic)]
+                    {
+                        if let Some(problem) = ha_config::topic_problem(value) {
+                            self.ctx.val(hn, &hp, &[key], problem);
+                        }
+                    }
+                }
+                out.discovery = Some(opts);
             }
         }
         out
@@ -1426,6 +1460,43 @@ impl Loader<'_> {
                 );
             } else {
                 names.insert(p.name.clone(), d.props[..j].len());
+            }
+            if let (Some(o), Some(hn)) = (&p.home_assistant, pn.get("homeAssistant")) {
+                let hp = join(pp, "homeAssistant");
+                let has_enum = p.enum_labels.as_ref().is_some_and(|e| !e.is_empty());
+                if let Some(c) = o.component {
+                    if let Some(problem) =
+                        ha_config::component_misfit(c, p.data_type, p.writable, has_enum)
+                    {
+                        ctx.val(hn, &hp, &["component"], problem);
+                    }
+                }
+                if let Some(problem) = o
+                    .device_class
+                    .as_deref()
+                    .and_then(ha_config::device_class_problem)
+                {
+                    ctx.val(hn, &hp, &["deviceClass"], problem);
+                }
+                if let Some(problem) = o.icon.as_deref().and_then(ha_config::icon_problem) {
+                    ctx.val(hn, &hp, &["icon"], problem);
+                }
+                let sensor = o
+                    .component
+                    .is_none_or(|c| c == ha_config::Component::Sensor);
+                if o.state_class.is_some()
+                    && !(sensor
+                        && p.data_type.is_numeric()
+                        && !has_enum
+                        && (o.component.is_some() || !p.writable))
+                {
+                    ctx.val(
+                        hn,
+                        &hp,
+                        &["stateClass"],
+                        "`stateClass` applies to numeric sensors only (a read-only numeric property without `enum`, or one with `component: sensor`)",
+                    );
+                }
             }
             let t = p.data_type;
             if !t.is_numeric() {
@@ -2946,6 +3017,7 @@ fn semantics(p: &PropertyConfig, pn: &Node, name: Arc<str>) -> Option<PropertySe
             d.deadband = p.deadband;
             d.unit = p.unit.as_deref().map(Box::from);
             d.description = p.description.as_deref().map(Box::from);
+            d.home_assistant = p.home_assistant.clone().map(Box::new);
             d.enum_entries = entries.into_boxed_slice();
         }),
     )

@@ -382,6 +382,16 @@ pub fn render(r: &Resolved) -> String {
     if let Some(b) = &r.broker {
         let _ = writeln!(out, "broker: embedded, listening on {}", b.listen);
     }
+    if let Some(ha) = &r.home_assistant {
+        let entities: usize = r.devices.iter().map(|d| d.properties.len()).sum();
+        let _ = writeln!(
+            out,
+            "homeAssistant discovery: prefix {}, statusTopic {}, {} device(s) with {entities} entities, plus the gateway's 3 diagnostic entities",
+            ha.prefix,
+            ha.status_topic,
+            r.devices.len()
+        );
+    }
     let _ = writeln!(out, "sessions:");
     for (i, s) in r.sessions.iter().enumerate() {
         session(&mut out, i, s);

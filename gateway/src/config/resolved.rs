@@ -25,6 +25,8 @@ pub struct Resolved {
     pub devices: Vec<Arc<DeviceSettings>>,
     /// The files (included, profiles) this config was assembled from.
     pub sources: super::sources::Sources,
+    /// Home Assistant discovery, when enabled.
+    pub home_assistant: Option<crate::northbound::homeassistant::HomeAssistantSettings>,
 }
 
 /// `gateway:` after defaults.
@@ -284,6 +286,8 @@ pub struct PropertyDetails {
     pub unit: Option<Box<str>>,
     /// Description for `$meta`.
     pub description: Option<Box<str>>,
+    /// `homeAssistant:` refinements of the property's entity.
+    pub home_assistant: Option<Box<crate::northbound::homeassistant::config::PropertyOverrides>>,
 }
 
 impl PropertySemantics {

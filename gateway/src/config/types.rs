@@ -179,6 +179,9 @@ pub struct MqttOptions {
     pub client: ClientOptions,
     /// Topic and message options.
     pub message: MessageOptions,
+    /// Discovery for consumers (top level only): Home Assistant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<crate::northbound::homeassistant::config::DiscoveryOptions>,
 }
 
 /// `mqtt.client:` every key optional so per-device overrides can be merged
@@ -661,6 +664,9 @@ pub struct PropertyConfig {
     /// Description, published in `$meta`.
     #[serde(default)]
     pub description: Option<String>,
+    /// Refinements of the Home Assistant entity (with `mqtt.discovery.homeAssistant`).
+    #[serde(default)]
+    pub home_assistant: Option<crate::northbound::homeassistant::config::PropertyOverrides>,
     // --- dummy ---
     /// Simulated value generator.
     #[serde(default)]

@@ -173,6 +173,17 @@ impl DeviceMetrics {
         s
     }
 
+    /// Whether `device` is up (`fieldgate_device_up`); `None` when it has
+    /// no series (not started, or removed).
+    pub fn is_up(&self, device: &str) -> Option<bool> {
+        self.inner
+            .devices
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(device)
+            .map(|s| s.up.load(Ordering::Relaxed) == 1)
+    }
+
     /// Forgets a removed device's series.
     pub fn remove(&self, device: &str) {
         self.inner

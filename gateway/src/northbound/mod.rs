@@ -1,0 +1,4 @@
+//! Northbound dialects: what the same device events become on MQTT besides
+//! fieldgate's own topics.
+
+pub mod homeassistant;
