@@ -748,6 +748,12 @@ impl Loader<'_> {
                     .unwrap_or(Duration::ZERO),
                 state_props,
                 result_props,
+                response_topics: crate::config::resolved::ResponseTopicPolicy::from_options(
+                    merged_msg.response_topics.as_ref(),
+                ),
+                command_rate: merged_msg
+                    .command_rate
+                    .unwrap_or(crate::config::resolved::DEFAULT_COMMAND_RATE),
             };
             if let Some((spec, props)) = self.device_spec(&d, &gateway.state_directory) {
                 devices.push(Arc::new(DeviceSettings {
@@ -1753,6 +1759,13 @@ impl Loader<'_> {
                 .map(|d| d.0)
                 .unwrap_or(Duration::from_secs(600)),
             message_channel_depth: c.message_channel_depth.unwrap_or(100).max(1) as usize,
+            ack_timeout: c
+                .ack_timeout
+                .map(|d| d.0)
+                .unwrap_or(crate::config::resolved::DEFAULT_ACK_TIMEOUT),
+            max_packet_size: c
+                .max_packet_size
+                .map(|b| u32::try_from(b.0).unwrap_or(u32::MAX)),
         })
     }
 
@@ -2013,6 +2026,8 @@ fn placeholder_session() -> SessionSettings {
         auto_reconnect: true,
         max_reconnect_interval: Duration::from_secs(600),
         message_channel_depth: 100,
+        ack_timeout: crate::config::resolved::DEFAULT_ACK_TIMEOUT,
+        max_packet_size: None,
     }
 }
 
@@ -2663,6 +2678,8 @@ fn merge_client(d: &ClientOptions, t: &ClientOptions) -> ClientOptions {
         max_reconnect_interval: m(&d.max_reconnect_interval, &t.max_reconnect_interval),
         message_channel_depth: m(&d.message_channel_depth, &t.message_channel_depth),
         http_headers: m(&d.http_headers, &t.http_headers),
+        ack_timeout: m(&d.ack_timeout, &t.ack_timeout),
+        max_packet_size: m(&d.max_packet_size, &t.max_packet_size),
     }
 }
 
@@ -2691,6 +2708,8 @@ fn merge_message(d: &MessageOptions, t: &MessageOptions) -> MessageOptions {
         content_type: m(&d.content_type, &t.content_type),
         user_properties: m(&d.user_properties, &t.user_properties),
         message_expiry_interval: m(&d.message_expiry_interval, &t.message_expiry_interval),
+        response_topics: m(&d.response_topics, &t.response_topics),
+        command_rate: m(&d.command_rate, &t.command_rate),
     }
 }
 

@@ -6,6 +6,7 @@
 //! unconfirmed messages in order after a reconnect.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::filestore::{self, FileLog, StoreError};
@@ -273,6 +274,26 @@ impl Store {
     /// The connection was lost: unconfirmed messages go back to the queue.
     pub fn rewind(&mut self) {
         self.outbox.rewind();
+    }
+
+    /// See [`Outbox::rewind_blaming`].
+    pub fn rewind_blaming(&mut self, window: Duration, max_tries: u8) -> Option<(Arc<str>, usize)> {
+        let gone = self.outbox.rewind_blaming(window, max_tries);
+        if gone.is_some() {
+            self.release();
+        }
+        gone
+    }
+
+    /// Drops the next queued message unsent (see [`Outbox::drop_queued`]).
+    pub fn drop_queued(&mut self) {
+        self.outbox.drop_queued();
+        self.release();
+    }
+
+    /// When the oldest unconfirmed message was handed out.
+    pub fn oldest_unconfirmed_since(&self) -> Option<std::time::Instant> {
+        self.outbox.oldest_unconfirmed_since()
     }
 
     /// Closes the store. `hand_over`: returns every unconfirmed message,
