@@ -527,20 +527,41 @@ impl Loader<'_> {
         let broker = match root.get("broker") {
             Some(n) if !n.is_null() => {
                 let b = self.ctx.de::<BrokerSection>(n, "broker");
-                b.and_then(|b| match b.listen.parse::<SocketAddr>() {
-                    Ok(listen) => Some(BrokerSettings { listen }),
-                    Err(_) => {
-                        self.ctx.val(
-                            n,
-                            "broker",
-                            &["listen"],
-                            format!(
-                                "`{}` is not a socket address; write e.g. 127.0.0.1:11883",
-                                b.listen
-                            ),
-                        );
-                        None
-                    }
+                b.and_then(|b| {
+                    let mut addr = |key: &str, text: &str| match text.parse::<SocketAddr>() {
+                        Ok(a) if !a.ip().is_loopback() && !b.allow_remote => {
+                            self.ctx.val(
+                                n,
+                                "broker",
+                                &[key],
+                                format!(
+                                    "`{text}` is not a loopback address: the embedded broker has no authentication; set `allowRemote: true` to serve other hosts"
+                                ),
+                            );
+                            None
+                        }
+                        Ok(a) => Some(a),
+                        Err(_) => {
+                            self.ctx.val(
+                                n,
+                                "broker",
+                                &[key],
+                                format!(
+                                    "`{text}` is not a socket address; write e.g. 127.0.0.1:11883"
+                                ),
+                            );
+                            None
+                        }
+                    };
+                    let listen = addr("listen", &b.listen);
+                    let listen_v5 = match &b.listen_v5 {
+                        Some(v5) => Some(addr("listenV5", v5)?),
+                        None => None,
+                    };
+                    Some(BrokerSettings {
+                        listen: listen?,
+                        listen_v5,
+                    })
                 })
             }
             _ => None,
@@ -1642,15 +1663,33 @@ impl Loader<'_> {
         let server = match &c.server {
             Some(s) => parse_server(s).ok()?,
             None => match broker {
-                Some(b) => ServerAddress::Tcp {
-                    // A broker listening on every address is reached locally.
-                    host: match b.listen.ip() {
-                        std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".into(),
-                        std::net::IpAddr::V6(ip) if ip.is_unspecified() => "::1".into(),
-                        ip => ip.to_string(),
-                    },
-                    port: b.listen.port(),
-                },
+                Some(b) => {
+                    // MQTT 5 goes to the broker's MQTT 5 listener.
+                    let listen = if c.protocol_version == Some(5) {
+                        match b.listen_v5 {
+                            Some(v5) => v5,
+                            None => {
+                                let msg = "protocolVersion 5 with the embedded broker needs `broker.listenV5` (its MQTT 5 listener); `broker.listen` serves MQTT 3.1.1 only";
+                                match node {
+                                    Some(n) => self.ctx.key(n, path, &["protocolVersion"], msg),
+                                    None => self.ctx.at_pos(1, 1, path, msg),
+                                }
+                                return None;
+                            }
+                        }
+                    } else {
+                        b.listen
+                    };
+                    ServerAddress::Tcp {
+                        // A broker listening on every address is reached locally.
+                        host: match listen.ip() {
+                            std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".into(),
+                            std::net::IpAddr::V6(ip) if ip.is_unspecified() => "::1".into(),
+                            ip => ip.to_string(),
+                        },
+                        port: listen.port(),
+                    }
+                }
                 None => ServerAddress::Tcp {
                     host: "127.0.0.1".into(),
                     port: 1883,

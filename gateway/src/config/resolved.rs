@@ -63,6 +63,8 @@ impl std::fmt::Debug for Secret {
 pub struct BrokerSettings {
     /// Where it listens.
     pub listen: SocketAddr,
+    /// Where it serves MQTT 5, if anywhere.
+    pub listen_v5: Option<SocketAddr>,
 }
 
 /// How to reach the broker.

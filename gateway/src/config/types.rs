@@ -145,8 +145,15 @@ pub enum LogFormat {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BrokerSection {
-    /// `host:port` the broker listens on.
+    /// `host:port` the broker listens on (MQTT 3.1.1).
     pub listen: String,
+    /// `host:port` of its MQTT 5 listener, if any.
+    #[serde(default)]
+    pub listen_v5: Option<String>,
+    /// Allow listening on an address other than loopback (the broker has
+    /// no authentication).
+    #[serde(default)]
+    pub allow_remote: bool,
 }
 
 /// `mqtt:` (top level, and per device as overrides).

@@ -24,8 +24,8 @@ struct Entry {
     msg: OutMsg,
     stage: Stage,
     meta: Meta,
-    /// Connections that ended while it was the oldest unconfirmed message,
-    /// shortly after it was handed out (see [`Outbox::rewind_blaming`]).
+    /// Connections that ended while it was alone in flight, shortly after
+    /// it was handed out (see [`Outbox::blame`]).
     tries: u8,
 }
 
@@ -290,28 +290,28 @@ impl Outbox {
         self.by_pkid.values().map(|(_, at)| *at).chain(handed).min()
     }
 
-    /// Like [`Outbox::rewind`], after a connection that ended on its own:
-    /// the oldest unconfirmed message, when it was handed out less than
-    /// `window` ago, is taken to be what ended it (a broker closes the
-    /// connection on a packet it refuses: over its size limit, not
-    /// authorised). After `max_tries` such ends it is dropped: returns its
-    /// topic and payload size.
-    pub fn rewind_blaming(
-        &mut self,
-        window: Duration,
-        max_tries: u8,
-    ) -> Option<(std::sync::Arc<str>, usize)> {
-        let suspect = self
-            .handed
+    /// Ids of the handed-out, unconfirmed messages handed out less than
+    /// `window` ago (the suspects when a connection ends at once).
+    pub fn recent_unconfirmed(&self, window: Duration) -> Vec<u64> {
+        self.handed
             .iter()
             .flatten()
             .chain(self.by_pkid.values())
-            .min_by_key(|(id, _)| *id)
             .filter(|(_, at)| at.elapsed() < window)
-            .map(|(id, _)| *id);
-        self.rewind();
-        let id = suspect?;
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// After [`Outbox::rewind`]: counts one try of message `id`, which
+    /// was alone in flight when the connection ended (a broker closes the
+    /// connection on a packet it refuses: over its size limit, not
+    /// authorised). At `max_tries` it is dropped: returns its topic and
+    /// payload size.
+    pub fn blame(&mut self, id: u64, max_tries: u8) -> Option<(std::sync::Arc<str>, usize)> {
         let entry = self.entry_mut(id)?;
+        if entry.stage == Stage::Done {
+            return None;
+        }
         entry.tries = entry.tries.saturating_add(1);
         if entry.tries < max_tries {
             return None;
@@ -321,6 +321,11 @@ impl Outbox {
         self.complete(id);
         self.skip_confirmed();
         Some(gone)
+    }
+
+    /// True when every message up to id `id` is confirmed (or dropped).
+    pub fn confirmed_through(&self, id: u64) -> bool {
+        self.front_id > id
     }
 
     /// Records a publish that bypasses the store (birth, retained replays) so

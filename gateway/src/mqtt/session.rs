@@ -43,8 +43,11 @@ const UNROUTED_HELD: usize = 256;
 /// How often the session does a message no connection survived before
 /// it is dropped as refused (CONTRACT §9).
 const MAX_TRIES: u8 = 3;
-/// A connection that ends within this time of handing out its oldest
-/// unconfirmed message counts as one try of that message.
+/// A connection that ends within this time of its CONNACK, with messages
+/// handed out within this time unconfirmed, may have been ended by one of
+/// them: the next connection sends one message at a time until those are
+/// confirmed, so that the one that ends it is known (and tried at most
+/// [`MAX_TRIES`] times).
 const POISON_WINDOW: Duration = Duration::from_secs(5);
 /// How often the age of the oldest unacknowledged message is checked.
 const ACK_CHECK: Duration = Duration::from_secs(1);
@@ -201,6 +204,11 @@ struct Session {
     /// The oldest unacknowledged message outlived `ackTimeout`: `/healthz`
     /// is degraded until the broker acknowledges again.
     ack_stalled: bool,
+    /// When the current connection was accepted.
+    connected_at: Option<Instant>,
+    /// One message at a time until the outbox has confirmed up to this id
+    /// (after a connection that ended at once; see [`POISON_WINDOW`]).
+    probing: Option<u64>,
 }
 
 impl Session {
@@ -244,6 +252,8 @@ impl Session {
             ignored_logged: Default::default(),
             ack_check_at: None,
             ack_stalled: false,
+            connected_at: None,
+            probing: None,
         }
     }
 
@@ -556,6 +566,12 @@ impl Session {
                 if let Some(latency) = self.outbox.on_acked(pkid) {
                     self.m.ack_latency.observe(latency.as_secs_f64());
                 }
+                if self
+                    .probing
+                    .is_some_and(|upto| self.outbox.confirmed_through(upto))
+                {
+                    self.probing = None;
+                }
                 if self.ack_stalled {
                     self.ack_stalled = false;
                     self.health.clear(&ack_health_key(&self.settings.client_id));
@@ -593,14 +609,7 @@ impl Session {
                 let was_connected = self.connected;
                 self.connected = false;
                 self.ack_check_at = None;
-                if let Some((topic, size)) = self.outbox.rewind_blaming(POISON_WINDOW, MAX_TRIES) {
-                    self.count_drop(super::drops::REFUSED, 1);
-                    tracing::warn!(
-                        session = %self.id(),
-                        "dropped the message on {topic} ({size} bytes of payload): the connection ended each of the {MAX_TRIES} times it was sent (refused by the broker?)"
-                    );
-                    self.update_store_gauges();
-                }
+                self.rewind_after_loss();
                 self.priority.clear();
                 self.m.connected.set(0);
                 self.health.set_problem(
@@ -649,6 +658,7 @@ impl Session {
         self.first_attempt = None;
         self.backoff.reset();
         self.m.connected.set(1);
+        self.connected_at = Some(Instant::now());
         if !self.settings.ack_timeout.is_zero() {
             self.ack_check_at = Some(Instant::now() + ACK_CHECK);
         }
@@ -855,6 +865,40 @@ impl Session {
         Some(reason)
     }
 
+    /// The connection was lost: unconfirmed messages go back to the queue.
+    /// A connection that ended at once may have been ended by one of them
+    /// (a broker closes the connection on a packet it refuses): the next
+    /// sends one at a time; a message alone in flight when a connection
+    /// ends gets a try, and after [`MAX_TRIES`] it is dropped as refused.
+    fn rewind_after_loss(&mut self) {
+        let quick = self
+            .connected_at
+            .take()
+            .is_some_and(|at| at.elapsed() < POISON_WINDOW);
+        let suspects = if quick {
+            self.outbox.recent_unconfirmed(POISON_WINDOW)
+        } else {
+            Vec::new()
+        };
+        let was_probing = self.probing.is_some();
+        self.outbox.rewind();
+        if let ([id], true) = (suspects.as_slice(), was_probing) {
+            if let Some((topic, size)) = self.outbox.blame(*id, MAX_TRIES) {
+                self.count_drop(super::drops::REFUSED, 1);
+                // A retained topic would come back with every replay.
+                self.retained.remove(&topic);
+                tracing::warn!(
+                    session = %self.id(),
+                    "dropped the message on {topic} ({size} bytes of payload): the connection ended each of the {MAX_TRIES} times it was sent (refused by the broker?)"
+                );
+                self.update_store_gauges();
+            }
+        }
+        if let Some(&last) = suspects.iter().max() {
+            self.probing = Some(self.probing.map_or(last, |p| p.max(last)));
+        }
+    }
+
     /// Counts and logs a message dropped for being larger than `limit`.
     fn too_large(&mut self, msg: Option<&OutMsg>, limit: Option<usize>) {
         let Some(msg) = msg else { return };
@@ -876,7 +920,8 @@ impl Session {
         }
         let mut replayed = 0;
         let limit = self.packet_limit();
-        while self.outbox.in_flight() < WINDOW {
+        let window = if self.probing.is_some() { 1 } else { WINDOW };
+        while self.outbox.in_flight() < window {
             if let Some(msg) = self.priority.front() {
                 if limit.is_some_and(|l| packet_size(msg) > l) {
                     let msg = self.priority.pop_front();

@@ -276,13 +276,23 @@ impl Store {
         self.outbox.rewind();
     }
 
-    /// See [`Outbox::rewind_blaming`].
-    pub fn rewind_blaming(&mut self, window: Duration, max_tries: u8) -> Option<(Arc<str>, usize)> {
-        let gone = self.outbox.rewind_blaming(window, max_tries);
+    /// See [`Outbox::recent_unconfirmed`].
+    pub fn recent_unconfirmed(&self, window: Duration) -> Vec<u64> {
+        self.outbox.recent_unconfirmed(window)
+    }
+
+    /// See [`Outbox::blame`].
+    pub fn blame(&mut self, id: u64, max_tries: u8) -> Option<(Arc<str>, usize)> {
+        let gone = self.outbox.blame(id, max_tries);
         if gone.is_some() {
             self.release();
         }
         gone
+    }
+
+    /// See [`Outbox::confirmed_through`].
+    pub fn confirmed_through(&self, id: u64) -> bool {
+        self.outbox.confirmed_through(id)
     }
 
     /// Drops the next queued message unsent (see [`Outbox::drop_queued`]).
