@@ -554,3 +554,103 @@ async fn a_command_flood_is_rate_limited_per_device() {
     fault_rig::assert_counting("tick", &rec.states_since(mark, "tick"));
     assert!(gw.is_running());
 }
+
+/// The embedded broker serves MQTT 5 on `broker.listenV5` (a client with
+/// `protocolVersion: 5` and no `server` uses it), and it passes a wildcard
+/// response topic on (it does not check them): the gateway does not use
+/// it, answers on `T/$set/result`, and other devices' data keeps flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_broker_serves_mqtt5_and_a_wildcard_response_topic_is_not_used() {
+    let (p4, p5, metrics) = (
+        support::free_port(),
+        support::free_port(),
+        support::free_port(),
+    );
+    let yaml = format!(
+        "gateway:\n  namespace: {NS}\n  metrics: {{ listen: \"127.0.0.1:{metrics}\" }}\nbroker:\n  listen: 127.0.0.1:{p4}\n  listenV5: 127.0.0.1:{p5}\nmqtt:\n  client:\n    protocolVersion: 5\n    maxReconnectInterval: 1s\n  message:\n    qos: 1\ndevices:\n  - {{ name: fan, driver: dummy, model: fan, syncInterval: 100ms }}\n{}",
+        clock("tick")
+    );
+    let gw = Gateway::start(&yaml);
+    assert!(support::wait_port_open(p5, WAIT), "{}", gw.log());
+    let mut watcher = MqttProbe5::connect(p5).await;
+    watcher.subscribe(&format!("fieldgate/{NS}/#"), 1).await;
+    watcher
+        .wait_for(WAIT, |m| {
+            m.topic == format!("{FAN}/$state") && m.payload_str() == "online"
+        })
+        .await
+        .unwrap_or_else(|| panic!("the fan is online over MQTT 5\n{}", gw.log()));
+    let probe = MqttProbe5::connect(p5).await;
+    probe
+        .publish_with_response(
+            &format!("{FAN}/$set"),
+            r#"{"gear":"fast","$id":"w"}"#,
+            "replies/#",
+            b"c".to_vec(),
+        )
+        .await;
+    let result = watcher
+        .wait_topic(WAIT, &format!("{FAN}/$set/result"))
+        .await
+        .expect("a result on $set/result")
+        .json();
+    assert_eq!(result["applied"]["gear"], "fast", "{result}");
+    assert!(
+        result["errors"]["$payload"]
+            .as_str()
+            .is_some_and(|e| e.contains("wildcard")),
+        "{result}"
+    );
+    // The neighbour keeps publishing, on the same connection.
+    let tick = format!("fieldgate/{NS}/tick");
+    for _ in 0..10 {
+        watcher
+            .wait_topic(WAIT, &tick)
+            .await
+            .unwrap_or_else(|| panic!("tick stalled\n{}", gw.log()));
+    }
+    assert_eq!(
+        metric(metrics, "fieldgate_mqtt_reconnects_total", &[]),
+        Some(0.0),
+        "{}",
+        gw.log()
+    );
+}
+
+/// `check` refuses what §9 makes a config error: the embedded broker on a
+/// non-loopback address without `allowRemote`, and MQTT 5 against the
+/// embedded broker without `listenV5`.
+#[test]
+fn unsafe_or_impossible_broker_settings_are_config_errors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cases = [
+        (
+            "broker:\n  listen: 0.0.0.0:18830\ndevices: []\n",
+            "allowRemote",
+        ),
+        (
+            "broker:\n  listen: 127.0.0.1:18830\nmqtt:\n  client: { protocolVersion: 5 }\ndevices: []\n",
+            "listenV5",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, yaml).expect("write config");
+        let out = support::fieldgate(&["check", "-c", path.to_str().expect("utf-8 path")]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{yaml}: {text}");
+        assert!(text.contains(expected), "{yaml}: {text}");
+    }
+    let ok = dir.path().join("ok.yaml");
+    std::fs::write(
+        &ok,
+        "broker:\n  listen: 0.0.0.0:18830\n  allowRemote: true\ndevices: []\n",
+    )
+    .expect("write config");
+    let out = support::fieldgate(&["check", "-c", ok.to_str().expect("utf-8 path")]);
+    assert!(out.status.success(), "{out:?}");
+}
