@@ -605,6 +605,12 @@ impl Actor {
         commands: &CommandSender,
         queue: &mut VecDeque<PendingSet>,
     ) {
+        if msg.retain {
+            // The session filters these; a retained command is a replay by
+            // the broker, never a command to execute (CONTRACT §9).
+            self.count_ignored(crate::mqtt::drops::CMD_RETAINED);
+            return;
+        }
         // The status page's own commands are not rate limited.
         if http.is_none() && !self.within_rate(*msg.topic == *self.topics.set).await {
             return;
