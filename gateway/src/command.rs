@@ -409,7 +409,10 @@ pub fn rejection_payload(rejection: &SetRejection) -> Vec<u8> {
         if more > 0 {
             errors.insert(MORE_KEY.to_owned(), serde_json::Value::from(more));
         }
-        let id = rejection.id.as_ref().filter(|id| id.to_string().len() <= MAX_RESULT / 4);
+        let id = rejection
+            .id
+            .as_ref()
+            .filter(|id| id.to_string().len() <= MAX_RESULT / 4);
         let out = result_json(id, false, Map::new(), errors);
         if out.len() <= MAX_RESULT || listed == 0 {
             return out;

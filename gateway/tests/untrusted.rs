@@ -213,7 +213,9 @@ async fn bad_response_topic(response_topic: &str, message: &str, expect_in_error
         )
         .await;
     let result = rec
-        .wait("the $set result", |m| m.topic == format!("{FAN}/$set/result"))
+        .wait("the $set result", |m| {
+            m.topic == format!("{FAN}/$set/result")
+        })
         .await
         .json();
     assert_eq!(result["$id"], "r1", "{result}");
@@ -244,7 +246,9 @@ async fn bad_response_topic(response_topic: &str, message: &str, expect_in_error
         )
         .await;
     let expect_reply = message.is_empty();
-    let reply = replies.wait_topic(Duration::from_secs(5), "replies/fan").await;
+    let reply = replies
+        .wait_topic(Duration::from_secs(5), "replies/fan")
+        .await;
     assert_eq!(reply.is_some(), expect_reply, "{reply:?}");
 }
 
@@ -312,7 +316,9 @@ async fn over_the_packet_limit(version: u8, client: &str, reason: &str) {
         "one log line names the topic: {log}"
     );
     assert!(
-        !rec.seen.iter().any(|m| m.topic == "fieldgate/untrusted/big"),
+        !rec.seen
+            .iter()
+            .any(|m| m.topic == "fieldgate/untrusted/big"),
         "the broker never forwarded the big state"
     );
 }
@@ -436,7 +442,8 @@ async fn a_broker_that_stops_acknowledging_is_noticed_and_left() {
     .await;
     until("a reconnect forced by ackTimeout", || reconnects() >= 1.0).await;
     assert!(
-        gw.log().contains("no acknowledgement from the broker within ackTimeout (2s)"),
+        gw.log()
+            .contains("no acknowledgement from the broker within ackTimeout (2s)"),
         "{}",
         gw.log()
     );
@@ -471,9 +478,13 @@ async fn an_8000_key_set_gets_a_result_of_at_most_64_kib() {
     let payload = format!("{{\"$id\":\"flood\",{}}}", keys.join(","));
     assert!(payload.len() <= 64 * 1024);
     let probe = MqttProbe::connect(broker.port()).await;
-    probe.publish(&format!("{FAN}/$set"), payload, 1, false).await;
+    probe
+        .publish(&format!("{FAN}/$set"), payload, 1, false)
+        .await;
     let m = rec
-        .wait("the $set result", |m| m.topic == format!("{FAN}/$set/result"))
+        .wait("the $set result", |m| {
+            m.topic == format!("{FAN}/$set/result")
+        })
         .await;
     assert!(m.payload.len() <= 64 * 1024, "{} bytes", m.payload.len());
     let result: Value = m.json();
@@ -500,13 +511,7 @@ async fn an_8000_key_set_gets_a_result_of_at_most_64_kib() {
 async fn a_command_flood_is_rate_limited_per_device() {
     let broker = Mosquitto::start();
     let metrics = support::free_port();
-    let yaml = config(
-        &broker.url(),
-        metrics,
-        "",
-        "    commandRate: 10\n",
-        "",
-    );
+    let yaml = config(&broker.url(), metrics, "", "    commandRate: 10\n", "");
     let mut gw = Gateway::start(&yaml);
     let mut rec = Recorder::start(broker.port(), NS).await;
     rec.status("fan", "online").await;
@@ -515,7 +520,12 @@ async fn a_command_flood_is_rate_limited_per_device() {
     for i in 0..500 {
         let gear = ["slow", "middle", "fast"][i % 3];
         probe
-            .publish(&format!("{FAN}/$set"), format!(r#"{{"gear":"{gear}"}}"#), 0, false)
+            .publish(
+                &format!("{FAN}/$set"),
+                format!(r#"{{"gear":"{gear}"}}"#),
+                0,
+                false,
+            )
             .await;
     }
     let sent_in = started.elapsed();
@@ -544,7 +554,10 @@ async fn a_command_flood_is_rate_limited_per_device() {
         "{applied} commands executed in {elapsed:.1}s (sent in {sent_in:?}), bound {bound:.0}"
     );
     assert!(limited >= 1, "the excess is answered");
-    assert!((limited as f64) <= 1.0 + elapsed, "{limited} rate-limited answers");
+    assert!(
+        (limited as f64) <= 1.0 + elapsed,
+        "{limited} rate-limited answers"
+    );
     let counted = ignored(metrics, "rate_limited") + ignored(metrics, "inbox_full");
     assert!(
         counted + applied as f64 >= 500.0,

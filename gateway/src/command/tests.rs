@@ -486,7 +486,11 @@ fn thousands_of_unknown_keys_give_a_small_result_listing_the_writable_ones_once(
     assert_eq!(errors.len(), super::MAX_LISTED_ERRORS + 1, "{v}");
     assert_eq!(errors["$more"], 8000 - super::MAX_LISTED_ERRORS);
     let text = String::from_utf8_lossy(&result);
-    assert_eq!(text.matches("writable properties: setpoint").count(), 1, "{text}");
+    assert_eq!(
+        text.matches("writable properties: setpoint").count(),
+        1,
+        "{text}"
+    );
     assert!(e.summary().len() < 1024, "{}", e.summary());
 }
 

@@ -206,7 +206,11 @@ fn check_outcome(
         Err(rejection) => {
             assert!(!rejection.errors.is_empty(), "a rejection without errors");
             let bytes = command::rejection_payload(rejection);
-            assert!(bytes.len() <= command::MAX_RESULT, "result of {} bytes", bytes.len());
+            assert!(
+                bytes.len() <= command::MAX_RESULT,
+                "result of {} bytes",
+                bytes.len()
+            );
             let obj = result_object(&bytes);
             let id = rejection.id.as_ref().filter(|_| obj.contains_key("$id"));
             check_result_shape(&obj, id, false);
@@ -214,9 +218,15 @@ fn check_outcome(
             let errors = obj["errors"].as_object().map_or(0, Map::len);
             let more = obj["errors"]["$more"].as_u64().unwrap_or(0) as usize;
             let listed = errors - usize::from(more > 0);
-            assert!(listed <= command::MAX_LISTED_ERRORS, "{listed} errors listed");
+            assert!(
+                listed <= command::MAX_LISTED_ERRORS,
+                "{listed} errors listed"
+            );
             // Keys are cut to 256 characters: long ones may merge.
-            let long_keys = rejection.errors.iter().any(|(k, _)| k.chars().count() > 256);
+            let long_keys = rejection
+                .errors
+                .iter()
+                .any(|(k, _)| k.chars().count() > 256);
             if !long_keys {
                 assert_eq!(
                     listed + more,
