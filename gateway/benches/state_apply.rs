@@ -91,6 +91,8 @@ fn device(publish: PublishPolicy) -> DeviceSettings {
             wait_timeout: Duration::ZERO,
             state_props: Default::default(),
             result_props: Default::default(),
+            response_topics: Default::default(),
+            command_rate: fieldgate::config::resolved::DEFAULT_COMMAND_RATE,
         },
     }
 }

@@ -10,6 +10,8 @@ use crate::config::resolved::{DeviceSettings, PropertySemantics};
 use crate::config::types::PayloadEncode;
 use crate::state::{normalize, round_significant, scaling};
 
+pub mod rate;
+pub mod reply;
 #[cfg(test)]
 mod tests;
 
@@ -27,6 +29,15 @@ const BASE64_IN: GeneralPurpose = GeneralPurpose::new(
 
 /// Key of the request id.
 const ID_KEY: &str = "$id";
+
+/// Largest `$set/result` payload (before base64).
+pub const MAX_RESULT: usize = 64 * 1024;
+/// Errors listed one by one in a result; the rest are counted in `$more`.
+pub const MAX_LISTED_ERRORS: usize = 32;
+/// Key of the count of errors not listed.
+const MORE_KEY: &str = "$more";
+/// Longest key echoed in a result or log line; longer ones are cut.
+const MAX_ECHOED_KEY: usize = 256;
 
 /// A validated `$set`: raw writes in request order.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +58,22 @@ pub struct SetRejection {
 }
 
 impl SetRejection {
+    /// The errors for a log line: the first few, cut, and how many more.
+    pub fn summary(&self) -> String {
+        const SHOWN: usize = 5;
+        let mut out = self
+            .errors
+            .iter()
+            .take(SHOWN)
+            .map(|(k, v)| format!("{}: {}", cut_key(k), cut_key(v)))
+            .collect::<Vec<_>>()
+            .join("; ");
+        if self.errors.len() > SHOWN {
+            out.push_str(&format!("; and {} more", self.errors.len() - SHOWN));
+        }
+        out
+    }
+
     /// A rejection of the whole payload (no `$id` known).
     fn payload(reason: impl Into<String>) -> Self {
         Self {
@@ -102,6 +129,8 @@ pub fn parse_set(
     let mut id = None;
     let mut errors = Vec::new();
     let mut writes = Vec::new();
+    // The writable properties are listed with the first unknown key only.
+    let mut listed_writable = false;
     for (key, value) in &map {
         if key == ID_KEY {
             match value {
@@ -124,7 +153,8 @@ pub fn parse_set(
             continue;
         }
         let Some(index) = device.properties.iter().position(|p| *p.name == **key) else {
-            errors.push((key.clone(), unknown_property(key, device)));
+            errors.push((key.clone(), unknown_property(key, device, !listed_writable)));
+            listed_writable = true;
             continue;
         };
         let prop = &device.properties[index];
@@ -148,7 +178,7 @@ pub fn parse_set(
 }
 
 /// The message for an unknown property: a close match, and what is writable.
-fn unknown_property(key: &str, device: &DeviceSettings) -> String {
+fn unknown_property(key: &str, device: &DeviceSettings, list_writable: bool) -> String {
     let writable: Vec<&str> = device
         .properties
         .iter()
@@ -166,6 +196,8 @@ fn unknown_property(key: &str, device: &DeviceSettings) -> String {
     }
     if writable.is_empty() {
         msg.push_str("; this device has no writable properties");
+    } else if !list_writable {
+        msg.push_str("; see above for the writable properties");
     } else {
         msg.push_str("; writable properties: ");
         msg.push_str(&writable.join(", "));
@@ -363,12 +395,50 @@ pub fn result_payload(
     result_json(request.id.as_ref(), errors.is_empty(), applied_map, errors)
 }
 
-/// The `$set/result` payload for a rejected request.
+/// The `$set/result` payload for a rejected request: at most
+/// [`MAX_LISTED_ERRORS`] errors (the rest counted in `$more`), keys cut,
+/// and never more than [`MAX_RESULT`] bytes.
 pub fn rejection_payload(rejection: &SetRejection) -> Vec<u8> {
-    let errors = rejection
-        .errors
-        .iter()
-        .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
-        .collect();
-    result_json(rejection.id.as_ref(), false, Map::new(), errors)
+    let mut listed = MAX_LISTED_ERRORS.min(rejection.errors.len());
+    loop {
+        let mut errors: Map<String, serde_json::Value> = rejection.errors[..listed]
+            .iter()
+            .map(|(k, v)| (cut_key(k), serde_json::Value::from(cut_message(v))))
+            .collect();
+        let more = rejection.errors.len() - listed;
+        if more > 0 {
+            errors.insert(MORE_KEY.to_owned(), serde_json::Value::from(more));
+        }
+        let id = rejection
+            .id
+            .as_ref()
+            .filter(|id| id.to_string().len() <= MAX_RESULT / 4);
+        let out = result_json(id, false, Map::new(), errors);
+        if out.len() <= MAX_RESULT || listed == 0 {
+            return out;
+        }
+        listed /= 2;
+    }
+}
+
+/// `key` cut to [`MAX_ECHOED_KEY`] characters.
+fn cut_key(key: &str) -> String {
+    match key.char_indices().nth(MAX_ECHOED_KEY) {
+        Some((at, _)) => format!("{}…", &key[..at]),
+        None => key.to_owned(),
+    }
+}
+
+/// An error message cut to 16 KiB (the list of writable properties of a
+/// device with very many properties).
+fn cut_message(msg: &str) -> String {
+    const MAX: usize = 16 * 1024;
+    if msg.len() <= MAX {
+        return msg.to_owned();
+    }
+    let mut at = MAX;
+    while !msg.is_char_boundary(at) {
+        at -= 1;
+    }
+    format!("{}…", &msg[..at])
 }

@@ -107,9 +107,18 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
 
     #[cfg(feature = "broker")]
     let _broker = match &resolved.broker {
-        Some(b) => Some(crate::broker::start(b.listen)?),
+        Some(b) => Some(
+            crate::broker::start_async(crate::broker::BrokerOptions {
+                listen_v5: b.listen_v5,
+                ..crate::broker::BrokerOptions::new(b.listen)
+            })
+            .await?,
+        ),
         None => None,
     };
+    #[cfg(not(feature = "broker"))]
+    let _broker = ();
+    let mut failure: Option<anyhow::Error> = None;
 
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -169,6 +178,11 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
             Some(probe) = probes.recv() => { let _ = probe.send(()); }
+            _ = broker_ended(&_broker) => {
+                tracing::error!("the embedded MQTT broker stopped: stopping so that the service manager restarts fieldgate");
+                failure = Some(anyhow::anyhow!("the embedded MQTT broker stopped"));
+                break;
+            }
             changed = watched(&mut watcher), if settling.is_none() => {
                 if changed.is_none() {
                     tracing::warn!("config watcher stopped; reload with SIGHUP");
@@ -243,7 +257,29 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
         h.abort();
     }
     tracing::info!("stopped");
-    Ok(())
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Resolves once the embedded broker's thread has ended; never without one.
+#[cfg(feature = "broker")]
+async fn broker_ended(broker: &Option<crate::broker::EmbeddedBroker>) {
+    match broker {
+        Some(b) => {
+            while b.is_running() {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Without the embedded broker there is nothing to watch.
+#[cfg(not(feature = "broker"))]
+async fn broker_ended(_: &()) {
+    std::future::pending().await
 }
 
 /// Applies the gateway-wide settings that can change live (the log level)

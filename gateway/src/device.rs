@@ -243,6 +243,15 @@ struct PendingSet {
     reply_to: Option<(String, Option<Bytes>)>,
     /// The status page waiting for the result (plain JSON).
     http: Option<oneshot::Sender<Vec<u8>>>,
+    /// Why the command's response topic is not used (said in the result).
+    reply_note: Option<String>,
+}
+
+/// A device's command rate limit and when it last answered "rate
+/// limited"; made on the first command (most devices never get one).
+struct CommandLimit {
+    rate: command::rate::RateLimit,
+    refused_at: Option<Instant>,
 }
 
 /// A `$set` handed to the driver, waiting for its outcome.
@@ -261,6 +270,7 @@ struct Actor {
     online: Option<bool>,
     /// Why the device is offline, while it is (for the status page).
     offline_reason: Option<Box<str>>,
+    limit: Option<Box<CommandLimit>>,
 }
 
 impl Actor {
@@ -278,6 +288,7 @@ impl Actor {
             m,
             online: None,
             offline_reason: None,
+            limit: None,
         }
     }
 
@@ -351,6 +362,7 @@ impl Actor {
                             payload,
                             response_topic: None,
                             correlation: None,
+                            retain: false,
                         };
                         Box::pin(self.on_inbound(msg, Some(reply), &commands, &mut queue)).await;
                     }
@@ -561,7 +573,7 @@ impl Actor {
             self.m
                 .metrics
                 .mqtt_dropped
-                .with_label_values(&[&self.session.client_id])
+                .with_label_values(&[&self.session.client_id, crate::mqtt::drops::WAIT_TIMEOUT])
                 .inc();
         }
     }
@@ -593,16 +605,40 @@ impl Actor {
         commands: &CommandSender,
         queue: &mut VecDeque<PendingSet>,
     ) {
+        if msg.retain {
+            // The session filters these; a retained command is a replay by
+            // the broker, never a command to execute (CONTRACT §9).
+            self.count_ignored(crate::mqtt::drops::CMD_RETAINED);
+            return;
+        }
+        // The status page's own commands are not rate limited.
+        if http.is_none() && !self.within_rate(*msg.topic == *self.topics.set).await {
+            return;
+        }
         if *msg.topic == *self.topics.get {
             if commands.try_send(DeviceCommand::ReadNow).is_err() {
-                tracing::warn!(device = %self.name(), "$get ignored: the driver is busy");
+                tracing::debug!(device = %self.name(), "$get ignored: the driver is busy");
+                self.count_ignored(crate::mqtt::drops::CMD_BUSY);
             }
             return;
         }
-        let reply_to = msg
-            .response_topic
-            .clone()
-            .map(|topic| (topic, msg.correlation.clone()));
+        let mut reply_note = None;
+        let reply_to = match msg.response_topic.clone() {
+            Some(topic) => {
+                match command::reply::refuse_response_topic(
+                    &topic,
+                    &self.settings.message.response_topics,
+                ) {
+                    None => Some((topic, msg.correlation.clone())),
+                    Some(why) => {
+                        tracing::debug!(device = %self.name(), "{why}");
+                        reply_note = Some(why);
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         let encoding = match http {
             Some(_) => PayloadEncode::Raw,
             None => self.settings.message.payload_encode,
@@ -618,14 +654,16 @@ impl Actor {
                         )],
                     };
                     self.count_set(SetResult::Rejected);
-                    self.send_result(command::rejection_payload(&rejection), reply_to, http)
-                        .await;
+                    self.count_ignored(crate::mqtt::drops::CMD_INBOX_FULL);
+                    let payload = with_note(command::rejection_payload(&rejection), reply_note);
+                    self.send_result(payload, reply_to, http).await;
                     return;
                 }
                 queue.push_back(PendingSet {
                     request,
                     reply_to,
                     http,
+                    reply_note,
                 });
             }
             Err(rejection) => {
@@ -633,15 +671,10 @@ impl Actor {
                 tracing::info!(
                     device = %self.name(),
                     "$set rejected: {}",
-                    rejection
-                        .errors
-                        .iter()
-                        .map(|(k, v)| format!("{k}: {v}"))
-                        .collect::<Vec<_>>()
-                        .join("; ")
+                    rejection.summary()
                 );
-                self.send_result(command::rejection_payload(&rejection), reply_to, http)
-                    .await;
+                let payload = with_note(command::rejection_payload(&rejection), reply_note);
+                self.send_result(payload, reply_to, http).await;
             }
         }
     }
@@ -694,8 +727,62 @@ impl Actor {
         }
         let payload =
             command::result_payload(&self.settings, &pending.request, outcome.applied, failed);
+        let payload = with_note(payload, pending.reply_note);
         self.send_result(payload, pending.reply_to, pending.http)
             .await;
+    }
+
+    /// Counts a command not executed (`fieldgate_mqtt_commands_ignored_total`).
+    fn count_ignored(&self, reason: &str) {
+        self.m
+            .metrics
+            .mqtt_commands_ignored
+            .with_label_values(&[&self.session.client_id, reason])
+            .inc();
+    }
+
+    /// Applies `mqtt.message.commandRate`: false when this command is over
+    /// the rate; it is counted, and a `$set` gets a "rate limited" result
+    /// at most once per second.
+    async fn within_rate(&mut self, is_set: bool) -> bool {
+        let rate = self.settings.message.command_rate;
+        let limit = self.limit.get_or_insert_with(|| {
+            Box::new(CommandLimit {
+                rate: command::rate::RateLimit::new(rate),
+                refused_at: None,
+            })
+        });
+        if limit.rate.take() {
+            return true;
+        }
+        let now = Instant::now();
+        let answer = is_set
+            && limit
+                .refused_at
+                .is_none_or(|at| now.duration_since(at) >= command::rate::REFUSAL_INTERVAL);
+        let first = limit.refused_at.is_none();
+        if answer {
+            limit.refused_at = Some(now);
+        }
+        self.count_ignored(crate::mqtt::drops::CMD_RATE_LIMITED);
+        if first {
+            tracing::warn!(
+                device = %self.name(),
+                "commands arrive faster than mqtt.message.commandRate ({rate}/s): the excess is ignored and counted in fieldgate_mqtt_commands_ignored_total{{reason=\"rate_limited\"}}"
+            );
+        }
+        if answer {
+            let rejection = command::SetRejection {
+                id: None,
+                errors: vec![(
+                    "$payload".into(),
+                    format!("rate limited: more than {rate} commands per second; command ignored"),
+                )],
+            };
+            self.send_result(command::rejection_payload(&rejection), None, None)
+                .await;
+        }
+        false
     }
 
     fn count_set(&self, result: SetResult) {
@@ -735,6 +822,23 @@ impl Actor {
         }))
         .await;
     }
+}
+
+/// Adds `note` (why the response topic was not used) to a result's
+/// `errors` as `$payload`, unless it already has one.
+fn with_note(result: Vec<u8>, note: Option<String>) -> Vec<u8> {
+    let Some(note) = note else {
+        return result;
+    };
+    let Ok(serde_json::Value::Object(mut doc)) = serde_json::from_slice(&result) else {
+        return result;
+    };
+    if let Some(serde_json::Value::Object(errors)) = doc.get_mut("errors") {
+        errors
+            .entry("$payload")
+            .or_insert(serde_json::Value::String(note));
+    }
+    serde_json::to_vec(&doc).unwrap_or(result)
 }
 
 async fn recv_outcome(

@@ -181,8 +181,10 @@ pub struct Metrics {
     pub mqtt_store_messages: IntGaugeVec,
     /// `fieldgate_mqtt_store_bytes{session}`
     pub mqtt_store_bytes: IntGaugeVec,
-    /// `fieldgate_mqtt_dropped_total{session}`
+    /// `fieldgate_mqtt_dropped_total{session,reason}`
     pub mqtt_dropped: IntCounterVec,
+    /// `fieldgate_mqtt_commands_ignored_total{session,reason}`
+    pub mqtt_commands_ignored: IntCounterVec,
     /// `fieldgate_mqtt_reason_codes_total{session,packet,code}`: refusals by the broker
     pub mqtt_reason_codes: IntCounterVec,
     /// `fieldgate_mqtt_store_oldest_age_seconds{session}`
@@ -283,8 +285,13 @@ impl Metrics {
             )?,
             mqtt_dropped: counter(
                 "fieldgate_mqtt_dropped_total",
-                "Messages dropped because the store was full",
-                &["session"],
+                "Messages dropped, by reason (see docs/mqtt.md)",
+                &["session", "reason"],
+            )?,
+            mqtt_commands_ignored: counter(
+                "fieldgate_mqtt_commands_ignored_total",
+                "Commands ($set/$get) not executed, by reason (see docs/mqtt.md)",
+                &["session", "reason"],
             )?,
             mqtt_reason_codes: counter(
                 "fieldgate_mqtt_reason_codes_total",

@@ -462,3 +462,42 @@ fn rejection_payload_lists_every_error() {
             "$payload": "expected a JSON object of property values, got an array"}})
     );
 }
+
+#[test]
+fn thousands_of_unknown_keys_give_a_small_result_listing_the_writable_ones_once() {
+    // Three-letter keys: 8 000 of them just fit in the 64 KiB a `$set` may have.
+    let letters = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let key = |i: usize| -> String {
+        [i / 2704, i / 52 % 52, i % 52]
+            .iter()
+            .map(|&d| letters[d] as char)
+            .collect()
+    };
+    let keys: Vec<String> = (0..8000).map(|i| format!("\"{}\":0", key(i))).collect();
+    let payload = format!("{{\"$id\":\"flood\",{}}}", keys.join(","));
+    assert!(payload.len() <= MAX_SET_PAYLOAD);
+    let e = set(&payload).expect_err("rejected");
+    assert_eq!(e.errors.len(), 8000);
+    let result = rejection_payload(&e);
+    assert!(result.len() <= super::MAX_RESULT, "{} bytes", result.len());
+    let v: serde_json::Value = serde_json::from_slice(&result).unwrap();
+    assert_eq!(v["$id"], "flood");
+    let errors = v["errors"].as_object().unwrap();
+    assert_eq!(errors.len(), super::MAX_LISTED_ERRORS + 1, "{v}");
+    assert_eq!(errors["$more"], 8000 - super::MAX_LISTED_ERRORS);
+    let text = String::from_utf8_lossy(&result);
+    assert_eq!(
+        text.matches("writable properties: setpoint").count(),
+        1,
+        "{text}"
+    );
+    assert!(e.summary().len() < 1024, "{}", e.summary());
+}
+
+#[test]
+fn a_huge_key_is_cut_in_the_result() {
+    let payload = format!("{{\"{}\": 1}}", "x".repeat(60_000));
+    let e = set(&payload).expect_err("rejected");
+    let result = rejection_payload(&e);
+    assert!(result.len() < 2048, "{} bytes", result.len());
+}

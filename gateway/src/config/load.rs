@@ -597,20 +597,41 @@ impl Loader<'_> {
         let broker = match root.get("broker") {
             Some(n) if !n.is_null() => {
                 let b = self.ctx.de::<BrokerSection>(n, "broker");
-                b.and_then(|b| match b.listen.parse::<SocketAddr>() {
-                    Ok(listen) => Some(BrokerSettings { listen }),
-                    Err(_) => {
-                        self.ctx.val(
-                            n,
-                            "broker",
-                            &["listen"],
-                            format!(
-                                "`{}` is not a socket address; write e.g. 127.0.0.1:11883",
-                                b.listen
-                            ),
-                        );
-                        None
-                    }
+                b.and_then(|b| {
+                    let mut addr = |key: &str, text: &str| match text.parse::<SocketAddr>() {
+                        Ok(a) if !a.ip().is_loopback() && !b.allow_remote => {
+                            self.ctx.val(
+                                n,
+                                "broker",
+                                &[key],
+                                format!(
+                                    "`{text}` is not a loopback address: the embedded broker has no authentication; set `allowRemote: true` to serve other hosts"
+                                ),
+                            );
+                            None
+                        }
+                        Ok(a) => Some(a),
+                        Err(_) => {
+                            self.ctx.val(
+                                n,
+                                "broker",
+                                &[key],
+                                format!(
+                                    "`{text}` is not a socket address; write e.g. 127.0.0.1:11883"
+                                ),
+                            );
+                            None
+                        }
+                    };
+                    let listen = addr("listen", &b.listen);
+                    let listen_v5 = match &b.listen_v5 {
+                        Some(v5) => Some(addr("listenV5", v5)?),
+                        None => None,
+                    };
+                    Some(BrokerSettings {
+                        listen: listen?,
+                        listen_v5,
+                    })
                 })
             }
             _ => None,
@@ -841,6 +862,12 @@ impl Loader<'_> {
                     .unwrap_or(Duration::ZERO),
                 state_props,
                 result_props,
+                response_topics: crate::config::resolved::ResponseTopicPolicy::from_options(
+                    merged_msg.response_topics.as_ref(),
+                ),
+                command_rate: merged_msg
+                    .command_rate
+                    .unwrap_or(crate::config::resolved::DEFAULT_COMMAND_RATE),
             };
             if let Some((spec, props)) = self.device_spec(&d, &gateway.state_directory) {
                 devices.push(Arc::new(DeviceSettings {
@@ -1797,15 +1824,33 @@ impl Loader<'_> {
         let server = match &c.server {
             Some(s) => parse_server(s).ok()?,
             None => match broker {
-                Some(b) => ServerAddress::Tcp {
-                    // A broker listening on every address is reached locally.
-                    host: match b.listen.ip() {
-                        std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".into(),
-                        std::net::IpAddr::V6(ip) if ip.is_unspecified() => "::1".into(),
-                        ip => ip.to_string(),
-                    },
-                    port: b.listen.port(),
-                },
+                Some(b) => {
+                    // MQTT 5 goes to the broker's MQTT 5 listener.
+                    let listen = if c.protocol_version == Some(5) {
+                        match b.listen_v5 {
+                            Some(v5) => v5,
+                            None => {
+                                let msg = "protocolVersion 5 with the embedded broker needs `broker.listenV5` (its MQTT 5 listener); `broker.listen` serves MQTT 3.1.1 only";
+                                match node {
+                                    Some(n) => self.ctx.key(n, path, &["protocolVersion"], msg),
+                                    None => self.ctx.at_pos(1, 1, path, msg),
+                                }
+                                return None;
+                            }
+                        }
+                    } else {
+                        b.listen
+                    };
+                    ServerAddress::Tcp {
+                        // A broker listening on every address is reached locally.
+                        host: match listen.ip() {
+                            std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".into(),
+                            std::net::IpAddr::V6(ip) if ip.is_unspecified() => "::1".into(),
+                            ip => ip.to_string(),
+                        },
+                        port: listen.port(),
+                    }
+                }
                 None => ServerAddress::Tcp {
                     host: "127.0.0.1".into(),
                     port: 1883,
@@ -1914,6 +1959,13 @@ impl Loader<'_> {
                 .map(|d| d.0)
                 .unwrap_or(Duration::from_secs(600)),
             message_channel_depth: c.message_channel_depth.unwrap_or(100).max(1) as usize,
+            ack_timeout: c
+                .ack_timeout
+                .map(|d| d.0)
+                .unwrap_or(crate::config::resolved::DEFAULT_ACK_TIMEOUT),
+            max_packet_size: c
+                .max_packet_size
+                .map(|b| u32::try_from(b.0).unwrap_or(u32::MAX)),
         })
     }
 
@@ -2174,6 +2226,8 @@ fn placeholder_session() -> SessionSettings {
         auto_reconnect: true,
         max_reconnect_interval: Duration::from_secs(600),
         message_channel_depth: 100,
+        ack_timeout: crate::config::resolved::DEFAULT_ACK_TIMEOUT,
+        max_packet_size: None,
     }
 }
 
@@ -2902,6 +2956,8 @@ fn merge_client(d: &ClientOptions, t: &ClientOptions) -> ClientOptions {
         max_reconnect_interval: m(&d.max_reconnect_interval, &t.max_reconnect_interval),
         message_channel_depth: m(&d.message_channel_depth, &t.message_channel_depth),
         http_headers: m(&d.http_headers, &t.http_headers),
+        ack_timeout: m(&d.ack_timeout, &t.ack_timeout),
+        max_packet_size: m(&d.max_packet_size, &t.max_packet_size),
     }
 }
 
@@ -2930,6 +2986,8 @@ fn merge_message(d: &MessageOptions, t: &MessageOptions) -> MessageOptions {
         content_type: m(&d.content_type, &t.content_type),
         user_properties: m(&d.user_properties, &t.user_properties),
         message_expiry_interval: m(&d.message_expiry_interval, &t.message_expiry_interval),
+        response_topics: m(&d.response_topics, &t.response_topics),
+        command_rate: m(&d.command_rate, &t.command_rate),
     }
 }
 

@@ -67,6 +67,8 @@ impl std::fmt::Debug for Secret {
 pub struct BrokerSettings {
     /// Where it listens.
     pub listen: SocketAddr,
+    /// Where it serves MQTT 5, if anywhere.
+    pub listen_v5: Option<SocketAddr>,
 }
 
 /// How to reach the broker.
@@ -192,7 +194,17 @@ pub struct SessionSettings {
     pub max_reconnect_interval: Duration,
     /// Messages held in memory while offline.
     pub message_channel_depth: usize,
+    /// The oldest unacknowledged message older than this forces a
+    /// reconnect; zero = never.
+    pub ack_timeout: Duration,
+    /// `maxPacketSize`: the largest packet the broker takes, if configured.
+    pub max_packet_size: Option<u32>,
 }
+
+/// Default `mqtt.client.ackTimeout`.
+pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `mqtt.message.commandRate` (commands per second per device).
+pub const DEFAULT_COMMAND_RATE: f64 = 50.0;
 
 /// The session's store, resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -231,6 +243,34 @@ pub struct MessageSettings {
     pub state_props: std::sync::Arc<crate::mqtt::MessageProps>,
     /// MQTT 5 properties of `$set/result` messages (content type only).
     pub result_props: std::sync::Arc<crate::mqtt::MessageProps>,
+    /// Which MQTT 5 response topics are used.
+    pub response_topics: ResponseTopicPolicy,
+    /// Commands per second (token bucket, burst twice this).
+    pub command_rate: f64,
+}
+
+/// `mqtt.message.responseTopics`, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ResponseTopicPolicy {
+    /// Every valid response topic.
+    #[default]
+    Any,
+    /// None: results go to `T/$set/result` only.
+    None,
+    /// Only response topics matching one of these filters.
+    Filters(Vec<String>),
+}
+
+impl ResponseTopicPolicy {
+    /// The policy for the configured option (absent = `any`).
+    pub fn from_options(o: Option<&crate::config::types::ResponseTopics>) -> Self {
+        use crate::config::types::{ResponseTopics, ResponseTopicsKeyword};
+        match o {
+            None | Some(ResponseTopics::Keyword(ResponseTopicsKeyword::Any)) => Self::Any,
+            Some(ResponseTopics::Keyword(ResponseTopicsKeyword::None)) => Self::None,
+            Some(ResponseTopics::Filters(f)) => Self::Filters(f.clone()),
+        }
+    }
 }
 
 /// When a device publishes.

@@ -167,8 +167,15 @@ pub enum LogFormat {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BrokerSection {
-    /// `host:port` the broker listens on.
+    /// `host:port` the broker listens on (MQTT 3.1.1).
     pub listen: String,
+    /// `host:port` of its MQTT 5 listener, if any.
+    #[serde(default)]
+    pub listen_v5: Option<String>,
+    /// Allow listening on an address other than loopback (the broker has
+    /// no authentication).
+    #[serde(default)]
+    pub allow_remote: bool,
 }
 
 /// `mqtt:` (top level, and per device as overrides).
@@ -226,6 +233,13 @@ pub struct ClientOptions {
     pub message_channel_depth: Option<u32>,
     /// Extra HTTP headers for ws / wss.
     pub http_headers: Option<BTreeMap<String, HeaderValues>>,
+    /// The oldest unacknowledged message older than this forces a
+    /// reconnect; default `60s`, `0s` = never.
+    pub ack_timeout: Option<HumanDuration>,
+    /// Largest packet the broker takes (for MQTT 3.1/3.1.1, which cannot
+    /// say); larger messages are dropped before sending. MQTT 5 uses the
+    /// broker's CONNACK maximum packet size when it is smaller.
+    pub max_packet_size: Option<ByteSize>,
 }
 
 /// An HTTP header's value(s): one string or a list.
@@ -374,6 +388,32 @@ pub struct MessageOptions {
     pub user_properties: Option<BTreeMap<String, String>>,
     /// MQTT 5 message expiry interval of state messages (whole seconds); 0s = none.
     pub message_expiry_interval: Option<HumanDuration>,
+    /// Which MQTT 5 response topics of `$set` are used: `any` (default),
+    /// `none`, or a list of topic filters.
+    pub response_topics: Option<ResponseTopics>,
+    /// Commands per second a device takes (token bucket, burst twice
+    /// this); default 50.
+    pub command_rate: Option<f64>,
+}
+
+/// `mqtt.message.responseTopics:` a keyword or a list of topic filters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ResponseTopics {
+    /// `any` or `none`.
+    Keyword(ResponseTopicsKeyword),
+    /// Only response topics matching one of these filters.
+    Filters(Vec<String>),
+}
+
+/// `any` | `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponseTopicsKeyword {
+    /// Every valid response topic.
+    Any,
+    /// None: results go to `T/$set/result` only.
+    None,
 }
 
 /// `mqtt.message.topic:`

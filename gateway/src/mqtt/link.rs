@@ -36,6 +36,8 @@ pub enum NetEvent {
     Connected {
         /// The broker resumed a stored session.
         session_present: bool,
+        /// MQTT 5: the largest packet the broker accepts (CONNACK).
+        max_packet_size: Option<u32>,
     },
     /// A message arrived on a subscribed topic.
     Message(Inbound),
@@ -129,11 +131,13 @@ impl LinkClient {
                 )
                 .map_err(|e| e.to_string()),
             LinkClient::V5(c) => c
-                .try_subscribe_many(
-                    topics
-                        .iter()
-                        .map(|t| rumqttc::v5::mqttbytes::v5::Filter::new(t.to_string(), qos5(qos))),
-                )
+                .try_subscribe_many(topics.iter().map(|t| {
+                    let mut f = rumqttc::v5::mqttbytes::v5::Filter::new(t.to_string(), qos5(qos));
+                    // Retain handling 2: a retained command is a replay,
+                    // never a command to execute (CONTRACT §9).
+                    f.retain_forward_rule = rumqttc::v5::mqttbytes::v5::RetainForwardRule::Never;
+                    f
+                }))
                 .map_err(|e| e.to_string()),
         }
     }
@@ -441,12 +445,14 @@ impl EventSource for rumqttc::EventLoop {
         match self.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => out.push(NetEvent::Connected {
                 session_present: ack.session_present,
+                max_packet_size: None,
             }),
             Ok(Event::Incoming(Packet::Publish(p))) => out.push(NetEvent::Message(Inbound {
                 topic: p.topic,
                 payload: p.payload,
                 response_topic: None,
                 correlation: None,
+                retain: p.retain,
             })),
             Ok(Event::Incoming(Packet::PubAck(a))) => out.push(NetEvent::Acked(a.pkid)),
             Ok(Event::Incoming(Packet::PubComp(a))) => out.push(NetEvent::Acked(a.pkid)),
@@ -499,6 +505,7 @@ impl EventSource for rumqttc::v5::EventLoop {
         match self.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => out.push(NetEvent::Connected {
                 session_present: ack.session_present,
+                max_packet_size: ack.properties.as_ref().and_then(|p| p.max_packet_size),
             }),
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let (response_topic, correlation) = match p.properties {
@@ -510,6 +517,7 @@ impl EventSource for rumqttc::v5::EventLoop {
                     payload: p.payload,
                     response_topic,
                     correlation,
+                    retain: p.retain,
                 }));
             }
             Ok(Event::Incoming(Packet::PubAck(a))) => {

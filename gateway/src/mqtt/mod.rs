@@ -1,6 +1,7 @@
 //! Northbound MQTT: sessions (one per distinct client options), the in-order
 //! outbox, `$set`/`$get` routing to devices, birth/will and retained topics.
 
+pub mod drops;
 pub mod filestore;
 mod link;
 pub mod outbox;
@@ -54,6 +55,9 @@ pub struct Inbound {
     pub response_topic: Option<String>,
     /// MQTT 5 correlation data.
     pub correlation: Option<Bytes>,
+    /// The retain flag: the broker replayed a stored message (on a
+    /// subscribe), it was not sent now.
+    pub retain: bool,
 }
 
 /// Requests to a running session.

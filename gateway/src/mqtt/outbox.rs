@@ -24,6 +24,9 @@ struct Entry {
     msg: OutMsg,
     stage: Stage,
     meta: Meta,
+    /// Connections that ended while it was alone in flight, shortly after
+    /// it was handed out (see [`Outbox::blame`]).
+    tries: u8,
 }
 
 /// What the store knows about a message besides its content.
@@ -161,6 +164,7 @@ impl Outbox {
             msg,
             stage: Stage::Queued,
             meta,
+            tries: 0,
         });
         dropped
     }
@@ -181,6 +185,7 @@ impl Outbox {
                     waited: true,
                     ..Meta::default()
                 },
+                tries: 0,
             });
             self.front_id -= 1;
         }
@@ -263,6 +268,64 @@ impl Outbox {
             }
             self.cursor += 1;
         }
+    }
+
+    /// Drops the message [`Outbox::peek_queued`] returned without handing
+    /// it out (it can never be sent: larger than the broker takes).
+    pub fn drop_queued(&mut self) {
+        let id = self.cursor;
+        let Some(entry) = self.entry_mut(id) else {
+            return;
+        };
+        entry.stage = Stage::Done;
+        self.cursor += 1;
+        self.complete(id);
+        self.skip_confirmed();
+    }
+
+    /// When the oldest handed-out message still waiting for its packet id
+    /// or acknowledgement was handed out, if any.
+    pub fn oldest_unconfirmed_since(&self) -> Option<Instant> {
+        let handed = self.handed.iter().flatten().map(|(_, at)| *at);
+        self.by_pkid.values().map(|(_, at)| *at).chain(handed).min()
+    }
+
+    /// Ids of the handed-out, unconfirmed messages handed out less than
+    /// `window` ago (the suspects when a connection ends at once).
+    pub fn recent_unconfirmed(&self, window: Duration) -> Vec<u64> {
+        self.handed
+            .iter()
+            .flatten()
+            .chain(self.by_pkid.values())
+            .filter(|(_, at)| at.elapsed() < window)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// After [`Outbox::rewind`]: counts one try of message `id`, which
+    /// was alone in flight when the connection ended (a broker closes the
+    /// connection on a packet it refuses: over its size limit, not
+    /// authorised). At `max_tries` it is dropped: returns its topic and
+    /// payload size.
+    pub fn blame(&mut self, id: u64, max_tries: u8) -> Option<(std::sync::Arc<str>, usize)> {
+        let entry = self.entry_mut(id)?;
+        if entry.stage == Stage::Done {
+            return None;
+        }
+        entry.tries = entry.tries.saturating_add(1);
+        if entry.tries < max_tries {
+            return None;
+        }
+        let gone = (entry.msg.topic.clone(), entry.msg.payload.len());
+        entry.stage = Stage::Done;
+        self.complete(id);
+        self.skip_confirmed();
+        Some(gone)
+    }
+
+    /// True when every message up to id `id` is confirmed (or dropped).
+    pub fn confirmed_through(&self, id: u64) -> bool {
+        self.front_id > id
     }
 
     /// Records a publish that bypasses the store (birth, retained replays) so

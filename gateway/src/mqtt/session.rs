@@ -40,6 +40,20 @@ const SUBSCRIBE_RETRY: Duration = Duration::from_millis(50);
 /// delivers its queued commands right after CONNACK, possibly before the
 /// devices have registered.
 const UNROUTED_HELD: usize = 256;
+/// How often the session does a message no connection survived before
+/// it is dropped as refused (CONTRACT §9).
+const MAX_TRIES: u8 = 3;
+/// A connection that ends within this time of its CONNACK, with messages
+/// handed out within this time unconfirmed, may have been ended by one of
+/// them: the next connection sends one message at a time until those are
+/// confirmed, so that the one that ends it is known (and tried at most
+/// [`MAX_TRIES`] times).
+const POISON_WINDOW: Duration = Duration::from_secs(5);
+/// How often the age of the oldest unacknowledged message is checked.
+const ACK_CHECK: Duration = Duration::from_secs(1);
+/// Fixed header (type byte and up to 4 length bytes) plus the packet id:
+/// added to a PUBLISH's topic, properties and payload for its size.
+const PUBLISH_OVERHEAD: usize = 5 + 2 + 2;
 
 /// Starts a session task for `settings`; it connects at once.
 pub fn spawn(settings: SessionSettings, metrics: Metrics, health: Health) -> SessionHandle {
@@ -89,6 +103,8 @@ struct SessionMetrics {
     published: prometheus::IntCounter,
     reconnects: prometheus::IntCounter,
     dropped: prometheus::IntCounter,
+    dropped_vec: prometheus::IntCounterVec,
+    ignored: prometheus::IntCounterVec,
     replayed: prometheus::IntCounter,
     store_messages: prometheus::IntGauge,
     store_bytes: prometheus::IntGauge,
@@ -103,7 +119,11 @@ impl SessionMetrics {
             connected: metrics.mqtt_connected.with_label_values(&id),
             published: metrics.mqtt_published.with_label_values(&id),
             reconnects: metrics.mqtt_reconnects.with_label_values(&id),
-            dropped: metrics.mqtt_dropped.with_label_values(&id),
+            dropped: metrics
+                .mqtt_dropped
+                .with_label_values(&[client_id, super::drops::STORE_FULL]),
+            dropped_vec: metrics.mqtt_dropped.clone(),
+            ignored: metrics.mqtt_commands_ignored.clone(),
             replayed: metrics.mqtt_replayed.with_label_values(&id),
             store_messages: metrics.mqtt_store_messages.with_label_values(&id),
             store_bytes: metrics.mqtt_store_bytes.with_label_values(&id),
@@ -175,6 +195,20 @@ struct Session {
     backoff: Backoff,
     reconnect_at: Option<Instant>,
     dropped_reported: u64,
+    /// MQTT 5: the broker's maximum packet size from the last CONNACK.
+    broker_max_packet: Option<u32>,
+    /// (device topic, reason) of ignored commands already logged.
+    ignored_logged: std::collections::HashSet<(String, &'static str)>,
+    /// When to check the oldest unacknowledged message's age next.
+    ack_check_at: Option<Instant>,
+    /// The oldest unacknowledged message outlived `ackTimeout`: `/healthz`
+    /// is degraded until the broker acknowledges again.
+    ack_stalled: bool,
+    /// When the current connection was accepted.
+    connected_at: Option<Instant>,
+    /// One message at a time until the outbox has confirmed up to this id
+    /// (after a connection that ended at once; see [`POISON_WINDOW`]).
+    probing: Option<u64>,
 }
 
 impl Session {
@@ -214,6 +248,12 @@ impl Session {
             backoff,
             reconnect_at: None,
             dropped_reported: 0,
+            broker_max_packet: None,
+            ignored_logged: Default::default(),
+            ack_check_at: None,
+            ack_stalled: false,
+            connected_at: None,
+            probing: None,
         }
     }
 
@@ -247,6 +287,7 @@ impl Session {
             let reconnect_at = self.reconnect_at;
             let subs_retry_at = self.subs_retry_at;
             let first_attempt_ends = self.first_attempt;
+            let ack_check_at = self.ack_check_at;
             tokio::select! {
                 ev = link.events.recv() => match ev {
                     Some(ev) => self.on_net(ev, &link.permits).await,
@@ -276,6 +317,17 @@ impl Session {
                 }
                 _ = sleep_until_opt(subs_retry_at) => self.subs_retry_at = None,
                 _ = sleep_until_opt(first_attempt_ends) => self.first_attempt = None,
+                _ = sleep_until_opt(ack_check_at) => {
+                    self.ack_check_at = None;
+                    if let Some(reason) = self.ack_overdue() {
+                        // rumqttc cannot be told to drop a connection that
+                        // is alive: end the link and open a fresh one.
+                        link.task.abort();
+                        link = link::open(&self.settings);
+                        self.client = link.client.clone();
+                        self.on_net(NetEvent::Down(reason), &link.permits).await;
+                    }
+                }
             }
             self.flush_subscriptions();
             self.feed();
@@ -313,6 +365,9 @@ impl Session {
                     );
                 }
                 self.count_dropped(opened.dropped);
+                if opened.damaged > 0 {
+                    self.count_drop(super::drops::STORE_DAMAGED, opened.damaged as u64);
+                }
             }
             Err(e) => tracing::error!(
                 session = %self.id(),
@@ -494,7 +549,13 @@ impl Session {
 
     async fn on_net(&mut self, ev: NetEvent, permits: &mpsc::Sender<()>) {
         match ev {
-            NetEvent::Connected { session_present } => self.on_connected(session_present),
+            NetEvent::Connected {
+                session_present,
+                max_packet_size,
+            } => {
+                self.broker_max_packet = max_packet_size;
+                self.on_connected(session_present)
+            }
             NetEvent::Message(msg) => self.route(msg),
             NetEvent::Written(pkid) => {
                 self.m.published.inc();
@@ -504,6 +565,17 @@ impl Session {
             NetEvent::Acked(pkid) => {
                 if let Some(latency) = self.outbox.on_acked(pkid) {
                     self.m.ack_latency.observe(latency.as_secs_f64());
+                }
+                if self
+                    .probing
+                    .is_some_and(|upto| self.outbox.confirmed_through(upto))
+                {
+                    self.probing = None;
+                }
+                if self.ack_stalled {
+                    self.ack_stalled = false;
+                    self.health.clear(&ack_health_key(&self.settings.client_id));
+                    tracing::info!(session = %self.id(), "the broker acknowledges messages again");
                 }
                 self.update_store_gauges();
             }
@@ -527,12 +599,17 @@ impl Session {
                     .mqtt_reason_codes
                     .with_label_values(&[&self.settings.client_id, r.packet, &r.code])
                     .inc();
+                if matches!(r.packet, "puback" | "pubrec") {
+                    // Final: the message leaves the store with its Acked.
+                    self.count_drop(super::drops::REFUSED, 1);
+                }
             }
             NetEvent::Down(reason) => {
                 self.first_attempt = None;
                 let was_connected = self.connected;
                 self.connected = false;
-                self.outbox.rewind();
+                self.ack_check_at = None;
+                self.rewind_after_loss();
                 self.priority.clear();
                 self.m.connected.set(0);
                 self.health.set_problem(
@@ -581,6 +658,10 @@ impl Session {
         self.first_attempt = None;
         self.backoff.reset();
         self.m.connected.set(1);
+        self.connected_at = Some(Instant::now());
+        if !self.settings.ack_timeout.is_zero() {
+            self.ack_check_at = Some(Instant::now() + ACK_CHECK);
+        }
         self.health.clear(&health_key(&id));
         self.restore_subscriptions(session_present);
         let will = &self.settings.will;
@@ -672,6 +753,16 @@ impl Session {
     }
 
     fn route(&mut self, msg: Inbound) {
+        if msg.retain {
+            // A stored command the broker replays on a subscribe: it was
+            // executed (or not) when it was sent; never again.
+            self.ignore_command(
+                &msg.topic,
+                super::drops::CMD_RETAINED,
+                "retained command ignored: only commands sent while subscribed are executed; clear it with an empty retained message",
+            );
+            return;
+        }
         match self.routes.get(msg.topic.as_str()) {
             Some(to) => {
                 if let Err(e) = to.try_send(Box::new(msg)) {
@@ -680,20 +771,145 @@ impl Session {
                             m.topic.clone()
                         }
                     };
-                    tracing::warn!(
-                        session = %self.id(),
-                        "command on {topic} dropped: the device is busy with earlier commands"
+                    self.ignore_command(
+                        &topic,
+                        super::drops::CMD_INBOX_FULL,
+                        "command dropped: the device is busy with earlier commands",
                     );
                 }
             }
             None => {
                 tracing::debug!(session = %self.id(), "holding message on unrouted topic {}", msg.topic);
                 if self.unrouted.len() >= UNROUTED_HELD {
-                    self.unrouted.pop_front();
+                    if let Some(old) = self.unrouted.pop_front() {
+                        self.ignore_command(
+                            &old.topic,
+                            super::drops::CMD_UNROUTED,
+                            "command dropped: no device claimed its topic",
+                        );
+                    }
                 }
                 self.unrouted.push_back(msg);
             }
         }
+    }
+
+    /// Counts a command not executed and logs it once per device and reason.
+    fn ignore_command(&mut self, topic: &str, reason: &'static str, what: &str) {
+        self.m
+            .ignored
+            .with_label_values(&[&self.settings.client_id, reason])
+            .inc();
+        let device = topic
+            .strip_suffix("/$set")
+            .or_else(|| topic.strip_suffix("/$get"))
+            .unwrap_or(topic);
+        if self.ignored_logged.len() < 4096
+            && self.ignored_logged.insert((device.to_owned(), reason))
+        {
+            tracing::warn!(
+                session = %self.id(),
+                reason,
+                "{what} ({topic}; further ones for this device are only counted in fieldgate_mqtt_commands_ignored_total)"
+            );
+        } else {
+            tracing::debug!(session = %self.id(), reason, "{what} ({topic})");
+        }
+    }
+
+    /// Counts `n` messages dropped for `reason`.
+    fn count_drop(&self, reason: &'static str, n: u64) {
+        if n > 0 {
+            self.m
+                .dropped_vec
+                .with_label_values(&[&self.settings.client_id, reason])
+                .inc_by(n);
+        }
+    }
+
+    /// The largest packet the broker takes: its CONNACK maximum (MQTT 5)
+    /// or the configured `maxPacketSize`, whichever is smaller.
+    fn packet_limit(&self) -> Option<usize> {
+        match (self.broker_max_packet, self.settings.max_packet_size) {
+            (Some(a), Some(b)) => Some(a.min(b) as usize),
+            (a, b) => a.or(b).map(|n| n as usize),
+        }
+    }
+
+    /// When the oldest unacknowledged message was handed out longer than
+    /// `ackTimeout` ago: marks `/healthz` degraded and says why the
+    /// connection is dropped. Otherwise schedules the next check.
+    fn ack_overdue(&mut self) -> Option<String> {
+        if !self.connected || self.settings.ack_timeout.is_zero() {
+            return None;
+        }
+        let limit = self.settings.ack_timeout;
+        let overdue = self
+            .outbox
+            .oldest_unconfirmed_since()
+            .is_some_and(|at| at.elapsed() > limit);
+        if !overdue {
+            self.ack_check_at = Some(Instant::now() + ACK_CHECK);
+            return None;
+        }
+        let reason = format!(
+            "no acknowledgement from the broker within ackTimeout ({}); reconnecting",
+            humantime::format_duration(limit)
+        );
+        tracing::warn!(session = %self.id(), "{reason}");
+        self.ack_stalled = true;
+        self.health.set_problem(
+            &ack_health_key(&self.settings.client_id),
+            format!("MQTT session {}: {reason}", self.settings.client_id),
+        );
+        Some(reason)
+    }
+
+    /// The connection was lost: unconfirmed messages go back to the queue.
+    /// A connection that ended at once may have been ended by one of them
+    /// (a broker closes the connection on a packet it refuses): the next
+    /// sends one at a time; a message alone in flight when a connection
+    /// ends gets a try, and after [`MAX_TRIES`] it is dropped as refused.
+    fn rewind_after_loss(&mut self) {
+        let quick = self
+            .connected_at
+            .take()
+            .is_some_and(|at| at.elapsed() < POISON_WINDOW);
+        let suspects = if quick {
+            self.outbox.recent_unconfirmed(POISON_WINDOW)
+        } else {
+            Vec::new()
+        };
+        let was_probing = self.probing.is_some();
+        self.outbox.rewind();
+        if let ([id], true) = (suspects.as_slice(), was_probing) {
+            if let Some((topic, size)) = self.outbox.blame(*id, MAX_TRIES) {
+                self.count_drop(super::drops::REFUSED, 1);
+                // A retained topic would come back with every replay.
+                self.retained.remove(&topic);
+                tracing::warn!(
+                    session = %self.id(),
+                    "dropped the message on {topic} ({size} bytes of payload): the connection ended each of the {MAX_TRIES} times it was sent (refused by the broker?)"
+                );
+                self.update_store_gauges();
+            }
+        }
+        if let Some(&last) = suspects.iter().max() {
+            self.probing = Some(self.probing.map_or(last, |p| p.max(last)));
+        }
+    }
+
+    /// Counts and logs a message dropped for being larger than `limit`.
+    fn too_large(&mut self, msg: Option<&OutMsg>, limit: Option<usize>) {
+        let Some(msg) = msg else { return };
+        self.count_drop(super::drops::TOO_LARGE, 1);
+        tracing::warn!(
+            session = %self.id(),
+            "dropped the message on {} ({} bytes of payload): larger than the broker's maximum packet size ({} bytes)",
+            msg.topic,
+            msg.payload.len(),
+            limit.unwrap_or_default()
+        );
     }
 
     /// Hands queued messages to the connection, birth/retained replays
@@ -703,8 +919,15 @@ impl Session {
             return;
         }
         let mut replayed = 0;
-        while self.outbox.in_flight() < WINDOW {
+        let limit = self.packet_limit();
+        let window = if self.probing.is_some() { 1 } else { WINDOW };
+        while self.outbox.in_flight() < window {
             if let Some(msg) = self.priority.front() {
+                if limit.is_some_and(|l| packet_size(msg) > l) {
+                    let msg = self.priority.pop_front();
+                    self.too_large(msg.as_ref(), limit);
+                    continue;
+                }
                 if self.client.try_publish(msg).is_err() {
                     break;
                 }
@@ -720,6 +943,13 @@ impl Session {
             let Some(msg) = self.outbox.peek_queued() else {
                 break;
             };
+            if limit.is_some_and(|l| packet_size(msg) > l) {
+                let msg = msg.clone();
+                self.outbox.drop_queued();
+                self.too_large(Some(&msg), limit);
+                self.update_store_gauges();
+                continue;
+            }
             if self.client.try_publish(msg).is_err() {
                 break;
             }
@@ -735,6 +965,26 @@ impl Session {
 
 fn health_key(client_id: &str) -> String {
     format!("mqtt:{client_id}")
+}
+
+/// `/healthz` key of a session whose broker stopped acknowledging.
+fn ack_health_key(client_id: &str) -> String {
+    format!("mqtt-ack:{client_id}")
+}
+
+/// A PUBLISH packet's size on the wire, at most a few bytes over: fixed
+/// header, topic, packet id, MQTT 5 properties and payload.
+fn packet_size(msg: &OutMsg) -> usize {
+    let props = msg.correlation.as_ref().map_or(0, |c| 3 + c.len())
+        + msg.props.as_ref().map_or(0, |p| {
+            p.content_type.as_ref().map_or(0, |c| 3 + c.len())
+                + p.message_expiry.map_or(0, |_| 5)
+                + p.user_properties
+                    .iter()
+                    .map(|(k, v)| 5 + k.len() + v.len())
+                    .sum::<usize>()
+        });
+    PUBLISH_OVERHEAD + msg.topic.len() + props + 4 + msg.payload.len()
 }
 
 async fn recv_predecessor(

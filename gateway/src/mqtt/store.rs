@@ -6,6 +6,7 @@
 //! unconfirmed messages in order after a reconnect.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::filestore::{self, FileLog, StoreError};
@@ -273,6 +274,36 @@ impl Store {
     /// The connection was lost: unconfirmed messages go back to the queue.
     pub fn rewind(&mut self) {
         self.outbox.rewind();
+    }
+
+    /// See [`Outbox::recent_unconfirmed`].
+    pub fn recent_unconfirmed(&self, window: Duration) -> Vec<u64> {
+        self.outbox.recent_unconfirmed(window)
+    }
+
+    /// See [`Outbox::blame`].
+    pub fn blame(&mut self, id: u64, max_tries: u8) -> Option<(Arc<str>, usize)> {
+        let gone = self.outbox.blame(id, max_tries);
+        if gone.is_some() {
+            self.release();
+        }
+        gone
+    }
+
+    /// See [`Outbox::confirmed_through`].
+    pub fn confirmed_through(&self, id: u64) -> bool {
+        self.outbox.confirmed_through(id)
+    }
+
+    /// Drops the next queued message unsent (see [`Outbox::drop_queued`]).
+    pub fn drop_queued(&mut self) {
+        self.outbox.drop_queued();
+        self.release();
+    }
+
+    /// When the oldest unconfirmed message was handed out.
+    pub fn oldest_unconfirmed_since(&self) -> Option<std::time::Instant> {
+        self.outbox.oldest_unconfirmed_since()
     }
 
     /// Closes the store. `hand_over`: returns every unconfirmed message,

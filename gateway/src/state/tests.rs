@@ -65,6 +65,8 @@ pub(crate) fn device_with(props: Vec<PropertySemantics>, publish: PublishPolicy)
             wait_timeout: Duration::ZERO,
             state_props: Default::default(),
             result_props: Default::default(),
+            response_topics: Default::default(),
+            command_rate: crate::config::resolved::DEFAULT_COMMAND_RATE,
         },
     }
 }

@@ -9,7 +9,10 @@
 //! same answer as the plain JSON. Then the same bytes go to the running
 //! device actor (dummy driver, no broker) as `$get` and `$set`: the `$get`
 //! is answered by no result, the `$set` by exactly the predicted
-//! `$set/result` (and the same reply on an MQTT 5 response topic).
+//! `$set/result` (and the same reply on an MQTT 5 response topic when that
+//! topic is valid; an empty, wildcard or `$` response topic gets no reply
+//! and an error naming it in the result). A retained `$set` (a replay by
+//! the broker) is never answered nor executed.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -55,7 +58,7 @@ const PROPERTIES: &str = r#"
 pub fn config_text() -> String {
     format!(
         r#"gateway: {{ namespace: fuzz, stateDirectory: /tmp/fieldgate-fuzz-state }}
-mqtt: {{ client: {{ server: "tcp://127.0.0.1:1883" }} }}
+mqtt: {{ client: {{ server: "tcp://127.0.0.1:1883" }}, message: {{ commandRate: 1.0e9 }} }}
 devices:
   - name: raw
     driver: dummy
@@ -89,14 +92,16 @@ pub fn devices() -> &'static [Arc<DeviceSettings>] {
     })
 }
 
-/// The fuzz entry point: the first byte picks the device (and whether an
-/// MQTT 5 response topic is given), the rest is the payload.
+/// The fuzz entry point: the first byte picks the device (bits 0–4),
+/// whether an MQTT 5 response topic is given (bit 7) and which (bits 5–6:
+/// valid, empty, wildcard, `$`-topic; without bit 7: bit 5 sends the
+/// `$set` retained first), the rest is the payload.
 pub fn run(data: &[u8]) {
     let Some((&choice, payload)) = data.split_first() else {
         return;
     };
     let all = devices();
-    let index = usize::from(choice & 0x7f) % all.len();
+    let index = usize::from(choice & 0x1f) % all.len();
     let device = &all[index];
     let encode = device.message.payload_encode;
     let outcome = command::parse_set(payload, encode, device);
@@ -110,7 +115,41 @@ pub fn run(data: &[u8]) {
     };
     let reply_to =
         (choice & 0x80 != 0).then(|| Bytes::copy_from_slice(&payload[..payload.len().min(8)]));
-    check_actor(index, payload, reply_to, &expected);
+    let kind = (choice >> 5) & 3;
+    let response_topic = reply_to.as_ref().map(|_| match kind {
+        0 => format!("{}/reply", device.message.topic),
+        1 => String::new(),
+        2 => format!("{}/+", device.message.topic),
+        _ => "$SYS/reply".to_owned(),
+    });
+    if reply_to.is_none() && kind & 1 == 1 {
+        // The payload arrives retained first: ignored. Then `{}` live,
+        // whose result must be the first one.
+        let empty: &[u8] = match encode {
+            PayloadEncode::Raw => b"{}",
+            PayloadEncode::Base64 => b"e30=",
+        };
+        let rejection = command::parse_set(empty, encode, device).expect_err("{} sets nothing");
+        let expected = command::rejection_payload(&rejection);
+        check_actor(index, empty, None, None, Some(payload), &expected);
+        return;
+    }
+    check_actor(index, payload, reply_to, response_topic, None, &expected);
+}
+
+/// `expected` with the error a refused response topic adds (`$payload`,
+/// unless the result already has one).
+fn with_refusal(expected: &[u8], why: Option<String>) -> Vec<u8> {
+    let Some(why) = why else {
+        return expected.to_vec();
+    };
+    let mut obj = result_object(expected);
+    if let Some(serde_json::Value::Object(errors)) = obj.get_mut("errors") {
+        errors
+            .entry("$payload")
+            .or_insert(serde_json::Value::String(why));
+    }
+    serde_json::to_vec(&obj).expect("JSON")
 }
 
 /// The body of a payload: what `parse_set` parses as JSON.
@@ -166,16 +205,36 @@ fn check_outcome(
         Ok(request) => check_request(device, payload, request),
         Err(rejection) => {
             assert!(!rejection.errors.is_empty(), "a rejection without errors");
-            let obj = result_object(&command::rejection_payload(rejection));
-            check_result_shape(&obj, rejection.id.as_ref(), false);
+            let bytes = command::rejection_payload(rejection);
+            assert!(
+                bytes.len() <= command::MAX_RESULT,
+                "result of {} bytes",
+                bytes.len()
+            );
+            let obj = result_object(&bytes);
+            let id = rejection.id.as_ref().filter(|_| obj.contains_key("$id"));
+            check_result_shape(&obj, id, false);
             assert!(obj["applied"].as_object().is_some_and(Map::is_empty));
             let errors = obj["errors"].as_object().map_or(0, Map::len);
-            assert_eq!(
-                errors,
-                rejection.errors.len(),
-                "every problem is reported once: {:?}",
-                rejection.errors
+            let more = obj["errors"]["$more"].as_u64().unwrap_or(0) as usize;
+            let listed = errors - usize::from(more > 0);
+            assert!(
+                listed <= command::MAX_LISTED_ERRORS,
+                "{listed} errors listed"
             );
+            // Keys are cut to 256 characters: long ones may merge.
+            let long_keys = rejection
+                .errors
+                .iter()
+                .any(|(k, _)| k.chars().count() > 256);
+            if !long_keys {
+                assert_eq!(
+                    listed + more,
+                    rejection.errors.len(),
+                    "every problem is reported once or counted: {:?}",
+                    rejection.errors
+                );
+            }
             if payload.len() > MAX_SET_PAYLOAD {
                 assert_eq!(rejection.errors[0].0, "$payload");
             }
@@ -409,27 +468,48 @@ fn driven() -> &'static Mutex<Vec<Driven>> {
     })
 }
 
-/// Sends the payload as `$get` and as `$set`; the next result must be the
-/// `$set`'s, exactly `expected` (encoded as the device encodes).
-fn check_actor(index: usize, payload: &[u8], correlation: Option<Bytes>, expected: &[u8]) {
+/// Sends the payload as `$get` and as `$set` (after `retained_first` as a
+/// retained `$set`); the next result must be the `$set`'s, exactly
+/// `expected` (encoded as the device encodes), and a reply comes on the
+/// response topic only when it may be used.
+fn check_actor(
+    index: usize,
+    payload: &[u8],
+    correlation: Option<Bytes>,
+    response_topic: Option<String>,
+    retained_first: Option<&[u8]>,
+    expected: &[u8],
+) {
     let mut all = driven().lock().unwrap_or_else(|e| e.into_inner());
     let d = &mut all[index];
     let t = d.settings.message.topic.clone();
+    let refusal = response_topic.as_deref().and_then(|topic| {
+        command::reply::refuse_response_topic(topic, &d.settings.message.response_topics)
+    });
+    let expected = with_refusal(expected, refusal.clone());
     let expected = match d.settings.message.payload_encode {
-        PayloadEncode::Raw => Bytes::copy_from_slice(expected),
+        PayloadEncode::Raw => Bytes::from(expected),
         PayloadEncode::Base64 => {
-            Bytes::from(base64::engine::general_purpose::STANDARD.encode(expected))
+            Bytes::from(base64::engine::general_purpose::STANDARD.encode(&expected))
         }
     };
-    let reply_topic = correlation.as_ref().map(|_| format!("{t}/reply"));
+    let reply_topic = response_topic.clone().filter(|_| refusal.is_none());
     runtime().block_on(async {
         let payload = Bytes::copy_from_slice(payload);
-        for (suffix, response_topic) in [("$get", None), ("$set", reply_topic.clone())] {
+        let mut sends = vec![
+            ("$get", None, false, payload.clone()),
+            ("$set", response_topic, false, payload.clone()),
+        ];
+        if let Some(first) = retained_first {
+            sends.insert(0, ("$set", None, true, Bytes::copy_from_slice(first)));
+        }
+        for (suffix, response_topic, retain, payload) in sends {
             let msg = Inbound {
                 topic: format!("{t}/{suffix}"),
-                payload: payload.clone(),
+                payload,
                 response_topic,
                 correlation: correlation.clone(),
+                retain,
             };
             d.inbox
                 .send_async(Box::new(msg))

@@ -556,6 +556,7 @@ devices:
                 payload: "offline".into(),
                 response_topic: None,
                 correlation: None,
+                retain: false,
             }))
             .expect("inbox");
         assert!(published(&drain(&mut rx).await).is_empty());
@@ -565,6 +566,7 @@ devices:
                 payload: "online".into(),
                 response_topic: None,
                 correlation: None,
+                retain: false,
             }))
             .expect("inbox");
         assert_eq!(published(&drain(&mut rx).await), all);
