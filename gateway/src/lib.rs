@@ -13,6 +13,7 @@ pub mod device;
 pub mod heap;
 pub mod http;
 pub mod mqtt;
+pub mod northbound;
 pub mod reload;
 pub mod sdnotify;
 pub mod settle;

@@ -272,7 +272,7 @@ fn header_modifier(
 
 /// Creates the client for `settings` and starts its connection task; the
 /// first connection attempt waits for the first permit.
-pub fn open(settings: &SessionSettings) -> Link {
+pub fn open(settings: &SessionSettings, will: Option<super::WillHook>) -> Link {
     let (events_tx, events) = mpsc::channel(1024);
     let (permits, permits_rx) = mpsc::channel(1);
     let will_qos = settings.will.qos;
@@ -332,6 +332,7 @@ pub fn open(settings: &SessionSettings) -> Link {
             permits_rx,
             route,
             settings.clone(),
+            will.clone(),
         ));
         (LinkClient::V5(client), task)
     } else {
@@ -365,6 +366,7 @@ pub fn open(settings: &SessionSettings) -> Link {
             permits_rx,
             route,
             settings.clone(),
+            will,
         ));
         (LinkClient::V4(client), task)
     };
@@ -428,6 +430,8 @@ trait EventSource: Send {
     /// session replays from its outbox. With `drain_channel` also the
     /// requests queued in the channel since the failure.
     fn forget_pending(&mut self, drain_channel: bool);
+    /// Sets the will payload of the next CONNECT.
+    fn set_will_payload(&mut self, payload: Vec<u8>);
 }
 
 impl EventSource for rumqttc::EventLoop {
@@ -484,6 +488,13 @@ impl EventSource for rumqttc::EventLoop {
             self.clean();
         }
         self.pending.clear();
+    }
+
+    fn set_will_payload(&mut self, payload: Vec<u8>) {
+        if let Some(mut w) = self.mqtt_options.last_will() {
+            w.message = payload.into();
+            self.mqtt_options.set_last_will(w);
+        }
     }
 }
 
@@ -573,6 +584,13 @@ impl EventSource for rumqttc::v5::EventLoop {
         }
         self.pending.clear();
     }
+
+    fn set_will_payload(&mut self, payload: Vec<u8>) {
+        if let Some(mut w) = self.options.last_will() {
+            w.message = payload.into();
+            self.options.set_last_will(w);
+        }
+    }
 }
 
 /// Drives an event loop of either version: prepares the route, polls and
@@ -584,6 +602,7 @@ async fn drive<L: EventSource>(
     mut permits: mpsc::Receiver<()>,
     mut route: Route,
     settings: SessionSettings,
+    will: Option<super::WillHook>,
 ) {
     if permits.recv().await.is_none() {
         return;
@@ -595,6 +614,10 @@ async fn drive<L: EventSource>(
                 return;
             }
             continue;
+        }
+        // A dialect's will (Sparkplug's NDEATH) changes with every CONNECT.
+        if let Some(hook) = &will {
+            el.set_will_payload(hook.payload(true));
         }
         loop {
             evs.clear();

@@ -16,7 +16,9 @@ use crate::deadline::sleep_until_opt;
 
 use super::link::{self, LinkClient, NetEvent, WINDOW};
 use super::store::Store;
-use super::{Inbound, OutMsg, SessionHandle, SessionInput, StopMode, StopRequest};
+use super::{
+    ConnEvent, Inbound, OutMsg, SessionHandle, SessionHooks, SessionInput, StopMode, StopRequest,
+};
 use crate::config::resolved::{SessionSettings, StoreSettings};
 use crate::telemetry::{Health, Metrics};
 
@@ -43,7 +45,17 @@ const UNROUTED_HELD: usize = 256;
 
 /// Starts a session task for `settings`; it connects at once.
 pub fn spawn(settings: SessionSettings, metrics: Metrics, health: Health) -> SessionHandle {
-    start(settings, metrics, health, None)
+    start(settings, metrics, health, None, SessionHooks::default())
+}
+
+/// [`spawn`] with a dialect's hooks.
+pub fn spawn_with(
+    settings: SessionSettings,
+    metrics: Metrics,
+    health: Health,
+    hooks: SessionHooks,
+) -> SessionHandle {
+    start(settings, metrics, health, None, hooks)
 }
 
 /// Starts a session that takes messages at once but connects only when its
@@ -54,8 +66,18 @@ pub fn spawn_successor(
     metrics: Metrics,
     health: Health,
 ) -> (SessionHandle, oneshot::Sender<Vec<OutMsg>>) {
+    spawn_successor_with(settings, metrics, health, SessionHooks::default())
+}
+
+/// [`spawn_successor`] with a dialect's hooks.
+pub fn spawn_successor_with(
+    settings: SessionSettings,
+    metrics: Metrics,
+    health: Health,
+    hooks: SessionHooks,
+) -> (SessionHandle, oneshot::Sender<Vec<OutMsg>>) {
     let (tx, rx) = oneshot::channel();
-    (start(settings, metrics, health, Some(rx)), tx)
+    (start(settings, metrics, health, Some(rx), hooks), tx)
 }
 
 fn start(
@@ -63,12 +85,14 @@ fn start(
     metrics: Metrics,
     health: Health,
     predecessor: Option<oneshot::Receiver<Vec<OutMsg>>>,
+    hooks: SessionHooks,
 ) -> SessionHandle {
     let (tx, rx) = mpsc::channel(1024);
     let (stop_tx, stop_rx) = mpsc::channel(1);
     let client_id: Arc<str> = settings.client_id.as_str().into();
-    let link = link::open(&settings);
-    let session = Session::new(settings, link.client.clone(), metrics, health);
+    let link = link::open(&settings, hooks.will.clone());
+    let mut session = Session::new(settings, link.client.clone(), metrics, health);
+    session.hooks = hooks;
     let backlog = Some(super::Backlog {
         messages: session.m.store_messages.clone(),
         connected: session.m.connected.clone(),
@@ -79,6 +103,7 @@ fn start(
         tx,
         stop: stop_tx,
         backlog,
+        dialect: Default::default(),
     }
 }
 
@@ -175,6 +200,8 @@ struct Session {
     backoff: Backoff,
     reconnect_at: Option<Instant>,
     dropped_reported: u64,
+    /// A northbound dialect's hooks.
+    hooks: SessionHooks,
 }
 
 impl Session {
@@ -214,6 +241,7 @@ impl Session {
             backoff,
             reconnect_at: None,
             dropped_reported: 0,
+            hooks: SessionHooks::default(),
         }
     }
 
@@ -351,9 +379,13 @@ impl Session {
             return;
         }
         let will = &self.settings.will;
+        let payload = match &self.hooks.will {
+            Some(hook) => hook.payload(false),
+            None => will.payload.clone(),
+        };
         let will = OutMsg {
             topic: will.topic.as_str().into(),
-            payload: Bytes::from(will.payload.clone()),
+            payload: Bytes::from(payload),
             qos: will.qos,
             retain: will.retained,
             correlation: None,
@@ -494,7 +526,10 @@ impl Session {
 
     async fn on_net(&mut self, ev: NetEvent, permits: &mpsc::Sender<()>) {
         match ev {
-            NetEvent::Connected { session_present } => self.on_connected(session_present),
+            NetEvent::Connected { session_present } => {
+                self.on_connected(session_present);
+                self.return_to_dialect().await;
+            }
             NetEvent::Message(msg) => self.route(msg),
             NetEvent::Written(pkid) => {
                 self.m.published.inc();
@@ -535,6 +570,9 @@ impl Session {
                 self.outbox.rewind();
                 self.priority.clear();
                 self.m.connected.set(0);
+                if let Some(to) = &self.hooks.connection {
+                    let _ = to.send(ConnEvent::Down);
+                }
                 self.health.set_problem(
                     &health_key(&self.settings.client_id),
                     format!(
@@ -584,14 +622,16 @@ impl Session {
         self.health.clear(&health_key(&id));
         self.restore_subscriptions(session_present);
         let will = &self.settings.will;
-        self.priority.push_back(OutMsg {
-            topic: will.topic.as_str().into(),
-            payload: Bytes::from_static(b"online"),
-            qos: will.qos,
-            retain: will.retained,
-            correlation: None,
-            props: None,
-        });
+        if !self.hooks.no_birth {
+            self.priority.push_back(OutMsg {
+                topic: will.topic.as_str().into(),
+                payload: Bytes::from_static(b"online"),
+                qos: will.qos,
+                retain: will.retained,
+                correlation: None,
+                props: None,
+            });
+        }
         // After a reconnect the broker may have lost its retained store
         // (restart without persistence): give it the retained topics again.
         // On the first connect they are still queued in the outbox, unless
@@ -600,6 +640,24 @@ impl Session {
             self.priority
                 .extend(self.retained.values().map(Retained::message));
         }
+    }
+
+    /// With a dialect that wants word of connects: hands it what the store
+    /// holds (it re-sends that in its own terms), then says connected.
+    async fn return_to_dialect(&mut self) {
+        let Some(to) = self.hooks.connection.clone() else {
+            return;
+        };
+        let returned = if self.outbox.is_empty() {
+            Vec::new()
+        } else {
+            let fresh = Store::new(&self.settings.store, self.settings.message_channel_depth);
+            let store = std::mem::replace(&mut self.outbox, fresh);
+            let left = store.close(true).await;
+            self.open_store(Vec::new()).await;
+            left
+        };
+        let _ = to.send(ConnEvent::Up { returned });
     }
 
     /// After a connect: without a stored session, subscribe to every
