@@ -7,6 +7,8 @@ pub mod bdseq;
 pub mod metric;
 pub(crate) mod node;
 pub mod proto;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 

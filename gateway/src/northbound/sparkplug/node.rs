@@ -111,6 +111,14 @@ struct Dev {
     dcmd: Arc<str>,
 }
 
+/// The `seq` for the next message, advancing `seq` (0–255, then 0 again;
+/// an NBIRTH resets it to 0 first).
+pub(super) fn next_seq(seq: &mut u8) -> u64 {
+    let s = *seq;
+    *seq = seq.wrapping_add(1);
+    u64::from(s)
+}
+
 /// Starts the node task.
 pub(super) fn spawn(
     sp: SparkplugSettings,
@@ -226,9 +234,7 @@ impl Node {
     }
 
     fn next_seq(&mut self) -> u64 {
-        let s = self.seq;
-        self.seq = self.seq.wrapping_add(1);
-        u64::from(s)
+        next_seq(&mut self.seq)
     }
 
     async fn publish(&self, topic: Arc<str>, payload: &Payload) {
