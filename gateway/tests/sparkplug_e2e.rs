@@ -322,6 +322,8 @@ async fn a_sparkplug_host_sees_births_data_commands_rebirth_and_death() {
     gw.kill9();
     let death = host.wait("NDEATH", None, before);
     assert_eq!(bdseq(&death), 0);
+    assert_eq!(death["qos"], 1, "NDEATH is the will, QoS 1");
+    assert_eq!(death["retain"], false);
 
     // A restart on the same state directory: bdSeq + 1.
     let _gw2 = Gateway::start(&yaml);
@@ -373,7 +375,10 @@ async fn primary_host_state_and_outages_give_births_then_history() {
     host.call(json!({"cmd": "state", "online": false}));
     let death = host.wait("NDEATH", None, index(&nbirth));
     assert_eq!(bdseq(&death), first_bdseq);
+    assert_eq!(death["qos"], 1);
     assert!(gw.wait_for_log("primary host is offline", WAIT));
+    // …and a new connection (Sparkplug 3.0), whose births wait for the host.
+    assert!(gw.wait_for_log("disconnecting to connect again", WAIT));
     // Let the boiler's counter advance while the host is away (its reads
     // go on: wait for a few of them in the metrics).
     let reads = || {
@@ -388,6 +393,11 @@ async fn primary_host_state_and_outages_give_births_then_history() {
     assert!(support::wait_until(WAIT, || reads() >= r0 + 4));
     host.call(json!({"cmd": "state", "online": true}));
     let reborn = host.wait("NBIRTH", None, index(&death));
+    assert_eq!(
+        bdseq(&reborn),
+        (first_bdseq + 1) % 256,
+        "a new connection after the NDEATH"
+    );
     let dbirth = host.wait("DBIRTH", Some("boiler"), index(&reborn));
     let hist = host.wait_with(
         json!({"type": "DDATA", "device": "boiler", "after": index(&dbirth),
@@ -415,7 +425,7 @@ async fn primary_host_state_and_outages_give_births_then_history() {
     let nbirth3 = host.wait("NBIRTH", None, before);
     assert_eq!(
         bdseq(&nbirth3),
-        (first_bdseq + 1) % 256,
+        (first_bdseq + 2) % 256,
         "one bdSeq step per connection"
     );
     let dbirth3 = host.wait("DBIRTH", Some("boiler"), index(&nbirth3));

@@ -94,6 +94,11 @@ pub enum SessionInput {
         /// Exact topic.
         topic: Arc<str>,
     },
+    /// End the connection with DISCONNECT (no will) once what is queued
+    /// before this request has been handed to it, then connect again as
+    /// after any loss (a dialect's rule, e.g. Sparkplug's primary host
+    /// going offline).
+    Reconnect,
 }
 
 /// Builds a retained message's payload on demand (see

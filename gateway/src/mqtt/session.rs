@@ -474,6 +474,17 @@ impl Session {
                     }
                 }
             }
+            SessionInput::Reconnect => {
+                // What came before is handed to the client first, so the
+                // DISCONNECT follows it on the wire.
+                self.feed();
+                if self.connected {
+                    tracing::info!(session = %self.id(), "disconnecting to connect again");
+                    if let Err(e) = self.client.try_disconnect() {
+                        tracing::warn!(session = %self.id(), "cannot disconnect: {e}");
+                    }
+                }
+            }
             SessionInput::Unroute { topic } => {
                 self.pending_subs.remove(&topic);
                 if self.routes.remove(&topic).is_some() && self.connected {

@@ -638,13 +638,22 @@ impl Node {
             }
         } else {
             tracing::warn!(
-                "Sparkplug: primary host is offline: NDEATH; data is kept as history until it is back"
+                "Sparkplug: primary host is offline: NDEATH and reconnect; data is kept as history until it is back"
             );
             if self.live {
                 self.live = false;
-                let p = Payload::decode(super::ndeath_payload(self.bdseq.current()).as_slice())
-                    .unwrap_or_default();
-                self.publish(self.ndeath.clone(), &p).await;
+                // NDEATH as the will would carry it (QoS 1), then a new
+                // connection (Sparkplug 3.0): the births wait for the host.
+                let msg = OutMsg {
+                    topic: self.ndeath.clone(),
+                    payload: Bytes::from(super::ndeath_payload(self.bdseq.current())),
+                    qos: 1,
+                    retain: false,
+                    correlation: None,
+                    props: None,
+                };
+                self.session.send(SessionInput::Publish(msg)).await;
+                self.session.send(SessionInput::Reconnect).await;
             }
         }
     }

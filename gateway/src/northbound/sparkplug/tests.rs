@@ -128,9 +128,18 @@ fn dcmd_values_become_set_json() {
         ..Default::default()
     };
     let cases = [
-        (metric(DataType::Int16, V::IntValue(65533)), serde_json::json!(-3)),
-        (metric(DataType::Int8, V::IntValue(255)), serde_json::json!(-1)),
-        (metric(DataType::UInt32, V::IntValue(7)), serde_json::json!(7)),
+        (
+            metric(DataType::Int16, V::IntValue(65533)),
+            serde_json::json!(-3),
+        ),
+        (
+            metric(DataType::Int8, V::IntValue(255)),
+            serde_json::json!(-1),
+        ),
+        (
+            metric(DataType::UInt32, V::IntValue(7)),
+            serde_json::json!(7),
+        ),
         (
             metric(DataType::Int64, V::LongValue(u64::MAX)),
             serde_json::json!(-1),
@@ -206,7 +215,10 @@ fn config_resolves_the_edge_node() {
 
 #[test]
 fn config_errors_are_located() {
-    let e = load(&format!("mqtt:\n  message: {{ format: sparkplugB }}\n{FAN}")).unwrap_err();
+    let e = load(&format!(
+        "mqtt:\n  message: {{ format: sparkplugB }}\n{FAN}"
+    ))
+    .unwrap_err();
     assert!(
         e.iter()
             .any(|l| l.starts_with("c.yaml:2:22: mqtt.message.format:") && l.contains("groupId")),
