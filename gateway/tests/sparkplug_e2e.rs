@@ -362,7 +362,7 @@ async fn primary_host_state_and_outages_give_births_then_history() {
         ", primaryHostId: scada",
     );
     // The node waits for the primary host before it births.
-    let gw = Gateway::start(&yaml);
+    let mut gw = Gateway::start(&yaml);
     assert!(gw.wait_for_log("waiting for primary host `scada`", WAIT));
     let mut host = Host::start(port, "plant-a", "gw-01", Some("scada"));
     let nbirth = host.wait("NBIRTH", None, -1);
@@ -437,7 +437,17 @@ async fn primary_host_state_and_outages_give_births_then_history() {
         metric(&hist3, "count")["timestamp"].as_u64().unwrap()
             < nbirth3["timestamp"].as_u64().unwrap()
     );
-    host.check();
-    drop(gw);
+    // A device that stops answering: DDEATH, and NDATA with the devices online.
+    let plc_birth = host.wait("DBIRTH", Some("plc"), index(&nbirth3));
     server.stop().await;
+    let ddeath = host.wait("DDEATH", Some("plc"), index(&plc_birth));
+    let ndata = host.wait("NDATA", None, index(&ddeath));
+    assert_eq!(metric(&ndata, "Node Info/Devices Online")["value"], 2);
+
+    // A clean stop: NDEATH with the bdSeq of the current connection.
+    gw.sigterm();
+    let death = host.wait("NDEATH", None, index(&ndata));
+    assert_eq!(bdseq(&death), bdseq(&nbirth3));
+    assert!(gw.wait_exit(WAIT).is_some_and(|s| s.success()));
+    host.check();
 }
