@@ -210,7 +210,7 @@ fn json_f64(f: f64) -> Result<serde_json::Value, String> {
 
 /// Bytes from lowercase or uppercase hex (`None` for malformed text).
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

@@ -606,11 +606,12 @@ impl Node {
                 );
                 continue;
             }
-            if metric.value == Some(metric::Value::BooleanValue(true)) {
-                if self.connected && self.host_online {
-                    tracing::info!("Sparkplug: rebirth requested");
-                    self.birth().await;
-                }
+            if metric.value == Some(metric::Value::BooleanValue(true))
+                && self.connected
+                && self.host_online
+            {
+                tracing::info!("Sparkplug: rebirth requested");
+                self.birth().await;
             }
         }
     }
