@@ -315,6 +315,10 @@ struct DummyArgs {
     /// Time between the first state message and the measurement window.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     warmup: Duration,
+    /// Publish Sparkplug B (`mqtt.message.format: sparkplugB`) instead of
+    /// fieldgate's topics; values are counted as DDATA/DBIRTH metrics.
+    #[arg(long)]
+    sparkplug: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -408,26 +412,31 @@ async fn measure_dummy(args: &DummyArgs) -> anyhow::Result<Report> {
         bail!("--interval and --duration must be more than 0");
     }
     let scenario = format!(
-        "dummy devices={} properties={} interval={}",
+        "dummy devices={} properties={} interval={}{}",
         args.devices,
         args.properties,
-        humantime::format_duration(args.interval)
+        humantime::format_duration(args.interval),
+        if args.sparkplug {
+            " format=sparkplugB"
+        } else {
+            ""
+        }
     );
     let expected = (args.devices * args.properties) as f64 / args.interval.as_secs_f64();
     let dir = RunDir::create(args.common.keep)?;
     let (_broker, port) = process::start_mosquitto(&dir.path).await?;
     let config = dir.path.join("config.yaml");
-    std::fs::write(
-        &config,
-        scenario::dummy_config(
-            args.devices,
-            args.properties,
-            args.interval,
-            port,
-            &dir.path.join("state"),
-        ),
-    )
-    .with_context(|| format!("write {}", config.display()))?;
+    let mut yaml = scenario::dummy_config(
+        args.devices,
+        args.properties,
+        args.interval,
+        port,
+        &dir.path.join("state"),
+    );
+    if args.sparkplug {
+        yaml = scenario::as_sparkplug(&yaml);
+    }
+    std::fs::write(&config, yaml).with_context(|| format!("write {}", config.display()))?;
     measure_gateway(
         &args.common,
         &dir.path,
@@ -442,6 +451,11 @@ async fn measure_dummy(args: &DummyArgs) -> anyhow::Result<Report> {
             scenario,
             expected_values_per_second: expected,
             device_requests: None,
+            counter_prefix: if args.sparkplug {
+                counter::SPARKPLUG
+            } else {
+                scenario::PREFIX
+            },
         },
     )
     .await
@@ -512,6 +526,7 @@ async fn measure_modbus(args: &ModbusArgs) -> anyhow::Result<(Report, Option<f64
             scenario,
             expected_values_per_second: expected,
             device_requests: Some(fleet.requests()),
+            counter_prefix: scenario::PREFIX,
         },
     )
     .await?;
@@ -713,6 +728,7 @@ async fn run_scale(args: ScaleArgs) -> anyhow::Result<()> {
                         interval,
                         duration: args.duration,
                         warmup: args.warmup,
+                        sparkplug: false,
                         common,
                     })
                     .await?
@@ -746,6 +762,8 @@ struct Load {
     expected_values_per_second: f64,
     /// Requests answered by the scenario's simulated field devices, if any.
     device_requests: Option<Arc<AtomicU64>>,
+    /// Topic prefix the values arrive under: fieldgate's, or `spBv1.0`.
+    counter_prefix: &'static str,
 }
 
 async fn run_reload(args: ReloadArgs) -> anyhow::Result<()> {
@@ -931,6 +949,7 @@ async fn run_opcua(args: OpcuaArgs) -> anyhow::Result<()> {
             scenario,
             expected_values_per_second: expected,
             device_requests: None,
+            counter_prefix: scenario::PREFIX,
         },
     )
     .await?;
@@ -962,8 +981,9 @@ async fn measure_gateway(
         scenario,
         expected_values_per_second,
         device_requests,
+        counter_prefix,
     } = load;
-    let counter = StateCounter::connect(port, scenario::PREFIX).await?;
+    let counter = StateCounter::connect(port, counter_prefix).await?;
     let binary = common
         .fieldgate
         .clone()
