@@ -27,8 +27,42 @@ pub enum Kind {
     Other,
 }
 
+/// The Sparkplug B topic namespace: with this prefix the counter counts
+/// the metrics of DBIRTH and DDATA messages as values.
+pub const SPARKPLUG: &str = "spBv1.0";
+
+/// Classifies a Sparkplug B message: `spBv1.0/<group>/<type>/<node>/<device>`.
+fn classify_sparkplug(topic: &str, payload: &[u8]) -> Kind {
+    let levels: Vec<&str> = topic.split('/').collect();
+    if levels.len() != 5 || !matches!(levels[2], "DDATA" | "DBIRTH") {
+        return Kind::Other;
+    }
+    match sparkplug_metrics(payload) {
+        Some(values) => Kind::State { values, errors: 0 },
+        None => Kind::Malformed,
+    }
+}
+
+/// The number of metrics (field 2) of a Sparkplug B payload, the other
+/// fields skipped with prost's wire-format decoder.
+fn sparkplug_metrics(mut buf: &[u8]) -> Option<u64> {
+    use prost::encoding::{decode_key, skip_field, DecodeContext};
+    let mut n = 0;
+    while !buf.is_empty() {
+        let (tag, wire_type) = decode_key(&mut buf).ok()?;
+        if tag == 2 {
+            n += 1;
+        }
+        skip_field(wire_type, tag, &mut buf, DecodeContext::default()).ok()?;
+    }
+    Some(n)
+}
+
 /// Classifies a message published under `prefix` (topic layout `with: nn`).
 pub fn classify(prefix: &str, topic: &str, payload: &[u8]) -> Kind {
+    if prefix == SPARKPLUG {
+        return classify_sparkplug(topic, payload);
+    }
     let Some(rest) = topic.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) else {
         return Kind::Other;
     };

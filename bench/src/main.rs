@@ -318,6 +318,10 @@ struct DummyArgs {
     /// Turn on Home Assistant discovery (`mqtt.discovery.homeAssistant`).
     #[arg(long)]
     ha_discovery: bool,
+    /// Publish Sparkplug B (`mqtt.message.format: sparkplugB`) instead of
+    /// fieldgate's topics; values are counted as DDATA/DBIRTH metrics.
+    #[arg(long)]
+    sparkplug: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -411,10 +415,15 @@ async fn measure_dummy(args: &DummyArgs) -> anyhow::Result<Report> {
         bail!("--interval and --duration must be more than 0");
     }
     let scenario = format!(
-        "dummy devices={} properties={} interval={}",
+        "dummy devices={} properties={} interval={}{}",
         args.devices,
         args.properties,
-        humantime::format_duration(args.interval)
+        humantime::format_duration(args.interval),
+        if args.sparkplug {
+            " format=sparkplugB"
+        } else {
+            ""
+        }
     );
     let expected = (args.devices * args.properties) as f64 / args.interval.as_secs_f64();
     let dir = RunDir::create(args.common.keep)?;
@@ -434,6 +443,9 @@ async fn measure_dummy(args: &DummyArgs) -> anyhow::Result<Report> {
             1,
         );
     }
+    if args.sparkplug {
+        yaml = scenario::as_sparkplug(&yaml);
+    }
     std::fs::write(&config, yaml).with_context(|| format!("write {}", config.display()))?;
     measure_gateway(
         &args.common,
@@ -449,6 +461,11 @@ async fn measure_dummy(args: &DummyArgs) -> anyhow::Result<Report> {
             scenario,
             expected_values_per_second: expected,
             device_requests: None,
+            counter_prefix: if args.sparkplug {
+                counter::SPARKPLUG
+            } else {
+                scenario::PREFIX
+            },
         },
     )
     .await
@@ -519,6 +536,7 @@ async fn measure_modbus(args: &ModbusArgs) -> anyhow::Result<(Report, Option<f64
             scenario,
             expected_values_per_second: expected,
             device_requests: Some(fleet.requests()),
+            counter_prefix: scenario::PREFIX,
         },
     )
     .await?;
@@ -721,6 +739,7 @@ async fn run_scale(args: ScaleArgs) -> anyhow::Result<()> {
                         duration: args.duration,
                         warmup: args.warmup,
                         ha_discovery: false,
+                        sparkplug: false,
                         common,
                     })
                     .await?
@@ -754,6 +773,8 @@ struct Load {
     expected_values_per_second: f64,
     /// Requests answered by the scenario's simulated field devices, if any.
     device_requests: Option<Arc<AtomicU64>>,
+    /// Topic prefix the values arrive under: fieldgate's, or `spBv1.0`.
+    counter_prefix: &'static str,
 }
 
 async fn run_reload(args: ReloadArgs) -> anyhow::Result<()> {
@@ -939,6 +960,7 @@ async fn run_opcua(args: OpcuaArgs) -> anyhow::Result<()> {
             scenario,
             expected_values_per_second: expected,
             device_requests: None,
+            counter_prefix: scenario::PREFIX,
         },
     )
     .await?;
@@ -970,8 +992,9 @@ async fn measure_gateway(
         scenario,
         expected_values_per_second,
         device_requests,
+        counter_prefix,
     } = load;
-    let counter = StateCounter::connect(port, scenario::PREFIX).await?;
+    let counter = StateCounter::connect(port, counter_prefix).await?;
     let binary = common
         .fieldgate
         .clone()

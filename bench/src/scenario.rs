@@ -189,6 +189,17 @@ pub fn opcua_config(
     y.join("\n")
 }
 
+/// A generated config speaking Sparkplug B (group `bench`, edge node = the
+/// namespace) instead of fieldgate's topics.
+pub fn as_sparkplug(yaml: &str) -> String {
+    yaml.replacen("  message:\n", "  message:\n    format: sparkplugB\n", 1)
+        .replacen(
+            "\ndevices:\n",
+            "\n  sparkplug: { groupId: bench }\ndevices:\n",
+            1,
+        )
+}
+
 /// The `gateway:` and `mqtt:` sections of every generated config, up to `devices:`.
 fn header(what: &str, broker_port: u16, state_directory: &Path) -> Vec<String> {
     vec![

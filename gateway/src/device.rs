@@ -29,6 +29,8 @@ use crate::command::{self, SetRequest};
 use crate::config::resolved::DeviceSettings;
 use crate::config::types::PayloadEncode;
 use crate::mqtt::{Inbound, Inbox, OutMsg, PayloadBuilder, SessionHandle, SessionInput};
+use crate::northbound::sparkplug::node::NodeInput;
+use crate::northbound::{sparkplug::NodeHandle, Dialect};
 use crate::state::{self, DeviceState};
 use crate::telemetry::{DeviceSeries, Metrics, SetResult};
 
@@ -271,6 +273,20 @@ struct Actor {
     /// Why the device is offline, while it is (for the status page).
     offline_reason: Option<Box<str>>,
     limit: Option<Box<CommandLimit>>,
+    /// Sparkplug B: the session's edge node and this device's DCMD topic
+    /// (`None`: fieldgate topics).
+    sparkplug: Option<Box<(NodeHandle, Arc<str>)>>,
+}
+
+/// The edge node and DCMD topic of `name` when `session` speaks Sparkplug B.
+fn sparkplug_of(session: &SessionHandle, name: &str) -> Option<Box<(NodeHandle, Arc<str>)>> {
+    match &session.dialect {
+        Dialect::Fieldgate => None,
+        Dialect::Sparkplug(node) => {
+            let dcmd = node.dcmd_topic(name).into();
+            Some(Box::new((node.clone(), dcmd)))
+        }
+    }
 }
 
 impl Actor {
@@ -281,6 +297,7 @@ impl Actor {
         };
         m.series.set_up(false);
         Self {
+            sparkplug: sparkplug_of(&session, &settings.name),
             topics: Topics::new(&settings.message.topic),
             state: DeviceState::new(&settings),
             settings,
@@ -345,6 +362,10 @@ impl Actor {
                 biased;
                 request = futures_util::StreamExt::next(&mut control) => match request {
                     Some(Control::MoveTo(session)) => {
+                        if let Some(sp) = self.sparkplug.take() {
+                            sp.0.send(NodeInput::Detach { name: self.settings.name.clone() }).await;
+                        }
+                        self.sparkplug = sparkplug_of(&session, &self.settings.name);
                         self.session = session;
                         tracing::info!(device = %self.name(), session = %self.session.client_id, "moved to another MQTT session");
                         Box::pin(self.announce(&meta, &inbox_tx)).await;
@@ -428,6 +449,16 @@ impl Actor {
         }
         drop(driver);
         self.m.series.set_up(false);
+        if let Some(sp) = &self.sparkplug {
+            sp.0.send(NodeInput::Detach {
+                name: self.settings.name.clone(),
+            })
+            .await;
+            if clear_retained {
+                self.m.metrics.remove_device(&self.settings.name);
+            }
+            return;
+        }
         self.retain(self.topics.status.clone(), Bytes::from_static(b"offline"))
             .await;
         if clear_retained {
@@ -454,6 +485,24 @@ impl Actor {
     /// Registers the command topics with the current session and publishes
     /// the retained `$meta` (and `$state`, once known) there.
     async fn announce(&self, meta: &PayloadBuilder, inbox: &Inbox) {
+        if let Some(sp) = &self.sparkplug {
+            sp.0.send(NodeInput::Attach {
+                settings: self.settings.clone(),
+                inbox: inbox.clone(),
+            })
+            .await;
+            if let Some(online) = self.online {
+                sp.0.send(NodeInput::Online {
+                    name: self.settings.name.clone(),
+                    online,
+                })
+                .await;
+                if online {
+                    self.publish_state(Vec::new()).await;
+                }
+            }
+            return;
+        }
         let msg = self.retained_msg(self.topics.meta.clone(), meta.build());
         self.publish(SessionInput::SetRetainedRebuilt {
             msg,
@@ -470,6 +519,7 @@ impl Actor {
                 .send(SessionInput::Route {
                     topic: topic.clone(),
                     to: inbox.clone(),
+                    retained: false,
                 })
                 .await;
         }
@@ -529,6 +579,14 @@ impl Actor {
         } else {
             tracing::info!(device = %self.name(), "online");
         }
+        if let Some(sp) = &self.sparkplug {
+            sp.0.send(NodeInput::Online {
+                name: self.settings.name.clone(),
+                online,
+            })
+            .await;
+            return;
+        }
         let payload: &'static [u8] = if online { b"online" } else { b"offline" };
         self.retain(self.topics.status.clone(), Bytes::from_static(payload))
             .await;
@@ -544,6 +602,16 @@ impl Actor {
     }
 
     async fn publish_state(&self, json: Vec<u8>) {
+        if let Some(sp) = &self.sparkplug {
+            let (at, values) = self.state.snapshot();
+            sp.0.send(NodeInput::Data {
+                name: self.settings.name.clone(),
+                at,
+                values,
+            })
+            .await;
+            return;
+        }
         let msg = OutMsg {
             topic: self.topics.state.clone(),
             payload: self.encode(json),
@@ -620,6 +688,13 @@ impl Actor {
                 tracing::debug!(device = %self.name(), "$get ignored: the driver is busy");
                 self.count_ignored(crate::mqtt::drops::CMD_BUSY);
             }
+            return;
+        }
+        if self
+            .sparkplug
+            .as_ref()
+            .is_some_and(|sp| *sp.1 != *msg.topic)
+        {
             return;
         }
         let mut reply_note = None;
@@ -798,6 +873,21 @@ impl Actor {
         if let Some(http) = http {
             // The page may have given up waiting: nothing to do then.
             let _ = http.send(json.clone());
+        }
+        if self.sparkplug.is_some() {
+            // Sparkplug has no result topic: the outcome is logged (and
+            // counted by the caller); the read-back follows as DDATA.
+            let ok = serde_json::from_slice::<serde_json::Value>(&json)
+                .ok()
+                .and_then(|v| v.get("ok").and_then(serde_json::Value::as_bool))
+                .unwrap_or(false);
+            let text = String::from_utf8_lossy(&json);
+            if ok {
+                tracing::info!(device = %self.name(), "Sparkplug DCMD applied: {text}");
+            } else {
+                tracing::warn!(device = %self.name(), "Sparkplug DCMD refused: {text}");
+            }
+            return;
         }
         let payload = self.encode(json);
         let qos = self.settings.message.qos;

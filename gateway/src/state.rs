@@ -429,6 +429,21 @@ impl DeviceState {
         payload
     }
 
+    /// The time of the latest readings and every property's current value
+    /// (`None`: unread or failed), in property order: what a dialect other
+    /// than fieldgate's JSON publishes.
+    pub(crate) fn snapshot(&self) -> (SystemTime, Vec<Option<Published>>) {
+        let values = self
+            .current
+            .iter()
+            .map(|slot| match slot {
+                Slot::Value(v) => Some(v.clone()),
+                Slot::Error(_) | Slot::Unread => None,
+            })
+            .collect();
+        (self.at.unwrap_or_else(SystemTime::now), values)
+    }
+
     /// Serializes the current state.
     fn payload(&self) -> Vec<u8> {
         let mut buf = Vec::with_capacity(self.last_len + 16);

@@ -11,7 +11,7 @@ use fieldgate_drivers::Buses;
 
 use crate::config::resolved::{DeviceSettings, Resolved, SessionSettings};
 use crate::device::{self, RunningDevice};
-use crate::mqtt::{self, SessionHandle};
+use crate::mqtt::SessionHandle;
 use crate::telemetry::{Health, Metrics};
 
 /// Devices started together before their session's backlog is looked at.
@@ -146,12 +146,17 @@ impl Supervisor {
                 .cloned();
             let handle = match replaces {
                 Some(o) => {
-                    let (handle, takeover) =
-                        mqtt::spawn_successor(s.clone(), self.metrics.clone(), self.health.clone());
+                    let (handle, takeover) = crate::northbound::spawn_successor(
+                        s.clone(),
+                        self.metrics.clone(),
+                        self.health.clone(),
+                    );
                     successors.push((o, takeover));
                     handle
                 }
-                None => mqtt::spawn(s.clone(), self.metrics.clone(), self.health.clone()),
+                None => {
+                    crate::northbound::spawn(s.clone(), self.metrics.clone(), self.health.clone())
+                }
             };
             self.sessions.insert(s.clone(), handle);
         }

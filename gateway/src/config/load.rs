@@ -430,7 +430,7 @@ struct ParsedDevice<'n> {
 }
 
 const ROOT_KEYS: &[&str] = &["gateway", "broker", "mqtt", "devices", "include"];
-const MQTT_KEYS: &[&str] = &["client", "message", "discovery"];
+const MQTT_KEYS: &[&str] = &["client", "message", "discovery", "sparkplug"];
 const MODBUS_PROTOCOL: &[&str] = &[
     "tcp",
     "rtu",
@@ -686,6 +686,22 @@ impl Loader<'_> {
             format!("{gateway_topic}/$will"),
         );
         sessions.push(gw_session.unwrap_or_else(placeholder_session));
+        let sparkplug_on = top.message.format == Some(MessageFormat::SparkplugB);
+        if sparkplug_on {
+            let sp = self.resolve_sparkplug(top_mqtt_node, &top, &ns, &gateway.state_directory);
+            if let Some(sp) = &sp {
+                // NDEATH is the will: QoS 1, not retained (its payload, with
+                // the bdSeq of each CONNECT, is set by the edge node).
+                sessions[0].will = WillSettings {
+                    topic: crate::northbound::sparkplug::node_topic(sp, "NDEATH"),
+                    // Stable across reloads; replaced at every CONNECT.
+                    payload: Vec::new(),
+                    qos: 1,
+                    retained: false,
+                };
+            }
+            sessions[0].sparkplug = sp;
+        }
 
         // Devices, each resolved as soon as it is parsed: the parsed property
         // configs of one device are dropped before the next is read, so a
@@ -850,6 +866,19 @@ impl Loader<'_> {
                 }
             };
 
+            if sparkplug_on {
+                if session != 0 {
+                    self.ctx.key(
+                        d.node,
+                        &d.path,
+                        &["mqtt"],
+                        "with `mqtt.message.format: sparkplugB` every device publishes through the gateway's one edge node: a device cannot have MQTT client options of its own",
+                    );
+                }
+                if let Err(e) = check_sparkplug_id(&d.config.name, "device id") {
+                    self.ctx.val(d.node, &d.path, &["name"], e);
+                }
+            }
             let (state_props, result_props) = message_props(&merged_msg);
             let message = MessageSettings {
                 topic: t,
@@ -1021,6 +1050,14 @@ impl Loader<'_> {
             let p = join(path, "message");
             if let Some(opts) = self.ctx.de::<MessageOptions>(m, &p) {
                 self.check_message(m, &p, &opts, top);
+                if !top && opts.format.is_some() {
+                    self.ctx.key(
+                        m,
+                        &p,
+                        &["format"],
+                        "`format` is chosen for the whole gateway: set it under the top-level `mqtt.message`",
+                    );
+                }
                 out.message = opts;
             }
         }
@@ -1044,6 +1081,20 @@ impl Loader<'_> {
                     }
                 }
                 out.discovery = Some(opts);
+            }
+        }
+        if let Some(sn) = n.get("sparkplug").filter(|x| !x.is_null()) {
+            if top {
+                out.sparkplug = self
+                    .ctx
+                    .de::<SparkplugOptions>(sn, &join(path, "sparkplug"));
+            } else {
+                self.ctx.key(
+                    n,
+                    path,
+                    &["sparkplug"],
+                    "`sparkplug` is set for the whole gateway: move it to the top-level `mqtt`",
+                );
             }
         }
         out
@@ -1811,6 +1862,86 @@ impl Loader<'_> {
         }
     }
 
+    /// `mqtt.sparkplug` with `format: sparkplugB`: ids checked (Sparkplug
+    /// and NATS-safe), the edge node id defaulting to the namespace.
+    fn resolve_sparkplug(
+        &mut self,
+        mqtt: Option<&Node>,
+        top: &MqttOptions,
+        ns: &str,
+        state_directory: &str,
+    ) -> Option<SparkplugSettings> {
+        let mqtt = mqtt?;
+        let sp_node = mqtt.get("sparkplug").filter(|n| !n.is_null());
+        let opts = top.sparkplug.clone().unwrap_or_default();
+        let group = opts.group_id.clone().filter(|g| !g.is_empty());
+        let mut ok = true;
+        let Some(group) = group else {
+            let msg = "Sparkplug B needs a group id: set `mqtt.sparkplug.groupId` (e.g. `sparkplug: { groupId: plant-a }`)";
+            match sp_node {
+                Some(n) => self.ctx.at(n, "mqtt.sparkplug", msg),
+                None => match mqtt.get("message") {
+                    Some(m) => self.ctx.val(m, "mqtt.message", &["format"], msg),
+                    None => self.ctx.at(mqtt, "mqtt", msg),
+                },
+            }
+            return None;
+        };
+        for (key, value, what) in [
+            ("groupId", Some(group.as_str()), "group id"),
+            ("edgeNodeId", opts.edge_node_id.as_deref(), "edge node id"),
+            (
+                "primaryHostId",
+                opts.primary_host_id.as_deref().filter(|h| !h.is_empty()),
+                "primary host id",
+            ),
+        ] {
+            if let (Some(v), Some(n)) = (value, sp_node) {
+                if let Err(e) = check_sparkplug_id(v, what) {
+                    self.ctx.val(n, "mqtt.sparkplug", &[key], e);
+                    ok = false;
+                }
+            }
+        }
+        let edge = opts
+            .edge_node_id
+            .clone()
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| ns.to_owned());
+        if opts.edge_node_id.as_deref().is_none_or(str::is_empty) {
+            if let Err(e) = check_sparkplug_id(&edge, "edge node id") {
+                let msg = format!("{e} (the edge node id defaults to the namespace: set `mqtt.sparkplug.edgeNodeId`)");
+                match sp_node {
+                    Some(n) => self.ctx.at(n, "mqtt.sparkplug", msg),
+                    None => self.ctx.at(mqtt, "mqtt", msg),
+                }
+                ok = false;
+            }
+        }
+        if matches!(
+            top.client.store.as_ref().and_then(|s| s.kind),
+            Some(StoreKind::File)
+        ) {
+            if let Some(c) = mqtt.get("client") {
+                self.ctx.val(
+                    c,
+                    "mqtt.client",
+                    &["store"],
+                    "with Sparkplug B the outage buffer is the edge node's own (in memory, `messageChannelDepth` messages): use `store: { type: memory }`",
+                );
+                ok = false;
+            }
+        }
+        ok.then(|| SparkplugSettings {
+            bdseq_file: Path::new(state_directory)
+                .join("sparkplug")
+                .join(format!("{group}-{edge}.bdseq")),
+            group_id: group,
+            edge_node_id: edge,
+            primary_host_id: opts.primary_host_id.clone().filter(|h| !h.is_empty()),
+        })
+    }
+
     /// Resolves one session from merged configured options.
     fn resolve_session(
         &mut self,
@@ -1966,6 +2097,7 @@ impl Loader<'_> {
             max_packet_size: c
                 .max_packet_size
                 .map(|b| u32::try_from(b.0).unwrap_or(u32::MAX)),
+            sparkplug: None,
         })
     }
 
@@ -2228,6 +2360,25 @@ fn placeholder_session() -> SessionSettings {
         message_channel_depth: 100,
         ack_timeout: crate::config::resolved::DEFAULT_ACK_TIMEOUT,
         max_packet_size: None,
+        sparkplug: None,
+    }
+}
+
+/// A Sparkplug id (group, edge node, device, host): letters, digits, `_`
+/// and `-`. Sparkplug forbids `+`, `/` and `#`; `.`, `*`, `>` and white
+/// space are not allowed either, as hosts that bridge to NATS cannot carry them.
+pub(crate) fn check_sparkplug_id(id: &str, what: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err(format!("the Sparkplug {what} must not be empty"));
+    }
+    match id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        None => Ok(()),
+        Some(c) => Err(format!(
+            "`{id}` cannot be a Sparkplug {what}: `{c}` is not allowed; use letters, digits, `_` and `-` (Sparkplug forbids `+`, `/`, `#`; `.`, `*`, `>` and spaces break NATS-based hosts)"
+        )),
     }
 }
 
@@ -2979,6 +3130,7 @@ fn merge_message(d: &MessageOptions, t: &MessageOptions) -> MessageOptions {
             }),
             (None, None) => None,
         },
+        format: m(&d.format, &t.format),
         payload_encode: m(&d.payload_encode, &t.payload_encode),
         qos: m(&d.qos, &t.qos),
         retained: m(&d.retained, &t.retained),

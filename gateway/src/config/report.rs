@@ -124,6 +124,17 @@ fn client_options(out: &mut String, pad: &str, s: &SessionSettings) {
 fn session(out: &mut String, i: usize, s: &SessionSettings) {
     let _ = writeln!(out, "  [{i}] client id {}", s.client_id);
     client_options(out, "      ", s);
+    if let Some(sp) = &s.sparkplug {
+        let _ = writeln!(
+            out,
+            "      Sparkplug B edge node {}/{} ({}), primary host {}, bdSeq in {}",
+            sp.group_id,
+            sp.edge_node_id,
+            crate::northbound::sparkplug::node_topic(sp, "NBIRTH"),
+            sp.primary_host_id.as_deref().unwrap_or("(none)"),
+            sp.bdseq_file.display()
+        );
+    }
 }
 
 fn device(out: &mut String, r: &Resolved, d: &DeviceSettings) {
@@ -145,12 +156,24 @@ fn device(out: &mut String, r: &Resolved, d: &DeviceSettings) {
     }
     let t = &d.message.topic;
     let _ = writeln!(out, "    topics:");
-    let _ = writeln!(out, "      {t}  (state)");
-    let _ = writeln!(out, "      {t}/$set  (commands in)");
-    let _ = writeln!(out, "      {t}/$set/result  (command results)");
-    let _ = writeln!(out, "      {t}/$get  (read now)");
-    let _ = writeln!(out, "      {t}/$state  (online/offline)");
-    let _ = writeln!(out, "      {t}/$meta  (metadata)");
+    if let Some(sp) = r.sessions.get(d.session).and_then(|s| s.sparkplug.as_ref()) {
+        use crate::northbound::sparkplug::device_topic;
+        for (kind, what) in [
+            ("DBIRTH", "birth: every property as a metric"),
+            ("DDATA", "changed metrics"),
+            ("DDEATH", "offline"),
+            ("DCMD", "writes in"),
+        ] {
+            let _ = writeln!(out, "      {}  ({what})", device_topic(sp, kind, &d.name));
+        }
+    } else {
+        let _ = writeln!(out, "      {t}  (state)");
+        let _ = writeln!(out, "      {t}/$set  (commands in)");
+        let _ = writeln!(out, "      {t}/$set/result  (command results)");
+        let _ = writeln!(out, "      {t}/$get  (read now)");
+        let _ = writeln!(out, "      {t}/$state  (online/offline)");
+        let _ = writeln!(out, "      {t}/$meta  (metadata)");
+    }
     let _ = writeln!(
         out,
         "    syncInterval {}, timeout {}",

@@ -199,6 +199,22 @@ pub struct SessionSettings {
     pub ack_timeout: Duration,
     /// `maxPacketSize`: the largest packet the broker takes, if configured.
     pub max_packet_size: Option<u32>,
+    /// Sparkplug B edge node of this session (`mqtt.message.format:
+    /// sparkplugB`); `None`: fieldgate topics.
+    pub sparkplug: Option<SparkplugSettings>,
+}
+
+/// `mqtt.sparkplug`, resolved: the edge node one session speaks for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SparkplugSettings {
+    /// Group id (topic level 2).
+    pub group_id: String,
+    /// Edge node id (topic level 4); default the namespace.
+    pub edge_node_id: String,
+    /// Primary host whose `spBv1.0/STATE/<id>` gates the births.
+    pub primary_host_id: Option<String>,
+    /// Where the last `bdSeq` is kept.
+    pub bdseq_file: PathBuf,
 }
 
 /// Default `mqtt.client.ackTimeout`.

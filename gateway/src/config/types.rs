@@ -189,6 +189,32 @@ pub struct MqttOptions {
     /// Discovery for consumers (top level only): Home Assistant.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub discovery: Option<crate::northbound::homeassistant::config::DiscoveryOptions>,
+    /// Sparkplug B identity (top level only; with `message.format: sparkplugB`).
+    pub sparkplug: Option<SparkplugOptions>,
+}
+
+/// `mqtt.sparkplug:` the Sparkplug B edge node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SparkplugOptions {
+    /// Group id (required with `format: sparkplugB`).
+    pub group_id: Option<String>,
+    /// Edge node id; default the namespace.
+    pub edge_node_id: Option<String>,
+    /// Primary host id: birth only while its STATE says online; "" = none.
+    pub primary_host_id: Option<String>,
+}
+
+/// `mqtt.message.format:` the northbound dialect.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum MessageFormat {
+    /// fieldgate topics and JSON payloads.
+    #[default]
+    #[serde(rename = "fieldgate")]
+    Fieldgate,
+    /// Sparkplug B 3.0.
+    #[serde(rename = "sparkplugB")]
+    SparkplugB,
 }
 
 /// `mqtt.client:` every key optional so per-device overrides can be merged
@@ -371,6 +397,8 @@ pub enum StoreKind {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct MessageOptions {
+    /// fieldgate (default) | sparkplugB; top level only.
+    pub format: Option<MessageFormat>,
     /// Topic naming.
     pub topic: Option<TopicOptions>,
     /// raw | base64

@@ -118,7 +118,12 @@ impl LinkClient {
     }
 
     /// Queues a subscription without waiting.
-    pub fn try_subscribe(&self, topics: &[Arc<str>], qos: u8) -> Result<(), String> {
+    pub fn try_subscribe(
+        &self,
+        topics: &[Arc<str>],
+        qos: u8,
+        keeps_retained: &std::collections::HashSet<Arc<str>>,
+    ) -> Result<(), String> {
         if topics.is_empty() {
             return Ok(());
         }
@@ -134,8 +139,12 @@ impl LinkClient {
                 .try_subscribe_many(topics.iter().map(|t| {
                     let mut f = rumqttc::v5::mqttbytes::v5::Filter::new(t.to_string(), qos5(qos));
                     // Retain handling 2: a retained command is a replay,
-                    // never a command to execute (CONTRACT §9).
-                    f.retain_forward_rule = rumqttc::v5::mqttbytes::v5::RetainForwardRule::Never;
+                    // never a command to execute (CONTRACT §9). Topics that
+                    // carry a kept state (a host's STATE) get it.
+                    if !keeps_retained.contains(t) {
+                        f.retain_forward_rule =
+                            rumqttc::v5::mqttbytes::v5::RetainForwardRule::Never;
+                    }
                     f
                 }))
                 .map_err(|e| e.to_string()),
@@ -276,7 +285,7 @@ fn header_modifier(
 
 /// Creates the client for `settings` and starts its connection task; the
 /// first connection attempt waits for the first permit.
-pub fn open(settings: &SessionSettings) -> Link {
+pub fn open(settings: &SessionSettings, will: Option<super::WillHook>) -> Link {
     let (events_tx, events) = mpsc::channel(1024);
     let (permits, permits_rx) = mpsc::channel(1);
     let will_qos = settings.will.qos;
@@ -336,6 +345,7 @@ pub fn open(settings: &SessionSettings) -> Link {
             permits_rx,
             route,
             settings.clone(),
+            will.clone(),
         ));
         (LinkClient::V5(client), task)
     } else {
@@ -369,6 +379,7 @@ pub fn open(settings: &SessionSettings) -> Link {
             permits_rx,
             route,
             settings.clone(),
+            will,
         ));
         (LinkClient::V4(client), task)
     };
@@ -432,6 +443,8 @@ trait EventSource: Send {
     /// session replays from its outbox. With `drain_channel` also the
     /// requests queued in the channel since the failure.
     fn forget_pending(&mut self, drain_channel: bool);
+    /// Sets the will payload of the next CONNECT.
+    fn set_will_payload(&mut self, payload: Vec<u8>);
 }
 
 impl EventSource for rumqttc::EventLoop {
@@ -490,6 +503,13 @@ impl EventSource for rumqttc::EventLoop {
             self.clean();
         }
         self.pending.clear();
+    }
+
+    fn set_will_payload(&mut self, payload: Vec<u8>) {
+        if let Some(mut w) = self.mqtt_options.last_will() {
+            w.message = payload.into();
+            self.mqtt_options.set_last_will(w);
+        }
     }
 }
 
@@ -581,6 +601,13 @@ impl EventSource for rumqttc::v5::EventLoop {
         }
         self.pending.clear();
     }
+
+    fn set_will_payload(&mut self, payload: Vec<u8>) {
+        if let Some(mut w) = self.options.last_will() {
+            w.message = payload.into();
+            self.options.set_last_will(w);
+        }
+    }
 }
 
 /// Drives an event loop of either version: prepares the route, polls and
@@ -592,6 +619,7 @@ async fn drive<L: EventSource>(
     mut permits: mpsc::Receiver<()>,
     mut route: Route,
     settings: SessionSettings,
+    will: Option<super::WillHook>,
 ) {
     if permits.recv().await.is_none() {
         return;
@@ -603,6 +631,10 @@ async fn drive<L: EventSource>(
                 return;
             }
             continue;
+        }
+        // A dialect's will (Sparkplug's NDEATH) changes with every CONNECT.
+        if let Some(hook) = &will {
+            el.set_will_payload(hook.payload(true));
         }
         loop {
             evs.clear();

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-pub use session::{spawn, spawn_successor};
+pub use session::{spawn, spawn_successor, spawn_successor_with, spawn_with};
 
 /// A message to publish.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,12 +92,21 @@ pub enum SessionInput {
         topic: Arc<str>,
         /// The device's inbox.
         to: Inbox,
+        /// Deliver retained messages too: the topic carries a state the
+        /// broker keeps (a host's STATE, a consumer's birth). Commands leave
+        /// it false: a retained command is a replay, never executed.
+        retained: bool,
     },
     /// Stop delivering `topic` (unsubscribes).
     Unroute {
         /// Exact topic.
         topic: Arc<str>,
     },
+    /// End the connection with DISCONNECT (no will) once what is queued
+    /// before this request has been handed to it, then connect again as
+    /// after any loss (a dialect's rule, e.g. Sparkplug's primary host
+    /// going offline).
+    Reconnect,
 }
 
 /// Builds a retained message's payload on demand (see
@@ -121,6 +130,51 @@ impl std::fmt::Debug for PayloadBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("PayloadBuilder")
     }
+}
+
+/// What a northbound dialect asks of its session (the session itself knows
+/// no dialect): a will payload computed per connection, no `online` birth
+/// message, and word of every connect and loss.
+#[derive(Clone, Default)]
+pub struct SessionHooks {
+    /// Computes the will payload: with `true` before every connection
+    /// attempt (the payload that CONNECT carries), with `false` for the
+    /// clean-stop will of the current connection.
+    pub will: Option<WillHook>,
+    /// Publish no `online` on the will topic after a connect.
+    pub no_birth: bool,
+    /// Told of every connect and every loss. On a connect the session
+    /// first hands back what its store still held (instead of replaying
+    /// it): the dialect re-sends it in its own terms.
+    pub connection: Option<flume::Sender<ConnEvent>>,
+}
+
+/// Computes a will payload (see [`SessionHooks::will`]).
+#[derive(Clone)]
+pub struct WillHook(Arc<dyn Fn(bool) -> Vec<u8> + Send + Sync>);
+
+impl WillHook {
+    /// A hook calling `f`.
+    pub fn new(f: impl Fn(bool) -> Vec<u8> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// The payload for a new connection (`true`) or the current one.
+    pub fn payload(&self, new_connection: bool) -> Vec<u8> {
+        (self.0)(new_connection)
+    }
+}
+
+/// A session's connection changes, for [`SessionHooks::connection`].
+#[derive(Debug)]
+pub enum ConnEvent {
+    /// Connected; `returned` is what the store held, oldest first.
+    Up {
+        /// Undelivered messages taken out of the store.
+        returned: Vec<OutMsg>,
+    },
+    /// The connection is lost.
+    Down,
 }
 
 /// A device's inbox for `$set`/`$get` messages: a small flume channel (see
@@ -152,6 +206,9 @@ pub struct SessionHandle {
     tx: mpsc::Sender<SessionInput>,
     stop: mpsc::Sender<StopRequest>,
     backlog: Option<Backlog>,
+    /// The northbound dialect that publishes through this session (the
+    /// session never looks at it; devices do).
+    pub dialect: crate::northbound::Dialect,
 }
 
 /// How far a session is behind: its stored messages and whether it is
@@ -175,6 +232,7 @@ impl SessionHandle {
             tx,
             stop,
             backlog: None,
+            dialect: Default::default(),
         };
         (handle, rx)
     }

@@ -16,7 +16,9 @@ use crate::deadline::sleep_until_opt;
 
 use super::link::{self, LinkClient, NetEvent, WINDOW};
 use super::store::Store;
-use super::{Inbound, OutMsg, SessionHandle, SessionInput, StopMode, StopRequest};
+use super::{
+    ConnEvent, Inbound, OutMsg, SessionHandle, SessionHooks, SessionInput, StopMode, StopRequest,
+};
 use crate::config::resolved::{SessionSettings, StoreSettings};
 use crate::telemetry::{Health, Metrics};
 
@@ -57,7 +59,17 @@ const PUBLISH_OVERHEAD: usize = 5 + 2 + 2;
 
 /// Starts a session task for `settings`; it connects at once.
 pub fn spawn(settings: SessionSettings, metrics: Metrics, health: Health) -> SessionHandle {
-    start(settings, metrics, health, None)
+    start(settings, metrics, health, None, SessionHooks::default())
+}
+
+/// [`spawn`] with a dialect's hooks.
+pub fn spawn_with(
+    settings: SessionSettings,
+    metrics: Metrics,
+    health: Health,
+    hooks: SessionHooks,
+) -> SessionHandle {
+    start(settings, metrics, health, None, hooks)
 }
 
 /// Starts a session that takes messages at once but connects only when its
@@ -68,8 +80,18 @@ pub fn spawn_successor(
     metrics: Metrics,
     health: Health,
 ) -> (SessionHandle, oneshot::Sender<Vec<OutMsg>>) {
+    spawn_successor_with(settings, metrics, health, SessionHooks::default())
+}
+
+/// [`spawn_successor`] with a dialect's hooks.
+pub fn spawn_successor_with(
+    settings: SessionSettings,
+    metrics: Metrics,
+    health: Health,
+    hooks: SessionHooks,
+) -> (SessionHandle, oneshot::Sender<Vec<OutMsg>>) {
     let (tx, rx) = oneshot::channel();
-    (start(settings, metrics, health, Some(rx)), tx)
+    (start(settings, metrics, health, Some(rx), hooks), tx)
 }
 
 fn start(
@@ -77,12 +99,14 @@ fn start(
     metrics: Metrics,
     health: Health,
     predecessor: Option<oneshot::Receiver<Vec<OutMsg>>>,
+    hooks: SessionHooks,
 ) -> SessionHandle {
     let (tx, rx) = mpsc::channel(1024);
     let (stop_tx, stop_rx) = mpsc::channel(1);
     let client_id: Arc<str> = settings.client_id.as_str().into();
-    let link = link::open(&settings);
-    let session = Session::new(settings, link.client.clone(), metrics, health);
+    let link = link::open(&settings, hooks.will.clone());
+    let mut session = Session::new(settings, link.client.clone(), metrics, health);
+    session.hooks = hooks;
     let backlog = Some(super::Backlog {
         messages: session.m.store_messages.clone(),
         connected: session.m.connected.clone(),
@@ -93,6 +117,7 @@ fn start(
         tx,
         stop: stop_tx,
         backlog,
+        dialect: Default::default(),
     }
 }
 
@@ -209,6 +234,11 @@ struct Session {
     /// One message at a time until the outbox has confirmed up to this id
     /// (after a connection that ended at once; see [`POISON_WINDOW`]).
     probing: Option<u64>,
+    /// A northbound dialect's hooks.
+    hooks: SessionHooks,
+    /// Routed topics whose retained messages are delivered (see
+    /// [`SessionInput::Route`]); on all others they are ignored.
+    keeps_retained: std::collections::HashSet<Arc<str>>,
 }
 
 impl Session {
@@ -254,6 +284,8 @@ impl Session {
             ack_stalled: false,
             connected_at: None,
             probing: None,
+            hooks: SessionHooks::default(),
+            keeps_retained: Default::default(),
         }
     }
 
@@ -323,7 +355,7 @@ impl Session {
                         // rumqttc cannot be told to drop a connection that
                         // is alive: end the link and open a fresh one.
                         link.task.abort();
-                        link = link::open(&self.settings);
+                        link = link::open(&self.settings, self.hooks.will.clone());
                         self.client = link.client.clone();
                         self.on_net(NetEvent::Down(reason), &link.permits).await;
                     }
@@ -406,9 +438,13 @@ impl Session {
             return;
         }
         let will = &self.settings.will;
+        let payload = match &self.hooks.will {
+            Some(hook) => hook.payload(false),
+            None => will.payload.clone(),
+        };
         let will = OutMsg {
             topic: will.topic.as_str().into(),
-            payload: Bytes::from(will.payload.clone()),
+            payload: Bytes::from(payload),
             qos: will.qos,
             retain: will.retained,
             correlation: None,
@@ -483,7 +519,16 @@ impl Session {
                 })
                 .await;
             }
-            SessionInput::Route { topic, to } => {
+            SessionInput::Route {
+                topic,
+                to,
+                retained,
+            } => {
+                if retained {
+                    self.keeps_retained.insert(topic.clone());
+                } else {
+                    self.keeps_retained.remove(&topic);
+                }
                 if !self.broker_subs.contains(&topic) {
                     self.pending_subs.insert(topic.clone());
                 }
@@ -497,8 +542,20 @@ impl Session {
                     }
                 }
             }
+            SessionInput::Reconnect => {
+                // What came before is handed to the client first, so the
+                // DISCONNECT follows it on the wire.
+                self.feed();
+                if self.connected {
+                    tracing::info!(session = %self.id(), "disconnecting to connect again");
+                    if let Err(e) = self.client.try_disconnect() {
+                        tracing::warn!(session = %self.id(), "cannot disconnect: {e}");
+                    }
+                }
+            }
             SessionInput::Unroute { topic } => {
                 self.pending_subs.remove(&topic);
+                self.keeps_retained.remove(&topic);
                 if self.routes.remove(&topic).is_some() && self.connected {
                     match self.client.try_unsubscribe(&topic) {
                         Ok(()) => {
@@ -554,7 +611,8 @@ impl Session {
                 max_packet_size,
             } => {
                 self.broker_max_packet = max_packet_size;
-                self.on_connected(session_present)
+                self.on_connected(session_present);
+                self.return_to_dialect().await;
             }
             NetEvent::Message(msg) => self.route(msg),
             NetEvent::Written(pkid) => {
@@ -612,6 +670,9 @@ impl Session {
                 self.rewind_after_loss();
                 self.priority.clear();
                 self.m.connected.set(0);
+                if let Some(to) = &self.hooks.connection {
+                    let _ = to.send(ConnEvent::Down);
+                }
                 self.health.set_problem(
                     &health_key(&self.settings.client_id),
                     format!(
@@ -665,14 +726,16 @@ impl Session {
         self.health.clear(&health_key(&id));
         self.restore_subscriptions(session_present);
         let will = &self.settings.will;
-        self.priority.push_back(OutMsg {
-            topic: will.topic.as_str().into(),
-            payload: Bytes::from_static(b"online"),
-            qos: will.qos,
-            retain: will.retained,
-            correlation: None,
-            props: None,
-        });
+        if !self.hooks.no_birth {
+            self.priority.push_back(OutMsg {
+                topic: will.topic.as_str().into(),
+                payload: Bytes::from_static(b"online"),
+                qos: will.qos,
+                retain: will.retained,
+                correlation: None,
+                props: None,
+            });
+        }
         // After a reconnect the broker may have lost its retained store
         // (restart without persistence): give it the retained topics again.
         // On the first connect they are still queued in the outbox, unless
@@ -681,6 +744,24 @@ impl Session {
             self.priority
                 .extend(self.retained.values().map(Retained::message));
         }
+    }
+
+    /// With a dialect that wants word of connects: hands it what the store
+    /// holds (it re-sends that in its own terms), then says connected.
+    async fn return_to_dialect(&mut self) {
+        let Some(to) = self.hooks.connection.clone() else {
+            return;
+        };
+        let returned = if self.outbox.is_empty() {
+            Vec::new()
+        } else {
+            let fresh = Store::new(&self.settings.store, self.settings.message_channel_depth);
+            let store = std::mem::replace(&mut self.outbox, fresh);
+            let left = store.close(true).await;
+            self.open_store(Vec::new()).await;
+            left
+        };
+        let _ = to.send(ConnEvent::Up { returned });
     }
 
     /// After a connect: without a stored session, subscribe to every
@@ -730,7 +811,10 @@ impl Session {
             if batch.is_empty() {
                 return;
             }
-            match self.client.try_subscribe(&batch, COMMAND_QOS) {
+            match self
+                .client
+                .try_subscribe(&batch, COMMAND_QOS, &self.keeps_retained)
+            {
                 Ok(()) => {
                     for t in batch {
                         self.pending_subs.remove(&t);
@@ -753,7 +837,7 @@ impl Session {
     }
 
     fn route(&mut self, msg: Inbound) {
-        if msg.retain {
+        if msg.retain && !self.keeps_retained.contains(msg.topic.as_str()) {
             // A stored command the broker replays on a subscribe: it was
             // executed (or not) when it was sent; never again.
             self.ignore_command(

@@ -269,7 +269,7 @@ async fn run(mut updates: mpsc::Receiver<Update>, metrics: Metrics) {
                     }
                 }
                 if let Some((topic, h)) = &want {
-                    h.send(SessionInput::Route { topic: Arc::clone(topic), to: status_tx.clone() }).await;
+                    h.send(SessionInput::Route { topic: Arc::clone(topic), to: status_tx.clone(), retained: true }).await;
                 }
                 routed = want;
                 if u.settings.is_none() && health_sent.take().is_some() {

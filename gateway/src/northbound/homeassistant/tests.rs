@@ -539,7 +539,9 @@ devices:
         let inbox = got
             .iter()
             .find_map(|i| match i {
-                SessionInput::Route { topic, to } if &**topic == "ha/status" => Some(to.clone()),
+                SessionInput::Route { topic, to, .. } if &**topic == "ha/status" => {
+                    Some(to.clone())
+                }
                 _ => None,
             })
             .expect("status topic routed");

@@ -1,0 +1,118 @@
+//! Sparkplug B 3.0: one edge node per MQTT session. NBIRTH/NDEATH with
+//! `bdSeq` (NDEATH is the will), DBIRTH/DDATA/DDEATH per device with
+//! aliases, `seq`, Rebirth by NCMD, DCMD into the `$set` path, primary host
+//! STATE, and historical replay after an outage (see docs/sparkplug.md).
+
+pub mod bdseq;
+pub mod metric;
+pub(crate) mod node;
+pub mod proto;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use prost::Message as _;
+
+use crate::config::resolved::{SessionSettings, SparkplugSettings};
+use crate::mqtt::{ConnEvent, SessionHandle, SessionHooks, WillHook};
+use crate::telemetry::Metrics;
+
+pub use node::NodeHandle;
+
+/// The topic namespace of Sparkplug B.
+pub const NAMESPACE: &str = "spBv1.0";
+/// The node metric that asks for a rebirth.
+pub const REBIRTH: &str = "Node Control/Rebirth";
+
+/// `spBv1.0/<group>/<kind>/<node>`
+pub fn node_topic(sp: &SparkplugSettings, kind: &str) -> String {
+    format!("{NAMESPACE}/{}/{kind}/{}", sp.group_id, sp.edge_node_id)
+}
+
+/// `spBv1.0/<group>/<kind>/<node>/<device>`
+pub fn device_topic(sp: &SparkplugSettings, kind: &str, device: &str) -> String {
+    format!(
+        "{NAMESPACE}/{}/{kind}/{}/{device}",
+        sp.group_id, sp.edge_node_id
+    )
+}
+
+/// `spBv1.0/STATE/<host>`
+pub fn state_topic(host: &str) -> String {
+    format!("{NAMESPACE}/STATE/{host}")
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn millis(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The NDEATH payload: `bdSeq` only.
+pub fn ndeath_payload(bd_seq: u8) -> Vec<u8> {
+    proto::Payload {
+        timestamp: Some(millis(std::time::SystemTime::now())),
+        metrics: vec![bdseq_metric(bd_seq)],
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// The `bdSeq` metric (Int64, as NBIRTH and NDEATH carry it).
+pub fn bdseq_metric(bd_seq: u8) -> proto::payload::Metric {
+    proto::payload::Metric {
+        name: Some("bdSeq".into()),
+        datatype: Some(proto::DataType::Int64 as u32),
+        timestamp: Some(millis(std::time::SystemTime::now())),
+        value: Some(proto::payload::metric::Value::LongValue(u64::from(bd_seq))),
+        ..Default::default()
+    }
+}
+
+/// What a session's edge node needs from its preparation.
+pub struct Parts {
+    bdseq: Arc<bdseq::BdSeq>,
+    conn: flume::Receiver<ConnEvent>,
+    depth: usize,
+}
+
+/// The session hooks of a Sparkplug session: NDEATH as the will with the
+/// `bdSeq` of each CONNECT, no `online` birth, word of connects.
+pub fn prepare(settings: &SessionSettings, sp: &SparkplugSettings) -> (SessionHooks, Parts) {
+    let bdseq = Arc::new(bdseq::BdSeq::load(sp.bdseq_file.clone()));
+    // One event per connect or loss: bounded by how often those happen.
+    let (conn_tx, conn) = flume::unbounded();
+    let will = {
+        let bdseq = bdseq.clone();
+        WillHook::new(move |new_connection| {
+            let n = if new_connection {
+                bdseq.advance()
+            } else {
+                bdseq.current()
+            };
+            ndeath_payload(n)
+        })
+    };
+    let hooks = SessionHooks {
+        will: Some(will),
+        no_birth: true,
+        connection: Some(conn_tx),
+    };
+    let parts = Parts {
+        bdseq,
+        conn,
+        depth: settings.message_channel_depth,
+    };
+    (hooks, parts)
+}
+
+/// Starts the edge node of `session`.
+pub fn start(
+    sp: SparkplugSettings,
+    parts: Parts,
+    session: &SessionHandle,
+    metrics: Metrics,
+) -> NodeHandle {
+    node::spawn(sp, parts, session.clone(), metrics)
+}
