@@ -445,7 +445,7 @@ fn driven() -> &'static Mutex<Vec<Driven>> {
                     let inbox = tokio::time::timeout(ANSWER, async {
                         loop {
                             match session.recv().await {
-                                Some(SessionInput::Route { topic, to }) if *topic == *set => {
+                                Some(SessionInput::Route { topic, to, .. }) if *topic == *set => {
                                     break to
                                 }
                                 Some(_) => {}
