@@ -518,7 +518,11 @@ fn json_f64(x: f64) -> serde_json::Value {
 pub fn meta_payload(settings: &DeviceSettings) -> Vec<u8> {
     use serde_json::{Map, Value as J};
     let mut props = Map::new();
-    for p in settings.properties.iter().filter(|p| !is_device_slot(&p.name)) {
+    for p in settings
+        .properties
+        .iter()
+        .filter(|p| !is_device_slot(&p.name))
+    {
         let mut m = Map::new();
         m.insert("type".into(), J::from(p.data_type.as_str()));
         if let Some(unit) = p.unit() {

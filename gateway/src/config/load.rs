@@ -1239,7 +1239,10 @@ impl Loader<'_> {
                         let filled = ble_adverts::fill_defaults(p, node);
                         #[cfg(not(feature = "ble"))]
                         let filled: Option<Node> = None;
-                        match self.ctx.de::<PropertyConfig>(filled.as_ref().unwrap_or(p), &pp) {
+                        match self
+                            .ctx
+                            .de::<PropertyConfig>(filled.as_ref().unwrap_or(p), &pp)
+                        {
                             Some(c) => props.push((c, p, pp)),
                             None => props_ok = false,
                         }
@@ -1461,7 +1464,10 @@ impl Loader<'_> {
                 DriverKind::Ble if ble_adverts::is_advert(d.config.protocol.as_ref()) => {
                     ble_adverts::check_property(
                         ctx,
-                        d.config.protocol.as_ref().unwrap_or(&ProtocolConfig::default()),
+                        d.config
+                            .protocol
+                            .as_ref()
+                            .unwrap_or(&ProtocolConfig::default()),
                         p,
                         pn,
                         pp,

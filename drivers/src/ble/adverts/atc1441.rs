@@ -3,7 +3,9 @@
 //! data on UUID 0x181A, big-endian — MAC, temperature int16 × 0.1 °C,
 //! humidity uint8 %, battery uint8 %, battery uint16 mV, frame counter uint8.
 
-use super::{field, invalid, Advertisement, DecodeError, Decoded, FieldInfo, ENVIRONMENTAL_SENSING};
+use super::{
+    field, invalid, Advertisement, DecodeError, Decoded, FieldInfo, ENVIRONMENTAL_SENSING,
+};
 use crate::{DataType, Value};
 
 /// The fields of the ATC1441 format.
@@ -84,7 +86,10 @@ mod tests {
         assert_eq!(d.get("battery"), Some(&Value::Uint(100)));
         assert_eq!(d.get("voltage"), Some(&Value::Float(2.919)));
         let mac = [0xa4, 0xc1, 0x38, 0x8e, 0x3c, 0x7d];
-        assert_eq!(encode(&mac, 230, 50, 100, 2919, 0xaa), hex("a4c1388e3c7d00e632640b67aa"));
+        assert_eq!(
+            encode(&mac, 230, 50, 100, 2919, 0xaa),
+            hex("a4c1388e3c7d00e632640b67aa")
+        );
         // Below zero.
         let d = decode(&adv("a4c1388e3c7dffc432640b67aa")).unwrap();
         assert_eq!(d.get("temperature"), Some(&Value::Float(-6.0)));

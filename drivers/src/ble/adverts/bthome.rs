@@ -61,7 +61,14 @@ struct Object {
     decimals: i32,
 }
 
-const fn obj(id: u8, name: &'static str, kind: Kind, len: usize, factor: f64, decimals: i32) -> Object {
+const fn obj(
+    id: u8,
+    name: &'static str,
+    kind: Kind,
+    len: usize,
+    factor: f64,
+    decimals: i32,
+) -> Object {
     Object {
         id,
         name,
@@ -414,10 +421,8 @@ fn parse_objects(bytes: &[u8], out: &mut Decoded) -> Result<(), DecodeError> {
             Binary => Value::Bool(v[0] != 0),
             Button => Value::String(button(v[0]).into_owned()),
             Dimmer => {
-                out.fields.push((
-                    numbered(out, "dimmerSteps"),
-                    Value::Uint(u64::from(v[1])),
-                ));
+                out.fields
+                    .push((numbered(out, "dimmerSteps"), Value::Uint(u64::from(v[1]))));
                 Value::String(dimmer(v[0]).into_owned())
             }
             Command => Value::String(v.iter().map(|b| format!("{b:02x}")).collect()),
@@ -470,13 +475,7 @@ pub fn is_repeat(last: Option<u8>, new: u8, recent: bool) -> bool {
 }
 
 /// Encrypts `objects` as a sensor would (tests and the stand-in's fixtures).
-pub fn encrypt(
-    key: &BindKey,
-    mac: &[u8; 6],
-    info: u8,
-    counter: u32,
-    objects: &[u8],
-) -> Vec<u8> {
+pub fn encrypt(key: &BindKey, mac: &[u8; 6], info: u8, counter: u32, objects: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; 13];
     nonce[..6].copy_from_slice(mac);
     nonce[6..8].copy_from_slice(&[0xd2, 0xfc]);
@@ -508,7 +507,9 @@ mod tests {
     }
 
     fn f(d: &Decoded, name: &str) -> Value {
-        d.get(name).cloned().unwrap_or_else(|| panic!("{name} missing in {d:?}"))
+        d.get(name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} missing in {d:?}"))
     }
 
     /// The examples of the specification's object table, each after the
@@ -567,8 +568,16 @@ mod tests {
             ("505D396164", "timestamp", Value::Uint(1684093277)),
             ("518756", "acceleration", Value::Float(22.151)),
             ("528756", "gyroscope", Value::Float(22.151)),
-            ("530C48656C6C6F20576F726C6421", "text", Value::String("Hello World!".into())),
-            ("540C48656C6C6F20576F726C6421", "raw", Value::Bytes(b"Hello World!".to_vec())),
+            (
+                "530C48656C6C6F20576F726C6421",
+                "text",
+                Value::String("Hello World!".into()),
+            ),
+            (
+                "540C48656C6C6F20576F726C6421",
+                "raw",
+                Value::Bytes(b"Hello World!".to_vec()),
+            ),
             ("5587562A01", "volumeStorage", Value::Float(19551.879)),
             ("56E803", "conductivity", Value::Uint(1000)),
             ("57EA", "temperature", Value::Float(-22.0)),
@@ -623,7 +632,10 @@ mod tests {
         assert_eq!(d.counter, Some(0x0011_2233));
         // And our encryption gives the same bytes.
         let mac = [0x54, 0x48, 0xe6, 0x8f, 0x80, 0xa5];
-        assert_eq!(encrypt(&key, &mac, 0x41, 0x0011_2233, &hex("02CA0903BF13")), hex(data));
+        assert_eq!(
+            encrypt(&key, &mac, 0x41, 0x0011_2233, &hex("02CA0903BF13")),
+            hex(data)
+        );
         // A wrong key is a clear error, no values.
         let mut wrong = key;
         wrong[0] ^= 1;

@@ -318,8 +318,14 @@ mod tests {
 
     #[test]
     fn fields_by_name() {
-        assert_eq!(Format::Bthome.field("temperature").unwrap().unit, Some("°C"));
-        assert_eq!(Format::Bthome.field("temperature_2").unwrap().name, "temperature");
+        assert_eq!(
+            Format::Bthome.field("temperature").unwrap().unit,
+            Some("°C")
+        );
+        assert_eq!(
+            Format::Bthome.field("temperature_2").unwrap().name,
+            "temperature"
+        );
         assert!(Format::Bthome.field("temperature_1").is_none());
         assert!(Format::Pvvx.field("temperature_2").is_none());
         assert_eq!(Format::Raw.field("rssi"), Some(RSSI));

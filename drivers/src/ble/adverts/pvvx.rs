@@ -4,7 +4,9 @@
 //! int16 × 0.01 °C, humidity uint16 × 0.01 %, battery uint16 mV, battery
 //! uint8 %, measurement counter uint8, flags uint8.
 
-use super::{field, invalid, Advertisement, DecodeError, Decoded, FieldInfo, ENVIRONMENTAL_SENSING};
+use super::{
+    field, invalid, Advertisement, DecodeError, Decoded, FieldInfo, ENVIRONMENTAL_SENSING,
+};
 use crate::{DataType, Value};
 
 /// The fields of the pvvx format.
@@ -55,7 +57,14 @@ pub fn decode(adv: &Advertisement) -> Result<Decoded, DecodeError> {
 }
 
 /// Encodes a pvvx advertisement (tests and the stand-in's fixtures).
-pub fn encode(address: &[u8; 6], centi_c: i16, centi_rh: u16, mv: u16, pct: u8, count: u8) -> Vec<u8> {
+pub fn encode(
+    address: &[u8; 6],
+    centi_c: i16,
+    centi_rh: u16,
+    mv: u16,
+    pct: u8,
+    count: u8,
+) -> Vec<u8> {
     let mut v: Vec<u8> = address.iter().rev().copied().collect();
     v.extend_from_slice(&centi_c.to_le_bytes());
     v.extend_from_slice(&centi_rh.to_le_bytes());
@@ -103,6 +112,9 @@ mod tests {
         assert!(decode(&adv("0102")).is_err());
         let e = decode(&adv("7d3c8e38c1a598083417860b562b04")).unwrap_err();
         assert!(e.to_string().contains("names MAC"), "{e}");
-        assert_eq!(decode(&Advertisement::default()), Err(DecodeError::Absent("pvvx")));
+        assert_eq!(
+            decode(&Advertisement::default()),
+            Err(DecodeError::Absent("pvvx"))
+        );
     }
 }

@@ -53,12 +53,18 @@ mod tests {
             byte_offset: 2,
             byte_order: Endian::Little,
         };
-        assert_eq!(f.read(&adv, DataType::Uint16), Some(Ok(Value::Uint(0x1234))));
+        assert_eq!(
+            f.read(&adv, DataType::Uint16),
+            Some(Ok(Value::Uint(0x1234)))
+        );
         let big = RawField {
             byte_order: Endian::Big,
             ..f.clone()
         };
-        assert_eq!(big.read(&adv, DataType::Uint16), Some(Ok(Value::Uint(0x3412))));
+        assert_eq!(
+            big.read(&adv, DataType::Uint16),
+            Some(Ok(Value::Uint(0x3412)))
+        );
         let far = RawField {
             byte_offset: 3,
             ..f.clone()

@@ -145,8 +145,14 @@ mod tests {
     fn specification_invalid_vector() {
         let d = decode(&adv("058000FFFFFFFF800080008000FFFFFFFFFFFFFFFFFFFFFF")).unwrap();
         assert!(d.fields.is_empty(), "{d:?}");
-        assert!(decode(&adv("0312FC")).unwrap_err().to_string().contains("format 3"));
+        assert!(decode(&adv("0312FC"))
+            .unwrap_err()
+            .to_string()
+            .contains("format 3"));
         assert!(decode(&adv("0512FC")).is_err());
-        assert_eq!(decode(&Advertisement::default()), Err(DecodeError::Absent("RuuviTag")));
+        assert_eq!(
+            decode(&Advertisement::default()),
+            Err(DecodeError::Absent("RuuviTag"))
+        );
     }
 }

@@ -188,7 +188,11 @@ impl AdvertHub {
                         stop: CancellationToken::new(),
                     });
                     map.insert(adapter.clone(), Arc::downgrade(&s));
-                    tokio::spawn(run_scanner(Arc::downgrade(&s), adapter.clone(), s.stop.clone()));
+                    tokio::spawn(run_scanner(
+                        Arc::downgrade(&s),
+                        adapter.clone(),
+                        s.stop.clone(),
+                    ));
                     s
                 }
             }
@@ -239,7 +243,10 @@ async fn run_scanner(scanner: Weak<Scanner>, adapter: Option<String>, stop: Canc
         };
         let Some(s) = scanner.upgrade() else { return };
         if ended.message != last_error {
-            warn!(adapter = adapter.as_deref().unwrap_or("(first)"), "ble: passive scan: {}", ended.message);
+            warn!(
+                adapter = adapter.as_deref().unwrap_or("(first)"),
+                "ble: passive scan: {}", ended.message
+            );
             last_error = ended.message.clone();
         }
         s.status.send_replace(ScanStatus::Failed(ended));
@@ -258,7 +265,15 @@ fn io(m: impl Into<String>) -> DriverError {
 /// Opens a BlueZ session, finds the adapter and starts discovery.
 async fn open(
     adapter: &Option<String>,
-) -> Result<(BluetoothSession, AdapterId, String, tokio::task::JoinHandle<()>), DriverError> {
+) -> Result<
+    (
+        BluetoothSession,
+        AdapterId,
+        String,
+        tokio::task::JoinHandle<()>,
+    ),
+    DriverError,
+> {
     // Connecting to the system bus blocks inside libdbus: keep it off the
     // async workers.
     let rt = tokio::runtime::Handle::current();
@@ -365,7 +380,11 @@ async fn scan_once(
             },
         };
         let BluetoothEvent::Device { id: dev, event } = ev else {
-            if let BluetoothEvent::Adapter { event: bluez_async::AdapterEvent::Powered { powered: false }, .. } = ev {
+            if let BluetoothEvent::Adapter {
+                event: bluez_async::AdapterEvent::Powered { powered: false },
+                ..
+            } = ev
+            {
                 return io(format!("adapter {name} powered off"));
             }
             continue;
@@ -391,7 +410,10 @@ async fn scan_once(
                 .await
             }
             BzDeviceEvent::ServiceData { service_data } => {
-                with_known(&session, &mut known, &dev, |a| a.service_data = service_data).await
+                with_known(&session, &mut known, &dev, |a| {
+                    a.service_data = service_data
+                })
+                .await
             }
             _ => None,
         };
@@ -422,7 +444,10 @@ async fn with_known(
 }
 
 /// Stores what BlueZ knows of a device; the map stays bounded.
-fn remember(known: &mut HashMap<DeviceId, Arc<Advertisement>>, d: DeviceInfo) -> Arc<Advertisement> {
+fn remember(
+    known: &mut HashMap<DeviceId, Arc<Advertisement>>,
+    d: DeviceInfo,
+) -> Arc<Advertisement> {
     if known.len() >= MAX_KNOWN && !known.contains_key(&d.id) {
         if let Some(k) = known.keys().next().cloned() {
             known.remove(&k);
@@ -460,11 +485,9 @@ impl Drop for StopDiscovery {
         let adapter = self.adapter.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = tokio::time::timeout(
-                    OPEN_TIMEOUT,
-                    session.stop_discovery_on_adapter(&adapter),
-                )
-                .await;
+                let _ =
+                    tokio::time::timeout(OPEN_TIMEOUT, session.stop_discovery_on_adapter(&adapter))
+                        .await;
             });
         }
     }
@@ -513,7 +536,12 @@ struct DeviceMemory {
 }
 
 /// Runs one advertising device until `link.cancel` fires.
-pub async fn run_device(hub: &AdvertHub, spec: DeviceSpec, mut link: DeviceLink, conn: AdvertConnection) {
+pub async fn run_device(
+    hub: &AdvertHub,
+    spec: DeviceSpec,
+    mut link: DeviceLink,
+    conn: AdvertConnection,
+) {
     let cancel = link.cancel.clone();
     let mut sub = hub.subscribe(&conn.adapter, Interest::Target(conn.target.clone()));
     let stale_after = conn.settings.stale_after;
@@ -695,7 +723,10 @@ mod tests {
 
     #[test]
     fn macs() {
-        assert_eq!(parse_mac("A4:C1:38:00:11:22"), Some([0xa4, 0xc1, 0x38, 0, 0x11, 0x22]));
+        assert_eq!(
+            parse_mac("A4:C1:38:00:11:22"),
+            Some([0xa4, 0xc1, 0x38, 0, 0x11, 0x22])
+        );
         assert_eq!(parse_mac("A4:C1:38:00:11"), None);
         assert_eq!(parse_mac("A4:C1:38:00:11:22:33"), None);
     }

@@ -279,7 +279,12 @@ pub(super) fn check_property(
     if p.field.is_some() {
         for key in ["companyId", "serviceUuid"] {
             if pn.get(key).is_some() {
-                ctx.key(pn, pp, &[key], format!("`{key}` goes with a raw `source`, not with `field`"));
+                ctx.key(
+                    pn,
+                    pp,
+                    &[key],
+                    format!("`{key}` goes with a raw `source`, not with `field`"),
+                );
             }
         }
     }
@@ -410,9 +415,7 @@ pub(super) fn build(
         settings: AdvertSettings {
             format,
             bind_key,
-            stale_after: proto
-                .stale_after
-                .map_or(DEFAULT_STALE_AFTER, |t| t.0),
+            stale_after: proto.stale_after.map_or(DEFAULT_STALE_AFTER, |t| t.0),
         },
     }))
 }
