@@ -6,7 +6,7 @@ set -eu
 VENV="${FIELDGATE_BLE_PARSERS_VENV:-/var/cache/fieldgate-test/ble-parsers}"
 STAMP="$VENV/.fieldgate-ready-2"
 if [ ! -f "$STAMP" ]; then
-    echo "ble-parsers: installing bthome-ble, xiaomi-ble, ruuvitag-ble into $VENV" >&2
+    echo "ble-parsers: installing bthome-ble, xiaomi-ble, ruuvitag-ble, atc-ble into $VENV" >&2
     mkdir -p "$(dirname "$VENV")"
     python3 -m venv "$VENV" >&2
     "$VENV/bin/pip" install --quiet --disable-pip-version-check \

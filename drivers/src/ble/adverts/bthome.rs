@@ -161,7 +161,8 @@ const OBJECTS: &[Object] = &[
     obj(0x55, "volumeStorage", Uint, 4, 0.001, 3),
     obj(0x56, "conductivity", Uint, 2, 1.0, 0),
     obj(0x57, "temperature", Sint, 1, 1.0, 0),
-    obj(0x58, "temperature", Sint, 1, 0.35, 2),
+    // 0.35 °C steps, given to one decimal as the BTHome receivers do.
+    obj(0x58, "temperature", Sint, 1, 0.35, 1),
     obj(0x59, "count", Sint, 1, 1.0, 0),
     obj(0x5a, "count", Sint, 2, 1.0, 0),
     obj(0x5b, "count", Sint, 4, 1.0, 0),

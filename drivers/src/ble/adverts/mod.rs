@@ -280,10 +280,11 @@ fn le_int(b: &[u8]) -> i64 {
 }
 
 /// `raw × factor`, rounded to the factor's decimal places (as the published
-/// specifications give the values: 2248 × 0.01 = 22.48, not 22.480000000000004).
+/// specifications give the values: 2248 × 0.01 = 22.48, not
+/// 22.480000000000004), ties to even as Home Assistant's parsers round.
 fn scaled(raw: f64, factor: f64, decimals: i32) -> f64 {
     let p = 10f64.powi(decimals);
-    (raw * factor * p).round() / p
+    (raw * factor * p).round_ties_even() / p
 }
 
 /// The address as `AA:BB:CC:DD:EE:FF`.

@@ -21,6 +21,7 @@ pub const FIELDS: &[FieldInfo] = &[
     field("accelerationX", DataType::Int16, Some("mG")),
     field("accelerationY", DataType::Int16, Some("mG")),
     field("accelerationZ", DataType::Int16, Some("mG")),
+    field("accelerationTotal", DataType::Float64, Some("mG")),
     field("voltage", DataType::Float64, Some("V")),
     field("txPower", DataType::Int8, Some("dBm")),
     field("movementCounter", DataType::Uint8, None),
@@ -71,6 +72,14 @@ pub fn decode(adv: &Advertisement) -> Result<Decoded, DecodeError> {
         if a != i16::MIN {
             out.push(name, Value::Int(i64::from(a)));
         }
+    }
+    if acc.iter().all(|a| *a != i16::MIN) {
+        let [x, y, z] = acc.map(f64::from);
+        let total = (x * x + y * y + z * z).sqrt();
+        out.push(
+            "accelerationTotal",
+            Value::Float((total * 100.0).round() / 100.0),
+        );
     }
     let power = u16_at(13);
     if power >> 5 != 0x7ff {
