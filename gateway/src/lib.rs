@@ -3,6 +3,7 @@
 
 #[cfg(feature = "broker")]
 pub mod broker;
+pub mod cli;
 pub mod clock;
 pub mod command;
 pub mod config;

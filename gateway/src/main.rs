@@ -45,6 +45,18 @@ enum Command {
     },
     /// Print the JSON Schema of the config file.
     Schema,
+    /// Find devices and print ready device YAML (only reads, never writes).
+    #[command(subcommand)]
+    Discover(Discover),
+}
+
+/// `fieldgate discover …`
+#[derive(Subcommand)]
+enum Discover {
+    /// BLE devices advertising nearby (passive scan): address, name, RSSI,
+    /// recognised format and decoded values, and YAML for each recognised one.
+    #[cfg(feature = "ble")]
+    Ble(fieldgate::cli::discover_ble::Args),
 }
 
 fn version_line() -> String {
@@ -67,6 +79,10 @@ fn main() {
         Command::Run { config } => fieldgate::daemon::run(&config_path(config)),
         Command::Check { config } => check(&config_path(config)),
         Command::Schema => schema(),
+        #[cfg(feature = "ble")]
+        Command::Discover(Discover::Ble(args)) => fieldgate::cli::discover_ble::run(&args),
+        #[cfg(not(feature = "ble"))]
+        Command::Discover(d) => match d {},
     };
     std::process::exit(code);
 }

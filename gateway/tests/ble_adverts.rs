@@ -530,3 +530,113 @@ async fn fifty_advertisers_at_1hz_beside_a_connected_gatt_device() {
     stop.store(true, Ordering::Relaxed);
     advertiser.join().unwrap();
 }
+
+/// `fieldgate discover ble` lists what advertises nearby with decoded values
+/// and prints YAML that `fieldgate check` accepts; it only listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discover_ble_lists_decodes_and_prints_yaml() {
+    let bus = DbusDaemon::start();
+    let other = "11:22:33:44:55:66";
+    let bluez = Arc::new(Bluez::start(
+        bus.address(),
+        vec![
+            DeviceDef {
+                address: PVVX.into(),
+                name: Some("ATC_8E3C7D".into()),
+                services: vec![],
+            },
+            adv_device(RUUVI),
+            adv_device(SECRET),
+            adv_device(other),
+        ],
+    ));
+    let child = std::process::Command::new(support::fieldgate_binary())
+        .args(["discover", "ble", "--duration", "3s"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start fieldgate discover ble");
+    bluez.wait("discovery", WAIT, |b| b.discovering());
+    let key = parse_bind_key(KEY).unwrap();
+    let (b, stop) = (bluez.clone(), Arc::new(AtomicBool::new(false)));
+    let advertiser = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                b.advertise(
+                    PVVX,
+                    None,
+                    Some((
+                        "181a",
+                        &pvvx::encode(&mac(PVVX), 2168, 5940, 2950, 86, n as u8),
+                    )),
+                    -55,
+                );
+                b.advertise(
+                    RUUVI,
+                    Some((
+                        0x0499,
+                        &hex("0512FC5394C37C0004FFFC040CAC364200CDCBB8334C884F"),
+                    )),
+                    None,
+                    -71,
+                );
+                let sealed = bthome::encrypt(&key, &mac(SECRET), 0x41, n, &hex("02CA09"));
+                b.advertise(SECRET, None, Some(("fcd2", &sealed)), -80);
+                b.advertise(other, Some((0x0059, &[1, 2, 3])), None, -90);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .expect("discover output");
+    stop.store(true, Ordering::Relaxed);
+    advertiser.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "# A4:C1:38:8E:3C:7D  name \"ATC_8E3C7D\"  RSSI -55 dBm",
+        "#   pvvx: temperature=21.68 °C, humidity=59.4 %, voltage=2.95 V, battery=86 %",
+        "#   ruuvi: temperature=24.3 °C",
+        "#   bthome: advertisement is encrypted; set protocol.bindKey",
+        "#   no known format (manufacturer data 0x0059: 010203); read it with format: raw",
+        "  - name: atc_8e3c7d",
+        "      format: pvvx",
+        "      format: ruuvi",
+        "      bindKey: \"\"",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    // Nothing was connected or written.
+    assert!(
+        !bluez
+            .calls()
+            .iter()
+            .any(|c| c.ends_with(".Connect") || c.ends_with("WriteValue")),
+        "{:?}",
+        bluez.calls()
+    );
+    // The printed YAML is a valid config (with a bind key filled in).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("found.yaml");
+    std::fs::write(
+        &path,
+        text.replace("bindKey: \"\"", &format!("bindKey: {KEY}")),
+    )
+    .unwrap();
+    let check = support::fieldgate(&["check", "-c", path.to_str().unwrap()]);
+    assert!(
+        check.status.success(),
+        "{}\n{text}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
