@@ -22,8 +22,10 @@ installed() {
 # openssl makes the TLS test certificates; faketime fakes clock jumps;
 # chromium is the real browser the status page tests drive (headless, DevTools
 # protocol; fonts for readable screenshots); nats-server (where the
-# distribution has it) runs the core scenarios on NATS's MQTT listener.
-needed=(mosquitto mosquitto-clients make openssl dbus faketime chromium fonts-dejavu-core)
+# distribution has it) runs the core scenarios on NATS's MQTT listener;
+# python3 + python3-venv make the venv of the BLE parser cross-check
+# (tests/ble-parsers/setup-venv.sh, cached in /var/cache/fieldgate-test).
+needed=(mosquitto mosquitto-clients make openssl dbus faketime chromium fonts-dejavu-core python3 python3-venv)
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
     for pkg in "${needed[@]}"; do
