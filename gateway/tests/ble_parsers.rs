@@ -164,6 +164,7 @@ fn decoders_agree_with_home_assistant_parsers() {
         let mut matched = Vec::new();
         for (k, v) in theirs {
             let kind = v["kind"].as_str().unwrap();
+            let k = k.split_once(':').map_or(k.as_str(), |(_, key)| key);
             let unit = v["unit"].as_str();
             let Some(name) = our_name(format, k, kind, unit) else {
                 failures.push(format!("{format}: no mapping for Python key {k}"));

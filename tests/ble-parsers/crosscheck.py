@@ -4,7 +4,9 @@ gateway/tests/ble_parsers.rs, which decodes the same bytes with fieldgate's
 decoders and compares every field.
 
 Prints a JSON list of cases: {format, address, key, service_data |
-manufacturer_data (hex), fields: {python key: {kind, value, unit, steps}}}.
+manufacturer_data (hex), fields: {"<kind>:<python key>": {kind, value, unit,
+steps}}} (sensors, binary sensors and events are keyed apart, as in Home
+Assistant).
 """
 
 import json
@@ -61,16 +63,16 @@ def fields_of(update):
         if k.key == "signal_strength":
             continue
         unit = update.entity_descriptions[k].native_unit_of_measurement
-        out[k.key] = {
+        out["sensor:" + k.key] = {
             "kind": "sensor",
             "value": jsonable(v.native_value),
             "unit": str(unit.value) if hasattr(unit, "value") else unit,
         }
     for k, v in update.binary_entity_values.items():
-        out[k.key] = {"kind": "binary", "value": v.native_value}
+        out["binary:" + k.key] = {"kind": "binary", "value": v.native_value}
     for k, v in update.events.items():
         props = v.event_properties or {}
-        out[k.key] = {"kind": "event", "value": v.event_type, "steps": props.get("steps")}
+        out["event:" + k.key] = {"kind": "event", "value": v.event_type, "steps": props.get("steps")}
     return out
 
 

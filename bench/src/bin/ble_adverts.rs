@@ -49,11 +49,7 @@ fn proc_status(pid: u32, key: &str) -> anyhow::Result<u64> {
         .lines()
         .find(|l| l.starts_with(key))
         .with_context(|| format!("no {key} in /proc/{pid}/status"))?;
-    let kb: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .context("value")?
-        .parse()?;
+    let kb: u64 = line.split_whitespace().nth(1).context("value")?.parse()?;
     Ok(kb * 1024)
 }
 
@@ -91,7 +87,10 @@ fn pvvx(i: usize, round: u32) -> Vec<u8> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if !args.fieldgate.is_file() {
-        bail!("{} not found: cargo build --release -p fieldgate", args.fieldgate.display());
+        bail!(
+            "{} not found: cargo build --release -p fieldgate",
+            args.fieldgate.display()
+        );
     }
     let dir = tempfile::tempdir()?;
     let bus = bluez_standin::DbusDaemon::start();
@@ -129,7 +128,9 @@ async fn main() -> anyhow::Result<()> {
     let mut opts = MqttOptions::new("ble-bench", "127.0.0.1", port);
     opts.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut events) = AsyncClient::new(opts, 1000);
-    client.subscribe("fieldgate/bench/+", QoS::AtMostOnce).await?;
+    client
+        .subscribe("fieldgate/bench/+", QoS::AtMostOnce)
+        .await?;
     {
         let states = states.clone();
         tokio::spawn(async move {
@@ -181,9 +182,19 @@ async fn main() -> anyhow::Result<()> {
     };
     tokio::time::sleep(args.warmup).await;
     let tck = 100.0; // USER_HZ on Linux
-    let (t0, s0, a0, c0) = (Instant::now(), states.load(Ordering::Relaxed), sent.load(Ordering::Relaxed), cpu_ticks(pid)?);
+    let (t0, s0, a0, c0) = (
+        Instant::now(),
+        states.load(Ordering::Relaxed),
+        sent.load(Ordering::Relaxed),
+        cpu_ticks(pid)?,
+    );
     tokio::time::sleep(args.duration).await;
-    let (t1, s1, a1, c1) = (Instant::now(), states.load(Ordering::Relaxed), sent.load(Ordering::Relaxed), cpu_ticks(pid)?);
+    let (t1, s1, a1, c1) = (
+        Instant::now(),
+        states.load(Ordering::Relaxed),
+        sent.load(Ordering::Relaxed),
+        cpu_ticks(pid)?,
+    );
     let anon = proc_status(pid, "RssAnon:")?;
     let rss = proc_status(pid, "VmRSS:")?;
     let secs = (t1 - t0).as_secs_f64();

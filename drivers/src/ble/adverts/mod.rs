@@ -281,10 +281,13 @@ fn le_int(b: &[u8]) -> i64 {
 
 /// `raw × factor`, rounded to the factor's decimal places (as the published
 /// specifications give the values: 2248 × 0.01 = 22.48, not
-/// 22.480000000000004), ties to even as Home Assistant's parsers round.
+/// 22.480000000000004). The product is rounded by its exact decimal value,
+/// ties to even, as Python's `round` in Home Assistant's parsers does
+/// (37 × 0.35 is 12.949999999999999 in binary, so 12.9).
 fn scaled(raw: f64, factor: f64, decimals: i32) -> f64 {
-    let p = 10f64.powi(decimals);
-    (raw * factor * p).round_ties_even() / p
+    let x = raw * factor;
+    let d = usize::try_from(decimals).unwrap_or(0);
+    format!("{x:.d$}").parse().unwrap_or(x)
 }
 
 /// The address as `AA:BB:CC:DD:EE:FF`.
@@ -339,5 +342,8 @@ mod tests {
         assert_eq!(le_int(&[0xea]), -22);
         assert_eq!(le_int(&[0xea, 0xea]), -5398);
         assert_eq!(scaled(2248.0, 0.01, 2), 22.48);
+        assert_eq!(scaled(37.0, 0.35, 1), 12.9);
+        assert_eq!(scaled(-21.0, 0.35, 1), -7.3);
+        assert_eq!(scaled(-22.0, 0.35, 1), -7.7);
     }
 }

@@ -1,8 +1,8 @@
 //! RuuviTag data format 5 "RAWv2"
 //! (<https://docs.ruuvi.com/communication/bluetooth-advertisements/data-format-5-rawv2>):
-//! manufacturer data of company 0x0499, 24 bytes big-endian — format 5,
+//! manufacturer data of company 0x0499, 24 bytes big-endian: format 5,
 //! temperature int16 × 0.005 °C, humidity uint16 × 0.0025 %, pressure uint16
-//! + 50000 Pa, acceleration x/y/z int16 mG, power info uint16 (11 bits
+//! plus 50000 Pa, acceleration x/y/z int16 mG, power info uint16 (11 bits
 //! battery voltage above 1.6 V in mV, 5 bits TX power above −40 dBm in 2 dBm
 //! steps), movement counter uint8, measurement sequence uint16, MAC. The
 //! largest value of each field means "not available": such fields are left out.
