@@ -269,7 +269,7 @@ async fn every_format_publishes_its_fields() {
     assert_eq!(
         s["properties"],
         json!({"temperature": 24.3, "humidity": 53.49, "pressure": 1000.44,
-               "accelerationX": 4, "accelerationY": -4, "accelerationZ": 1036,
+               "accelerationX": 4, "accelerationY": -4, "accelerationZ": 1036, "accelerationTotal": 1036.02,
                "voltage": 2.977, "txPower": 4, "movementCounter": 66, "measurementSequence": 205}),
         "{s}"
     );
