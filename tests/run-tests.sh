@@ -23,8 +23,9 @@ installed() {
 # chromium is the real browser the status page tests drive (headless, DevTools
 # protocol; fonts for readable screenshots); nats-server (where the
 # distribution has it) runs the core scenarios on NATS's MQTT listener.
-# python3 + python3-venv: the venv of the Sparkplug host (pysparkplug) of
-# gateway/tests/sparkplug_e2e.rs (tests/sparkplug/ensure-venv.sh).
+# python3 + python3-venv: the venvs of the Sparkplug host (pysparkplug,
+# tests/sparkplug/ensure-venv.sh) and of the BLE parser cross-check
+# (tests/ble-parsers/setup-venv.sh), cached in /var/cache/fieldgate-test.
 needed=(mosquitto mosquitto-clients make openssl dbus faketime chromium fonts-dejavu-core python3 python3-venv)
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then

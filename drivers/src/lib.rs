@@ -181,6 +181,9 @@ pub enum PropertyAddress {
     /// A GATT characteristic of a BLE peripheral.
     #[cfg(feature = "ble")]
     Ble(ble::CharacteristicAddress),
+    /// A field of a BLE advertisement (or the device's `$advertisement` slot).
+    #[cfg(feature = "ble")]
+    BleAdvert(ble::adverts::AdvertAddress),
     /// An OPC-UA node.
     #[cfg(feature = "opcua")]
     OpcUa(opcua::NodeAddress),
@@ -197,6 +200,9 @@ pub enum Connection {
     /// A BLE peripheral on a BlueZ adapter.
     #[cfg(feature = "ble")]
     Ble(ble::BleConnection),
+    /// A BLE device read passively from its advertisements.
+    #[cfg(feature = "ble")]
+    BleAdvert(ble::adverts::scan::AdvertConnection),
     /// An OPC-UA server endpoint (one session per device).
     #[cfg(feature = "opcua")]
     OpcUa(opcua::OpcUaConnection),
@@ -321,6 +327,14 @@ pub struct Buses {
     ble: ble::AdapterRegistry,
 }
 
+#[cfg(feature = "ble")]
+impl Buses {
+    /// The BLE adapters (for `fieldgate discover ble`).
+    pub fn ble(&self) -> &ble::AdapterRegistry {
+        &self.ble
+    }
+}
+
 impl Buses {
     /// Creates an empty registry; buses open on demand and close when their
     /// last device stops.
@@ -348,6 +362,8 @@ pub fn run_device(spec: DeviceSpec, link: DeviceLink, buses: &Buses) -> DriverFu
         Connection::Modbus(_) => buses.modbus.run_device(spec, link),
         #[cfg(feature = "ble")]
         Connection::Ble(_) => Box::pin(buses.ble.run_device(spec, link)),
+        #[cfg(feature = "ble")]
+        Connection::BleAdvert(_) => Box::pin(buses.ble.run_advert_device(spec, link)),
         #[cfg(feature = "opcua")]
         Connection::OpcUa(_) => Box::pin(opcua::run(spec, link)),
     }

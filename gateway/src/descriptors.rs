@@ -40,6 +40,11 @@ pub fn needed(config: &Resolved) -> u64 {
             Connection::Ble(c) => {
                 ble_adapters.insert(c.adapter.as_deref());
             }
+            // The passive scan's own D-Bus session, one per adapter too.
+            #[cfg(feature = "ble")]
+            Connection::BleAdvert(c) => {
+                ble_adapters.insert(c.adapter.as_deref());
+            }
             #[cfg(feature = "opcua")]
             Connection::OpcUa(_) => per_device += 1,
         }

@@ -73,6 +73,10 @@ enum ProfilesCmd {
 
 #[derive(Subcommand)]
 enum DiscoverCmd {
+    /// BLE devices advertising nearby (passive scan): address, name, RSSI,
+    /// recognised format and decoded values, and YAML for each recognised one.
+    #[cfg(feature = "ble")]
+    Ble(fieldgate::cli::discover_ble::Args),
     /// Browse an OPC-UA server from a root node to a depth.
     #[cfg(feature = "opcua")]
     Opcua {
@@ -197,6 +201,8 @@ fn schema() -> i32 {
 /// `fieldgate discover …`.
 fn discover(what: DiscoverCmd) -> i32 {
     match what {
+        #[cfg(feature = "ble")]
+        DiscoverCmd::Ble(args) => fieldgate::cli::discover_ble::run(&args),
         #[cfg(feature = "opcua")]
         DiscoverCmd::Opcua {
             endpoint,

@@ -454,11 +454,12 @@ impl DeviceState {
         let mut errors = false;
         for (slot, prop) in self.current.iter().zip(&self.settings.properties) {
             let value = match slot {
-                Slot::Value(v) => v,
                 Slot::Error(_) => {
                     errors = true;
                     continue;
                 }
+                Slot::Value(_) if is_device_slot(&prop.name) => continue,
+                Slot::Value(v) => v,
                 Slot::Unread => continue,
             };
             if !first {
@@ -504,6 +505,13 @@ impl DeviceState {
     }
 }
 
+/// A driver's device-level error slot (`$advertisement`): a `$` name no
+/// configured property can have. It shows only in `errors` and `$meta`
+/// leaves it out.
+pub(crate) fn is_device_slot(name: &str) -> bool {
+    name.starts_with('$')
+}
+
 /// The JSON object key of an enum entry's raw value.
 fn raw_key(raw: &Value) -> String {
     match raw {
@@ -525,7 +533,11 @@ fn json_f64(x: f64) -> serde_json::Value {
 pub fn meta_payload(settings: &DeviceSettings) -> Vec<u8> {
     use serde_json::{Map, Value as J};
     let mut props = Map::new();
-    for p in &settings.properties {
+    for p in settings
+        .properties
+        .iter()
+        .filter(|p| !is_device_slot(&p.name))
+    {
         let mut m = Map::new();
         m.insert("type".into(), J::from(p.data_type.as_str()));
         if let Some(unit) = p.unit() {

@@ -47,6 +47,8 @@ fn io(m: impl Into<String>) -> DriverError {
 #[derive(Default, Clone)]
 pub struct AdapterRegistry {
     adapters: Arc<Mutex<HashMap<Option<String>, Weak<SharedAdapter>>>>,
+    /// The passive scans of advertising devices.
+    adverts: super::adverts::scan::AdvertHub,
 }
 
 impl AdapterRegistry {
@@ -68,6 +70,19 @@ impl AdapterRegistry {
         });
         map.insert(name.clone(), Arc::downgrade(&a));
         a
+    }
+
+    /// Runs one advertising BLE device until `link.cancel` fires.
+    pub async fn run_advert_device(&self, spec: DeviceSpec, link: DeviceLink) {
+        let Connection::BleAdvert(conn) = spec.connection.clone() else {
+            return;
+        };
+        super::adverts::scan::run_device(&self.adverts, spec, link, conn).await;
+    }
+
+    /// The passive scans shared by advertising devices (and `discover ble`).
+    pub fn adverts(&self) -> &super::adverts::scan::AdvertHub {
+        &self.adverts
     }
 
     /// Runs one BLE device until `link.cancel` fires.

@@ -7,8 +7,11 @@
 //!   properties, stream `notify` properties over the open connection, write
 //!   `$set` values; disconnects and adapter loss mark the device offline and
 //!   reconnect with backoff and jitter.
+//! - `adverts`: devices that only advertise (BTHome, pvvx, ATC1441, RuuviTag,
+//!   raw), read from one passive scan per adapter.
 
 pub mod adapter;
+pub mod adverts;
 pub mod codec;
 
 use std::time::Duration;

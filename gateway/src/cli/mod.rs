@@ -1,7 +1,9 @@
 //! Subcommands of the `fieldgate` command line besides run/check/schema:
-//! `profiles`, `discover opcua`, `probe modbus`. Each prints to stdout and
-//! returns the process exit code.
+//! `profiles`, `discover opcua|ble`, `probe modbus`. Each prints to stdout
+//! and returns the process exit code.
 
+#[cfg(feature = "ble")]
+pub mod discover_ble;
 #[cfg(feature = "opcua")]
 pub mod discover_opcua;
 #[cfg(feature = "modbus")]

@@ -19,6 +19,9 @@ use super::types::*;
 use super::{ConfigError, ConfigErrors};
 use crate::northbound::homeassistant::config::{self as ha_config, DiscoveryOptions};
 
+#[cfg(feature = "ble")]
+pub(crate) mod ble_adverts;
+
 /// `s` with control characters (line breaks, tabs, terminal escapes) written
 /// as escapes: keys and values quoted from the file must not break an error
 /// out of its one `FILE:LINE:COLUMN: KEY.PATH: message` line.
@@ -452,7 +455,17 @@ const OPCUA_PROTOCOL: &[&str] = &[
     "trustedServerCertificates",
     "mode",
 ];
-const BLE_PROTOCOL: &[&str] = &["address", "name", "adapter", "scanTimeout", "byteOrder"];
+const BLE_PROTOCOL: &[&str] = &[
+    "address",
+    "name",
+    "adapter",
+    "scanTimeout",
+    "byteOrder",
+    "mode",
+    "format",
+    "bindKey",
+    "staleAfter",
+];
 const COMMON_PROPERTY: &[&str] = &[
     "name",
     "type",
@@ -483,6 +496,10 @@ const BLE_PROPERTY: &[&str] = &[
     "access",
     "byteOffset",
     "byteOrder",
+    "field",
+    "source",
+    "companyId",
+    "serviceUuid",
 ];
 
 fn driver_protocol_keys(d: DriverKind) -> &'static [&'static str] {
@@ -1400,7 +1417,16 @@ impl Loader<'_> {
                             props_ok = false;
                             continue;
                         }
-                        match self.ctx.de::<PropertyConfig>(p, &pp) {
+                        // An advertisement `field:` may leave out `name`
+                        // and `type` (the format decides the type).
+                        #[cfg(feature = "ble")]
+                        let filled = ble_adverts::fill_defaults(p, node);
+                        #[cfg(not(feature = "ble"))]
+                        let filled: Option<Node> = None;
+                        match self
+                            .ctx
+                            .de::<PropertyConfig>(filled.as_ref().unwrap_or(p), &pp)
+                        {
                             Some(c) => props.push((c, p, pp)),
                             None => props_ok = false,
                         }
@@ -1655,7 +1681,22 @@ impl Loader<'_> {
                         }
                     }
                 }
+                #[cfg(feature = "ble")]
+                DriverKind::Ble if ble_adverts::is_advert(d.config.protocol.as_ref()) => {
+                    ble_adverts::check_property(
+                        ctx,
+                        d.config
+                            .protocol
+                            .as_ref()
+                            .unwrap_or(&ProtocolConfig::default()),
+                        p,
+                        pn,
+                        pp,
+                    );
+                }
                 DriverKind::Ble => {
+                    #[cfg(feature = "ble")]
+                    ble_adverts::check_gatt_property(ctx, pn, pp);
                     if p.characteristic.as_deref().is_none_or(str::is_empty) {
                         ctx.at(
                             pn,
@@ -1816,6 +1857,12 @@ impl Loader<'_> {
                 #[cfg(feature = "ble")]
                 if drv == DriverKind::Ble {
                     check_ble_protocol(ctx, &proto, d.node, path, pnode, &ppath);
+                    if let Some(pn) = pnode {
+                        ble_adverts::check_protocol(ctx, &proto, pn, &ppath);
+                    }
+                    if ble_adverts::is_advert(d.config.protocol.as_ref()) {
+                        ble_adverts::check_device(ctx, d);
+                    }
                     return;
                 }
                 #[cfg(feature = "opcua")]
@@ -2220,6 +2267,10 @@ impl Loader<'_> {
                     max_registers_per_read: proto.max_registers_per_read.unwrap_or(125),
                     max_gap: proto.max_gap.unwrap_or(10),
                 })
+            }
+            #[cfg(feature = "ble")]
+            DriverKind::Ble if ble_adverts::is_advert(d.config.protocol.as_ref()) => {
+                ble_adverts::build(d, &mut specs, &mut sems)?
             }
             #[cfg(feature = "ble")]
             DriverKind::Ble => {

@@ -243,6 +243,10 @@ fn device(out: &mut String, r: &Resolved, d: &DeviceSettings) {
                 dur(c.scan_timeout)
             );
         }
+        #[cfg(feature = "ble")]
+        Connection::BleAdvert(c) => {
+            let _ = writeln!(out, "{}", super::load::ble_adverts::describe(c));
+        }
         #[cfg(feature = "opcua")]
         Connection::OpcUa(c) => {
             let _ = writeln!(
@@ -280,6 +284,10 @@ fn device(out: &mut String, r: &Resolved, d: &DeviceSettings) {
     }
     let _ = writeln!(out, "    properties:");
     for (spec, sem) in d.spec.properties.iter().zip(&d.properties) {
+        // Device-level slots (`$advertisement`) are not properties.
+        if sem.name.starts_with('$') {
+            continue;
+        }
         let mut line = format!("      {}: {}", sem.name, sem.data_type);
         if sem.writable {
             line.push_str(", writable");
@@ -344,6 +352,10 @@ fn device(out: &mut String, r: &Resolved, d: &DeviceSettings) {
                     a.byte_order.as_str(),
                     a.byte_offset
                 );
+            }
+            #[cfg(feature = "ble")]
+            fieldgate_drivers::PropertyAddress::BleAdvert(a) => {
+                line.push_str(&super::load::ble_adverts::describe_address(a));
             }
             #[cfg(feature = "opcua")]
             fieldgate_drivers::PropertyAddress::OpcUa(a) => {

@@ -616,6 +616,38 @@ pub struct ProtocolConfig {
     pub adapter: Option<String>,
     /// How long to scan for the peripheral.
     pub scan_timeout: Option<HumanDuration>,
+    /// BLE `mode: advertisement`: bthome | pvvx | atc1441 | ruuvi | raw
+    pub format: Option<AdvertFormatName>,
+    /// BLE advertisements: BTHome v2 bind key (32 hex digits).
+    pub bind_key: Option<String>,
+    /// BLE advertisements: offline when nothing was heard for this long (default 5m).
+    pub stale_after: Option<HumanDuration>,
+}
+
+/// BLE advertisement formats (`protocol.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AdvertFormatName {
+    /// BTHome v2 (plain or encrypted).
+    Bthome,
+    /// pvvx custom format (LYWSD03MMC firmware).
+    Pvvx,
+    /// ATC1441 custom format (LYWSD03MMC firmware).
+    Atc1441,
+    /// RuuviTag data format 5.
+    Ruuvi,
+    /// Fields defined by `source`, `byteOffset`, `type`.
+    Raw,
+}
+
+/// Where a raw advertisement property reads its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AdvertSourceName {
+    /// Manufacturer data of `companyId`.
+    ManufacturerData,
+    /// Service data of `serviceUuid`.
+    ServiceData,
 }
 
 /// `{ endpoint: host:port }`
@@ -696,6 +728,7 @@ pub enum ByteOrderName {
 /// keys; `validate` checks that only the device's driver's keys are used.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = name_and_type_or_field)]
 pub struct PropertyConfig {
     /// Unique within the device; must not start with `$`.
     pub name: String,
@@ -769,9 +802,40 @@ pub struct PropertyConfig {
     /// read | notify | write | readWrite
     #[serde(default)]
     pub access: Option<BleAccess>,
-    /// Offset of the value in the characteristic's bytes.
+    /// Offset of the value in the characteristic's (or advertisement data's) bytes.
     #[serde(default)]
     pub byte_offset: Option<u16>,
+    /// BLE advertisements: the decoded field this property publishes (e.g. `temperature`, `rssi`).
+    #[serde(default)]
+    pub field: Option<String>,
+    /// BLE advertisements, raw: manufacturerData | serviceData
+    #[serde(default)]
+    pub source: Option<AdvertSourceName>,
+    /// BLE advertisements, raw: company id of the manufacturer data (e.g. 0x0499).
+    #[serde(default)]
+    pub company_id: Option<u16>,
+    /// BLE advertisements, raw: service UUID of the service data (e.g. "181a").
+    #[serde(default)]
+    pub service_uuid: Option<String>,
+}
+
+/// A property needs `name` and `type`, except a BLE advertisement property
+/// with `field:`, whose name defaults to the field and whose type the
+/// format decides.
+fn name_and_type_or_field(schema: &mut schemars::Schema) {
+    let Some(obj) = schema.as_object_mut() else {
+        return;
+    };
+    if let Some(serde_json::Value::Array(req)) = obj.get_mut("required") {
+        req.retain(|k| k != "name" && k != "type");
+        if req.is_empty() {
+            obj.remove("required");
+        }
+    }
+    obj.insert(
+        "anyOf".into(),
+        serde_json::json!([{ "required": ["name", "type"] }, { "required": ["field"] }]),
+    );
 }
 
 /// Modbus data table names.

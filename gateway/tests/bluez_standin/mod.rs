@@ -25,6 +25,16 @@
 //! was found before) and disappears with `InterfacesRemoved` when the
 //! peripheral goes away; its GATT objects are exported with it (BlueZ's
 //! cached GATT database).
+//!
+//! Advertisements ([`Bluez::advertise`]) reach the bus as BlueZ sends them:
+//! a device seen for the first time appears with `InterfacesAdded` carrying
+//! its `RSSI`, `ManufacturerData` (`a{qv}`) and `ServiceData` (`a{sv}`);
+//! later ones are `PropertiesChanged` on `org.bluez.Device1`. Discovery is
+//! kept per D-Bus client with its `SetDiscoveryFilter` (`Transport`,
+//! `DuplicateData`): advertisements are delivered only while some client
+//! discovers with transport `le` or `auto`, and an unchanged advertisement
+//! is signalled again only when a client asked for `DuplicateData: true`
+//! (else only its RSSI changes).
 
 #![allow(dead_code)]
 
@@ -183,6 +193,10 @@ enum Prop {
     Strs(Vec<String>),
     I16(i16),
     U32(u32),
+    /// `a{qv}` of byte arrays.
+    Manufacturer(Vec<(u16, Vec<u8>)>),
+    /// `a{sv}` of byte arrays.
+    ServiceData(Vec<(String, Vec<u8>)>),
 }
 
 impl Prop {
@@ -195,6 +209,16 @@ impl Prop {
             Prop::Strs(s) => Box::new(s.clone()),
             Prop::I16(i) => Box::new(*i),
             Prop::U32(u) => Box::new(*u),
+            Prop::Manufacturer(m) => Box::new(
+                m.iter()
+                    .map(|(k, v)| (*k, Variant(v.clone())))
+                    .collect::<HashMap<u16, Variant<Vec<u8>>>>(),
+            ),
+            Prop::ServiceData(m) => Box::new(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), Variant(v.clone())))
+                    .collect::<HashMap<String, Variant<Vec<u8>>>>(),
+            ),
         })
     }
 }
@@ -236,6 +260,28 @@ struct Dev {
     exported: bool,
     connected: bool,
     services: Vec<Service>,
+    /// Latest advertisement: RSSI, manufacturer data, service data.
+    rssi: i16,
+    manufacturer_data: Vec<(u16, Vec<u8>)>,
+    service_data: Vec<(String, Vec<u8>)>,
+}
+
+/// One D-Bus client's discovery filter (`SetDiscoveryFilter`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiscoveryFilter {
+    /// `auto` (default), `le` or `bredr`.
+    pub transport: String,
+    /// Report every advertisement, even unchanged ones.
+    pub duplicate_data: bool,
+}
+
+impl Default for DiscoveryFilter {
+    fn default() -> Self {
+        Self {
+            transport: "auto".into(),
+            duplicate_data: true,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -251,6 +297,12 @@ struct State {
     calls: Vec<String>,
     /// Connect calls per device address.
     connects: HashMap<String, usize>,
+    /// Filters set by each client (unique bus name).
+    filters: HashMap<String, DiscoveryFilter>,
+    /// Clients discovering now.
+    discovering_clients: Vec<String>,
+    /// Advertisements signalled (PropertiesChanged or InterfacesAdded with data).
+    adverts_sent: usize,
 }
 
 impl State {
@@ -282,12 +334,21 @@ impl State {
             ("Connected", Prop::Bool(d.connected)),
             ("ServicesResolved", Prop::Bool(d.connected)),
             ("Adapter", Prop::Path(ADAPTER.into())),
-            ("RSSI", Prop::I16(-60)),
+            ("RSSI", Prop::I16(d.rssi)),
             (
                 "UUIDs",
                 Prop::Strs(d.services.iter().map(|s| s.uuid.clone()).collect()),
             ),
         ];
+        if !d.manufacturer_data.is_empty() {
+            v.push((
+                "ManufacturerData",
+                Prop::Manufacturer(d.manufacturer_data.clone()),
+            ));
+        }
+        if !d.service_data.is_empty() {
+            v.push(("ServiceData", Prop::ServiceData(d.service_data.clone())));
+        }
         if let Some(n) = &d.name {
             v.push(("Name", Prop::Str(n.clone())));
             v.push(("Alias", Prop::Str(n.clone())));
@@ -447,6 +508,9 @@ impl Bluez {
                 exported: false,
                 connected: false,
                 services,
+                rssi: -60,
+                manufacturer_data: Vec::new(),
+                service_data: Vec::new(),
             });
         }
         let state = Arc::new(Mutex::new(state));
@@ -574,6 +638,7 @@ impl Bluez {
             }
             st.adapter_present = false;
             st.discovering = false;
+            st.discovering_clients.clear();
             for d in &mut st.devices {
                 d.exported = false;
                 d.connected = false;
@@ -599,6 +664,108 @@ impl Bluez {
             )]
         };
         self.send(msgs);
+    }
+
+    /// The peripheral advertises: `manufacturer` (company id, bytes) and/or
+    /// `service` (16-bit or 128-bit service UUID, bytes) with `rssi`. Signalled
+    /// as BlueZ would (see the module docs); returns whether it reached the
+    /// bus as an advertisement.
+    pub fn advertise(
+        &self,
+        address: &str,
+        manufacturer: Option<(u16, &[u8])>,
+        service: Option<(&str, &[u8])>,
+        rssi: i16,
+    ) -> bool {
+        let mut msgs = Vec::new();
+        let sent = {
+            let mut st = self.state.lock().unwrap();
+            let le_clients: Vec<DiscoveryFilter> = st
+                .discovering_clients
+                .iter()
+                .map(|c| st.filters.get(c).cloned().unwrap_or_default())
+                .filter(|f| f.transport != "bredr")
+                .collect();
+            let adapter_ok = st.adapter_present && st.powered;
+            let d = st
+                .devices
+                .iter_mut()
+                .find(|d| d.address == address)
+                .expect("known device");
+            if !adapter_ok || !d.present || le_clients.is_empty() {
+                false
+            } else {
+                let mut changed: Vec<(&'static str, Prop)> = Vec::new();
+                let mut data_changed = false;
+                if let Some((id, bytes)) = manufacturer {
+                    let new = vec![(id, bytes.to_vec())];
+                    data_changed |= d.manufacturer_data != new;
+                    d.manufacturer_data = new;
+                    changed.push((
+                        "ManufacturerData",
+                        Prop::Manufacturer(d.manufacturer_data.clone()),
+                    ));
+                }
+                if let Some((uuid, bytes)) = service {
+                    let uuid = if uuid.len() == 4 {
+                        sig_uuid(u16::from_str_radix(uuid, 16).expect("16-bit uuid"))
+                    } else {
+                        uuid.to_lowercase()
+                    };
+                    let new = vec![(uuid, bytes.to_vec())];
+                    data_changed |= d.service_data != new;
+                    d.service_data = new;
+                    changed.push(("ServiceData", Prop::ServiceData(d.service_data.clone())));
+                }
+                let rssi_changed = d.rssi != rssi;
+                d.rssi = rssi;
+                if !d.exported {
+                    d.exported = true;
+                    for (p, ifaces) in State::device_objects(d) {
+                        msgs.push(interfaces_added(&p, &ifaces));
+                    }
+                    true
+                } else {
+                    let duplicates = le_clients.iter().any(|f| f.duplicate_data);
+                    let mut props = Vec::new();
+                    if rssi_changed || duplicates {
+                        props.push(("RSSI", Prop::I16(rssi)));
+                    }
+                    let report_data = data_changed || duplicates;
+                    if report_data {
+                        props.extend(changed);
+                    }
+                    if !props.is_empty() {
+                        msgs.push(props_changed(&d.path, DEVICE1, &props));
+                    }
+                    report_data
+                }
+            }
+        };
+        if sent {
+            self.state.lock().unwrap().adverts_sent += 1;
+        }
+        self.send(msgs);
+        sent
+    }
+
+    /// The discovery filter each client set, and whether it discovers now.
+    pub fn discovery_filters(&self) -> Vec<(DiscoveryFilter, bool)> {
+        let st = self.state.lock().unwrap();
+        st.filters
+            .iter()
+            .map(|(c, f)| (f.clone(), st.discovering_clients.contains(c)))
+            .collect()
+    }
+
+    /// Whether any client discovers now.
+    pub fn discovering(&self) -> bool {
+        self.state.lock().unwrap().discovering
+    }
+
+    /// Advertisements signalled so far.
+    pub fn adverts_sent(&self) -> usize {
+        self.state.lock().unwrap().adverts_sent
     }
 
     /// Values written to a characteristic (by UUID), oldest first.
@@ -822,11 +989,55 @@ fn handle_call(state: &Mutex<State>, msg: &Message) -> (Message, Vec<Message>) {
                 }
             }
         }
-        (ADAPTER1, "SetDiscoveryFilter") if on_adapter => msg.method_return(),
+        (ADAPTER1, "SetDiscoveryFilter") if on_adapter => {
+            let sender = msg.sender().map(|s| s.to_string()).unwrap_or_default();
+            match msg.read1::<PropMap>() {
+                Err(_) => error(msg, "org.bluez.Error.InvalidArguments", "Invalid arguments"),
+                Ok(map) => {
+                    let mut f = DiscoveryFilter::default();
+                    let mut bad = None;
+                    for (k, v) in &map {
+                        match k.as_str() {
+                            "Transport" => match v.0.as_str() {
+                                Some(t @ ("auto" | "le" | "bredr")) => f.transport = t.into(),
+                                _ => bad = Some("Transport"),
+                            },
+                            "DuplicateData" => match v.0.as_i64() {
+                                Some(b) => f.duplicate_data = b != 0,
+                                None => bad = Some("DuplicateData"),
+                            },
+                            "UUIDs" | "RSSI" | "Pathloss" | "Discoverable" | "Pattern" => {}
+                            _ => bad = Some("unknown key"),
+                        }
+                    }
+                    match bad {
+                        Some(_) => {
+                            error(msg, "org.bluez.Error.InvalidArguments", "Invalid arguments")
+                        }
+                        None => {
+                            if map.is_empty() {
+                                st.filters.remove(&sender);
+                            } else {
+                                st.filters.insert(sender, f);
+                            }
+                            msg.method_return()
+                        }
+                    }
+                }
+            }
+        }
         (ADAPTER1, "StartDiscovery") if on_adapter => {
+            let sender = msg.sender().map(|s| s.to_string()).unwrap_or_default();
             if !st.powered {
                 error(msg, "org.bluez.Error.NotReady", "Resource Not Ready")
+            } else if st.discovering_clients.contains(&sender) {
+                error(
+                    msg,
+                    "org.bluez.Error.InProgress",
+                    "Operation already in progress",
+                )
             } else {
+                st.discovering_clients.push(sender);
                 if !st.discovering {
                     st.discovering = true;
                     signals.push(props_changed(
@@ -845,13 +1056,17 @@ fn handle_call(state: &Mutex<State>, msg: &Message) -> (Message, Vec<Message>) {
             }
         }
         (ADAPTER1, "StopDiscovery") if on_adapter => {
-            if st.discovering {
-                st.discovering = false;
-                signals.push(props_changed(
-                    ADAPTER,
-                    ADAPTER1,
-                    &[("Discovering", Prop::Bool(false))],
-                ));
+            let sender = msg.sender().map(|s| s.to_string()).unwrap_or_default();
+            if st.discovering_clients.contains(&sender) {
+                st.discovering_clients.retain(|c| *c != sender);
+                if st.discovering_clients.is_empty() && st.discovering {
+                    st.discovering = false;
+                    signals.push(props_changed(
+                        ADAPTER,
+                        ADAPTER1,
+                        &[("Discovering", Prop::Bool(false))],
+                    ));
+                }
                 msg.method_return()
             } else {
                 error(msg, "org.bluez.Error.Failed", "No discovery started")
