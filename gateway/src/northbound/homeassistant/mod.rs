@@ -187,6 +187,11 @@ fn plan(u: &Update, s: &HomeAssistantSettings) -> Vec<Planned> {
             base64: d.message.payload_encode == PayloadEncode::Base64,
         });
         for i in 0..d.properties.len() {
+            // `$`-named properties are device-level (a BLE advertisement's
+            // decode error), never published as values: no entity.
+            if d.properties[i].name.starts_with('$') {
+                continue;
+            }
             let build = {
                 let (d, shared, sess) = (Arc::clone(d), Arc::clone(&shared), sess.clone());
                 move || device_entity(&shared, &sess, &d, i)
