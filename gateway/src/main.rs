@@ -72,6 +72,8 @@ enum ProfilesCmd {
 }
 
 #[derive(Subcommand)]
+// Parsed once from the command line: the size of its variants is no cost.
+#[allow(clippy::large_enum_variant)]
 enum DiscoverCmd {
     /// BLE devices advertising nearby (passive scan): address, name, RSSI,
     /// recognised format and decoded values, and YAML for each recognised one.
