@@ -308,6 +308,13 @@ async fn repeated_packet_id_is_published_once_and_wrong_key_errs_on_that_device_
         &yaml,
     )
     .await;
+    // A first packet, published before the ones the test counts: the
+    // device is then attached to the scan (advertisements that arrive
+    // before that are not queued for it; only its latest data is).
+    r.bluez
+        .advertise(BTHOME, None, Some(("fcd2", &hex("40000602CA09"))), -60);
+    r.state_where("plain", |s| s["properties"]["packetId"] == json!(6))
+        .await;
     // Packet id 7 three times (a sensor repeats each packet), then id 8.
     for _ in 0..3 {
         r.bluez
