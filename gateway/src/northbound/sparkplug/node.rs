@@ -414,6 +414,9 @@ impl Node {
             .properties
             .iter()
             .enumerate()
+            // `$`-named properties are device-level (a BLE advertisement's
+            // decode error), never published as values: no metric.
+            .filter(|(_, prop)| !prop.name.starts_with('$'))
             .map(|(i, prop)| {
                 let v = values.get(i).and_then(Option::as_ref);
                 m::birth_metric(d.base + i as u64, prop, v, d.at)
@@ -547,7 +550,10 @@ impl Node {
             .properties
             .iter()
             .enumerate()
-            .filter(|(i, _)| old.as_ref().is_none_or(|o| o.get(*i) != values.get(*i)))
+            .filter(|(i, prop)| {
+                !prop.name.starts_with('$')
+                    && old.as_ref().is_none_or(|o| o.get(*i) != values.get(*i))
+            })
             .map(|(i, prop)| {
                 let v = values.get(i).and_then(Option::as_ref);
                 let mut metric = m::data_metric(d.base + i as u64, m::datatype(prop), v, prop, at);
