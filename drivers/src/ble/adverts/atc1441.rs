@@ -33,15 +33,9 @@ pub fn decode(adv: &Advertisement) -> Result<Decoded, DecodeError> {
             d.len()
         )));
     }
-    if d[..6] != adv.address {
-        let mut mac = [0u8; 6];
-        mac.copy_from_slice(&d[..6]);
-        return Err(invalid(format!(
-            "advertisement names MAC {}, not the sender's {}",
-            super::format_address(&mac),
-            super::format_address(&adv.address)
-        )));
-    }
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&d[..6]);
+    super::check_sender(adv, &mac)?;
     let t = i16::from_be_bytes([d[6], d[7]]);
     let mv = u16::from_be_bytes([d[10], d[11]]);
     let mut out = Decoded::default();

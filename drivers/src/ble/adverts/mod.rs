@@ -290,6 +290,19 @@ fn scaled(raw: f64, factor: f64, decimals: i32) -> f64 {
     format!("{x:.d$}").parse().unwrap_or(x)
 }
 
+/// The LYWSD03MMC firmware formats repeat the sender's MAC in their payload:
+/// an advertisement naming another device is refused.
+pub(crate) fn check_sender(adv: &Advertisement, named: &[u8; 6]) -> Result<(), DecodeError> {
+    if *named == adv.address {
+        return Ok(());
+    }
+    Err(invalid(format!(
+        "advertisement names MAC {}, not the sender's {}",
+        format_address(named),
+        format_address(&adv.address)
+    )))
+}
+
 /// The address as `AA:BB:CC:DD:EE:FF`.
 pub fn format_address(a: &[u8; 6]) -> String {
     a.iter()

@@ -38,13 +38,7 @@ pub fn decode(adv: &Advertisement) -> Result<Decoded, DecodeError> {
     for (dst, src) in mac.iter_mut().zip(d[..6].iter().rev()) {
         *dst = *src;
     }
-    if mac != adv.address {
-        return Err(invalid(format!(
-            "advertisement names MAC {}, not the sender's {}",
-            super::format_address(&mac),
-            super::format_address(&adv.address)
-        )));
-    }
+    super::check_sender(adv, &mac)?;
     let t = i16::from_le_bytes([d[6], d[7]]);
     let h = u16::from_le_bytes([d[8], d[9]]);
     let mv = u16::from_le_bytes([d[10], d[11]]);
