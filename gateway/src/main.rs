@@ -81,46 +81,7 @@ enum DiscoverCmd {
     Ble(fieldgate::cli::discover_ble::Args),
     /// Browse an OPC-UA server from a root node to a depth.
     #[cfg(feature = "opcua")]
-    Opcua {
-        /// opc.tcp://HOST:PORT[/PATH]
-        endpoint: String,
-        /// NodeId to start from (default: the Objects folder).
-        #[arg(long, default_value = "i=85")]
-        root: String,
-        /// Levels below the root to browse.
-        #[arg(long, default_value_t = 5)]
-        depth: usize,
-        /// Device name in the printed YAML (default: opcua-<host>).
-        #[arg(long)]
-        name: Option<String>,
-        /// None | Basic256Sha256 | Aes128Sha256RsaOaep | Aes256Sha256RsaPss
-        #[arg(long, default_value = "None")]
-        security_policy: String,
-        /// None | Sign | SignAndEncrypt
-        #[arg(long, default_value = "None")]
-        security_mode: String,
-        /// User name (with --password-file).
-        #[arg(long)]
-        username: Option<String>,
-        /// File whose first line is the password.
-        #[arg(long)]
-        password_file: Option<PathBuf>,
-        /// Client certificate (DER or PEM).
-        #[arg(long)]
-        certificate: Option<PathBuf>,
-        /// Client private key (PEM).
-        #[arg(long)]
-        private_key: Option<PathBuf>,
-        /// Directory of trusted server certificates.
-        #[arg(long, default_value = "/etc/fieldgate/pki/trusted")]
-        trusted_server_certificates: PathBuf,
-        /// Where a generated client certificate is kept (the daemon's `<stateDirectory>/opcua`).
-        #[arg(long, default_value = "/var/lib/fieldgate/opcua")]
-        state_directory: PathBuf,
-        /// Per-request timeout.
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-        timeout: std::time::Duration,
-    },
+    Opcua(fieldgate::cli::discover_opcua::Options),
 }
 
 #[derive(Subcommand)]
@@ -206,35 +167,7 @@ fn discover(what: DiscoverCmd) -> i32 {
         #[cfg(feature = "ble")]
         DiscoverCmd::Ble(args) => fieldgate::cli::discover_ble::run(&args),
         #[cfg(feature = "opcua")]
-        DiscoverCmd::Opcua {
-            endpoint,
-            root,
-            depth,
-            name,
-            security_policy,
-            security_mode,
-            username,
-            password_file,
-            certificate,
-            private_key,
-            trusted_server_certificates,
-            state_directory,
-            timeout,
-        } => fieldgate::cli::discover_opcua::run(fieldgate::cli::discover_opcua::Options {
-            endpoint,
-            root,
-            depth,
-            name,
-            security_policy,
-            security_mode,
-            username,
-            password_file,
-            certificate,
-            private_key,
-            trusted_server_certificates,
-            state_directory,
-            timeout,
-        }),
+        DiscoverCmd::Opcua(options) => fieldgate::cli::discover_opcua::run(options),
     }
 }
 

@@ -12,34 +12,46 @@ use std::time::Duration;
 use fieldgate_drivers::opcua::browse::{self, Discovery, FoundKind};
 use fieldgate_drivers::opcua::{Identity, Mode, OpcUaConnection, Policy, SecurityMode};
 
-/// Options of `fieldgate discover opcua`.
-#[derive(Debug, Clone)]
+/// Options of `fieldgate discover opcua` (its command-line arguments).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
-    /// `opc.tcp://host:port[/path]`.
+    /// opc.tcp://HOST:PORT[/PATH]
     pub endpoint: String,
-    /// Where to start (default the Objects folder, `i=85`).
+    /// NodeId to start from (default: the Objects folder).
+    #[arg(long, default_value = "i=85")]
     pub root: String,
-    /// Levels below the root.
+    /// Levels below the root to browse.
+    #[arg(long, default_value_t = 5)]
     pub depth: usize,
-    /// Device name in the YAML (default from the endpoint's host).
+    /// Device name in the printed YAML (default: opcua-<host>).
+    #[arg(long)]
     pub name: Option<String>,
-    /// `None | Basic256Sha256 | Aes128Sha256RsaOaep | Aes256Sha256RsaPss`.
+    /// None | Basic256Sha256 | Aes128Sha256RsaOaep | Aes256Sha256RsaPss
+    #[arg(long, default_value = "None")]
     pub security_policy: String,
-    /// `None | Sign | SignAndEncrypt`.
+    /// None | Sign | SignAndEncrypt
+    #[arg(long, default_value = "None")]
     pub security_mode: String,
-    /// User name (with `password_file`).
+    /// User name (with --password-file).
+    #[arg(long)]
     pub username: Option<String>,
-    /// First line = password.
+    /// File whose first line is the password.
+    #[arg(long)]
     pub password_file: Option<PathBuf>,
-    /// Client certificate.
+    /// Client certificate (DER or PEM).
+    #[arg(long)]
     pub certificate: Option<PathBuf>,
-    /// Client private key.
+    /// Client private key (PEM).
+    #[arg(long)]
     pub private_key: Option<PathBuf>,
-    /// Trusted server certificates directory.
+    /// Directory of trusted server certificates.
+    #[arg(long, default_value = "/etc/fieldgate/pki/trusted")]
     pub trusted_server_certificates: PathBuf,
-    /// Where a generated client certificate is kept.
+    /// Where a generated client certificate is kept (the daemon's `<stateDirectory>/opcua`).
+    #[arg(long, default_value = "/var/lib/fieldgate/opcua")]
     pub state_directory: PathBuf,
-    /// Per request.
+    /// Per-request timeout.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 }
 
