@@ -189,7 +189,7 @@ fn plan(u: &Update, s: &HomeAssistantSettings) -> Vec<Planned> {
         for i in 0..d.properties.len() {
             // `$`-named properties are device-level (a BLE advertisement's
             // decode error), never published as values: no entity.
-            if d.properties[i].name.starts_with('$') {
+            if crate::state::is_device_slot(&d.properties[i].name) {
                 continue;
             }
             let build = {

@@ -416,7 +416,7 @@ impl Node {
             .enumerate()
             // `$`-named properties are device-level (a BLE advertisement's
             // decode error), never published as values: no metric.
-            .filter(|(_, prop)| !prop.name.starts_with('$'))
+            .filter(|(_, prop)| !crate::state::is_device_slot(&prop.name))
             .map(|(i, prop)| {
                 let v = values.get(i).and_then(Option::as_ref);
                 m::birth_metric(d.base + i as u64, prop, v, d.at)
@@ -551,7 +551,7 @@ impl Node {
             .iter()
             .enumerate()
             .filter(|(i, prop)| {
-                !prop.name.starts_with('$')
+                !crate::state::is_device_slot(&prop.name)
                     && old.as_ref().is_none_or(|o| o.get(*i) != values.get(*i))
             })
             .map(|(i, prop)| {
