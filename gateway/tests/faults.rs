@@ -655,12 +655,7 @@ async fn running_out_of_descriptors_on_the_http_listener_backs_off_and_recovers(
     )
     .unwrap();
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new("prlimit")
-        .arg("--nofile=80:80")
-        .arg("--")
-        .arg(support::fieldgate_binary())
-        .args(["run", "-c"])
-        .arg(&path)
+    let mut child = support::fieldgate_with_nofile(80, 80, &path)
         .env("RUST_LOG", "info")
         .stdout(log.try_clone().unwrap())
         .stderr(log)

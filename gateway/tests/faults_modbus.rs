@@ -582,17 +582,6 @@ async fn a_replugged_usb_adapter_is_found_again_under_its_stable_name() {
     assert_up(&mut gw, metrics);
 }
 
-/// `prlimit` (util-linux) runs the gateway with the given open-file limits.
-fn run_with_nofile(soft: u64, hard: u64, config: &std::path::Path) -> std::process::Command {
-    let mut cmd = std::process::Command::new("prlimit");
-    cmd.arg(format!("--nofile={soft}:{hard}"))
-        .arg("--")
-        .arg(support::fieldgate_binary())
-        .args(["run", "-c"])
-        .arg(config);
-    cmd
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_needing_more_open_files_than_allowed_is_refused_or_the_limit_raised() {
     let broker = support::Mosquitto::start();
@@ -607,7 +596,9 @@ async fn a_config_needing_more_open_files_than_allowed_is_refused_or_the_limit_r
     std::fs::write(&path, config(broker.port(), metrics, &devices)).unwrap();
 
     // A hard limit below the need: a clear error at start, exit 78.
-    let out = run_with_nofile(256, 256, &path).output().expect("prlimit");
+    let out = support::fieldgate_with_nofile(256, 256, &path)
+        .output()
+        .expect("prlimit");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{err}");
     assert!(
@@ -616,7 +607,7 @@ async fn a_config_needing_more_open_files_than_allowed_is_refused_or_the_limit_r
     );
 
     // A soft limit below the need but a hard one above: raised, and it runs.
-    let mut child = run_with_nofile(256, 8192, &path)
+    let mut child = support::fieldgate_with_nofile(256, 8192, &path)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -901,6 +901,18 @@ pub fn fieldgate_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_fieldgate"))
 }
 
+/// `fieldgate run -c <config>` under `prlimit` (util-linux) with the given
+/// open-file limits (soft, hard), not yet started.
+pub fn fieldgate_with_nofile(soft: u64, hard: u64, config: &Path) -> Command {
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--nofile={soft}:{hard}"))
+        .arg("--")
+        .arg(fieldgate_binary())
+        .args(["run", "-c"])
+        .arg(config);
+    cmd
+}
+
 /// Runs `fieldgate <args>` to completion (for CLI tests); `RUST_LOG` is
 /// inherited, stdin is empty.
 pub fn fieldgate(args: &[&str]) -> Output {
