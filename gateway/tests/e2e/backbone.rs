@@ -1,7 +1,7 @@
 //! End-to-end tests of the backbone: the real `fieldgate` binary with the
 //! simulator against a Mosquitto started by the test, observed over MQTT only.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -3,8 +3,8 @@
 //! (`DBUS_SYSTEM_BUS_ADDRESS`), observed over a Mosquitto started by the test.
 #![cfg(feature = "ble")]
 
-mod bluez_standin;
-mod support;
+use crate::support;
+use fieldgate_testkit::bluez as bluez_standin;
 
 use std::time::Duration;
 

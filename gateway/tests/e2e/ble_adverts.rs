@@ -5,8 +5,8 @@
 //! over a Mosquitto started by the test.
 #![cfg(feature = "ble")]
 
-mod bluez_standin;
-mod support;
+use crate::support;
+use fieldgate_testkit::bluez as bluez_standin;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

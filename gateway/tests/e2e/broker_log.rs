@@ -5,7 +5,7 @@
 //! MQTT, still logs as ERROR.
 #![cfg(feature = "broker")]
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

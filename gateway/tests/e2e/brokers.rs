@@ -3,7 +3,7 @@
 //! second fieldgate process, and NATS's MQTT listener (when the Debian
 //! package `nats-server` is installed; run-tests.sh installs it).
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -8,7 +8,7 @@
 //! - `waitTimeout`: while the session takes no more messages, a device drops
 //!   (and counts) what it cannot hand over in time.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! passes `fieldgate check`; the shipped `configs/fieldgate.schema.json` is
 //! exactly what `fieldgate schema` prints.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 

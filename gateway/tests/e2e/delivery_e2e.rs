@@ -3,7 +3,7 @@
 //! store and a damaged store file, observed by a persistent subscriber on a
 //! real Mosquitto with persistence.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -3,9 +3,8 @@
 //! `fieldgate check`, and the gateway run with it publishes every variable.
 //! Discovery only reads: the server's values are unchanged afterwards.
 
-#[path = "../../drivers/tests/opcua_server/mod.rs"]
-mod opcua_server;
-mod support;
+use crate::opcua_server;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! MQTT 5 publish/subscribe with retained messages, and clear errors.
 #![cfg(feature = "broker")]
 
-mod support;
+use crate::support;
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;

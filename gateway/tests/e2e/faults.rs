@@ -8,9 +8,9 @@
 //! Field-side faults are in `faults_modbus.rs`; what older test files
 //! already cover is listed in RELIABILITY.md.
 
-mod support;
+use crate::support;
 
-mod fault_rig;
+use crate::fault_rig;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -8,11 +8,10 @@
 //! Timeouts and poll periods are short (100 ms polls, 300 ms timeouts) so
 //! the whole file runs in well under a minute; every wait is on a condition.
 
-#[path = "../../drivers/tests/modbus_server/mod.rs"]
-mod modbus_server;
-mod support;
+use crate::modbus_server;
+use crate::support;
 
-mod fault_rig;
+use crate::fault_rig;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,10 +1,10 @@
 //! Replays fuzz inputs through the fuzz targets' entry points (the same
-//! code and checks cargo-fuzz runs, `tests/fuzz_harness/`): the inputs the
+//! code and checks cargo-fuzz runs, `testkit/fuzz/`): the inputs the
 //! fuzzers found (`tests/fuzz_regressions/<target>/`) and the seed corpora
 //! (`fuzz/seeds/<target>/`). Every input must pass without a panic.
 //! See docs/fuzzing.md.
 
-mod fuzz_harness;
+use fieldgate_fuzz_harness as fuzz_harness;
 
 use std::path::{Path, PathBuf};
 

@@ -1,7 +1,7 @@
 //! Smoke tests of the end-to-end harness itself: Mosquitto start/restart,
 //! the MQTT 3.1.1 and MQTT 5 probes, the CLI runner and process plumbing.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;

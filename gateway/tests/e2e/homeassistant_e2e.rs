@@ -5,10 +5,9 @@
 //! Mosquitto, and every assertion made through Home Assistant's REST API.
 //! One Home Assistant start (~10 s) serves the whole scenario.
 
-mod homeassistant;
-#[path = "../../drivers/tests/modbus_server/mod.rs"]
-mod modbus_server;
-mod support;
+use crate::homeassistant;
+use crate::modbus_server;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

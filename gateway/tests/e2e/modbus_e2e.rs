@@ -3,9 +3,8 @@
 //! pair, RTU over TCP), observed through a Mosquitto started by the test, the
 //! servers' register storage and `/metrics`.
 
-#[path = "../../drivers/tests/modbus_server/mod.rs"]
-mod modbus_server;
-mod support;
+use crate::modbus_server;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,10 +2,9 @@
 //! test process, observed through a Mosquitto started by the test.
 #![cfg(feature = "opcua")]
 
-#[path = "../../drivers/tests/opcua_server/mod.rs"]
-mod opcua_server;
+use crate::opcua_server;
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;

@@ -3,9 +3,8 @@
 //! its order, silent units are reported, `--yaml` prints a skeleton that
 //! `fieldgate check` accepts, and nothing is ever written.
 
-#[path = "../../drivers/tests/modbus_server/mod.rs"]
-mod modbus_server;
-mod support;
+use crate::modbus_server;
+use crate::support;
 
 use std::collections::HashMap;
 

@@ -5,9 +5,8 @@
 //! globs, duplicate names across files, hot reload of included files, and
 //! the `fieldgate profiles` / `check` output.
 
-#[path = "../../drivers/tests/modbus_server/mod.rs"]
-mod modbus_server;
-mod support;
+use crate::modbus_server;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;

@@ -10,7 +10,7 @@
 //! something else already holds them.
 #![cfg(feature = "broker")]
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;

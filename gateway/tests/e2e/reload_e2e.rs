@@ -4,10 +4,9 @@
 //! and the effects are observed over MQTT, the device server, the log and
 //! /metrics only.
 
-mod support;
+use crate::support;
 
-#[path = "../../drivers/tests/modbus_server/mod.rs"]
-mod modbus_server;
+use crate::modbus_server;
 
 use std::time::{Duration, Instant, SystemTime};
 

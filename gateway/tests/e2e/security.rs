@@ -4,13 +4,12 @@
 //! input is refused without harm; device and property names cannot inject
 //! topics or JSON; `$set` reaches only writable properties; the store and
 //! the bridge socket are private. The systemd sandbox is checked by the
-//! packaging tests (`tests/package-test.sh`, `gateway/tests/systemd.rs`).
+//! packaging tests (`tests/package-test.sh`, `gateway/tests/e2e/systemd.rs`).
 
-#[path = "../../drivers/tests/modbus_server/mod.rs"]
-mod modbus_server;
-mod support;
+use crate::modbus_server;
+use crate::support;
 
-mod fault_rig;
+use crate::fault_rig;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -609,8 +608,7 @@ async fn the_file_store_and_the_broker_socket_are_private() {
 }
 
 #[cfg(feature = "opcua")]
-#[path = "../../drivers/tests/opcua_server/mod.rs"]
-mod opcua_server;
+use crate::opcua_server;
 
 #[cfg(feature = "opcua")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,10 +6,9 @@
 //! decodes every message, checks the bdSeq/seq/alias rules, sends Rebirth,
 //! DCMDs and STATE; the test kills the gateway and the broker.
 
-mod support;
+use crate::support;
 
-#[path = "../../drivers/tests/modbus_server/mod.rs"]
-mod modbus_server;
+use crate::modbus_server;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

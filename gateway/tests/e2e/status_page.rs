@@ -4,7 +4,7 @@
 //! assets and headers, the connection limit, and the config rules for
 //! `gateway.metrics.commands` / `token` / `tokenFile`.
 
-mod support;
+use crate::support;
 
 use std::io::Write as _;
 use std::net::TcpStream;

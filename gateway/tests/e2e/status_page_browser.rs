@@ -3,7 +3,7 @@
 //! simulated devices and a dead Modbus device. Screenshots are saved under
 //! `target/test-artifacts/`.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

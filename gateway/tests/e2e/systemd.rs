@@ -2,7 +2,7 @@
 //! datagram socket the test binds (READY=1, WATCHDOG=1, STOPPING=1), and
 //! journald-style log lines when stderr is the `JOURNAL_STREAM`.
 
-mod support;
+use crate::support;
 
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};

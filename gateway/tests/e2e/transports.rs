@@ -4,7 +4,7 @@
 //! connectTimeout and pingTimeout. Certificates come from the `openssl` CLI;
 //! every broker is a Mosquitto started by the test.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

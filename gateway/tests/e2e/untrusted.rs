@@ -7,9 +7,9 @@
 //! (`ackTimeout`); an 8 000-key `$set` gets a small result; a command
 //! flood is rate limited. Each test failed on the code before §9.
 
-mod support;
+use crate::support;
 
-mod fault_rig;
+use crate::fault_rig;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -18,7 +18,7 @@ const START: Duration = Duration::from_secs(180);
 /// prints when it installs). Panics when it cannot be installed: the test
 /// must fail, not skip.
 pub fn hass_binary() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/homeassistant/venv.sh");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/homeassistant/venv.sh");
     let out = Command::new("bash")
         .arg(&script)
         .stdin(Stdio::null())

@@ -2,7 +2,7 @@
 # Makes (once) the Home Assistant Core venv the Home Assistant end-to-end test
 # runs, outside the checkout, and prints the path of its `hass` on the last line.
 #
-#     bash gateway/tests/homeassistant/venv.sh      # → /var/cache/fieldgate-test/homeassistant/venv/bin/hass
+#     bash gateway/tests/e2e/homeassistant/venv.sh     # → /var/cache/fieldgate-test/homeassistant/venv/bin/hass
 #
 # Home Assistant Core is installed under its own package_constraints.txt
 # (shipped inside the package: a plain install pulls newer, incompatible

@@ -2,7 +2,7 @@
 //! loopback port, MQTT 3.1.1 and MQTT 5 probe clients, the real `fieldgate`
 //! binary run as a child process, and small polling helpers.
 //!
-//! Use it from a test file with `mod support;`. Helpers panic with a clear
+//! Use it from a test module with `use crate::support;`. Helpers panic with a clear
 //! message when something does not happen in time: they are for tests only.
 //! Everything waits on conditions with timeouts, never on fixed sleeps.
 
@@ -15,64 +15,22 @@ pub mod http;
 use std::borrow::Cow;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-/// How long helpers wait for a process or connection to become ready.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A loopback TCP port that was free a moment ago (bind port 0, read, drop).
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
-}
-
-/// Polls `cond` every 20 ms until it is true (returns true) or `timeout`
-/// passes (returns false).
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Async [`wait_until`] for use inside tokio tests.
-pub async fn wait_until_async(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// True if something accepts TCP connections on 127.0.0.1:`port`.
-pub fn port_open(port: u16) -> bool {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-}
-
-/// Waits until 127.0.0.1:`port` accepts TCP connections; false on timeout.
-pub fn wait_port_open(port: u16, timeout: Duration) -> bool {
-    wait_until(timeout, || port_open(port))
-}
+// The helpers the benchmarks and fuzz targets share (free ports, waiting,
+// signals, a private Mosquitto) live in the `fieldgate-testkit` crate.
+pub use fieldgate_testkit::{
+    free_port, port_open, send_signal, wait_port_open, wait_until, wait_until_async, Mosquitto,
+    READY_TIMEOUT,
+};
 
 /// A blocking HTTP/1.0 GET of `http://<addr><path>`: `(status, body)`.
 /// For `/metrics` and `/healthz`; bounded by 5 s timeouts.
@@ -97,175 +55,6 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad HTTP response: {head}")))?;
     Ok((status, body.to_owned()))
-}
-
-/// Sends `signal` (e.g. `TERM`, `HUP`, `KILL`) to `pid` with the `kill` command.
-pub fn send_signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{signal} {pid} failed: {status}");
-}
-
-// ---------------------------------------------------------------------------
-// Mosquitto
-
-/// The mosquitto binary: `/usr/sbin/mosquitto`, else the first on `PATH`.
-pub fn mosquitto_binary() -> PathBuf {
-    let fixed = PathBuf::from("/usr/sbin/mosquitto");
-    if fixed.is_file() {
-        return fixed;
-    }
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join("mosquitto"))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| panic!("mosquitto not installed: run tests/run-tests.sh"))
-}
-
-/// A Mosquitto broker on a free loopback port, killed on drop.
-pub struct Mosquitto {
-    port: u16,
-    dir: tempfile::TempDir,
-    conf: PathBuf,
-    child: Option<Child>,
-    starts: u32,
-}
-
-impl Mosquitto {
-    /// Starts an anonymous, non-persistent broker on 127.0.0.1:<free port>.
-    pub fn start() -> Self {
-        Self::start_with("")
-    }
-
-    /// Like [`Mosquitto::start`], with `extra_conf` appended to the config file.
-    pub fn start_with(extra_conf: &str) -> Self {
-        Self::start_on_with(free_port(), extra_conf)
-    }
-
-    /// Starts the broker on a given port (e.g. one a gateway already
-    /// tries to reach).
-    pub fn start_on(port: u16) -> Self {
-        Self::start_on_with(port, "")
-    }
-
-    /// [`Mosquitto::start_on`] with `extra_conf` appended to the config file.
-    pub fn start_on_with(port: u16, extra_conf: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir for mosquitto");
-        let conf = dir.path().join("mosquitto.conf");
-        let text = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra_conf}\n"
-        );
-        fs::write(&conf, text).expect("write mosquitto.conf");
-        let mut m = Self {
-            port,
-            dir,
-            conf,
-            child: None,
-            starts: 0,
-        };
-        m.spawn();
-        m
-    }
-
-    /// The listening port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// `tcp://127.0.0.1:<port>` for a fieldgate `mqtt.client.server`.
-    pub fn url(&self) -> String {
-        format!("tcp://127.0.0.1:{}", self.port)
-    }
-
-    /// The broker's process id while it runs (to freeze it with SIGSTOP).
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// True while the broker process runs.
-    pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => false,
-        }
-    }
-
-    /// Kills the broker (SIGKILL, like a crash) and waits for it to exit.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Stops the broker with SIGTERM (it saves its persistence file) and
-    /// waits for it to exit.
-    pub fn stop_graceful(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            send_signal(child.id(), "TERM");
-            let _ = child.wait();
-        }
-    }
-
-    /// Stops the broker and starts it again on the same port; returns once
-    /// it accepts connections.
-    pub fn restart(&mut self) {
-        self.stop();
-        self.spawn();
-    }
-
-    /// Everything the broker wrote to stdout/stderr, across restarts.
-    pub fn log(&self) -> String {
-        fs::read(self.dir.path().join("mosquitto.log"))
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    }
-
-    fn spawn(&mut self) {
-        let log_path = self.dir.path().join("mosquitto.log");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .expect("open mosquitto.log");
-        let log2 = log.try_clone().expect("clone log handle");
-        let child = Command::new(mosquitto_binary())
-            .arg("-c")
-            .arg(&self.conf)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start mosquitto: {e}"));
-        self.child = Some(child);
-        self.starts += 1;
-        let port = self.port;
-        let ready = wait_until(READY_TIMEOUT, || {
-            if !self.is_running() {
-                return true;
-            }
-            port_open(port)
-        });
-        if !ready || !self.is_running() {
-            self.stop();
-            panic!(
-                "mosquitto did not start on port {port} (start #{}):\n{}",
-                self.starts,
-                self.log()
-            );
-        }
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 // ---------------------------------------------------------------------------

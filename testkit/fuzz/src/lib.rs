@@ -1,7 +1,7 @@
 //! The fuzz targets' entry points and their checks, shared by the
-//! cargo-fuzz targets (`fuzz/`, which include this directory) and the
-//! regression tests (`tests/fuzz_regressions.rs`), so a found input is
-//! replayed through exactly the code and assertions that found it.
+//! cargo-fuzz targets (`fuzz/`, which depend on this crate) and the
+//! regression tests (`gateway/tests/e2e/fuzz_regressions.rs`), so a found
+//! input is replayed through exactly the code and assertions that found it.
 //!
 //! Each `run(&[u8])` must return normally for every input: a panic is a
 //! finding (a crash in fieldgate or a violated property).
@@ -17,7 +17,7 @@ pub mod topics;
 pub type Run = fn(&[u8]);
 
 /// The targets by name, as `fuzz/fuzz_targets/<name>.rs` and
-/// `tests/fuzz_regressions/<name>/` call them.
+/// `gateway/tests/fuzz_regressions/<name>/` call them.
 pub const TARGETS: [(&str, Run); 5] = [
     ("config", config::run),
     ("set_payload", set_payload::run),
