@@ -4,13 +4,19 @@
 #[cfg(feature = "broker")]
 pub mod broker;
 pub mod cli;
+// adjtimex(2): the kernel's clock synchronisation state.
+#[allow(unsafe_code)]
 pub mod clock;
 pub mod command;
 pub mod config;
 pub mod daemon;
 pub mod deadline;
+// getrlimit(2) / setrlimit(2): the open-file limit.
+#[allow(unsafe_code)]
 pub mod descriptors;
 pub mod device;
+// The allocator's purge calls (jemalloc mallctl, glibc malloc_trim).
+#[allow(unsafe_code)]
 pub mod heap;
 pub mod http;
 pub mod mqtt;

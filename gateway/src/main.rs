@@ -17,7 +17,10 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// threads allocate little; an arena per CPU would keep a heap per thread),
 /// and freed pages given back to the OS after about a second instead of ten.
 /// `_RJEM_MALLOC_CONF` in the environment can still override them.
+// SAFETY: jemalloc reads this symbol once, as a NUL-terminated string,
+// which the static is; nothing else defines `_rjem_malloc_conf`.
 #[cfg(feature = "jemalloc")]
+#[allow(unsafe_code)]
 #[export_name = "_rjem_malloc_conf"]
 static JEMALLOC_CONF: &[u8; 47] = b"narenas:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Creates (once) the venv with the BLE advertisement parsers Home Assistant
-# uses, for the decoder cross-check tests (gateway/tests/ble_parsers.rs).
+# uses, for the decoder cross-check tests (gateway/tests/e2e/ble_parsers.rs).
 # Prints the venv's python on stdout; says on stderr when it had to install.
 set -eu
 VENV="${FIELDGATE_BLE_PARSERS_VENV:-/var/cache/fieldgate-test/ble-parsers}"

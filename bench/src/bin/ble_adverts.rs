@@ -13,8 +13,7 @@
 //! at the end. The stand-in and the subscriber run in this process, so
 //! their CPU is not counted.
 
-#[path = "../../../gateway/tests/bluez_standin/mod.rs"]
-mod bluez_standin;
+use fieldgate_testkit::bluez as bluez_standin;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
