@@ -7,7 +7,9 @@ holds the same counter, which advances every `--change` seconds at known
 instants (t0 + k * change), so the subscriber can tell, for each value it
 receives, when that value appeared in the register: the end-to-end latency
 (register changed -> message at the subscriber) is the receive time minus
-that instant, taken on the first message that carries the new value.
+that instant, taken on the first message that carries the new value. The
+counter is 15 bits wide: it wraps after 32768 changes (27 minutes at the
+default 50 ms), and a value is unwrapped against the receive time.
 
 For each gateway and each load level (devices x registers at `--interval`):
 warm-up, then a measurement window. Printed per level, then one table:
@@ -18,7 +20,10 @@ warm-up, then a measurement window. Printed per level, then one table:
 - latency p50/p99;
 - highest load sustained: the largest level with >= 95 % delivered and
   p99 <= 1 s (levels run in increasing order; a gateway stops at its
-  first failing level).
+  first failing level). The registers change every 50 ms (`--change`),
+  more often than any gateway polls them (0.5 s): each poll reads a value
+  at most 50 ms old, so the latency is the gateway's own read -> publish ->
+  broker path plus at most 50 ms, whatever the phase of its polls.
 
 Run by bench/peers/run.sh, which creates the venvs this needs.
 """
@@ -347,10 +352,11 @@ def main() -> int:
     sim.add_argument("--registers", type=int, required=True)
     ap.add_argument("--fieldgate", default="target/release/fieldgate")
     ap.add_argument("--venvs", default="/var/cache/fieldgate-bench/peers")
-    ap.add_argument("--levels", default="10x10,50x10,100x10,100x40,200x60",
+    ap.add_argument("--levels", default="10x10,50x10,100x20,200x25,200x50,200x100,240x120",
                     help="load levels DEVICESxREGISTERS, increasing (devices <= 247)")
-    ap.add_argument("--interval", type=float, default=0.1, help="poll interval, seconds")
-    ap.add_argument("--change", type=float, default=1.0, help="register change period, seconds")
+    ap.add_argument("--interval", type=float, default=0.5, help="poll interval, seconds")
+    ap.add_argument("--change", type=float, default=0.05,
+                    help="register change period, seconds (short: the wait for the next poll is at most this)")
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--duration", type=float, default=15.0)
     ap.add_argument("--only", default="", help="comma-separated gateway names")
