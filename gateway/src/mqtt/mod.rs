@@ -211,6 +211,10 @@ pub struct SessionHandle {
     pub dialect: crate::northbound::Dialect,
 }
 
+/// How long a batch of new devices runs before its session's readiness is
+/// looked at (see [`SessionHandle::pace_new_devices`]).
+const BATCH_SETTLE: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// What a session reports to the devices starting on it (see
 /// [`SessionHandle::pace_new_devices`]): whether it is connected, and how
 /// many messages it holds (stored, or still queued for it). The session
@@ -239,7 +243,8 @@ impl SessionHandle {
         (handle, rx)
     }
 
-    /// Paces a burst of new devices: lets their tasks run, then waits until
+    /// Paces a burst of new devices: lets their tasks run a moment
+    /// ([`BATCH_SETTLE`]), then waits until
     /// the session says it is connected and holds at most `limit` messages
     /// (stored, or queued for it) — at most `deadline` in all. Devices then
     /// start no faster than the broker takes their first messages, instead
@@ -251,8 +256,10 @@ impl SessionHandle {
             return true;
         };
         let mut readiness = readiness.clone();
-        // The batch just started queues its first messages.
-        tokio::task::yield_now().await;
+        // The batch just started gets a moment to queue its first messages
+        // (else the session's last report, from before them, lets the next
+        // batch start at once and the burst is back).
+        tokio::time::sleep(BATCH_SETTLE).await;
         // What the devices queued since the session's last report counts too.
         let queued = || self.tx.max_capacity() - self.tx.capacity();
         let ready = readiness.wait_for(|r| r.connected && r.backlog.max(queued()) <= limit);
