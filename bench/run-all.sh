@@ -5,6 +5,8 @@
 #   RUNS=3            repetitions of each throughput/latency scenario
 #   FLATNESS=10m      length of the flatness run (0 skips it)
 #   SKIP_BUILD=1      use the existing target/release binaries
+#   SCALE=1           also the 10 000 x 20 scale runs (issue #26; ~5 minutes)
+#   PEERS=1           also bench/peers/run.sh (installs the peers from PyPI)
 # Build first (fat LTO, several minutes):
 #   cargo build --release -p fieldgate -p fieldgate-bench
 set -euo pipefail
@@ -63,6 +65,16 @@ repeat latency-c8 latency --commands 10000 --devices 8 --registers 10 --concurre
 "$bench" scale --devices 100 --properties 1,10,50,100 --interval 1s | tee "$out/scale-properties.txt"
 "$bench" scale --devices 100 --properties 10 --interval 10s,1s,100ms,20ms | tee "$out/scale-interval.txt"
 "$bench" scale --driver modbus --devices 10,100,500 --properties 30 --interval 1s | tee "$out/scale-modbus-devices.txt"
+# scale: 10 000 devices x 20 properties (issue #26)
+if [[ -n "${SCALE:-}" ]]; then
+    "$bench" startup --runs 3 --devices 10000 --properties 20 | tee "$out/startup-10000x20.txt"
+    "$bench" flatness --devices 10000 --properties 20 --interval 1s --warmup 30s --duration 60s \
+        --restart-every 0s --sample-every 10s 2> "$out/scale-10000x20-samples.txt" | tee "$out/scale-10000x20.txt"
+fi
+# fieldgate next to other gateways
+if [[ -n "${PEERS:-}" ]]; then
+    bash bench/peers/run.sh --fieldgate target/release/fieldgate --out "$out/peers.json" | tee "$out/peers.txt"
+fi
 # 5. memory flatness (long)
 if [[ "$flatness" != 0 ]]; then
     # The samples go to stderr as the run proceeds.

@@ -28,10 +28,8 @@ case "$arch" in
     arm64)
         target=aarch64-unknown-linux-gnu
         export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
-        # jemalloc fixes its page size when built: 64 KiB runs on kernels with
-        # 4, 16 (Raspberry Pi 5) and 64 KiB pages; 4 KiB would abort on the
-        # others ("Unsupported system page size").
-        export JEMALLOC_SYS_WITH_LG_PAGE=${JEMALLOC_SYS_WITH_LG_PAGE:-16}
+        # jemalloc's 64 KiB page size for arm64 comes from .cargo/config.toml
+        # ([env]), for every arm64 build, not only this script's.
         ;;
     armhf)
         target=armv7-unknown-linux-gnueabihf

@@ -39,6 +39,8 @@ pub struct Sample {
     pub at: Duration,
     /// `VmRSS` in bytes.
     pub rss: u64,
+    /// `RssAnon` in bytes: the gateway's own memory, without mapped files.
+    pub anon: u64,
     /// Values delivered to the subscriber so far.
     pub values: u64,
     /// Broker restarts so far.
@@ -177,6 +179,7 @@ impl FlatnessReport {
             "samples": self.samples.iter().map(|s| serde_json::json!({
                 "t_seconds": s.at.as_secs_f64(),
                 "rss_kib": s.rss / 1024,
+                "rss_anon_kib": s.anon / 1024,
                 "values": s.values,
                 "restarts": s.restarts,
             })).collect::<Vec<_>>(),
@@ -232,16 +235,19 @@ pub async fn run(
             if cpu.is_none() && now - started >= run.warmup {
                 cpu = Some(CpuWindow::start(gateway.pid(), ticks)?);
             }
+            let memory = measure::memory(gateway.pid())?;
             let sample = Sample {
                 at: now - started,
-                rss: measure::rss_bytes(gateway.pid())?,
+                rss: memory.rss,
+                anon: memory.anon,
                 values: counter.snapshot().values,
                 restarts,
             };
             eprintln!(
-                "fieldgate-bench: t={:>6.1}s VmRSS {:>8} kB, restarts {restarts}, values {}",
+                "fieldgate-bench: t={:>6.1}s VmRSS {:>8} kB, RssAnon {:>8} kB, restarts {restarts}, values {}",
                 sample.at.as_secs_f64(),
                 sample.rss / 1024,
+                sample.anon / 1024,
                 sample.values
             );
             samples.push(sample);
@@ -288,6 +294,7 @@ mod tests {
         Sample {
             at: Duration::from_secs(secs),
             rss: rss_kib * 1024,
+            anon: rss_kib * 512,
             values,
             restarts,
         }

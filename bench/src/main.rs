@@ -1020,7 +1020,7 @@ async fn measure_gateway(
     let before = counter.snapshot();
     let requests_before = device_requests.as_ref().map(|r| r.load(Ordering::Relaxed));
     let cpu = measure::CpuWindow::start(gateway.pid(), ticks)?;
-    run_for(&mut gateway, window.duration).await?;
+    let memory = run_sampling(&mut gateway, window.duration).await?;
     let usage = cpu.finish()?;
     let delivered = counter.snapshot().since(&before);
     let device_requests = device_requests
@@ -1035,8 +1035,25 @@ async fn measure_gateway(
         delivered,
         cpu: usage,
         peak_rss_bytes,
+        memory,
         device_requests,
     })
+}
+
+/// [`run_for`], sampling the gateway's memory every half second: the
+/// highest `VmRSS` and `RssAnon` seen.
+async fn run_sampling(gateway: &mut Supervised, dur: Duration) -> anyhow::Result<measure::Memory> {
+    let end = Instant::now() + dur;
+    let mut seen = measure::memory(gateway.pid())?;
+    loop {
+        gateway.ensure_running()?;
+        seen = seen.max(measure::memory(gateway.pid())?);
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(seen);
+        }
+        tokio::time::sleep(left.min(Duration::from_millis(500))).await;
+    }
 }
 
 /// Lets the gateway run for `dur`, failing early if it exits.

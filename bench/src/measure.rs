@@ -203,6 +203,39 @@ pub fn rss_bytes(pid: u32) -> Result<u64, ProcError> {
     parse_status_bytes(&read_proc(pid, "status")?, "VmRSS")
 }
 
+/// Resident memory of a process from one read of `/proc/<pid>/status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// `VmRSS`: all resident pages, file-backed (code) included.
+    pub rss: u64,
+    /// `RssAnon`: resident anonymous pages, what the process itself holds
+    /// (heap, stacks); the memory targets are on this.
+    pub anon: u64,
+}
+
+impl Memory {
+    /// The larger of each figure.
+    pub fn max(self, other: Memory) -> Memory {
+        Memory {
+            rss: self.rss.max(other.rss),
+            anon: self.anon.max(other.anon),
+        }
+    }
+}
+
+/// Parses `VmRSS` and `RssAnon` out of `/proc/<pid>/status`.
+pub fn parse_memory(status: &str) -> Result<Memory, ProcError> {
+    Ok(Memory {
+        rss: parse_status_bytes(status, "VmRSS")?,
+        anon: parse_status_bytes(status, "RssAnon")?,
+    })
+}
+
+/// The current `VmRSS` and `RssAnon` of process `pid`.
+pub fn memory(pid: u32) -> Result<Memory, ProcError> {
+    parse_memory(&read_proc(pid, "status")?)
+}
+
 /// The peak resident memory of process `pid`, in bytes.
 pub fn peak_rss_bytes(pid: u32) -> Result<u64, ProcError> {
     parse_vm_hwm(&read_proc(pid, "status")?)
@@ -304,6 +337,16 @@ mod tests {
         assert_eq!(parse_status_bytes(status, "VmRSS").unwrap(), 11000 * 1024);
         // `VmRSS` is not mistaken for a longer key that starts with it.
         assert!(parse_status_bytes("VmRSSx:\t 5 kB\n", "VmRSS").is_err());
+        let m = parse_memory("VmRSS:\t   11000 kB\nRssAnon:\t    4000 kB\nRssFile:\t 7000 kB\n")
+            .unwrap();
+        assert_eq!(
+            m,
+            Memory {
+                rss: 11000 * 1024,
+                anon: 4000 * 1024
+            }
+        );
+        assert!(parse_memory("VmRSS:\t 1 kB\n").is_err());
     }
 
     #[test]

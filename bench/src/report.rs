@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::counter::Counts;
-use crate::measure::CpuUsage;
+use crate::measure::{CpuUsage, Memory};
 
 /// What one run measured over its measurement window.
 #[derive(Debug, Clone)]
@@ -18,6 +18,8 @@ pub struct Report {
     pub cpu: CpuUsage,
     /// Peak resident memory of the gateway, bytes.
     pub peak_rss_bytes: u64,
+    /// The highest `VmRSS` and `RssAnon` sampled during the window.
+    pub memory: Memory,
     /// Requests the simulated field devices answered during the window, when
     /// the scenario has such devices.
     pub device_requests: Option<u64>,
@@ -51,6 +53,16 @@ impl Report {
         }
     }
 
+    /// The highest `RssAnon` sampled in the window, MiB.
+    pub fn anon_mib(&self) -> f64 {
+        mib(self.memory.anon)
+    }
+
+    /// The highest `VmRSS` sampled in the window, MiB.
+    pub fn rss_mib(&self) -> f64 {
+        mib(self.memory.rss)
+    }
+
     /// Peak RSS in MiB.
     pub fn peak_rss_mib(&self) -> f64 {
         self.peak_rss_bytes as f64 / (1024.0 * 1024.0)
@@ -80,7 +92,7 @@ impl Report {
         format!(
             "{}: values/s expected {:.1} delivered {:.1} ({:.1}%), states/s {:.1}, \
              errors {}, cpu {:.1}% of one core ({:.2} CPU-s per million values), \
-             peak RSS {:.1} MiB (window {:.1}s){}",
+             RssAnon {:.1} MiB, VmRSS {:.1} MiB, peak RSS {:.1} MiB (window {:.1}s){}",
             self.scenario,
             self.expected_values_per_second,
             self.delivered_values_per_second(),
@@ -89,6 +101,8 @@ impl Report {
             self.delivered.errors + self.delivered.malformed,
             self.cpu.percent_of_one_core(),
             self.cpu_seconds_per_million_values(),
+            self.anon_mib(),
+            self.rss_mib(),
             self.peak_rss_mib(),
             self.window().as_secs_f64(),
             requests,
@@ -111,9 +125,16 @@ impl Report {
             "cpu_seconds": self.cpu.cpu_seconds,
             "cpu_seconds_per_million_values": self.cpu_seconds_per_million_values(),
             "peak_rss_mib": self.peak_rss_mib(),
+            "rss_anon_mib": self.anon_mib(),
+            "vm_rss_mib": self.rss_mib(),
             "device_requests_per_second": self.device_requests_per_second(),
         })
     }
+}
+
+/// Bytes as MiB.
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
 /// Latencies of repeated runs of one scenario.
@@ -210,6 +231,10 @@ mod tests {
                 cpu_seconds: 1.0,
             },
             peak_rss_bytes: 12 << 20,
+            memory: Memory {
+                rss: 11 << 20,
+                anon: 3 << 20,
+            },
             device_requests: Some(60),
         };
         assert!((r.delivered_values_per_second() - 10.0).abs() < 1e-9);
@@ -226,7 +251,11 @@ mod tests {
             "{line}"
         );
         assert_eq!(r.json()["cpu_seconds_per_million_values"], 5000.0);
-        assert!(line.contains("peak RSS 12.0 MiB"), "{line}");
+        assert!(
+            line.contains("RssAnon 3.0 MiB, VmRSS 11.0 MiB, peak RSS 12.0 MiB"),
+            "{line}"
+        );
+        assert_eq!(r.json()["rss_anon_mib"], 3.0);
         assert!(
             line.ends_with("(window 20.0s), device requests/s 3.0"),
             "{line}"

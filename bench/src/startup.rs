@@ -71,6 +71,8 @@ pub struct Startup {
     pub first_read: Option<bool>,
     /// Topic of the first state.
     pub first_topic: String,
+    /// The gateway's `VmRSS` and `RssAnon` once every device had published.
+    pub memory: Option<crate::measure::Memory>,
 }
 
 /// The demo config text rewritten for a run: `broker_port` replaces the
@@ -347,6 +349,7 @@ pub async fn run(
             }
         }
         let count = watcher.first_count();
+        let memory = crate::measure::memory(gateway.pid()).ok();
         gateway.terminate(Duration::from_secs(5)).await;
         let Some((first_at, first_topic)) = first else {
             bail!("no first state");
@@ -357,9 +360,10 @@ pub async fn run(
             subscribed,
             first_read: count.map(|c| c == 0),
             first_topic,
+            memory,
         };
         eprintln!(
-            "fieldgate-bench: start-up {run}: first state {:.1} ms{}{}",
+            "fieldgate-bench: start-up {run}: first state {:.1} ms{}{}{}",
             ms(result.first_state),
             result
                 .all_devices
@@ -368,6 +372,14 @@ pub async fn run(
             result
                 .subscribed
                 .map(|d| format!(", subscriber ready {:.1} ms", ms(d)))
+                .unwrap_or_default(),
+            result
+                .memory
+                .map(|m| format!(
+                    ", then RssAnon {:.1} MiB, VmRSS {:.1} MiB",
+                    crate::report::mib(m.anon),
+                    crate::report::mib(m.rss)
+                ))
                 .unwrap_or_default(),
         );
         results.push(result);
@@ -417,6 +429,22 @@ pub fn line(scenario: &str, runs: &[Startup]) -> String {
             ms(m)
         ));
     }
+    let mut anon: Vec<u64> = runs
+        .iter()
+        .filter_map(|s| s.memory.map(|m| m.anon))
+        .collect();
+    if !anon.is_empty() {
+        anon.sort_unstable();
+        let all: Vec<String> = anon
+            .iter()
+            .map(|b| format!("{:.1}", crate::report::mib(*b)))
+            .collect();
+        out.push_str(&format!(
+            ", RssAnon then median {:.1} MiB ({})",
+            crate::report::mib(anon[anon.len() / 2]),
+            all.join(" / ")
+        ));
+    }
     let checked: Vec<bool> = runs.iter().filter_map(|s| s.first_read).collect();
     if !checked.is_empty() {
         out.push_str(&format!(
@@ -440,6 +468,8 @@ pub fn json(scenario: &str, runs: &[Startup]) -> serde_json::Value {
             "subscriber_ready_ms": s.subscribed.map(ms),
             "first_read": s.first_read,
             "first_topic": s.first_topic,
+            "rss_anon_mib": s.memory.map(|m| crate::report::mib(m.anon)),
+            "vm_rss_mib": s.memory.map(|m| crate::report::mib(m.rss)),
         })).collect::<Vec<_>>(),
         "first_state_median_ms": ms(median(&firsts)),
         "every_device_median_ms": (!alls.is_empty()).then(|| ms(median(&alls))),
@@ -505,6 +535,7 @@ mod tests {
                 subscribed: Some(ms(10)),
                 first_read: Some(true),
                 first_topic: "fieldgate/demo/sensors".into(),
+                memory: None,
             },
             Startup {
                 first_state: ms(20),
@@ -512,6 +543,7 @@ mod tests {
                 subscribed: Some(ms(12)),
                 first_read: Some(false),
                 first_topic: "fieldgate/demo/sensors".into(),
+                memory: None,
             },
         ];
         let l = line("startup demo", &runs);

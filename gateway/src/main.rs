@@ -6,9 +6,9 @@ use clap::{Parser, Subcommand};
 
 /// The daemon's allocator: jemalloc keeps a gateway's many small,
 /// long-lived objects (one set per device and property) packed by size class,
-/// where glibc's malloc left a quarter of the heap in holes. On arm64,
-/// `JEMALLOC_SYS_WITH_LG_PAGE=16` at build time makes one binary run on
-/// 4/16/64 KiB-page kernels (cross/build.sh sets it).
+/// where glibc's malloc left a quarter of the heap in holes. Its build-time
+/// setting (the arm64 page size: one binary for 4/16/64 KiB-page kernels)
+/// is in `.cargo/config.toml`; its run-time settings are below.
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

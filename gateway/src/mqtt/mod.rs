@@ -12,7 +12,7 @@ mod transport;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use session::{spawn, spawn_successor, spawn_successor_with, spawn_with};
 
@@ -205,18 +205,24 @@ pub struct SessionHandle {
     pub client_id: Arc<str>,
     tx: mpsc::Sender<SessionInput>,
     stop: mpsc::Sender<StopRequest>,
-    backlog: Option<Backlog>,
+    readiness: Option<watch::Receiver<Readiness>>,
     /// The northbound dialect that publishes through this session (the
     /// session never looks at it; devices do).
     pub dialect: crate::northbound::Dialect,
 }
 
-/// How far a session is behind: its stored messages and whether it is
-/// connected (the session's own metric series, shared).
-#[derive(Clone)]
-struct Backlog {
-    messages: prometheus::IntGauge,
-    connected: prometheus::IntGauge,
+/// How long a batch of new devices runs before its session's readiness is
+/// looked at (see [`SessionHandle::pace_new_devices`]).
+const BATCH_SETTLE: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// What a session reports to the devices starting on it (see
+/// [`SessionHandle::pace_new_devices`]): whether it is connected, and how
+/// many messages it holds (stored, or still queued for it). The session
+/// sends a new value at the end of each turn of its loop when it changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Readiness {
+    connected: bool,
+    backlog: usize,
 }
 
 impl SessionHandle {
@@ -231,37 +237,34 @@ impl SessionHandle {
             client_id: client_id.into(),
             tx,
             stop,
-            backlog: None,
+            readiness: None,
             dialect: Default::default(),
         };
         (handle, rx)
     }
 
-    /// Paces a burst of new devices: waits a moment (their tasks run), then
-    /// while the session is not connected or has more than `limit` messages
-    /// waiting (queued requests and stored messages), waits for it to
-    /// connect and send them — at most `deadline` in all. Devices then start
-    /// no faster than the broker takes their first messages, instead of
-    /// queueing all of them at the same moment. Returns false when it gave
-    /// up (the session is down or too slow: pacing further only delays).
+    /// Paces a burst of new devices: lets their tasks run a moment
+    /// ([`BATCH_SETTLE`]), then waits until
+    /// the session says it is connected and holds at most `limit` messages
+    /// (stored, or queued for it) — at most `deadline` in all. Devices then
+    /// start no faster than the broker takes their first messages, instead
+    /// of queueing all of them at the same moment. Returns false when it
+    /// gave up (the session is down, stopped or too slow: pacing further
+    /// only delays).
     pub async fn pace_new_devices(&self, limit: usize, deadline: std::time::Duration) -> bool {
-        let Some(b) = &self.backlog else {
+        let Some(readiness) = &self.readiness else {
             return true;
         };
-        let give_up = tokio::time::Instant::now() + deadline;
-        let backlog = || {
-            let stored = usize::try_from(b.messages.get()).unwrap_or(0);
-            stored + self.tx.max_capacity() - self.tx.capacity()
-        };
-        loop {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            if b.connected.get() == 1 && backlog() <= limit {
-                return true;
-            }
-            if tokio::time::Instant::now() >= give_up {
-                return false;
-            }
-        }
+        let mut readiness = readiness.clone();
+        // The batch just started gets a moment to queue its first messages
+        // (else the session's last report, from before them, lets the next
+        // batch start at once and the burst is back).
+        tokio::time::sleep(BATCH_SETTLE).await;
+        // What the devices queued since the session's last report counts too.
+        let queued = || self.tx.max_capacity() - self.tx.capacity();
+        let ready = readiness.wait_for(|r| r.connected && r.backlog.max(queued()) <= limit);
+        let paced = matches!(tokio::time::timeout(deadline, ready).await, Ok(Ok(_)));
+        paced
     }
 
     /// Sends a request; waits only if the session's input queue is full.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fieldgate_drivers::Backoff;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::deadline::sleep_until_opt;
@@ -17,7 +17,8 @@ use crate::deadline::sleep_until_opt;
 use super::link::{self, LinkClient, NetEvent, WINDOW};
 use super::store::Store;
 use super::{
-    ConnEvent, Inbound, OutMsg, SessionHandle, SessionHooks, SessionInput, StopMode, StopRequest,
+    ConnEvent, Inbound, OutMsg, Readiness, SessionHandle, SessionHooks, SessionInput, StopMode,
+    StopRequest,
 };
 use crate::config::resolved::{SessionSettings, StoreSettings};
 use crate::telemetry::{Health, Metrics};
@@ -107,16 +108,13 @@ fn start(
     let link = link::open(&settings, hooks.will.clone());
     let mut session = Session::new(settings, link.client.clone(), metrics, health);
     session.hooks = hooks;
-    let backlog = Some(super::Backlog {
-        messages: session.m.store_messages.clone(),
-        connected: session.m.connected.clone(),
-    });
+    let readiness = Some(session.readiness.subscribe());
     tokio::spawn(session.run(link, rx, stop_rx, predecessor));
     SessionHandle {
         client_id,
         tx,
         stop: stop_tx,
-        backlog,
+        readiness,
         dialect: Default::default(),
     }
 }
@@ -239,6 +237,8 @@ struct Session {
     /// Routed topics whose retained messages are delivered (see
     /// [`SessionInput::Route`]); on all others they are ignored.
     keeps_retained: std::collections::HashSet<Arc<str>>,
+    /// Connected and backlog, for devices pacing their start.
+    readiness: watch::Sender<Readiness>,
 }
 
 impl Session {
@@ -286,6 +286,7 @@ impl Session {
             probing: None,
             hooks: SessionHooks::default(),
             keeps_retained: Default::default(),
+            readiness: watch::Sender::new(Readiness::default()),
         }
     }
 
@@ -363,6 +364,7 @@ impl Session {
             }
             self.flush_subscriptions();
             self.feed();
+            self.report_readiness(inputs.len());
         };
         let mode = request.as_ref().map_or(StopMode::Clean, |r| r.mode);
         self.shutdown(&mut link, &mut inputs, mode).await;
@@ -594,6 +596,20 @@ impl Session {
                 self.dropped_reported = total;
             }
         }
+    }
+
+    /// Tells pacing devices (see [`SessionHandle::pace_new_devices`]) what
+    /// changed: connected, and the messages held with `queued` inputs.
+    fn report_readiness(&self, queued: usize) {
+        let now = Readiness {
+            connected: self.connected,
+            backlog: self.outbox.len() + queued,
+        };
+        self.readiness.send_if_modified(|r| {
+            let changed = *r != now;
+            *r = now;
+            changed
+        });
     }
 
     fn update_store_gauges(&self) {
