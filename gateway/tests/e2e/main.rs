@@ -48,6 +48,7 @@ mod harness_smoke;
 mod homeassistant_e2e;
 mod modbus_e2e;
 mod opcua_e2e;
+mod pacing;
 mod probe_modbus;
 mod profiles;
 mod quickstart;

@@ -5,7 +5,7 @@
 //! burst queued in the session, the wait ends once it is down to the limit
 //! and every message arrives.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
