@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod deadline;
 pub mod descriptors;
 pub mod device;
+pub mod health;
 pub mod heap;
 pub mod http;
 pub mod mqtt;
