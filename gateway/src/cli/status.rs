@@ -359,11 +359,14 @@ pub fn render(addr: &str, status: &Value, devices: &Value, all: bool) -> String 
         if let Some(e) = d["error"].as_str() {
             let _ = write!(line, " {e}");
         }
-        if let Some(errors) = errors {
-            let list: Vec<String> = errors
-                .iter()
-                .map(|(p, e)| format!("{p}: {}", text(e)))
-                .collect();
+        // Property errors that only repeat the device's error are not shown again.
+        let list: Vec<String> = errors
+            .into_iter()
+            .flatten()
+            .filter(|(_, e)| e.as_str() != d["error"].as_str())
+            .map(|(p, e)| format!("{p}: {}", text(e)))
+            .collect();
+        if !list.is_empty() {
             let _ = write!(line, " [{}]", list.join("; "));
         }
         if let Some(age) = d["lastReadingAgeSeconds"].as_f64() {
