@@ -3,7 +3,10 @@
 # machine where systemd is not PID 1): builds the amd64 .deb, installs it with
 # dpkg, checks files, owners and modes, validates the installed config,
 # upgrades over itself with a locally edited config (the edit must survive),
-# removes and purges it (nothing may be left behind), and verifies the unit.
+# upgrades to a repacked higher version with a config the new version rejects
+# (the running service must be left alone, the errors printed) and then with
+# the config fixed (the restart must be asked of systemd), removes and purges
+# it (nothing may be left behind), and verifies the unit.
 #
 #     bash tests/package-test.sh            # builds with cross/build.sh amd64 (release)
 #     bash tests/package-test.sh some.deb   # tests an existing package
@@ -118,6 +121,90 @@ expect_stat /etc/fieldgate/config.yaml root:fieldgate 640
 report=$(/usr/bin/fieldgate check -c /etc/fieldgate/config.yaml)
 grep -q 'namespace edited-by-admin' <<<"$report" || fail "check after upgrade"
 echo "ok the edited config survived"
+
+step "upgrade with a config the new version rejects: the running service is left alone"
+# Systemd is not PID 1 here, so the old service is started by hand, as the
+# unit would (user fieldgate). A stand-in systemctl / deb-systemd-invoke
+# (first on PATH, with /run/systemd/system present for the upgrade only)
+# records what the maintainer scripts ask of systemd.
+version=$(field Version)
+repack() { # version -> path of the same package with that version
+    local dir out
+    dir=$(mktemp -d)
+    dpkg-deb -R "$deb" "$dir/pkg"
+    sed -i "s/^Version: .*/Version: $1/" "$dir/pkg/DEBIAN/control"
+    out="$dir/fieldgate_$1_amd64.deb"
+    dpkg-deb --root-owner-group -b "$dir/pkg" "$out" >/dev/null
+    echo "$out"
+}
+newer=$(repack "$version.1")
+newest=$(repack "$version.2")
+dpkg --compare-versions "$version.1" gt "$version" || fail "$version.1 is not newer than $version"
+fake=$(mktemp -d)
+for tool in systemctl deb-systemd-invoke; do
+    printf '#!/bin/sh\necho "%s $*" >>%s/calls\n' "$tool" "$fake" >"$fake/$tool"
+    chmod 755 "$fake/$tool"
+done
+made_run_systemd=
+if [ ! -d /run/systemd/system ]; then
+    "${sudo[@]}" mkdir -p /run/systemd/system
+    made_run_systemd=1
+fi
+cat <<'YAML' | "${sudo[@]}" tee /etc/fieldgate/config.yaml >/dev/null
+gateway:
+  namespace: before-upgrade
+  metrics: { listen: "" }
+mqtt:
+  client: { server: tcp://127.0.0.1:1 }
+devices:
+  - { name: fan, driver: dummy, model: fan, syncInterval: 1s }
+YAML
+service_log=$(mktemp)
+chmod 644 "$service_log"
+# setpriv execs the daemon (as root $! is its pid; under sudo, sudo's child).
+"${sudo[@]}" setpriv --reuid fieldgate --regid fieldgate --init-groups \
+    /usr/bin/fieldgate run -c /etc/fieldgate/config.yaml >"$service_log" 2>&1 &
+service_pid=$!
+stop_service() { "${sudo[@]}" kill "$service_pid" 2>/dev/null || true; }
+trap 'stop_service; purge' EXIT
+for _ in $(seq 100); do grep -q 'fieldgate starting' "$service_log" && break; sleep 0.1; done
+grep -q 'fieldgate starting' "$service_log" || fail "the old service did not start: $(cat "$service_log")"
+if [ "${#sudo[@]}" -gt 0 ]; then service_pid=$(pgrep -P "$service_pid" | head -1); fi
+old_exe=$("${sudo[@]}" readlink "/proc/$service_pid/exe")
+[ "$old_exe" = /usr/bin/fieldgate ] || fail "pid $service_pid is $old_exe, not the service"
+# Broken while the service runs (it rejects the edit and keeps its config).
+"${sudo[@]}" sed -i 's/driver: dummy/driver: no-such-driver/' /etc/fieldgate/config.yaml
+for _ in $(seq 100); do grep -q 'config not reloaded' "$service_log" && break; sleep 0.1; done
+grep -q 'config not reloaded' "$service_log" || fail "the old service did not reject the broken edit: $(cat "$service_log")"
+rc=0
+/usr/bin/fieldgate check -c /etc/fieldgate/config.yaml >/dev/null 2>&1 || rc=$?
+[ "$rc" -eq 78 ] || fail "the broken config gave exit $rc, expected 78"
+: >"$fake/calls"
+out=$("${sudo[@]}" env PATH="$fake:$PATH" dpkg -i --force-confold "$newer" 2>&1) || fail "dpkg -i: $out"
+echo "$out"
+[ "$(dpkg-query -W -f='${Version}' fieldgate)" = "$version.1" ] || fail "not upgraded to $version.1"
+grep -q "is not valid for the new version" <<<"$out" || fail "no message about the config"
+grep -q "no-such-driver" <<<"$out" || fail "the config's errors are not printed"
+grep -q "NOT restarted" <<<"$out" || fail "no word that the service was not restarted"
+if grep -Eq 'restart|stop' "$fake/calls"; then fail "the service was restarted: $(cat "$fake/calls")"; fi
+"${sudo[@]}" kill -0 "$service_pid" 2>/dev/null || fail "the old service is gone: $(cat "$service_log")"
+running_exe=$("${sudo[@]}" readlink "/proc/$service_pid/exe")
+[ "$running_exe" = "$old_exe (deleted)" ] || fail "the running process is not the old binary: $running_exe"
+echo "ok the old service (pid $service_pid) still runs the previous binary"
+step "upgrade with the config fixed: the service is restarted"
+"${sudo[@]}" sed -i 's/driver: no-such-driver/driver: dummy/' /etc/fieldgate/config.yaml
+: >"$fake/calls"
+out=$("${sudo[@]}" env PATH="$fake:$PATH" dpkg -i --force-confold "$newest" 2>&1) || fail "dpkg -i: $out"
+echo "$out"
+grep -q "is valid for the new version" <<<"$out" || fail "no word that the config is valid"
+if grep -q "NOT restarted" <<<"$out"; then fail "not restarted with a valid config"; fi
+grep -q 'restart fieldgate.service' "$fake/calls" || fail "no restart asked of systemd: $(cat "$fake/calls")"
+echo "ok restart asked: $(grep restart "$fake/calls" | tr '\n' ' ')"
+stop_service
+wait "$service_pid" 2>/dev/null || true
+trap purge EXIT
+[ -z "$made_run_systemd" ] || "${sudo[@]}" rmdir /run/systemd/system 2>/dev/null || true
+rm -rf "$fake" "$service_log" "$(dirname "$newer")" "$(dirname "$newest")"
 
 step "remove"
 "${sudo[@]}" touch /var/lib/fieldgate/outbox-state

@@ -9,9 +9,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Resolved};
-use crate::reload;
+use crate::health;
+use crate::reload::{self, probation};
 use crate::sdnotify;
-use crate::supervisor::{DiffSummary, Supervisor};
+use crate::supervisor::{plan, DiffSummary, Supervisor};
 use crate::telemetry::{self, Health, LogControl, Metrics};
 use crate::EXIT_CONFIG;
 
@@ -75,7 +76,7 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
     metrics.config_last_reload.set(now_seconds());
     // Both results exist from the start (at 0), so rates and alerts on
     // them work before the first reload.
-    for result in ["ok", "invalid"] {
+    for result in ["ok", "invalid", "rolled_back"] {
         metrics.config_reloads.with_label_values(&[result]);
     }
     let cancel = CancellationToken::new();
@@ -151,6 +152,15 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
     supervisor.apply(&empty, &resolved).await;
     info.set_devices(supervisor.probes());
     let mut current = resolved;
+    let publisher = health::spawn_publisher(
+        info.clone(),
+        metrics.clone(),
+        health.clone(),
+        cancel.clone(),
+    );
+    publisher.set_target(health_target(&supervisor, &current));
+    // A reload under watch (`gateway.reload.probation`).
+    let mut on_probation: Option<Probation> = None;
 
     // systemd: ready once the config is loaded and every task started; the
     // watchdog is pinged while this loop keeps answering its probes.
@@ -174,6 +184,8 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
     let mut settling: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
         None;
     loop {
+        // Set by a config change or SIGHUP: the file's stamp and hash as read.
+        let mut load_now: Option<(Option<crate::settle::Stamp>, Option<String>)> = None;
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
@@ -205,40 +217,83 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
                     continue;
                 }
                 tracing::info!("config file changed: reloading {}", path.display());
-                if let Some(next) = reload(&path, &metrics, &info).await {
-                    loaded_hash = hash;
-                    loaded_stamp = stamp;
-                    set_config_hash(&metrics, loaded_hash.as_deref());
-                    apply_gateway_settings(&current, &next, &logs);
-                    let summary = supervisor.apply(&current, &next).await;
-                    info.loaded(&next, loaded_hash.clone());
-                    info.set_devices(supervisor.probes());
-                    log_summary(&summary);
-                    if let Some(w) = &mut watcher {
-                        w.set_sources(&next.sources);
-                    }
-                    current = next;
-                }
+                load_now = Some((stamp, hash));
             }
             _ = sighup.recv() => {
                 tracing::info!("SIGHUP: reloading {}", path.display());
                 let stamp = crate::settle::stamp(&path).await;
                 let hash = file_hash(&path, &current.sources).await;
-                if let Some(next) = reload(&path, &metrics, &info).await {
-                    loaded_hash = hash;
-                    loaded_stamp = stamp;
-                    set_config_hash(&metrics, loaded_hash.as_deref());
-                    apply_gateway_settings(&current, &next, &logs);
-                    let summary = supervisor.apply(&current, &next).await;
-                    info.loaded(&next, loaded_hash.clone());
-                    info.set_devices(supervisor.probes());
-                    log_summary(&summary);
-                    if let Some(w) = &mut watcher {
-                        w.set_sources(&next.sources);
+                load_now = Some((stamp, hash));
+            }
+            _ = sleep_until(on_probation.as_ref().map(|p| p.until)), if on_probation.is_some() => {
+                let Some(p) = on_probation.take() else { continue };
+                let after = online_of(&metrics, p.before.keys());
+                match probation::judge(&p.before, &after) {
+                    probation::Verdict::Keep => {
+                        tracing::info!("the reload passed its probation: the new config stays");
                     }
-                    current = next;
+                    probation::Verdict::RollBack { reason } => {
+                        tracing::warn!(
+                            "rolling back to the previous config (the file is left as it is; its next save is tried again): {reason}"
+                        );
+                        metrics.config_reloads.with_label_values(&["rolled_back"]).inc();
+                        apply_gateway_settings(&current, &p.previous, &logs);
+                        let summary = supervisor.apply(&current, &p.previous).await;
+                        loaded_hash = p.previous_hash;
+                        set_config_hash(&metrics, loaded_hash.as_deref());
+                        info.loaded(&p.previous, loaded_hash.clone());
+                        info.rolled_back(&reason);
+                        info.set_devices(supervisor.probes());
+                        log_summary(&summary);
+                        if let Some(w) = &mut watcher {
+                            w.set_sources(&p.previous.sources);
+                        }
+                        current = p.previous;
+                        publisher.set_target(health_target(&supervisor, &current));
+                    }
                 }
             }
+        }
+
+        let Some((stamp, hash)) = load_now else {
+            continue;
+        };
+        let Some(next) = reload(&path, &metrics, &info).await else {
+            continue;
+        };
+        // A reload while another is on probation ends that probation: the
+        // config to go back to is the one running now.
+        on_probation = None;
+        let previous_hash = std::mem::replace(&mut loaded_hash, hash);
+        loaded_stamp = stamp;
+        set_config_hash(&metrics, loaded_hash.as_deref());
+        apply_gateway_settings(&current, &next, &logs);
+        let plan = plan::plan(&current, &next);
+        let kept_and_changed = plan.kept_and_changed();
+        let before = online_of(&metrics, kept_and_changed.iter());
+        supervisor.execute(&plan, &current, &next).await;
+        info.loaded(&next, loaded_hash.clone());
+        info.set_devices(supervisor.probes());
+        log_summary(&plan.summary(&current, &next));
+        if let Some(w) = &mut watcher {
+            w.set_sources(&next.sources);
+        }
+        let previous = std::mem::replace(&mut current, next);
+        publisher.set_target(health_target(&supervisor, &current));
+        let watch_for = current.gateway.reload_probation;
+        if !watch_for.is_zero() && plan.changes_devices() {
+            tracing::info!(
+                devices = before.len(),
+                online = before.values().filter(|up| **up).count(),
+                "the reload is on probation for {}",
+                humantime::format_duration(watch_for)
+            );
+            on_probation = Some(Probation {
+                until: tokio::time::Instant::now() + watch_for,
+                previous,
+                previous_hash,
+                before,
+            });
         }
     }
 
@@ -261,6 +316,40 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// A reload under watch: the config to go back to and the picture of the
+/// kept and changed devices just before the reload.
+struct Probation {
+    until: tokio::time::Instant,
+    previous: Resolved,
+    previous_hash: Option<String>,
+    before: probation::Online,
+}
+
+/// Whether each of `names` is online now (`fieldgate_device_up`).
+fn online_of<'a>(metrics: &Metrics, names: impl Iterator<Item = &'a String>) -> probation::Online {
+    names
+        .map(|n| (n.clone(), metrics.devices.is_up(n) == Some(true)))
+        .collect()
+}
+
+/// Sleeps until `at`; forever when `None`.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Where `G/$health` goes for the config `current`: its gateway topic,
+/// through the gateway's session, every `gateway.healthInterval`.
+fn health_target(supervisor: &Supervisor, current: &Resolved) -> Option<health::Target> {
+    Some(health::Target {
+        topic: health::topic(&current.gateway_topic).into(),
+        session: supervisor.gateway_session(current)?,
+        interval: current.gateway.health_interval,
+    })
 }
 
 /// Resolves once the embedded broker's thread has ended; never without one.

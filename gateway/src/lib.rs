@@ -15,6 +15,9 @@ pub mod deadline;
 #[allow(unsafe_code)]
 pub mod descriptors;
 pub mod device;
+// statvfs(2): free space of the state directory.
+#[allow(unsafe_code)]
+pub mod health;
 // The allocator's purge calls (jemalloc mallctl, glibc malloc_trim).
 #[allow(unsafe_code)]
 pub mod heap;

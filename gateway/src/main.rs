@@ -1,4 +1,4 @@
-//! The `fieldgate` command line: run, check, schema, --version.
+//! The `fieldgate` command line: run, check, schema, status, --version.
 
 use std::path::PathBuf;
 
@@ -48,6 +48,8 @@ enum Command {
     },
     /// Print the JSON Schema of the config file.
     Schema,
+    /// Ask the running daemon how it is: sessions, devices, backlog, last reload.
+    Status(fieldgate::cli::status::Args),
     /// List the device profiles, or print one (`profiles show NAME`).
     Profiles {
         #[command(subcommand)]
@@ -132,6 +134,9 @@ fn main() {
         Command::Run { config } => fieldgate::daemon::run(&config_path(config)),
         Command::Check { config } => check(&config_path(config)),
         Command::Schema => schema(),
+        Command::Status(args) => {
+            fieldgate::cli::status::run(&args, &config_path(args.config.clone()))
+        }
         Command::Profiles { action: None } => fieldgate::cli::profiles::list(),
         Command::Profiles {
             action: Some(ProfilesCmd::Show { name }),

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
+
+pub mod probation;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 

@@ -3,7 +3,7 @@
 //! changed ones restart, removed ones stop (and clear their retained topics),
 //! added ones start.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,11 @@ use crate::config::resolved::{DeviceSettings, Resolved, SessionSettings};
 use crate::device::{self, RunningDevice};
 use crate::mqtt::SessionHandle;
 use crate::telemetry::{Health, Metrics};
+
+pub mod plan;
+
+pub use plan::DiffSummary;
+use plan::{DeviceStep, Plan, SessionStep};
 
 /// Devices started together before their session's backlog is looked at.
 const START_BATCH: usize = 50;
@@ -36,36 +41,6 @@ pub struct Supervisor {
     discovery: crate::northbound::homeassistant::Discovery,
 }
 
-/// What a config change does, device by device (for logs and tests).
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct DiffSummary {
-    /// Devices started that did not exist.
-    pub added: Vec<String>,
-    /// Devices restarted with new settings.
-    pub changed: Vec<String>,
-    /// Devices stopped and cleared.
-    pub removed: Vec<String>,
-    /// Devices left running untouched.
-    pub unchanged: Vec<String>,
-    /// Devices left running but moved to another MQTT session.
-    pub moved: Vec<String>,
-    /// Sessions (client ids) started.
-    pub sessions_started: Vec<String>,
-    /// Sessions (client ids) stopped.
-    pub sessions_stopped: Vec<String>,
-}
-
-/// Equal when a device's driver can keep running: everything but the
-/// session it publishes through is the same.
-fn same_device(a: &DeviceSettings, b: &DeviceSettings) -> bool {
-    a.name == b.name
-        && a.driver == b.driver
-        && a.spec == b.spec
-        && a.properties == b.properties
-        && a.publish == b.publish
-        && a.message == b.message
-}
-
 impl Supervisor {
     /// An empty topology; call [`Supervisor::apply`] with the first config.
     pub fn new(metrics: Metrics, health: Health) -> Self {
@@ -80,53 +55,62 @@ impl Supervisor {
     }
 
     /// Moves the running topology from `old` (what runs now; empty at
-    /// start-up) to `new`.
+    /// start-up) to `new`: plans the steps ([`plan::plan`]) and executes
+    /// them.
     pub async fn apply(&mut self, old: &Resolved, new: &Resolved) -> DiffSummary {
-        let mut summary = DiffSummary::default();
+        let plan = plan::plan(old, new);
+        self.execute(&plan, old, new).await;
+        plan.summary(old, new)
+    }
 
-        // 1. Decide per running device: keep, move to another session,
-        //    restart, or remove.
-        let mut stop: Vec<(RunningDevice, bool)> = Vec::new();
-        let mut start: Vec<Arc<DeviceSettings>> = Vec::new();
-        let mut moving: Vec<String> = Vec::new();
+    /// Executes `plan` (made from `old` and `new`).
+    pub async fn execute(&mut self, plan: &Plan, old: &Resolved, new: &Resolved) {
         let new_by_name: HashMap<&str, &Arc<DeviceSettings>> =
             new.devices.iter().map(|d| (d.name.as_str(), d)).collect();
-        let was_running: HashSet<String> = self.devices.keys().cloned().collect();
-        for name in was_running.iter().cloned() {
-            let Some(running) = self.devices.remove(&name) else {
-                continue;
-            };
-            let Some(next) = new_by_name.get(name.as_str()) else {
-                summary.removed.push(name);
-                stop.push((running, true));
-                continue;
-            };
-            let old_sess = old.sessions.get(running.settings.session);
-            let next_sess = new.sessions.get(next.session);
-            if same_device(&running.settings, next) {
-                if old_sess == next_sess {
-                    summary.unchanged.push(name.clone());
-                } else {
-                    summary.moved.push(name.clone());
-                    moving.push(name.clone());
+
+        // 1. Per device: keep (sharing the new config's copy, equal but for
+        //    the session index), note a move, collect what stops and starts.
+        let mut stop: Vec<(RunningDevice, bool)> = Vec::new();
+        let mut start: Vec<Arc<DeviceSettings>> = Vec::new();
+        let mut moving: Vec<&str> = Vec::new();
+        for (name, step) in &plan.devices {
+            let next = new_by_name.get(name.as_str());
+            match step {
+                DeviceStep::Keep | DeviceStep::Move => match (self.devices.remove(name), next) {
+                    (Some(running), Some(next)) => {
+                        self.devices
+                            .insert(name.clone(), running.with_settings(Arc::clone(next)));
+                        if *step == DeviceStep::Move {
+                            moving.push(name);
+                        }
+                    }
+                    // Configured but not running (it had no session): start it.
+                    (None, Some(next)) => start.push(Arc::clone(next)),
+                    (Some(running), None) => stop.push((running, true)),
+                    (None, None) => {}
+                },
+                DeviceStep::Restart { clear_retained } => {
+                    if let Some(running) = self.devices.remove(name) {
+                        stop.push((running, *clear_retained));
+                    }
+                    start.extend(next.map(|d| Arc::clone(d)));
                 }
-                // Share the new config's copy: equal but for the session index.
-                self.devices
-                    .insert(name, running.with_settings(Arc::clone(next)));
-            } else {
-                // A new topic means the old retained topics go.
-                let clear = running.settings.message.topic != next.message.topic;
-                summary.changed.push(name);
-                stop.push((running, clear));
-                start.push(Arc::clone(next));
+                DeviceStep::Stop => {
+                    if let Some(running) = self.devices.remove(name) {
+                        stop.push((running, true));
+                    }
+                }
+                DeviceStep::Start => start.extend(next.map(|d| Arc::clone(d))),
             }
         }
-        for d in &new.devices {
-            if !was_running.contains(&d.name) {
-                summary.added.push(d.name.clone());
-                start.push(Arc::clone(d));
-            }
-        }
+        // Starts in the new config's order.
+        let order: HashMap<&str, usize> = new
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.name.as_str(), i))
+            .collect();
+        start.sort_by_key(|d| order.get(d.name.as_str()).copied());
 
         // 2. Stop what goes, all at once, while its session is still up.
         join_all(stop.into_iter().map(|(d, clear)| d.stop(clear))).await;
@@ -134,24 +118,23 @@ impl Supervisor {
         // 3. Start new sessions. One that replaces a session with the same
         //    client id takes over its undelivered messages before connecting.
         let mut successors = Vec::new();
-        for s in &new.sessions {
-            if self.sessions.contains_key(s) {
+        for step in &plan.sessions {
+            let (n, replaces) = match *step {
+                SessionStep::Start(n) => (n, None),
+                SessionStep::Replace { old: o, new: n } => (n, old.sessions.get(o)),
+                SessionStep::Stop(_) => continue,
+            };
+            let Some(s) = new.sessions.get(n) else {
                 continue;
-            }
-            summary.sessions_started.push(s.client_id.clone());
-            let replaces = self
-                .sessions
-                .keys()
-                .find(|o| o.client_id == s.client_id && !new.sessions.contains(o))
-                .cloned();
-            let handle = match replaces {
+            };
+            let handle = match replaces.filter(|o| self.sessions.contains_key(*o)) {
                 Some(o) => {
                     let (handle, takeover) = crate::northbound::spawn_successor(
                         s.clone(),
                         self.metrics.clone(),
                         self.health.clone(),
                     );
-                    successors.push((o, takeover));
+                    successors.push((o.clone(), takeover));
                     handle
                 }
                 None => {
@@ -162,7 +145,7 @@ impl Supervisor {
         }
 
         // 4. Point moved devices at their new session.
-        for name in &moving {
+        for name in moving {
             if let Some(d) = self.devices.get(name) {
                 if let Some(h) = new
                     .sessions
@@ -176,18 +159,18 @@ impl Supervisor {
 
         // 5. Retire sessions no longer used: hand over to a successor, or
         //    stop cleanly.
-        let gone: Vec<SessionSettings> = self
-            .sessions
-            .keys()
-            .filter(|s| !new.sessions.contains(s))
-            .cloned()
-            .collect();
-        for s in gone {
-            let Some(handle) = self.sessions.remove(&s) else {
+        for step in &plan.sessions {
+            let o = match *step {
+                SessionStep::Replace { old: o, .. } | SessionStep::Stop(o) => o,
+                SessionStep::Start(_) => continue,
+            };
+            let Some(s) = old.sessions.get(o) else {
                 continue;
             };
-            summary.sessions_stopped.push(s.client_id.clone());
-            match successors.iter().position(|(o, _)| *o == s) {
+            let Some(handle) = self.sessions.remove(s) else {
+                continue;
+            };
+            match successors.iter().position(|(o, _)| o == s) {
                 Some(i) => {
                     let (_, takeover) = successors.swap_remove(i);
                     let left = handle.hand_over(SESSION_STOP_DEADLINE).await;
@@ -226,10 +209,17 @@ impl Supervisor {
         }
 
         // 7. Dialects: Home Assistant discovery configs for what now runs.
-        self.discovery
-            .apply(new, &self.sessions, &self.metrics)
-            .await;
-        summary
+        self.discovery.apply(new, &self.sessions).await;
+    }
+
+    /// The gateway's own session (the first of `current`'s sessions, which
+    /// carries `G/$health`), when it runs.
+    pub fn gateway_session(&self, current: &Resolved) -> Option<SessionHandle> {
+        current
+            .sessions
+            .first()
+            .and_then(|s| self.sessions.get(s))
+            .cloned()
     }
 
     /// Handles to every running device, sorted by name (for the status page).

@@ -1,11 +1,11 @@
 //! Logging setup, the Prometheus registry with every fieldgate metric family,
-//! and what `/healthz` reports (served by [`crate::http`]).
+//! and the reasons the daemon is degraded (gathered with the rest of the
+//! health facts by [`crate::health`]).
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 
-use hyper::StatusCode;
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
@@ -389,24 +389,5 @@ impl Health {
             .lock()
             .map(|w| w.values().cloned().collect())
             .unwrap_or_default()
-    }
-
-    /// The `/healthz` status code and JSON body.
-    pub fn report(&self) -> (StatusCode, String) {
-        let reasons = self.reasons();
-        let status = if reasons.is_empty() { "ok" } else { "degraded" };
-        let warnings = self.warnings();
-        let body = if warnings.is_empty() {
-            serde_json::json!({ "status": status, "reasons": reasons })
-        } else {
-            serde_json::json!({ "status": status, "reasons": reasons, "warnings": warnings })
-        }
-        .to_string();
-        let code = if reasons.is_empty() {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
-        (code, body)
     }
 }

@@ -1,5 +1,5 @@
 //! Subcommands of the `fieldgate` command line besides run/check/schema:
-//! `profiles`, `discover opcua|ble`, `probe modbus`. Each prints to stdout
+//! `profiles`, `discover opcua|ble`, `probe modbus`, `status`. Each prints to stdout
 //! and returns the process exit code.
 
 #[cfg(feature = "ble")]
@@ -9,3 +9,4 @@ pub mod discover_opcua;
 #[cfg(feature = "modbus")]
 pub mod probe_modbus;
 pub mod profiles;
+pub mod status;

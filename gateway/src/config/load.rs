@@ -963,6 +963,8 @@ impl Loader<'_> {
                 log_format: gateway.log.format,
                 clock_check: gateway.clock_check,
                 reload_settle: gateway.reload.settle.get(),
+                reload_probation: gateway.reload.probation.get(),
+                health_interval: gateway.health_interval.get(),
             },
             broker,
             gateway_topic,

@@ -50,6 +50,10 @@ pub struct GatewaySettings {
     pub clock_check: bool,
     /// `reload.settle`: how long a file written in place must stay unchanged.
     pub reload_settle: std::time::Duration,
+    /// `reload.probation`: how long a reload is watched; zero = off.
+    pub reload_probation: std::time::Duration,
+    /// `healthInterval`: how often `G/$health` is published; zero = on change only.
+    pub health_interval: std::time::Duration,
 }
 
 /// A secret string (a token) that never shows in `Debug` output.

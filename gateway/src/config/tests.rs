@@ -206,7 +206,7 @@ fn unknown_key_did_you_mean_and_allowed() {
     let e = errs("gateway:\n  namespce: x\n");
     assert_eq!(
         e,
-        vec!["c.yaml:2:3: gateway.namespce: unknown key `namespce` (did you mean `namespace`?); allowed keys: `namespace`, `stateDirectory`, `secretsDirectory`, `metrics`, `log`, `clockCheck`, `reload`"]
+        vec!["c.yaml:2:3: gateway.namespce: unknown key `namespce` (did you mean `namespace`?); allowed keys: `namespace`, `stateDirectory`, `secretsDirectory`, `metrics`, `log`, `clockCheck`, `reload`, `healthInterval`"]
     );
     let e = errs("gatway: {}\n");
     has(&e, "c.yaml:1:1: gatway: ", "did you mean `gateway`?");

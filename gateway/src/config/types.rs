@@ -62,6 +62,10 @@ pub struct GatewaySection {
     pub clock_check: bool,
     /// Hot reload.
     pub reload: ReloadSection,
+    /// How often the retained `G/$health` document is published (also at
+    /// once when the gateway's status changes). Default 60s; `0s` publishes
+    /// only on a change.
+    pub health_interval: HumanDuration,
 }
 
 /// `gateway.reload:`
@@ -71,12 +75,17 @@ pub struct ReloadSection {
     /// A config file written in place (not replaced by a rename) is read
     /// only once it has not changed for this long. Default 500ms.
     pub settle: HumanDuration,
+    /// After a reload that changed devices, watch this long; if fewer of the
+    /// kept and changed devices are online at the end than before, go back
+    /// to the previous config (the file is left as it is). Default `0s` = off.
+    pub probation: HumanDuration,
 }
 
 impl Default for ReloadSection {
     fn default() -> Self {
         Self {
             settle: HumanDuration(Duration::from_millis(500)),
+            probation: HumanDuration(Duration::ZERO),
         }
     }
 }
@@ -91,6 +100,7 @@ impl Default for GatewaySection {
             log: LogSection::default(),
             clock_check: true,
             reload: ReloadSection::default(),
+            health_interval: HumanDuration(Duration::from_secs(60)),
         }
     }
 }

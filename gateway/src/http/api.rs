@@ -8,17 +8,13 @@ use std::time::{Duration, SystemTime};
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
-use super::info::{Facts, GatewayInfo};
+use super::info::GatewayInfo;
 use crate::device::{DeviceProbe, Snapshot, Unanswered};
+use crate::health::{num, rfc3339, HealthReport};
 use crate::telemetry::{Health, Metrics};
 
 /// How long a listing waits for the devices' answers in all.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
-
-/// RFC 3339 UTC with milliseconds.
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
 
 /// Seconds from `t` to now (0 when `t` is in the future), 0.1 s precision.
 fn age_seconds(t: SystemTime) -> f64 {
@@ -29,34 +25,41 @@ fn age_seconds(t: SystemTime) -> f64 {
     (age * 10.0).round() / 10.0
 }
 
-/// A float as JSON (`null` when not finite).
-fn num(x: f64) -> Value {
-    serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
-}
-
-/// `GET /api/v1/status`.
+/// `GET /api/v1/status`: the [`HealthReport`] with what the page adds
+/// (drivers, config path, structured reload errors, whether writes are allowed).
 pub fn status(info: &GatewayInfo, metrics: &Metrics, health: &Health) -> Value {
-    let Some(facts) = info.facts() else {
+    let (Some(facts), Some(report)) = (info.facts(), HealthReport::gather(info, metrics, health))
+    else {
         return json!({ "error": "status unavailable" });
     };
-    let reasons = health.reasons();
-    let sessions: Vec<Value> = facts
+    let sessions: Vec<Value> = report
         .sessions
         .iter()
-        .map(|s| session(metrics, &s.id, &s.server))
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "server": s.server,
+                "connected": s.connected,
+                "storeMessages": s.store_messages,
+                "storeBytes": s.store_bytes,
+                "storeOldestAgeSeconds": num(s.store_oldest_age_seconds),
+                "dropped": s.dropped,
+            })
+        })
         .collect();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "drivers": fieldgate_drivers::enabled_drivers(),
-        "namespace": facts.namespace,
-        "uptimeSeconds": info.uptime_seconds(),
-        "status": if reasons.is_empty() { "ok" } else { "degraded" },
-        "reasons": reasons,
-        "warnings": health.warnings(),
-        "clockSynchronized": crate::clock::is_synchronized(),
-        "config": config(&facts),
+        "namespace": report.namespace,
+        "uptimeSeconds": report.uptime_seconds,
+        "status": report.status(),
+        "reasons": report.reasons,
+        "warnings": report.warnings,
+        "clockSynchronized": report.clock_synchronized,
+        "config": config(&report),
         "sessions": sessions,
-        "devices": { "total": info.devices().len() },
+        "devices": { "total": report.devices_total, "online": report.devices_online },
+        "stateDirectory": { "freeBytes": report.state_free_bytes },
         "commands": {
             "enabled": facts.commands,
             "tokenRequired": facts.commands && facts.token.is_some(),
@@ -64,9 +67,9 @@ pub fn status(info: &GatewayInfo, metrics: &Metrics, health: &Health) -> Value {
     })
 }
 
-fn config(facts: &Facts) -> Value {
-    let last_reload = facts.last_reload.as_ref().map(|r| {
-        let errors: Vec<Value> = r
+fn config(report: &HealthReport) -> Value {
+    let last_reload = report.last_reload.as_ref().map(|r| {
+        let mut errors: Vec<Value> = r
             .errors
             .iter()
             .map(|e| {
@@ -80,41 +83,19 @@ fn config(facts: &Facts) -> Value {
                 })
             })
             .collect();
+        if let Some(reason) = &r.reason {
+            errors.push(json!({
+                "file": null, "line": null, "column": null, "path": null,
+                "message": reason, "text": reason,
+            }));
+        }
         json!({ "result": r.result, "at": rfc3339(r.at), "errors": errors })
     });
     json!({
-        "path": facts.config_path,
-        "hash": facts.config_hash,
-        "loadedAt": rfc3339(facts.loaded_at),
+        "path": report.config_path,
+        "hash": report.config_hash,
+        "loadedAt": rfc3339(report.loaded_at),
         "lastReload": last_reload,
-    })
-}
-
-/// One session's live figures, read from its metric series.
-fn session(metrics: &Metrics, id: &str, server: &str) -> Value {
-    let gauge = |g: &prometheus::IntGaugeVec| {
-        g.get_metric_with_label_values(&[id])
-            .map(|m| m.get())
-            .unwrap_or(0)
-    };
-    let oldest = metrics
-        .mqtt_store_oldest_age
-        .get_metric_with_label_values(&[id])
-        .map(|m| m.get())
-        .unwrap_or(0.0);
-    let dropped = metrics
-        .mqtt_dropped
-        .get_metric_with_label_values(&[id])
-        .map(|m| m.get())
-        .unwrap_or(0);
-    json!({
-        "id": id,
-        "server": server,
-        "connected": gauge(&metrics.mqtt_connected) == 1,
-        "storeMessages": gauge(&metrics.mqtt_store_messages),
-        "storeBytes": gauge(&metrics.mqtt_store_bytes),
-        "storeOldestAgeSeconds": num((oldest * 10.0).round() / 10.0),
-        "dropped": dropped,
     })
 }
 

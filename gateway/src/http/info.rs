@@ -13,12 +13,14 @@ use crate::device::DeviceProbe;
 /// The outcome of the last reload attempt.
 #[derive(Debug, Clone)]
 pub struct ReloadOutcome {
-    /// `ok` or `invalid`.
+    /// `ok`, `invalid` or `rolled_back`.
     pub result: &'static str,
     /// When it was tried.
     pub at: SystemTime,
     /// The errors of an invalid config (empty when `ok`).
     pub errors: Vec<crate::config::ConfigError>,
+    /// Why a reload was rolled back.
+    pub reason: Option<String>,
 }
 
 /// One MQTT session as configured.
@@ -37,6 +39,8 @@ pub struct Facts {
     pub namespace: String,
     /// The config file.
     pub config_path: String,
+    /// `gateway.stateDirectory`.
+    pub state_directory: std::path::PathBuf,
     /// Content hash of the loaded config file.
     pub config_hash: Option<String>,
     /// When the running config was loaded.
@@ -67,6 +71,7 @@ impl GatewayInfo {
         let facts = Facts {
             namespace: String::new(),
             config_path: path.display().to_string(),
+            state_directory: resolved.gateway.state_directory.clone(),
             config_hash: None,
             loaded_at: SystemTime::now(),
             last_reload: None,
@@ -87,6 +92,7 @@ impl GatewayInfo {
     pub fn loaded(&self, resolved: &Resolved, hash: Option<String>) {
         if let Ok(mut f) = self.facts.lock() {
             f.namespace = resolved.gateway.namespace.clone();
+            f.state_directory = resolved.gateway.state_directory.clone();
             f.config_hash = hash;
             f.loaded_at = SystemTime::now();
             f.sessions = resolved
@@ -109,6 +115,19 @@ impl GatewayInfo {
                 result: if errors.is_some() { "invalid" } else { "ok" },
                 at: SystemTime::now(),
                 errors: errors.map(|e| e.0.clone()).unwrap_or_default(),
+                reason: None,
+            });
+        }
+    }
+
+    /// The last reload was rolled back at the end of its probation.
+    pub fn rolled_back(&self, reason: &str) {
+        if let Ok(mut f) = self.facts.lock() {
+            f.last_reload = Some(ReloadOutcome {
+                result: "rolled_back",
+                at: SystemTime::now(),
+                errors: Vec::new(),
+                reason: Some(reason.to_owned()),
             });
         }
     }

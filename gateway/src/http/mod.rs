@@ -143,8 +143,13 @@ async fn route(state: HttpState, req: Request<hyper::body::Incoming>) -> Resp {
             state.metrics.render(),
         ),
         "/healthz" => {
-            let (code, body) = state.health.report();
-            respond(code, "application/json", body)
+            match crate::health::HealthReport::gather(&state.info, &state.metrics, &state.health) {
+                Some(report) => {
+                    let (code, body) = report.healthz();
+                    respond(code, "application/json", body)
+                }
+                None => error(StatusCode::SERVICE_UNAVAILABLE, "status unavailable"),
+            }
         }
         "/api/v1/status" => json(
             StatusCode::OK,

@@ -43,6 +43,7 @@ mod faults;
 // geteuid(2) to skip the root-only test (`// SAFETY:` at the call).
 #[allow(unsafe_code)]
 mod faults_modbus;
+mod fleet;
 mod fuzz_regressions;
 mod harness_smoke;
 mod homeassistant_e2e;

@@ -685,3 +685,121 @@ async fn a_config_copied_in_place_slowly_is_applied_once_whole() {
     let log = gw.log();
     assert!(log.contains("still being written"), "{log}");
 }
+
+const RELOADS_ROLLED_BACK: &str = r#"fieldgate_config_reloads_total{result="rolled_back"}"#;
+const PLC_UP: &str = r#"fieldgate_device_up{device="plc"}"#;
+
+/// `/api/v1/status`'s `config.lastReload.result`.
+fn last_reload_result(port: u16) -> Option<String> {
+    let (_, body) = support::http_get(&format!("127.0.0.1:{port}"), "/api/v1/status").ok()?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v["config"]["lastReload"]["result"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_on_probation_rolls_back_and_a_fixed_file_sticks() {
+    let broker = Mosquitto::start();
+    let port = broker.port();
+    let mport = support::free_port();
+    let metrics = format!("127.0.0.1:{mport}");
+    let old = modbus_server::tcp_server(
+        modbus_server::Storage::with(|t| {
+            t.holding.insert(0, 215);
+            t.holding.insert(1, 7);
+        }),
+        "127.0.0.1:0",
+    )
+    .await;
+    let with_probation = |devices: &str| {
+        config(port, &metrics, "", devices).replace(
+            "  metrics: {",
+            "  reload: { probation: 3s }\n  healthInterval: 60s\n  metrics: {",
+        )
+    };
+    let keep = counter("keep", 0, "");
+    let v1 = [keep.as_str(), &plc(old.addr)].concat();
+    let mut rec = Recorder::subscribe_all(port).await;
+    let gw = Gateway::start(&with_probation(&v1));
+    rec.state("plc").await;
+    wait_metric(mport, PLC_UP, 1.0).await;
+    let loaded_info = config_info(mport).expect("config hash metric");
+
+    // The PLC "moved" to a port where nothing listens: probation, then back.
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .expect("address");
+    gw.replace_config(&with_probation(&[keep.as_str(), &plc(dead)].concat()));
+    assert!(gw.wait_for_log("on probation", WAIT), "{}", gw.log());
+    wait_metric(mport, RELOADS_ROLLED_BACK, 1.0).await;
+    let log = gw.log();
+    let why = log
+        .lines()
+        .find(|l| l.contains("rolling back to the previous config"))
+        .unwrap_or_else(|| panic!("no rollback in the log: {log}"));
+    assert!(
+        why.contains("1 of 2 kept and changed devices online") && why.contains("plc"),
+        "{why}"
+    );
+    // The device comes back on the old endpoint: a new connection there and
+    // fresh readings from it.
+    assert!(
+        support::wait_until_async(WAIT, || old.connections() >= 2).await,
+        "plc never reconnected to the old endpoint"
+    );
+    rec.wait("plc reading the old endpoint again", |m| {
+        m.topic == topic("plc") && !m.payload.is_empty() && m.json()["properties"]["t"] == 215
+    })
+    .await;
+    wait_metric(mport, PLC_UP, 1.0).await;
+    assert_eq!(
+        config_info(mport).as_ref(),
+        Some(&loaded_info),
+        "the running config's hash is the previous file's again"
+    );
+    assert_eq!(last_reload_result(mport).as_deref(), Some("rolled_back"));
+    // G/$health (retained) says so too.
+    let mut health = MqttProbe::connect(port).await;
+    health.subscribe("fieldgate/test/$health", 1).await;
+    let doc = health
+        .wait_for(WAIT, |m| {
+            m.topic == "fieldgate/test/$health"
+                && m.json()["config"]["lastReload"]["result"] == "rolled_back"
+        })
+        .await
+        .expect("G/$health with the rollback");
+    let errors = doc.json()["config"]["lastReload"]["errors"].clone();
+    assert!(errors.to_string().contains("plc"), "{errors}");
+    // `keep` ran untouched through the reload and the rollback.
+    rec.states("keep", 2).await;
+    assert_counting("keep", &rec.states_of("keep"));
+
+    // The file is fixed: a new server on another port; the next save is
+    // applied and, with the PLC online at the end of the probation, sticks.
+    let new = modbus_server::tcp_server(
+        modbus_server::Storage::with(|t| {
+            t.holding.insert(0, 300);
+            t.holding.insert(1, 7);
+        }),
+        "127.0.0.1:0",
+    )
+    .await;
+    gw.replace_config(&with_probation(&[keep.as_str(), &plc(new.addr)].concat()));
+    rec.wait("plc reading the new endpoint", |m| {
+        m.topic == topic("plc") && !m.payload.is_empty() && m.json()["properties"]["t"] == 300
+    })
+    .await;
+    assert!(
+        gw.wait_for_log("passed its probation", WAIT),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(metric(mport, RELOADS_ROLLED_BACK), Some(1.0));
+    assert_eq!(last_reload_result(mport).as_deref(), Some("ok"));
+    rec.states("plc", 2).await;
+    let last = rec.states_of("plc").pop().expect("a plc state");
+    assert_eq!(last["properties"]["t"], 300, "the new config stuck: {last}");
+    old.stop().await;
+    new.stop().await;
+}

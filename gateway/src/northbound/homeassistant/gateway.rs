@@ -1,6 +1,6 @@
 //! The gateway's own Home Assistant device and its diagnostic entities:
 //! connectivity (from the session's will topic), devices online and store
-//! backlog (from the retained `G/$health` this dialect publishes).
+//! backlog (from the retained `G/$health` of [`crate::health`]).
 
 use serde_json::{json, Map, Value};
 
@@ -22,9 +22,10 @@ pub struct GatewayContext<'a> {
     pub will_payload: &'a str,
 }
 
-/// The topic of the health document the diagnostic sensors read.
+/// The topic of the health document the diagnostic sensors read
+/// (published by [`crate::health`] whether discovery is on or not).
 pub fn health_topic(gateway_topic: &str) -> String {
-    format!("{gateway_topic}/$health")
+    crate::health::topic(gateway_topic)
 }
 
 /// The `device` block of the gateway's own entities.
@@ -113,36 +114,4 @@ pub fn gateway_entities(ctx: &GatewayContext<'_>) -> Vec<EntityConfig> {
         payload: Value::Object(c),
     })
     .collect()
-}
-
-/// One session's line in the health document.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionHealth {
-    /// Client id.
-    pub id: String,
-    /// Connected to its broker.
-    pub connected: bool,
-    /// Messages waiting in its store.
-    pub store_messages: i64,
-}
-
-/// The health document (the device and session part of CONTRACT §13's
-/// `G/$health`): `{"devices": {"total", "online"}, "sessions": {"<id>":
-/// {"connected", "storeMessages"}}}`.
-pub fn health_payload(total: usize, online: usize, sessions: &[SessionHealth]) -> Value {
-    let sessions: Map<String, Value> = sessions
-        .iter()
-        .map(|s| {
-            (
-                s.id.clone(),
-                json!({"connected": s.connected, "storeMessages": s.store_messages}),
-            )
-        })
-        .collect();
-    json!({
-        "status": if sessions.values().all(|s| s["connected"] == true) { "ok" } else { "degraded" },
-        "version": env!("CARGO_PKG_VERSION"),
-        "devices": {"total": total, "online": online},
-        "sessions": sessions,
-    })
 }

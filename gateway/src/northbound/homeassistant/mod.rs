@@ -6,8 +6,8 @@
 //!
 //! - [`config`]: the config keys and their checks;
 //! - [`entity`]: pure mapping, property → discovery config;
-//! - [`gateway`]: the gateway's own device, its diagnostic entities and the
-//!   health document they read;
+//! - [`gateway`]: the gateway's own device and its diagnostic entities
+//!   (they read the `G/$health` document of [`crate::health`]);
 //! - [`Discovery`]: the running part (publish on every applied config, clear
 //!   what went, publish again on Home Assistant's birth message).
 
@@ -26,18 +26,13 @@ use tokio::sync::mpsc;
 use crate::config::resolved::{DeviceSettings, Resolved};
 use crate::config::types::PayloadEncode;
 use crate::mqtt::{Inbound, OutMsg, PayloadBuilder, SessionHandle, SessionInput};
-use crate::telemetry::Metrics;
 
 pub use config::HomeAssistantSettings;
 use entity::DeviceContext;
-use gateway::{GatewayContext, SessionHealth};
+use gateway::GatewayContext;
 
 /// QoS of discovery configs (CONTRACT §10).
 const CONFIG_QOS: u8 = 1;
-/// How often the health document is looked at (published when it changed).
-const HEALTH_CHECK: Duration = Duration::from_secs(2);
-/// The health document is published at least this often.
-const HEALTH_REFRESH: Duration = Duration::from_secs(60);
 /// Home Assistant status messages held while the task is busy.
 const STATUS_QUEUE: usize = 8;
 /// How long after announcing entities their devices are asked for their
@@ -87,7 +82,6 @@ impl Discovery {
         &mut self,
         new: &Resolved,
         sessions: &HashMap<crate::config::resolved::SessionSettings, SessionHandle>,
-        metrics: &Metrics,
     ) {
         if new.home_assistant.is_none() && self.tx.is_none() {
             return;
@@ -111,7 +105,7 @@ impl Discovery {
         };
         let tx = self.tx.get_or_insert_with(|| {
             let (tx, rx) = mpsc::channel(4);
-            tokio::spawn(run(rx, metrics.clone()));
+            tokio::spawn(run(rx));
             tx
         });
         if tx.send(update).await.is_err() {
@@ -236,20 +230,16 @@ fn device_entity(
 /// (client id) that carries it.
 type Published = HashMap<Arc<str>, (u64, Arc<str>)>;
 
-/// The discovery task: applies updates, answers Home Assistant's birth,
-/// keeps the health document current.
-async fn run(mut updates: mpsc::Receiver<Update>, metrics: Metrics) {
+/// The discovery task: applies updates, answers Home Assistant's birth.
+async fn run(mut updates: mpsc::Receiver<Update>) {
     let (status_tx, status_rx) = flume::bounded::<Box<Inbound>>(STATUS_QUEUE);
     let mut published: Published = HashMap::new();
     let mut current: Option<(Update, Vec<Planned>)> = None;
     let mut routed: Option<(Arc<str>, SessionHandle)> = None;
-    let mut health_sent: Option<(String, tokio::time::Instant)> = None;
     // Devices whose entities were (re)announced, asked for their state at `refresh_at`.
     let mut refresh: BTreeSet<String> = BTreeSet::new();
     let mut refresh_at: Option<tokio::time::Instant> = None;
     let mut reannounced: Option<tokio::time::Instant> = None;
-    let mut tick = tokio::time::interval(HEALTH_CHECK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             u = updates.recv() => {
@@ -277,24 +267,7 @@ async fn run(mut updates: mpsc::Receiver<Update>, metrics: Metrics) {
                     h.send(SessionInput::Route { topic: Arc::clone(topic), to: status_tx.clone(), retained: true }).await;
                 }
                 routed = want;
-                if u.settings.is_none() && health_sent.take().is_some() {
-                    // Discovery turned off: the health document goes too.
-                    if let Some(h) = u.sessions.first().and_then(|s| s.handle.as_ref()) {
-                        h.send(SessionInput::Publish(OutMsg {
-                            topic: gateway::health_topic(&u.gateway_topic).into(),
-                            payload: Bytes::new(),
-                            qos: 1,
-                            retain: true,
-                            correlation: None,
-                            props: None,
-                        }))
-                        .await;
-                    }
-                }
                 current = Some((u, planned));
-                if current.as_ref().is_some_and(|(u, _)| u.settings.is_some()) {
-                    publish_health(current.as_ref().map(|(u, _)| u), &metrics, &mut health_sent, true).await;
-                }
             }
             msg = status_rx.recv_async() => {
                 let Ok(msg) = msg else { continue };
@@ -325,7 +298,6 @@ async fn run(mut updates: mpsc::Receiver<Update>, metrics: Metrics) {
                             pacer.send(s, h, input).await;
                         }
                     }
-                    publish_health(Some(u), &metrics, &mut health_sent, true).await;
                     refresh.extend(u.devices.iter().map(|d| d.name.clone()));
                     refresh_at = Some(tokio::time::Instant::now() + REFRESH_DELAY);
                 }
@@ -334,11 +306,6 @@ async fn run(mut updates: mpsc::Receiver<Update>, metrics: Metrics) {
                 refresh_at = None;
                 if let Some((u, _)) = &current {
                     request_states(u, std::mem::take(&mut refresh)).await;
-                }
-            }
-            _ = tick.tick() => {
-                if let Some((u, _)) = current.as_ref().filter(|(u, _)| u.settings.is_some()) {
-                    publish_health(Some(u), &metrics, &mut health_sent, false).await;
                 }
             }
         }
@@ -471,60 +438,6 @@ async fn publish_diff(
         tracing::info!("Home Assistant discovery: {sent} config(s) published");
     }
     announced
-}
-
-/// Publishes the health document (retained, QoS 1, on the gateway session)
-/// when it changed, when `force`d, or when it is [`HEALTH_REFRESH`] old.
-async fn publish_health(
-    u: Option<&Update>,
-    metrics: &Metrics,
-    sent: &mut Option<(String, tokio::time::Instant)>,
-    force: bool,
-) {
-    let Some(u) = u else { return };
-    let Some(h) = u.sessions.first().and_then(|s| s.handle.as_ref()) else {
-        return;
-    };
-    let online = u
-        .devices
-        .iter()
-        .filter(|d| metrics.devices.is_up(&d.name) == Some(true))
-        .count();
-    let sessions: Vec<SessionHealth> = u
-        .sessions
-        .iter()
-        .filter(|s| s.handle.is_some())
-        .map(|s| SessionHealth {
-            id: s.client_id.to_string(),
-            connected: metrics
-                .mqtt_connected
-                .get_metric_with_label_values(&[&s.client_id])
-                .is_ok_and(|g| g.get() == 1),
-            store_messages: metrics
-                .mqtt_store_messages
-                .get_metric_with_label_values(&[&s.client_id])
-                .map_or(0, |g| g.get()),
-        })
-        .collect();
-    let doc = gateway::health_payload(u.devices.len(), online, &sessions).to_string();
-    let now = tokio::time::Instant::now();
-    let due = match sent {
-        Some((last, at)) => *last != doc || now.duration_since(*at) >= HEALTH_REFRESH,
-        None => true,
-    };
-    if !(due || force) {
-        return;
-    }
-    h.send(SessionInput::Publish(OutMsg {
-        topic: gateway::health_topic(&u.gateway_topic).into(),
-        payload: Bytes::from(doc.clone()),
-        qos: 1,
-        retain: true,
-        correlation: None,
-        props: None,
-    }))
-    .await;
-    *sent = Some((doc, now));
 }
 
 #[cfg(test)]

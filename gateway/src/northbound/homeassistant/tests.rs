@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::config::Component;
 use super::entity::{self, DeviceContext};
-use super::gateway::{self, GatewayContext, SessionHealth};
+use super::gateway::{self, GatewayContext};
 use crate::config::resolved::{DeviceSettings, Resolved};
 use crate::config::{load_str, ConfigError};
 
@@ -435,21 +435,6 @@ fn gateway_entities_and_health() {
         );
     }
     assert_eq!(es[1].payload["state_topic"], "fieldgate/plant-a/$health");
-    let h = gateway::health_payload(
-        3,
-        2,
-        &[SessionHealth {
-            id: "fieldgate-plant-a".into(),
-            connected: true,
-            store_messages: 7,
-        }],
-    );
-    assert_eq!(h["devices"], json!({"total": 3, "online": 2}));
-    assert_eq!(
-        h["sessions"]["fieldgate-plant-a"],
-        json!({"connected": true, "storeMessages": 7})
-    );
-    assert_eq!(h["status"], "ok");
 }
 
 mod running {
@@ -464,7 +449,6 @@ mod running {
     use super::super::Discovery;
     use super::ok;
     use crate::mqtt::{Inbound, SessionHandle, SessionInput};
-    use crate::telemetry::Metrics;
 
     const TWO_PROPS: &str = r#"
 gateway: { namespace: t }
@@ -516,13 +500,12 @@ devices:
 
     #[tokio::test]
     async fn publishes_clears_and_answers_the_birth() {
-        let metrics = Metrics::new().expect("metrics");
         let (handle, mut rx) = SessionHandle::detached("fieldgate-t", 1024);
         let first = ok(TWO_PROPS);
         let sessions: HashMap<_, _> = [(first.sessions[0].clone(), handle.clone())].into();
         let mut disc = Discovery::default();
 
-        disc.apply(&first, &sessions, &metrics).await;
+        disc.apply(&first, &sessions).await;
         let got = drain(&mut rx).await;
         let gateway = [
             "ha/binary_sensor/fieldgate_t/_gateway_connectivity/config",
@@ -545,10 +528,9 @@ devices:
                 _ => None,
             })
             .expect("status topic routed");
-        assert!(got.iter().any(|i| matches!(i, SessionInput::Publish(m) if &*m.topic == "fieldgate/t/$health" && m.retain)));
 
         // The same config again publishes nothing new.
-        disc.apply(&first, &sessions, &metrics).await;
+        disc.apply(&first, &sessions).await;
         assert!(published(&drain(&mut rx).await).is_empty());
 
         // Home Assistant's birth: every config again; other payloads: nothing.
@@ -580,7 +562,7 @@ devices:
                 "",
             )
             .replace("writable: true", "writable: false"));
-        disc.apply(&second, &sessions, &metrics).await;
+        disc.apply(&second, &sessions).await;
         let got = drain(&mut rx).await;
         assert_eq!(
             cleared(&got),
@@ -595,7 +577,7 @@ devices:
         let third = ok(
             "gateway: { namespace: t }\nmqtt: { discovery: { homeAssistant: { enabled: true, prefix: ha, statusTopic: ha/status } } }\ndevices: []\n",
         );
-        disc.apply(&third, &sessions, &metrics).await;
+        disc.apply(&third, &sessions).await;
         assert_eq!(
             cleared(&drain(&mut rx).await),
             ["ha/binary_sensor/fieldgate_t/d_b/config"]
@@ -603,14 +585,12 @@ devices:
 
         // Discovery turned off: everything goes, the status topic too.
         let off = ok("gateway: { namespace: t }\ndevices: []\n");
-        disc.apply(&off, &sessions, &metrics).await;
+        disc.apply(&off, &sessions).await;
         let got = drain(&mut rx).await;
         assert_eq!(cleared(&got), gateway);
         assert!(got
             .iter()
             .any(|i| matches!(i, SessionInput::Unroute { topic } if &**topic == "ha/status")));
-        // …and the health document the diagnostic sensors read.
-        assert!(got.iter().any(|i| matches!(i, SessionInput::Publish(m) if &*m.topic == "fieldgate/t/$health" && m.retain && m.payload.is_empty())));
     }
 }
 
@@ -623,11 +603,9 @@ mod refresh {
     use super::super::Discovery;
     use super::ok;
     use crate::mqtt::{SessionHandle, SessionInput};
-    use crate::telemetry::Metrics;
 
     #[tokio::test]
     async fn announced_devices_get_a_state_request() {
-        let metrics = Metrics::new().expect("metrics");
         let (handle, mut rx) = SessionHandle::detached("fieldgate-t", 1024);
         let r = ok(r#"
 gateway: { namespace: t }
@@ -637,7 +615,7 @@ devices:
 "#);
         let sessions: HashMap<_, _> = [(r.sessions[0].clone(), handle)].into();
         let mut disc = Discovery::default();
-        disc.apply(&r, &sessions, &metrics).await;
+        disc.apply(&r, &sessions).await;
         let got = tokio::time::timeout(Duration::from_secs(10), async {
             while let Some(i) = rx.recv().await {
                 if let SessionInput::Publish(m) = i {
