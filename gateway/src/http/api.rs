@@ -107,10 +107,14 @@ fn session(metrics: &Metrics, id: &str, server: &str) -> Value {
         .get_metric_with_label_values(&[id])
         .map(|m| m.get())
         .unwrap_or(0);
+    // The server in use (of a cluster list), else the configured one(s).
+    let (server, connected) = metrics
+        .mqtt_connection(id)
+        .unwrap_or_else(|| (server.to_owned(), false));
     json!({
         "id": id,
         "server": server,
-        "connected": gauge(&metrics.mqtt_connected) == 1,
+        "connected": connected,
         "storeMessages": gauge(&metrics.mqtt_store_messages),
         "storeBytes": gauge(&metrics.mqtt_store_bytes),
         "storeOldestAgeSeconds": num((oldest * 10.0).round() / 10.0),

@@ -26,7 +26,8 @@ pub struct ReloadOutcome {
 pub struct SessionInfo {
     /// Client id (the metric label `session`).
     pub id: String,
-    /// The broker address, as configured (no credentials).
+    /// The broker address(es), as configured (no credentials; a cluster's
+    /// list joined by `, `).
     pub server: String,
 }
 
@@ -94,7 +95,11 @@ impl GatewayInfo {
                 .iter()
                 .map(|s| SessionInfo {
                     id: s.client_id.clone(),
-                    server: s.server.to_string(),
+                    server: s
+                        .servers()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 })
                 .collect();
             f.commands = resolved.gateway.metrics_commands;

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 pub use session::{spawn, spawn_successor, spawn_successor_with, spawn_with};
+pub use transport::{ConnectError, RelayError, TransportError, V31Error};
 
 /// A message to publish.
 #[derive(Debug, Clone, PartialEq)]
@@ -206,17 +207,63 @@ pub struct SessionHandle {
     tx: mpsc::Sender<SessionInput>,
     stop: mpsc::Sender<StopRequest>,
     backlog: Option<Backlog>,
+    status: Arc<SessionStatus>,
     /// The northbound dialect that publishes through this session (the
     /// session never looks at it; devices do).
     pub dialect: crate::northbound::Dialect,
 }
 
-/// How far a session is behind: its stored messages and whether it is
-/// connected (the session's own metric series, shared).
+/// How far a session is behind: its stored messages (the session's own
+/// metric series, shared).
 #[derive(Clone)]
 struct Backlog {
     messages: prometheus::IntGauge,
-    connected: prometheus::IntGauge,
+}
+
+/// A session's connection as others may read it (`G/$health`, the status
+/// API): whether it is connected, and to which server of its list.
+#[derive(Debug)]
+pub struct SessionStatus {
+    connected: std::sync::atomic::AtomicBool,
+    server: std::sync::Mutex<Arc<str>>,
+}
+
+impl SessionStatus {
+    /// Not connected; `server` is the first server of the session's list.
+    fn new(server: &str) -> Self {
+        Self {
+            connected: false.into(),
+            server: std::sync::Mutex::new(server.into()),
+        }
+    }
+
+    /// True while the session is connected.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The server (URL) the session is connected to; while it is not
+    /// connected, the one it was last connected to (before the first
+    /// connection: the first server of its list).
+    pub fn current_server(&self) -> Arc<str> {
+        self.server
+            .lock()
+            .map(|s| Arc::clone(&s))
+            .unwrap_or_else(|e| Arc::clone(&e.into_inner()))
+    }
+
+    /// Records a connection to `server` (`Some`) or its loss (`None`).
+    fn set(&self, server: Option<&str>) {
+        if let Some(server) = server {
+            if let Ok(mut s) = self.server.lock() {
+                if **s != *server {
+                    *s = server.into();
+                }
+            }
+        }
+        self.connected
+            .store(server.is_some(), std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl SessionHandle {
@@ -232,6 +279,7 @@ impl SessionHandle {
             tx,
             stop,
             backlog: None,
+            status: Arc::new(SessionStatus::new("")),
             dialect: Default::default(),
         };
         (handle, rx)
@@ -255,13 +303,30 @@ impl SessionHandle {
         };
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            if b.connected.get() == 1 && backlog() <= limit {
+            if self.status.is_connected() && backlog() <= limit {
                 return true;
             }
             if tokio::time::Instant::now() >= give_up {
                 return false;
             }
         }
+    }
+
+    /// True while the session is connected to a broker.
+    pub fn is_connected(&self) -> bool {
+        self.status.is_connected()
+    }
+
+    /// The server (URL) of the session's list it is connected to; while not
+    /// connected, the one it was last connected to (see
+    /// [`SessionStatus::current_server`]). For `G/$health`.
+    pub fn current_server(&self) -> Arc<str> {
+        self.status.current_server()
+    }
+
+    /// The session's connection status, shared (it follows the session).
+    pub fn status(&self) -> Arc<SessionStatus> {
+        Arc::clone(&self.status)
     }
 
     /// Sends a request; waits only if the session's input queue is full.

@@ -496,10 +496,7 @@ async fn publish_health(
         .filter(|s| s.handle.is_some())
         .map(|s| SessionHealth {
             id: s.client_id.to_string(),
-            connected: metrics
-                .mqtt_connected
-                .get_metric_with_label_values(&[&s.client_id])
-                .is_ok_and(|g| g.get() == 1),
+            connected: s.handle.as_ref().is_some_and(|h| h.is_connected()),
             store_messages: metrics
                 .mqtt_store_messages
                 .get_metric_with_label_values(&[&s.client_id])
