@@ -21,20 +21,18 @@ installed() {
 # from source, so no pkg-config or libdbus-1-dev).
 # openssl makes the TLS test certificates; faketime fakes clock jumps;
 # chromium is the real browser the status page tests drive (headless, DevTools
-# protocol; fonts for readable screenshots); nats-server (where the
-# distribution has it) runs the core scenarios on NATS's MQTT listener.
+# protocol; fonts for readable screenshots); nats-server runs the core
+# scenarios on NATS's MQTT listener and is the broker cluster of
+# gateway/tests/broker_cluster.rs.
 # python3 + python3-venv: the venvs of the Sparkplug host (pysparkplug,
 # tests/sparkplug/ensure-venv.sh) and of the BLE parser cross-check
 # (tests/ble-parsers/setup-venv.sh), cached in /var/cache/fieldgate-test.
-needed=(mosquitto mosquitto-clients make openssl dbus faketime chromium fonts-dejavu-core python3 python3-venv)
+needed=(mosquitto mosquitto-clients make openssl dbus faketime chromium fonts-dejavu-core python3 python3-venv nats-server)
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
     for pkg in "${needed[@]}"; do
         installed "$pkg" || missing+=("$pkg")
     done
-    if ! installed nats-server && apt-cache show nats-server >/dev/null 2>&1; then
-        missing+=(nats-server)
-    fi
 elif ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     echo "run-tests.sh: mosquitto is not installed and this is not a Debian-like system;" >&2
     echo "install mosquitto, mosquitto-clients, make, openssl and dbus, and run again." >&2

@@ -255,10 +255,16 @@ fn session(metrics: &Metrics, id: &str, server: &str) -> SessionReport {
         })
         .map(|m| m.get_counter().get_value() as u64)
         .sum();
+    // The server in use (of a cluster list) and the connection, from the
+    // session's `fieldgate_mqtt_connected{session,server}` series; before
+    // its first series, the configured server(s).
+    let (server, connected) = metrics
+        .mqtt_connection(id)
+        .unwrap_or_else(|| (server.to_owned(), false));
     SessionReport {
         id: id.to_owned(),
-        server: server.to_owned(),
-        connected: gauge(&metrics.mqtt_connected) == 1,
+        server,
+        connected,
         store_messages: gauge(&metrics.mqtt_store_messages),
         store_bytes: gauge(&metrics.mqtt_store_bytes),
         store_oldest_age_seconds: (oldest * 10.0).round() / 10.0,

@@ -171,7 +171,7 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     /// `fieldgate_device_{up,reads_total,read_errors_total,poll_duration_seconds,set_commands_total}`
     pub devices: DeviceMetrics,
-    /// `fieldgate_mqtt_connected{session}`
+    /// `fieldgate_mqtt_connected{session,server}` (one series per session)
     pub mqtt_connected: IntGaugeVec,
     /// `fieldgate_mqtt_published_total{session}`
     pub mqtt_published: IntCounterVec,
@@ -204,6 +204,28 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// A session's `fieldgate_mqtt_connected` series: the server of its
+    /// `server` label and whether it is connected.
+    pub fn mqtt_connection(&self, session: &str) -> Option<(String, bool)> {
+        use prometheus::core::Collector as _;
+        self.mqtt_connected.collect().iter().find_map(|family| {
+            family.get_metric().iter().find_map(|m| {
+                let label = |name: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value())
+                };
+                (label("session") == Some(session)).then(|| {
+                    (
+                        label("server").unwrap_or_default().to_owned(),
+                        m.get_gauge().get_value() == 1.0,
+                    )
+                })
+            })
+        })
+    }
+
     /// Creates and registers every family.
     pub fn new() -> anyhow::Result<Self> {
         let registry = Registry::new();
@@ -260,8 +282,8 @@ impl Metrics {
             devices,
             mqtt_connected: gauge(
                 "fieldgate_mqtt_connected",
-                "1 while the MQTT session is connected",
-                &["session"],
+                "1 while the MQTT session is connected; `server`: the server in use (or last used)",
+                &["session", "server"],
             )?,
             mqtt_published: counter(
                 "fieldgate_mqtt_published_total",

@@ -15,6 +15,7 @@
 
 pub mod browse;
 pub mod convert;
+mod dial;
 pub mod security;
 
 use std::collections::HashMap;
@@ -327,6 +328,12 @@ fn describe_status(code: StatusCode) -> String {
 
 /// One connection attempt: discovery, endpoint selection, trust, session.
 async fn connect(spec: &DeviceSpec, conn: &OpcUaConnection) -> Result<Connected, DriverError> {
+    // The host name first, in the resolver's own time and not the device
+    // timeout's: a dead name server marks only the devices behind a name.
+    // The connections below find the answer in the resolver's cache.
+    if let Ok(endpoint) = dial::endpoint_of(conn.endpoint.as_str()) {
+        crate::resolve::resolve(&endpoint).await?;
+    }
     let secure = conn.policy != Policy::None;
     let own = if secure || conn.certificate.is_some() {
         Some(security::client_certificate(conn).await?)
@@ -354,12 +361,12 @@ async fn connect(spec: &DeviceSpec, conn: &OpcUaConnection) -> Result<Connected,
     if let Some((cert, key)) = &own {
         builder = builder.certificate_path(cert).private_key_path(key);
     }
-    let mut client = builder
+    let client = builder
         .client()
         .map_err(|e| DriverError::new(ErrorKind::Unsupported, e.join("; ")))?;
     let endpoints = tokio::time::timeout(
         spec.timeout,
-        client.get_server_endpoints_from_url(conn.endpoint.as_str()),
+        client.get_server_endpoints_from_url(dial::ResolvingConnector::new(conn.endpoint.as_str())),
     )
     .await
     .map_err(|_| DriverError::timeout(spec.timeout))?
@@ -379,7 +386,14 @@ async fn connect(spec: &DeviceSpec, conn: &OpcUaConnection) -> Result<Connected,
     endpoint.endpoint_url = conn.endpoint.as_str().into();
     let identity = identity_token(conn, &endpoint, own.as_ref())?;
     let (session, event_loop) = client
-        .connect_to_endpoint_directly(endpoint, identity)
+        .session_builder()
+        .connect_to_endpoint_directly(endpoint)
+        .map(|b| {
+            b.user_identity_token(identity)
+                .with_connector(dial::ResolvingSource)
+                .build(client.certificate_store().clone())
+        })
+        .and_then(|built| built)
         .map_err(|e| {
             io(format!(
                 "cannot start a session: {}",

@@ -1121,12 +1121,24 @@ impl Loader<'_> {
 
     fn check_client(&mut self, n: &Node, path: &str, c: &ClientOptions) {
         let ctx = &mut *self.ctx;
-        if let Some(s) = &c.server {
-            if let Err(e) = parse_server(s) {
-                ctx.val(n, path, &["server"], e);
-            }
+        let urls = c.server.as_ref().map_or(&[][..], |l| l.urls());
+        if c.server.is_some() && urls.is_empty() {
+            ctx.val(n, path, &["server"], "`server` lists no server");
         }
-        let server = c.server.as_deref().and_then(|s| parse_server(s).ok());
+        let servers: Vec<ServerAddress> = urls
+            .iter()
+            .filter_map(|s| {
+                parse_server(s)
+                    .map_err(|e| ctx.val(n, path, &["server"], e))
+                    .ok()
+            })
+            .collect();
+        // The checks below are about any WebSocket server of a list.
+        let server = servers
+            .iter()
+            .find(|s| matches!(s, ServerAddress::WebSocket { .. }))
+            .or(servers.first())
+            .cloned();
         match c.protocol_version {
             None | Some(4) | Some(5) => {}
             Some(3) => {
@@ -2001,9 +2013,14 @@ impl Loader<'_> {
         default_id: String,
         default_will: String,
     ) -> Option<SessionSettings> {
-        let server = match &c.server {
-            Some(s) => parse_server(s).ok()?,
-            None => match broker {
+        let mut servers = match &c.server {
+            Some(list) => list
+                .urls()
+                .iter()
+                .map(|s| parse_server(s))
+                .collect::<Result<Vec<_>, _>>()
+                .ok()?,
+            None => vec![match broker {
                 Some(b) => {
                     // MQTT 5 goes to the broker's MQTT 5 listener.
                     let listen = if c.protocol_version == Some(5) {
@@ -2035,8 +2052,12 @@ impl Loader<'_> {
                     host: "127.0.0.1".into(),
                     port: 1883,
                 },
-            },
+            }],
         };
+        if servers.is_empty() {
+            return None;
+        }
+        let server = servers.remove(0);
         let w = c.will.clone().unwrap_or_default();
         let will_topic = w
             .topic
@@ -2089,6 +2110,7 @@ impl Loader<'_> {
         Some(SessionSettings {
             client_id,
             server,
+            fallback_servers: servers,
             protocol_version: c.protocol_version.unwrap_or(4),
             tls: resolve_tls(self.base_dir, &self.secrets_dir, c.tls_config.as_ref()),
             http_headers: c
@@ -2389,6 +2411,7 @@ fn placeholder_session() -> SessionSettings {
             host: "127.0.0.1".into(),
             port: 1883,
         },
+        fallback_servers: Vec::new(),
         protocol_version: 4,
         tls: TlsSettings::default(),
         http_headers: Vec::new(),

@@ -48,14 +48,14 @@ fn client_options(out: &mut String, pad: &str, s: &SessionSettings) {
     let _ = writeln!(
         out,
         "{pad}server {}, MQTT {}",
-        server(&s.server),
+        s.servers().map(server).collect::<Vec<_>>().join(", "),
         match s.protocol_version {
             5 => "5",
             3 => "3.1",
             _ => "3.1.1",
         }
     );
-    if s.server.is_tls() {
+    if s.servers().any(ServerAddress::is_tls) {
         let t = &s.tls;
         let _ = writeln!(
             out,

@@ -162,8 +162,11 @@ pub struct WillSettings {
 pub struct SessionSettings {
     /// Session key: the MQTT client id (metric label `session`).
     pub client_id: String,
-    /// Broker address.
+    /// Broker address (the first of a cluster list).
     pub server: ServerAddress,
+    /// The other servers of a cluster list (`server: [a, b, c]`), tried in
+    /// order after `server`; empty for a single server.
+    pub fallback_servers: Vec<ServerAddress>,
     /// 3 = MQTT 3.1, 4 = MQTT 3.1.1, 5 = MQTT 5.
     pub protocol_version: u8,
     /// TLS options (used by `ssl`/`tls`/`tcps`/`wss` servers).
@@ -206,6 +209,26 @@ pub struct SessionSettings {
     /// Sparkplug B edge node of this session (`mqtt.message.format:
     /// sparkplugB`); `None`: fieldgate topics.
     pub sparkplug: Option<SparkplugSettings>,
+}
+
+impl SessionSettings {
+    /// Every server of the session, in the order they are tried.
+    pub fn servers(&self) -> impl Iterator<Item = &ServerAddress> {
+        std::iter::once(&self.server).chain(&self.fallback_servers)
+    }
+
+    /// How many servers the session has (at least one).
+    pub fn server_count(&self) -> usize {
+        1 + self.fallback_servers.len()
+    }
+
+    /// The server at `index` (taken modulo the count: rounds wrap around).
+    pub fn server_at(&self, index: usize) -> &ServerAddress {
+        match index % self.server_count() {
+            0 => &self.server,
+            i => &self.fallback_servers[i - 1],
+        }
+    }
 }
 
 /// `mqtt.sparkplug`, resolved: the edge node one session speaks for.

@@ -930,3 +930,24 @@ fn a_default_client_id_over_the_mqtt_limit_is_refused() {
         "mqtt: {{message: {{topic: {{with: uid}}}}}}\ndevices:\n  - name: {name}\n    driver: dummy\n    model: fan\n    mqtt: {{client: {{keepAlive: 31s, clientId: d}}}}\n"
     ));
 }
+
+#[test]
+fn a_server_list_keeps_its_order_and_each_entry_is_checked() {
+    let r = ok("mqtt:\n  client:\n    server: [tcp://a:1884, 'ssl://b', ws://c/mqtt]\n");
+    let s = &r.sessions[0];
+    let all: Vec<String> = s.servers().map(ToString::to_string).collect();
+    assert_eq!(all, ["tcp://a:1884", "tls://b:8883", "ws://c:80/mqtt"]);
+    assert_eq!(s.server_count(), 3);
+    // Rounds wrap around.
+    assert_eq!(s.server_at(3).to_string(), "tcp://a:1884");
+    let one = ok("mqtt:\n  client:\n    server: tcp://a\n");
+    assert_eq!(one.sessions[0].server_count(), 1);
+    let e = errs("mqtt:\n  client:\n    server: [tcp://a, 'quic://b']\n");
+    has(&e, "mqtt.client.server: ", "unknown server scheme `quic`");
+    let e = errs("mqtt:\n  client:\n    server: []\n");
+    has(&e, "mqtt.client.server: ", "lists no server");
+    let e = errs(
+        "mqtt:\n  client:\n    server: [tcp://a, ws://b]\n    protocolVersion: 3\n    clientId: x\n",
+    );
+    has(&e, "mqtt.client.protocolVersion: ", "not over ws/wss");
+}

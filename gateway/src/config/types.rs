@@ -232,8 +232,9 @@ pub enum MessageFormat {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ClientOptions {
-    /// `scheme://host:port`; scheme tcp | ssl | tls | tcps | ws | wss | unix.
-    pub server: Option<String>,
+    /// `scheme://host:port`, or a list of them (a broker cluster, tried in
+    /// order); scheme tcp | ssl | tls | tcps | ws | wss | unix.
+    pub server: Option<ServerList>,
     /// 3 = MQTT 3.1, 4 = MQTT 3.1.1, 5 = MQTT 5.
     pub protocol_version: Option<u8>,
     /// Default `fieldgate-<namespace>`.
@@ -276,6 +277,27 @@ pub struct ClientOptions {
     /// say); larger messages are dropped before sending. MQTT 5 uses the
     /// broker's CONNACK maximum packet size when it is smaller.
     pub max_packet_size: Option<ByteSize>,
+}
+
+/// `server:` one broker URL, or a list of them: the servers of a broker
+/// cluster, tried in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ServerList {
+    /// A single server.
+    One(String),
+    /// The servers of a cluster.
+    Many(Vec<String>),
+}
+
+impl ServerList {
+    /// The URLs, in order.
+    pub fn urls(&self) -> &[String] {
+        match self {
+            ServerList::One(s) => std::slice::from_ref(s),
+            ServerList::Many(v) => v,
+        }
+    }
 }
 
 /// An HTTP header's value(s): one string or a list.

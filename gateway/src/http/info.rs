@@ -28,7 +28,8 @@ pub struct ReloadOutcome {
 pub struct SessionInfo {
     /// Client id (the metric label `session`).
     pub id: String,
-    /// The broker address, as configured (no credentials).
+    /// The broker address(es), as configured (no credentials; a cluster's
+    /// list joined by `, `).
     pub server: String,
 }
 
@@ -100,7 +101,11 @@ impl GatewayInfo {
                 .iter()
                 .map(|s| SessionInfo {
                     id: s.client_id.clone(),
-                    server: s.server.to_string(),
+                    server: s
+                        .servers()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 })
                 .collect();
             f.commands = resolved.gateway.metrics_commands;

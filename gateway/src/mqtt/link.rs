@@ -1,7 +1,8 @@
 //! The wire side of a session: one rumqttc client (MQTT 3.1.1 or 5) whose
 //! event loop runs in its own task and reports a protocol-neutral stream of
 //! [`NetEvent`]s. Reconnects happen only when the session grants a permit,
-//! so the session owns backoff and message replay.
+//! which names the server of the session's list to try, so the session owns
+//! backoff, server selection and message replay.
 //!
 //! For `tcp`, `ssl`/`tls`/`tcps` and `unix` servers the connection to the
 //! broker is made here (see [`transport`]) and rumqttc talks to it through a
@@ -14,13 +15,13 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::transport::{self, Bridge};
+use super::transport::{self, Bridge, CutLimits, TransportError};
 use super::{Inbound, OutMsg};
 use crate::config::resolved::{ServerAddress, SessionSettings};
 
 /// Incoming packets larger than this are refused by the client (the
-/// bridge cuts PUBLISH packets above it; see `transport::Cutter`).
-pub(crate) const MAX_INCOMING_PACKET: usize = 1024 * 1024;
+/// bridge cuts PUBLISH packets above it; see [`CutLimits`]).
+const MAX_INCOMING_PACKET: usize = 1024 * 1024;
 /// Outgoing packets larger than this are refused by the client.
 const MAX_OUTGOING_PACKET: usize = 4 * 1024 * 1024;
 /// Most publishes the session keeps in flight on the connection.
@@ -28,6 +29,36 @@ pub const WINDOW: usize = 64;
 /// rumqttc's request channel: the window plus room for (un)subscribes,
 /// birth/retained replays and the final disconnect.
 const REQUEST_CHANNEL: usize = WINDOW * 4 + 64;
+
+/// Where the bridge cuts what the broker sends: above the client's packet
+/// limit, keeping one byte more than a command may have, so that a cut
+/// command is still refused as too large.
+const CUT_LIMITS: CutLimits = CutLimits {
+    max_packet: MAX_INCOMING_PACKET,
+    keep_payload: crate::command::MAX_SET_PAYLOAD + 1,
+};
+
+/// Why a connection attempt did not get as far as rumqttc's CONNECT.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    /// The server's transport could not be set up.
+    #[error("{server}: {source}")]
+    Setup {
+        /// The server, as a URL.
+        server: String,
+        /// Why.
+        source: TransportError,
+    },
+    /// The bridge could not reach the server.
+    #[error(transparent)]
+    Connect(#[from] transport::ConnectError),
+}
+
+/// A request the client did not take: its request channel is full, or its
+/// event loop has ended (rumqttc's error carries only the request back).
+#[derive(Debug, thiserror::Error)]
+#[error("the MQTT client did not take the {0} request (its queue is full or it stopped)")]
+pub struct LinkError(&'static str);
 
 /// What the connection reports.
 #[derive(Debug)]
@@ -90,11 +121,11 @@ fn qos5(q: u8) -> rumqttc::v5::mqttbytes::QoS {
 
 impl LinkClient {
     /// Queues a publish without waiting.
-    pub fn try_publish(&self, msg: &OutMsg) -> Result<(), String> {
+    pub fn try_publish(&self, msg: &OutMsg) -> Result<(), LinkError> {
         match self {
             LinkClient::V4(c) => c
                 .try_publish(&*msg.topic, qos4(msg.qos), msg.retain, msg.payload.clone())
-                .map_err(|e| e.to_string()),
+                .map_err(|_| LinkError("publish")),
             LinkClient::V5(c) => {
                 let mut props = rumqttc::v5::mqttbytes::v5::PublishProperties::default();
                 if let Some(corr) = &msg.correlation {
@@ -112,7 +143,7 @@ impl LinkClient {
                     msg.payload.clone(),
                     props,
                 )
-                .map_err(|e| e.to_string())
+                .map_err(|_| LinkError("publish"))
             }
         }
     }
@@ -123,7 +154,7 @@ impl LinkClient {
         topics: &[Arc<str>],
         qos: u8,
         keeps_retained: &std::collections::HashSet<Arc<str>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), LinkError> {
         if topics.is_empty() {
             return Ok(());
         }
@@ -134,7 +165,7 @@ impl LinkClient {
                         .iter()
                         .map(|t| rumqttc::SubscribeFilter::new(t.to_string(), qos4(qos))),
                 )
-                .map_err(|e| e.to_string()),
+                .map_err(|_| LinkError("subscribe")),
             LinkClient::V5(c) => c
                 .try_subscribe_many(topics.iter().map(|t| {
                     let mut f = rumqttc::v5::mqttbytes::v5::Filter::new(t.to_string(), qos5(qos));
@@ -147,23 +178,27 @@ impl LinkClient {
                     }
                     f
                 }))
-                .map_err(|e| e.to_string()),
+                .map_err(|_| LinkError("subscribe")),
         }
     }
 
     /// Queues an unsubscription without waiting.
-    pub fn try_unsubscribe(&self, topic: &str) -> Result<(), String> {
+    pub fn try_unsubscribe(&self, topic: &str) -> Result<(), LinkError> {
         match self {
-            LinkClient::V4(c) => c.try_unsubscribe(topic).map_err(|e| e.to_string()),
-            LinkClient::V5(c) => c.try_unsubscribe(topic).map_err(|e| e.to_string()),
+            LinkClient::V4(c) => c
+                .try_unsubscribe(topic)
+                .map_err(|_| LinkError("unsubscribe")),
+            LinkClient::V5(c) => c
+                .try_unsubscribe(topic)
+                .map_err(|_| LinkError("unsubscribe")),
         }
     }
 
     /// Queues a DISCONNECT without waiting.
-    pub fn try_disconnect(&self) -> Result<(), String> {
+    pub fn try_disconnect(&self) -> Result<(), LinkError> {
         match self {
-            LinkClient::V4(c) => c.try_disconnect().map_err(|e| e.to_string()),
-            LinkClient::V5(c) => c.try_disconnect().map_err(|e| e.to_string()),
+            LinkClient::V4(c) => c.try_disconnect().map_err(|_| LinkError("disconnect")),
+            LinkClient::V5(c) => c.try_disconnect().map_err(|_| LinkError("disconnect")),
         }
     }
 }
@@ -192,75 +227,80 @@ pub struct Link {
     pub client: LinkClient,
     /// Events from the connection task.
     pub events: mpsc::Receiver<NetEvent>,
-    /// One permit = one reconnect attempt after a [`NetEvent::Down`].
-    pub permits: mpsc::Sender<()>,
+    /// One permit = one connection attempt (the first, or a reconnect after
+    /// a [`NetEvent::Down`]) to the server at this index of the session's
+    /// list (see [`SessionSettings::server_at`]).
+    pub permits: mpsc::Sender<usize>,
     /// The connection task.
     pub task: tokio::task::JoinHandle<()>,
 }
 
-/// How rumqttc reaches the broker: directly (WebSocket) or through the bridge.
-enum Route {
-    /// rumqttc's own transport.
-    Native,
-    /// Our connection, relayed over a private Unix socket.
-    Bridged(Box<Bridge>),
+/// Where rumqttc connects for one server: the server's own URL
+/// (WebSocket), or the bridge's socket.
+#[derive(Clone)]
+struct Endpoint {
+    addr: String,
+    port: u16,
+    transport: rumqttc::Transport,
+    bridged: bool,
 }
 
-impl Route {
-    /// Before each connection attempt: warns about `insecureSkipVerify`
-    /// and, when bridged, connects to the broker.
-    async fn prepare(&mut self, settings: &SessionSettings) -> Result<(), String> {
-        if settings.server.is_tls() && settings.tls.insecure_skip_verify {
-            tracing::warn!(
-                session = %settings.client_id,
-                server = %settings.server,
-                "INSECURE: tlsConfig.insecureSkipVerify is on: the broker's certificate is NOT verified; anyone on the path can impersonate the broker"
-            );
-        }
-        match self {
-            Route::Native => Ok(()),
-            Route::Bridged(b) => b.connect().await,
+impl Endpoint {
+    /// The endpoint for the server at `index`.
+    fn for_server(
+        settings: &SessionSettings,
+        index: usize,
+        bridge: Option<&Bridge>,
+    ) -> Result<Self, TransportError> {
+        match settings.server_at(index) {
+            ServerAddress::WebSocket { url, secure, .. } => {
+                let port = url
+                    .rsplit_once(':')
+                    .and_then(|(_, r)| r.split('/').next())
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(if *secure { 443 } else { 80 });
+                let transport = if *secure {
+                    rumqttc::Transport::Wss(rumqttc::TlsConfiguration::Rustls(
+                        transport::tls_client_config(&settings.tls)?,
+                    ))
+                } else {
+                    rumqttc::Transport::Ws
+                };
+                Ok(Endpoint {
+                    addr: url.clone(),
+                    port,
+                    transport,
+                    bridged: false,
+                })
+            }
+            _ => match bridge {
+                Some(b) => Ok(Endpoint {
+                    addr: b.socket_path().to_string_lossy().into_owned(),
+                    port: 0,
+                    transport: rumqttc::Transport::Unix,
+                    bridged: true,
+                }),
+                // Bridge::new failed for this session; `open` logged why.
+                None => Err(TransportError::Tls(
+                    "the connection to this server could not be set up".into(),
+                )),
+            },
         }
     }
 
-    /// Why the bridged connection ended, if it knows better than rumqttc.
-    fn take_error(&self) -> Option<String> {
-        match self {
-            Route::Native => None,
-            Route::Bridged(b) => b.take_error(),
-        }
+    /// Whether rumqttc's options for `self` and `other` are the same.
+    fn same_as(&self, other: &Endpoint) -> bool {
+        self.addr == other.addr && self.port == other.port && self.bridged == other.bridged
     }
-}
 
-/// The transport rumqttc uses and the route behind it.
-fn route_for(
-    settings: &SessionSettings,
-) -> Result<(String, u16, rumqttc::Transport, Route), String> {
-    match &settings.server {
-        ServerAddress::WebSocket { url, secure, .. } => {
-            let port = url
-                .rsplit_once(':')
-                .and_then(|(_, r)| r.split('/').next())
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(if *secure { 443 } else { 80 });
-            let transport = if *secure {
-                rumqttc::Transport::Wss(rumqttc::TlsConfiguration::Rustls(
-                    transport::tls_client_config(&settings.tls)?,
-                ))
-            } else {
-                rumqttc::Transport::Ws
-            };
-            Ok((url.clone(), port, transport, Route::Native))
-        }
-        _ => {
-            let bridge = Bridge::new(settings)?;
-            let path = bridge.socket_path().to_string_lossy().into_owned();
-            Ok((
-                path,
-                0,
-                rumqttc::Transport::Unix,
-                Route::Bridged(Box::new(bridge)),
-            ))
+    /// rumqttc's one timeout for its connect and every flush. Bridged,
+    /// flushes go to a local socket and `writeTimeout` is enforced by the
+    /// bridge; natively (WebSocket) the larger of the two bounds both.
+    fn net_timeout(&self, settings: &SessionSettings) -> u64 {
+        if self.bridged {
+            timeout_secs(settings.connect_timeout)
+        } else {
+            timeout_secs(settings.connect_timeout).max(timeout_secs(settings.write_timeout))
         }
     }
 }
@@ -283,101 +323,116 @@ fn header_modifier(
     }
 }
 
+/// MQTT 5 client options for `settings`, connecting to `ep`.
+fn options_v5(settings: &SessionSettings, ep: &Endpoint) -> rumqttc::v5::MqttOptions {
+    let mut opts =
+        rumqttc::v5::MqttOptions::new(settings.client_id.clone(), ep.addr.clone(), ep.port);
+    opts.set_transport(ep.transport.clone())
+        .set_keep_alive(keep_alive(settings.keep_alive))
+        .set_clean_start(settings.clean_session)
+        .set_connection_timeout(ep.net_timeout(settings))
+        .set_max_packet_size(Some(MAX_INCOMING_PACKET as u32))
+        .set_outgoing_inflight_upper_limit((WINDOW * 2) as u16)
+        .set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
+            settings.will.topic.clone(),
+            settings.will.payload.clone(),
+            qos5(settings.will.qos),
+            settings.will.retained,
+            None,
+        ));
+    if !settings.http_headers.is_empty() {
+        opts.set_request_modifier(header_modifier(settings.http_headers.clone()));
+    }
+    if !settings.clean_session {
+        // Keep the session for as long as the broker allows.
+        opts.set_session_expiry_interval(Some(u32::MAX));
+    }
+    if let Some(user) = &settings.username {
+        opts.set_credentials(user.clone(), settings.password.clone().unwrap_or_default());
+    }
+    opts
+}
+
+/// MQTT 3.1.1 client options for `settings`, connecting to `ep`. MQTT 3.1
+/// is MQTT 3.1.1 on the wire except for CONNECT/CONNACK; the bridge
+/// rewrites CONNECT (see [`transport`]).
+fn options_v4(
+    settings: &SessionSettings,
+    ep: &Endpoint,
+) -> (rumqttc::MqttOptions, rumqttc::NetworkOptions) {
+    let mut opts = rumqttc::MqttOptions::new(settings.client_id.clone(), ep.addr.clone(), ep.port);
+    opts.set_transport(ep.transport.clone())
+        .set_keep_alive(keep_alive(settings.keep_alive))
+        .set_clean_session(settings.clean_session)
+        .set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET)
+        .set_inflight((WINDOW * 2) as u16)
+        .set_last_will(rumqttc::LastWill::new(
+            settings.will.topic.clone(),
+            settings.will.payload.clone(),
+            qos4(settings.will.qos),
+            settings.will.retained,
+        ));
+    if !settings.http_headers.is_empty() {
+        opts.set_request_modifier(header_modifier(settings.http_headers.clone()));
+    }
+    if let Some(user) = &settings.username {
+        opts.set_credentials(user.clone(), settings.password.clone().unwrap_or_default());
+    }
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_connection_timeout(ep.net_timeout(settings));
+    (opts, net)
+}
+
 /// Creates the client for `settings` and starts its connection task; the
 /// first connection attempt waits for the first permit.
 pub fn open(settings: &SessionSettings, will: Option<super::WillHook>) -> Link {
     let (events_tx, events) = mpsc::channel(1024);
     let (permits, permits_rx) = mpsc::channel(1);
-    let will_qos = settings.will.qos;
-    let (addr, port, transport, route) = match route_for(settings) {
-        Ok(r) => r,
-        Err(e) => {
-            // Cannot happen for a validated config; report it as a
-            // connection that never comes up.
-            tracing::error!(session = %settings.client_id, "cannot set up the transport: {e}");
-            (
-                "127.0.0.1".into(),
-                1,
-                rumqttc::Transport::Tcp,
-                Route::Native,
-            )
+    let bridge = if settings
+        .servers()
+        .all(|s| matches!(s, ServerAddress::WebSocket { .. }))
+    {
+        None
+    } else {
+        match Bridge::new(settings, CUT_LIMITS) {
+            Ok(b) => Some(Box::new(b)),
+            Err(e) => {
+                // Cannot happen for a validated config; every attempt to a
+                // bridged server reports it.
+                tracing::error!(session = %settings.client_id, "cannot set up the transport: {e}");
+                None
+            }
         }
     };
-    // rumqttc bounds its connect and every flush with one timeout. Bridged,
-    // flushes go to a local socket and `writeTimeout` is enforced by the
-    // bridge; natively (WebSocket) the larger of the two bounds both.
-    let net_timeout = match &route {
-        Route::Bridged(_) => timeout_secs(settings.connect_timeout),
-        Route::Native => {
-            timeout_secs(settings.connect_timeout).max(timeout_secs(settings.write_timeout))
-        }
-    };
-    let headers = settings.http_headers.clone();
+    // The options of the first server; `drive` sets those of the server
+    // of each attempt before it connects.
+    let first = Endpoint::for_server(settings, 0, bridge.as_deref()).unwrap_or(Endpoint {
+        addr: String::new(),
+        port: 0,
+        transport: rumqttc::Transport::Unix,
+        bridged: true,
+    });
     let (client, task) = if settings.protocol_version == 5 {
-        let mut opts = rumqttc::v5::MqttOptions::new(settings.client_id.clone(), addr, port);
-        opts.set_transport(transport)
-            .set_keep_alive(keep_alive(settings.keep_alive))
-            .set_clean_start(settings.clean_session)
-            .set_connection_timeout(net_timeout)
-            .set_max_packet_size(Some(MAX_INCOMING_PACKET as u32))
-            .set_outgoing_inflight_upper_limit((WINDOW * 2) as u16)
-            .set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
-                settings.will.topic.clone(),
-                settings.will.payload.clone(),
-                qos5(will_qos),
-                settings.will.retained,
-                None,
-            ));
-        if !headers.is_empty() {
-            opts.set_request_modifier(header_modifier(headers));
-        }
-        if !settings.clean_session {
-            // Keep the session for as long as the broker allows.
-            opts.set_session_expiry_interval(Some(u32::MAX));
-        }
-        if let Some(user) = &settings.username {
-            opts.set_credentials(user.clone(), settings.password.clone().unwrap_or_default());
-        }
-        let (client, eventloop) = rumqttc::v5::AsyncClient::new(opts, REQUEST_CHANNEL);
+        let (client, eventloop) =
+            rumqttc::v5::AsyncClient::new(options_v5(settings, &first), REQUEST_CHANNEL);
         let task = tokio::spawn(drive(
             eventloop,
             events_tx,
             permits_rx,
-            route,
+            bridge,
             settings.clone(),
             will.clone(),
         ));
         (LinkClient::V5(client), task)
     } else {
-        // MQTT 3.1 is MQTT 3.1.1 on the wire except for CONNECT/CONNACK;
-        // the bridge rewrites CONNECT (see transport.rs).
-        let mut opts = rumqttc::MqttOptions::new(settings.client_id.clone(), addr, port);
-        opts.set_transport(transport)
-            .set_keep_alive(keep_alive(settings.keep_alive))
-            .set_clean_session(settings.clean_session)
-            .set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET)
-            .set_inflight((WINDOW * 2) as u16)
-            .set_last_will(rumqttc::LastWill::new(
-                settings.will.topic.clone(),
-                settings.will.payload.clone(),
-                qos4(will_qos),
-                settings.will.retained,
-            ));
-        if !headers.is_empty() {
-            opts.set_request_modifier(header_modifier(headers));
-        }
-        if let Some(user) = &settings.username {
-            opts.set_credentials(user.clone(), settings.password.clone().unwrap_or_default());
-        }
+        let (opts, net) = options_v4(settings, &first);
         let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, REQUEST_CHANNEL);
-        let mut net = rumqttc::NetworkOptions::new();
-        net.set_connection_timeout(net_timeout);
         eventloop.set_network_options(net);
         let task = tokio::spawn(drive(
             eventloop,
             events_tx,
             permits_rx,
-            route,
+            bridge,
             settings.clone(),
             will,
         ));
@@ -445,6 +500,8 @@ trait EventSource: Send {
     fn forget_pending(&mut self, drain_channel: bool);
     /// Sets the will payload of the next CONNECT.
     fn set_will_payload(&mut self, payload: Vec<u8>);
+    /// Connects to `ep` from the next CONNECT on (another server).
+    fn set_endpoint(&mut self, settings: &SessionSettings, ep: &Endpoint);
 }
 
 impl EventSource for rumqttc::EventLoop {
@@ -510,6 +567,12 @@ impl EventSource for rumqttc::EventLoop {
             w.message = payload.into();
             self.mqtt_options.set_last_will(w);
         }
+    }
+
+    fn set_endpoint(&mut self, settings: &SessionSettings, ep: &Endpoint) {
+        let (opts, net) = options_v4(settings, ep);
+        self.mqtt_options = opts;
+        self.network_options = net;
     }
 }
 
@@ -608,27 +671,39 @@ impl EventSource for rumqttc::v5::EventLoop {
             self.options.set_last_will(w);
         }
     }
+
+    fn set_endpoint(&mut self, settings: &SessionSettings, ep: &Endpoint) {
+        self.options = options_v5(settings, ep);
+    }
 }
 
-/// Drives an event loop of either version: prepares the route, polls and
-/// forwards events, and after a failure waits for the session's permit
-/// before reconnecting. One event buffer is reused for every poll.
+/// Drives an event loop of either version: for each permit, points the
+/// client at the permit's server (the bridge's socket, or a WebSocket URL),
+/// has the bridge dial it, polls and forwards events, and after a failure
+/// waits for the session's next permit. One event buffer is reused for
+/// every poll.
 async fn drive<L: EventSource>(
     mut el: L,
     tx: mpsc::Sender<NetEvent>,
-    mut permits: mpsc::Receiver<()>,
-    mut route: Route,
+    mut permits: mpsc::Receiver<usize>,
+    mut bridge: Option<Box<Bridge>>,
     settings: SessionSettings,
     will: Option<super::WillHook>,
 ) {
-    if permits.recv().await.is_none() {
+    let Some(mut index) = permits.recv().await else {
         return;
-    }
+    };
+    // The endpoint rumqttc's options point at (`None`: not set yet).
+    let mut current: Option<Endpoint> = None;
     let mut evs: Vec<NetEvent> = Vec::with_capacity(4);
     loop {
-        if let Err(reason) = route.prepare(&settings).await {
-            if tx.send(NetEvent::Down(reason)).await.is_err() || permits.recv().await.is_none() {
+        if let Err(e) = prepare(&mut el, &mut bridge, &settings, index, &mut current).await {
+            if tx.send(NetEvent::Down(e.to_string())).await.is_err() {
                 return;
+            }
+            match permits.recv().await {
+                Some(next) => index = next,
+                None => return,
             }
             continue;
         }
@@ -649,7 +724,10 @@ async fn drive<L: EventSource>(
                             code,
                         }));
                     }
-                    let reason = route.take_error().unwrap_or(failure.description);
+                    let reason = bridge
+                        .as_ref()
+                        .and_then(|b| b.take_error())
+                        .map_or(failure.description, |e| e.to_string());
                     evs.push(NetEvent::Down(reason));
                     true
                 }
@@ -660,13 +738,48 @@ async fn drive<L: EventSource>(
                 }
             }
             if failed {
-                if permits.recv().await.is_none() {
-                    return;
+                match permits.recv().await {
+                    Some(next) => index = next,
+                    None => return,
                 }
                 // Requests queued after the failure are replayed by the session too.
                 el.forget_pending(true);
                 break;
             }
         }
+    }
+}
+
+/// Before a connection attempt to the server at `index`: points rumqttc at
+/// it, warns about `insecureSkipVerify`, and when bridged resolves and
+/// dials the server.
+async fn prepare<L: EventSource>(
+    el: &mut L,
+    bridge: &mut Option<Box<Bridge>>,
+    settings: &SessionSettings,
+    index: usize,
+    current: &mut Option<Endpoint>,
+) -> Result<(), AttemptError> {
+    let server = settings.server_at(index);
+    let ep = Endpoint::for_server(settings, index, bridge.as_deref()).map_err(|source| {
+        AttemptError::Setup {
+            server: server.to_string(),
+            source,
+        }
+    })?;
+    if !current.as_ref().is_some_and(|c| c.same_as(&ep)) {
+        el.set_endpoint(settings, &ep);
+        *current = Some(ep.clone());
+    }
+    if server.is_tls() && settings.tls.insecure_skip_verify {
+        tracing::warn!(
+            session = %settings.client_id,
+            server = %server,
+            "INSECURE: tlsConfig.insecureSkipVerify is on: the broker's certificate is NOT verified; anyone on the path can impersonate the broker"
+        );
+    }
+    match bridge {
+        Some(b) if ep.bridged => Ok(b.connect(index).await?),
+        _ => Ok(()),
     }
 }

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use session::{spawn, spawn_successor, spawn_successor_with, spawn_with};
+pub use transport::{ConnectError, RelayError, TransportError, V31Error};
 
 /// A message to publish.
 #[derive(Debug, Clone, PartialEq)]
@@ -206,6 +207,7 @@ pub struct SessionHandle {
     tx: mpsc::Sender<SessionInput>,
     stop: mpsc::Sender<StopRequest>,
     readiness: Option<watch::Receiver<Readiness>>,
+    status: Arc<SessionStatus>,
     /// The northbound dialect that publishes through this session (the
     /// session never looks at it; devices do).
     pub dialect: crate::northbound::Dialect,
@@ -225,6 +227,52 @@ struct Readiness {
     backlog: usize,
 }
 
+/// A session's connection as others may read it (`G/$health`, the status
+/// API): whether it is connected, and to which server of its list.
+#[derive(Debug)]
+pub struct SessionStatus {
+    connected: std::sync::atomic::AtomicBool,
+    server: std::sync::Mutex<Arc<str>>,
+}
+
+impl SessionStatus {
+    /// Not connected; `server` is the first server of the session's list.
+    fn new(server: &str) -> Self {
+        Self {
+            connected: false.into(),
+            server: std::sync::Mutex::new(server.into()),
+        }
+    }
+
+    /// True while the session is connected.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The server (URL) the session is connected to; while it is not
+    /// connected, the one it was last connected to (before the first
+    /// connection: the first server of its list).
+    pub fn current_server(&self) -> Arc<str> {
+        self.server
+            .lock()
+            .map(|s| Arc::clone(&s))
+            .unwrap_or_else(|e| Arc::clone(&e.into_inner()))
+    }
+
+    /// Records a connection to `server` (`Some`) or its loss (`None`).
+    fn set(&self, server: Option<&str>) {
+        if let Some(server) = server {
+            if let Ok(mut s) = self.server.lock() {
+                if **s != *server {
+                    *s = server.into();
+                }
+            }
+        }
+        self.connected
+            .store(server.is_some(), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 impl SessionHandle {
     /// A handle with no MQTT session behind it: its requests arrive on the
     /// returned receiver (queue of `depth`). Drives a device without a
@@ -238,6 +286,7 @@ impl SessionHandle {
             tx,
             stop,
             readiness: None,
+            status: Arc::new(SessionStatus::new("")),
             dialect: Default::default(),
         };
         (handle, rx)
@@ -265,6 +314,23 @@ impl SessionHandle {
         let ready = readiness.wait_for(|r| r.connected && r.backlog.max(queued()) <= limit);
         let paced = matches!(tokio::time::timeout(deadline, ready).await, Ok(Ok(_)));
         paced
+    }
+
+    /// True while the session is connected to a broker.
+    pub fn is_connected(&self) -> bool {
+        self.status.is_connected()
+    }
+
+    /// The server (URL) of the session's list it is connected to; while not
+    /// connected, the one it was last connected to (see
+    /// [`SessionStatus::current_server`]). For `G/$health`.
+    pub fn current_server(&self) -> Arc<str> {
+        self.status.current_server()
+    }
+
+    /// The session's connection status, shared (it follows the session).
+    pub fn status(&self) -> Arc<SessionStatus> {
+        Arc::clone(&self.status)
     }
 
     /// Sends a request; waits only if the session's input queue is full.

@@ -109,12 +109,14 @@ fn start(
     let mut session = Session::new(settings, link.client.clone(), metrics, health);
     session.hooks = hooks;
     let readiness = Some(session.readiness.subscribe());
+    let status = Arc::clone(&session.status);
     tokio::spawn(session.run(link, rx, stop_rx, predecessor));
     SessionHandle {
         client_id,
         tx,
         stop: stop_tx,
         readiness,
+        status,
         dialect: Default::default(),
     }
 }
@@ -136,10 +138,12 @@ struct SessionMetrics {
 }
 
 impl SessionMetrics {
-    fn new(metrics: &Metrics, client_id: &str) -> Self {
+    fn new(metrics: &Metrics, client_id: &str, server: &str) -> Self {
         let id = [client_id];
         Self {
-            connected: metrics.mqtt_connected.with_label_values(&id),
+            connected: metrics
+                .mqtt_connected
+                .with_label_values(&[client_id, server]),
             published: metrics.mqtt_published.with_label_values(&id),
             reconnects: metrics.mqtt_reconnects.with_label_values(&id),
             dropped: metrics
@@ -234,6 +238,13 @@ struct Session {
     probing: Option<u64>,
     /// A northbound dialect's hooks.
     hooks: SessionHooks,
+    /// Index in the server list of the server being tried or in use.
+    server: usize,
+    /// Failed attempts (and short-lived connections) since the round of
+    /// the server list began: after a full round comes the backoff.
+    round_tries: usize,
+    /// What the session's handles show of its connection.
+    status: Arc<super::SessionStatus>,
     /// Routed topics whose retained messages are delivered (see
     /// [`SessionInput::Route`]); on all others they are ignored.
     keeps_retained: std::collections::HashSet<Arc<str>>,
@@ -254,8 +265,10 @@ impl Session {
             &health_key(&settings.client_id),
             format!("MQTT session {} is connecting", settings.client_id),
         );
-        let m = SessionMetrics::new(&metrics, &settings.client_id);
+        let first_server = settings.server.to_string();
+        let m = SessionMetrics::new(&metrics, &settings.client_id, &first_server);
         m.connected.set(0);
+        let status = Arc::new(super::SessionStatus::new(&first_server));
         Self {
             settings,
             client,
@@ -287,6 +300,9 @@ impl Session {
             hooks: SessionHooks::default(),
             keeps_retained: Default::default(),
             readiness: watch::Sender::new(Readiness::default()),
+            server: 0,
+            round_tries: 0,
+            status,
         }
     }
 
@@ -314,7 +330,7 @@ impl Session {
     ) {
         if predecessor.is_none() {
             self.open_store(Vec::new()).await;
-            let _ = link.permits.try_send(());
+            let _ = link.permits.try_send(self.server);
         }
         let request = loop {
             let reconnect_at = self.reconnect_at;
@@ -341,12 +357,12 @@ impl Session {
                         tracing::info!(session = %self.id(), "taking over {} undelivered message(s)", older.len());
                     }
                     self.open_store(older).await;
-                    let _ = link.permits.try_send(());
+                    let _ = link.permits.try_send(self.server);
                 }
                 _ = sleep_until_opt(reconnect_at) => {
                     self.reconnect_at = None;
                     tracing::debug!(session = %self.id(), "reconnecting");
-                    let _ = link.permits.try_send(());
+                    let _ = link.permits.try_send(self.server);
                 }
                 _ = sleep_until_opt(subs_retry_at) => self.subs_retry_at = None,
                 _ = sleep_until_opt(first_attempt_ends) => self.first_attempt = None,
@@ -380,6 +396,7 @@ impl Session {
             );
         }
         self.m.connected.set(0);
+        self.status.set(None);
         self.health.clear(&health_key(&self.settings.client_id));
         if let Some(request) = request {
             let _ = request.done.send(left);
@@ -620,7 +637,7 @@ impl Session {
             .set(self.outbox.oldest_age().map_or(0.0, |d| d.as_secs_f64()));
     }
 
-    async fn on_net(&mut self, ev: NetEvent, permits: &mpsc::Sender<()>) {
+    async fn on_net(&mut self, ev: NetEvent, permits: &mpsc::Sender<usize>) {
         match ev {
             NetEvent::Connected {
                 session_present,
@@ -681,14 +698,17 @@ impl Session {
             NetEvent::Down(reason) => {
                 self.first_attempt = None;
                 let was_connected = self.connected;
+                let lasted = self.connected_at.map(|at| at.elapsed());
                 self.connected = false;
                 self.ack_check_at = None;
                 self.rewind_after_loss();
                 self.priority.clear();
                 self.m.connected.set(0);
+                self.status.set(None);
                 if let Some(to) = &self.hooks.connection {
                     let _ = to.send(ConnEvent::Down);
                 }
+                let tried = self.settings.server_at(self.server).to_string();
                 self.health.set_problem(
                     &health_key(&self.settings.client_id),
                     format!(
@@ -697,7 +717,7 @@ impl Session {
                     ),
                 );
                 if was_connected {
-                    tracing::warn!(session = %self.id(), "connection to the broker lost: {reason}");
+                    tracing::warn!(session = %self.id(), server = %tried, "connection to the broker lost: {reason}");
                 }
                 if was_connected && !self.settings.auto_reconnect {
                     tracing::error!(
@@ -706,16 +726,21 @@ impl Session {
                     );
                     return;
                 }
-                let delay = self.backoff.next_delay();
+                let delay = self.next_server(lasted);
                 if !was_connected {
+                    let next = if delay.is_zero() {
+                        format!("trying {}", self.settings.server_at(self.server))
+                    } else {
+                        format!("retrying in {:.1}s", delay.as_secs_f64())
+                    };
                     tracing::warn!(
                         session = %self.id(),
-                        "cannot connect to the broker: {reason}; retrying in {:.1}s",
-                        delay.as_secs_f64()
+                        server = %tried,
+                        "cannot connect to the broker: {reason}; {next}"
                     );
                 }
                 if delay.is_zero() {
-                    let _ = permits.try_send(());
+                    let _ = permits.try_send(self.server);
                 } else {
                     self.reconnect_at = Some(Instant::now() + delay);
                 }
@@ -729,12 +754,15 @@ impl Session {
         if reconnect {
             self.m.reconnects.inc();
         }
-        tracing::info!(session = %id, session_present, "connected to the broker");
+        let server = self.settings.server_at(self.server).to_string();
+        tracing::info!(session = %id, server = %server, session_present, "connected to the broker");
         self.connected = true;
         self.ever_connected = true;
         self.first_attempt = None;
         self.backoff.reset();
+        self.label_connected(&server);
         self.m.connected.set(1);
+        self.status.set(Some(&server));
         self.connected_at = Some(Instant::now());
         if !self.settings.ack_timeout.is_zero() {
             self.ack_check_at = Some(Instant::now() + ACK_CHECK);
@@ -760,6 +788,55 @@ impl Session {
             self.priority
                 .extend(self.retained.values().map(Retained::message));
         }
+    }
+
+    /// After a failed attempt or a lost connection (`lasted`: how long it
+    /// was up): moves to the next server of the list and says how long to
+    /// wait before trying it — nothing while the round of the list lasts,
+    /// the backoff's delay (with jitter) after a full round of failures. A
+    /// connection that lasted begins a new round; one that ended at once
+    /// counts as a failed try.
+    fn next_server(&mut self, lasted: Option<Duration>) -> Duration {
+        if lasted.is_some_and(|d| d >= POISON_WINDOW) {
+            self.round_tries = 0;
+        }
+        let servers = self.settings.server_count();
+        self.server = (self.server + 1) % servers;
+        self.round_tries += 1;
+        if self.round_tries >= servers {
+            self.round_tries = 0;
+            self.backoff.next_delay()
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// Points the session's `fieldgate_mqtt_connected` series at `server`
+    /// (the one it connected to): one series per session, labelled with the
+    /// server in use; the series of other servers (an earlier connection, a
+    /// predecessor's list) are removed.
+    fn label_connected(&mut self, server: &str) {
+        let id = self.settings.client_id.as_str();
+        use prometheus::core::Collector as _;
+        for family in self.metrics.mqtt_connected.collect() {
+            for m in family.get_metric() {
+                let label = |name: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_owned())
+                };
+                if let (Some(session), Some(other)) = (label("session"), label("server")) {
+                    if session == id && other != server {
+                        let _ = self
+                            .metrics
+                            .mqtt_connected
+                            .remove_label_values(&[id, &other]);
+                    }
+                }
+            }
+        }
+        self.m.connected = self.metrics.mqtt_connected.with_label_values(&[id, server]);
     }
 
     /// With a dialect that wants word of connects: hands it what the store

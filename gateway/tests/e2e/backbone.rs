@@ -665,11 +665,15 @@ async fn metrics_and_health() {
     })
     .await
     .expect("metrics");
+    let connected = format!(
+        "fieldgate_mqtt_connected{{server=\"tcp://127.0.0.1:{}\",session=\"fieldgate-test\"}} 1",
+        broker.port()
+    );
     for family in [
         "fieldgate_build_info{",
         "fieldgate_device_up{device=\"fan\"} 1",
         "fieldgate_device_poll_duration_seconds_bucket{device=\"fan\"",
-        "fieldgate_mqtt_connected{session=\"fieldgate-test\"} 1",
+        connected.as_str(),
         "fieldgate_mqtt_published_total{session=\"fieldgate-test\"}",
         "fieldgate_mqtt_store_messages{session=\"fieldgate-test\"}",
         "fieldgate_config_last_reload_timestamp_seconds",

@@ -5,8 +5,6 @@
 
 use crate::support;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use support::{Gateway, MqttProbe};
@@ -106,71 +104,13 @@ devices: []
     state_set_and_will(port).await;
 }
 
-/// nats-server, if installed.
-fn nats_binary() -> Option<PathBuf> {
-    ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-}
-
-/// A NATS server with JetStream and an MQTT listener, killed on drop.
-struct Nats {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Nats {
-    fn start(binary: &PathBuf, mqtt_port: u16) -> Self {
-        let dir = tempfile::tempdir().expect("nats dir");
-        let conf = dir.path().join("nats.conf");
-        let store = dir.path().join("js");
-        std::fs::write(
-            &conf,
-            format!(
-                "server_name: fieldgate-test\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\" }}\nmqtt {{ listen: 127.0.0.1:{mqtt_port} }}\n",
-                support::free_port(),
-                store.display()
-            ),
-        )
-        .expect("nats.conf");
-        let log = std::fs::File::create(dir.path().join("nats.log")).expect("nats.log");
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start nats-server");
-        let nats = Nats { child, _dir: dir };
-        assert!(
-            support::wait_port_open(mqtt_port, WAIT),
-            "nats-server MQTT listener did not open: {}",
-            nats.log()
-        );
-        nats
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("nats.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_scenarios_on_nats_mqtt() {
-    let Some(binary) = nats_binary() else {
+    let Some(binary) = support::nats::nats_binary() else {
         eprintln!("nats-server is not installed (tests/run-tests.sh installs it); skipped");
         return;
     };
     let port = support::free_port();
-    let _nats = Nats::start(&binary, port);
+    let _nats = support::nats::NatsCluster::single(&binary, port);
     state_set_and_will(port).await;
 }

@@ -147,10 +147,10 @@ async fn the_health_topic_has_the_contract_schema_and_agrees_with_the_http_views
     assert_eq!(
         metric_line(
             mport,
-            r#"fieldgate_mqtt_connected{session="fieldgate-fleet"}"#
+            &format!(r#"fieldgate_mqtt_connected{{server="tcp://127.0.0.1:{port}",session="fieldgate-fleet"}}"#)
         )
         .as_deref(),
-        Some(r#"fieldgate_mqtt_connected{session="fieldgate-fleet"} 1"#)
+        Some(format!(r#"fieldgate_mqtt_connected{{server="tcp://127.0.0.1:{port}",session="fieldgate-fleet"}} 1"#).as_str())
     );
 
     // Retained: a subscriber that comes later gets it at once.
@@ -212,7 +212,7 @@ async fn fieldgate_status_summarises_the_running_gateway() {
             metric_line(mport, r#"fieldgate_device_up{device="fan"} 1"#).is_some()
                 && metric_line(
                     mport,
-                    r#"fieldgate_mqtt_connected{session="fieldgate-fleet"} 1"#,
+                    &format!(r#"fieldgate_mqtt_connected{{server="tcp://127.0.0.1:{port}",session="fieldgate-fleet"}} 1"#),
                 )
                 .is_some()
         })

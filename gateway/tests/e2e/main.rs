@@ -30,6 +30,7 @@ mod backbone;
 mod ble;
 mod ble_adverts;
 mod ble_parsers;
+mod broker_cluster;
 mod broker_log;
 mod brokers;
 mod client_options;
@@ -40,6 +41,9 @@ mod discover_opcua;
 mod embedded_broker;
 mod example_configs;
 mod faults;
+// geteuid(2) to skip the root-only test (`// SAFETY:` at the call).
+#[allow(unsafe_code)]
+mod faults_dns;
 // geteuid(2) to skip the root-only test (`// SAFETY:` at the call).
 #[allow(unsafe_code)]
 mod faults_modbus;

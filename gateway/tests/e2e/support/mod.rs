@@ -11,6 +11,7 @@
 pub mod cdp;
 pub mod counters;
 pub mod http;
+pub mod nats;
 
 use std::borrow::Cow;
 use std::fs;
