@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 
 use super::load::Loader;
 use super::names::{is_valid_name, NAME_RULE};
-use super::{config_path, read_password_file};
 use super::resolved::*;
 use super::tree::Node;
 use super::types::*;
+use super::{config_path, read_password_file};
 
 /// `gateway:` as read, with the metrics address and token resolved.
 pub(super) struct Gateway {
