@@ -35,6 +35,7 @@ const PROTOCOL_KEYS: &[&str] = &[
     "privateKey",
     "trustedServerCertificates",
     "mode",
+    "allowPlaintextPassword",
 ];
 /// Keys of an opcua property besides the common ones.
 const PROPERTY_KEYS: &[&str] = &["nodeId"];
@@ -172,6 +173,12 @@ impl DriverConfig for Opcua {
             None => format!("generated on first use in {}", c.state_dir.display()),
         };
         let _ = writeln!(out, "    identity: {identity}; client certificate: {cert}");
+        if matches!(c.identity, Identity::UserName { .. }) && c.policy == Policy::None {
+            let _ = writeln!(
+                out,
+                "    warning: allowPlaintextPassword: the password is sent in plain text (securityPolicy None)"
+            );
+        }
         let _ = writeln!(
             out,
             "    trusted server certificates: {}",
@@ -288,6 +295,17 @@ fn check_protocol(ctx: &mut Ctx, base: &Path, proto: &ProtocolConfig, pn: &Node,
             ppath,
             &["password", "passwordFile"],
             "a password needs `username`",
+        );
+    }
+    if proto.username.is_some()
+        && policy == Some(Policy::None)
+        && proto.allow_plaintext_password != Some(true)
+    {
+        ctx.key(
+            pn,
+            ppath,
+            &["username"],
+            "with `securityPolicy: None` the user name and password travel in plain text: use a securityPolicy such as Basic256Sha256, or set `allowPlaintextPassword: true` on this device",
         );
     }
     match (&proto.certificate, &proto.private_key) {

@@ -370,3 +370,41 @@ fn opcua_devices_lower_to_connections_and_node_addresses() {
         "devices[0].properties[0].nodeId: `ns=2;x=1` is not a valid NodeId",
     );
 }
+
+#[cfg(feature = "opcua")]
+#[test]
+fn opcua_password_over_no_security_needs_allow_plaintext_password() {
+    let dev = |extra: &str| {
+        format!("gateway: {{stateDirectory: /var/lib/fg}}\ndevices:\n  - name: o\n    driver: opcua\n    protocol: {{endpoint: 'opc.tcp://plc:4840', username: op, password: pw{extra}}}\n    properties: [{{name: s, nodeId: 'ns=2;s=S', type: float64}}]\n")
+    };
+    let e = errs(&dev(""));
+    has(
+        &e,
+        "c.yaml:5:",
+        "devices[0].protocol.username: with `securityPolicy: None` the user name and password travel in plain text",
+    );
+    let e = errs(&dev(
+        ", securityPolicy: None, allowPlaintextPassword: false",
+    ));
+    has(
+        &e,
+        "devices[0].protocol.username",
+        "allowPlaintextPassword: true",
+    );
+    let r = ok(&dev(", allowPlaintextPassword: true"));
+    let Connection::OpcUa(c) = &r.devices[0].spec.connection else {
+        panic!("not opcua")
+    };
+    assert!(matches!(
+        c.identity,
+        fieldgate_drivers::opcua::Identity::UserName { .. }
+    ));
+    // Anonymous over None needs nothing; the key belongs to opcua only.
+    ok("devices:\n  - name: o\n    driver: opcua\n    protocol: {endpoint: 'opc.tcp://plc:4840'}\n    properties: [{name: s, nodeId: 'ns=2;s=S', type: float64}]\n");
+    let e = errs("devices:\n  - name: m\n    driver: modbus\n    protocol: {tcp: {endpoint: 'h:502'}, allowPlaintextPassword: true}\n    properties: [{name: r, register: holding, address: 0, type: uint16}]\n");
+    has(
+        &e,
+        "devices[0].protocol.allowPlaintextPassword",
+        "belongs to the opcua driver",
+    );
+}

@@ -141,6 +141,9 @@ pub struct ProtocolConfig {
     pub trusted_server_certificates: Option<String>,
     /// subscribe | poll
     pub mode: Option<String>,
+    /// Allow `username`/`password` over `securityPolicy: None`, where the
+    /// password travels in plain text (opcua only; `check` warns).
+    pub allow_plaintext_password: Option<bool>,
     // --- ble ---
     /// Peripheral MAC address.
     pub address: Option<String>,
