@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::load::Loader;
-use super::names::{check_sparkplug_id, check_topic};
+use super::names::{check_sparkplug_id, check_topic, check_topic_filter};
 use super::resolved::*;
 use super::tree::{join, Kind, Node};
 use super::types::*;
@@ -140,6 +140,17 @@ impl Loader<'_> {
                     &["qos"],
                     format!("qos {q} is out of range; allowed: 0, 1, 2"),
                 );
+            }
+        }
+        if let (Some(ResponseTopics::Filters(filters)), Some(rn)) =
+            (&m.response_topics, n.get("responseTopics"))
+        {
+            let rp = join(path, "responseTopics");
+            for (i, f) in filters.iter().enumerate() {
+                if let Err(e) = check_topic_filter(f) {
+                    let at = rn.items().and_then(|items| items.get(i)).unwrap_or(rn);
+                    ctx.at(at, &format!("{rp}[{i}]"), e);
+                }
             }
         }
         if let (Some(t), Some(tn)) = (&m.topic, n.get("topic")) {

@@ -79,3 +79,34 @@ pub fn device_uid(ns: &str, device: &str) -> String {
     )
     .to_string()
 }
+
+/// Checks an MQTT topic filter: no empty filter, `#` only as the whole
+/// last level, `+` only as a whole level, no NUL.
+pub(crate) fn check_topic_filter(f: &str) -> Result<(), String> {
+    if f.is_empty() {
+        return Err("a topic filter must not be empty".into());
+    }
+    if f.contains('\0') {
+        return Err(format!(
+            "topic filter `{}` contains a NUL character",
+            f.escape_debug()
+        ));
+    }
+    let levels: Vec<&str> = f.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
+            return Err(format!(
+                "topic filter `{f}`: `#` must be a whole level and the last one (e.g. `replies/#`)"
+            ));
+        }
+        if level.contains('+') && *level != "+" {
+            return Err(format!(
+                "topic filter `{f}`: `+` must be a whole level (e.g. `replies/+/status`)"
+            ));
+        }
+    }
+    if f.len() > 65_535 {
+        return Err("topic filter is too long".into());
+    }
+    Ok(())
+}

@@ -141,3 +141,33 @@ fn file_store_options_resolve_with_defaults() {
     has(&e, "c.yaml:3:", "mqtt.client.store.maxBytes: ");
     assert!(e[0].contains("at least 64KiB"), "{e:?}");
 }
+
+#[test]
+fn response_topic_filters_are_checked_where_they_are_written() {
+    let e = errs("mqtt:\n  message:\n    responseTopics:\n      - replies/#\n      - ''\n      - a/#/b\n      - a/b+\n      - x/+/y\n");
+    has(
+        &e,
+        "c.yaml:5:9: mqtt.message.responseTopics[1]",
+        "must not be empty",
+    );
+    has(
+        &e,
+        "c.yaml:6:9: mqtt.message.responseTopics[2]",
+        "`#` must be a whole level and the last one",
+    );
+    has(
+        &e,
+        "c.yaml:7:9: mqtt.message.responseTopics[3]",
+        "`+` must be a whole level",
+    );
+    assert_eq!(e.len(), 3, "{e:?}");
+    let e = errs("devices:\n  - name: fan\n    driver: dummy\n    model: fan\n    mqtt: {message: {responseTopics: ['#/x']}}\n");
+    has(
+        &e,
+        "devices[0].mqtt.message.responseTopics[0]",
+        "`#` must be a whole level",
+    );
+    let r = ok("mqtt:\n  message: {responseTopics: ['replies/#', '+/r', '#']}\n");
+    assert_eq!(r.sessions.len(), 1);
+    ok("mqtt:\n  message: {responseTopics: none}\n");
+}
