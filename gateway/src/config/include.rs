@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::load::Ctx;
+use super::ctx::Ctx;
 use super::sources::{self, SourceFile, Sources};
 use super::tree::{self, Kind, Node};
 
@@ -152,7 +152,7 @@ fn include_file(ctx: &mut Ctx, path: &Path, devices: &mut Option<Node>, sources:
     let mut root = match tree::parse(&text) {
         Ok(n) => n,
         Err(e) => {
-            let key_path = super::load::enclosing_path(&text, e.line, e.column);
+            let key_path = super::ctx::enclosing_path(&text, e.line, e.column);
             file_error(
                 ctx,
                 e.line,

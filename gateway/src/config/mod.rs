@@ -2,14 +2,22 @@
 //! (`FILE:LINE:COLUMN: KEY.PATH: message`), validation, and resolution into
 //! the effective settings the running gateway uses.
 
+mod client;
+mod ctx;
+mod devices;
+mod drivers;
+mod gateway;
 pub mod include;
 pub mod load;
+mod message;
+mod names;
 pub mod profile;
 pub mod report;
 pub mod resolved;
 pub mod schema;
 pub mod secrets;
 pub mod sources;
+mod tls;
 pub mod tree;
 pub mod types;
 
@@ -82,6 +90,41 @@ pub fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
         )));
     }
     Ok(data)
+}
+
+/// Resolves a configured path against the config file's directory.
+pub(crate) fn config_path(base: &Path, f: &str) -> std::path::PathBuf {
+    let p = Path::new(f);
+    let full = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
+    std::path::absolute(&full).unwrap_or(full)
+}
+
+/// The first line of a password file, without its line ending.
+pub fn read_password_file(base: &Path, f: &str) -> Result<String, String> {
+    let p = Path::new(f);
+    let full = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
+    let read = read_limited(&full, MAX_PASSWORD_FILE_BYTES)
+        .and_then(|b| String::from_utf8(b).map_err(std::io::Error::other));
+    match read {
+        Ok(s) => Ok(s
+            .split('\n')
+            .next()
+            .unwrap_or("")
+            .trim_end_matches('\r')
+            .to_string()),
+        Err(e) => Err(format!(
+            "cannot read password file `{}`: {e}",
+            full.display()
+        )),
+    }
 }
 
 /// Reads, parses, validates and resolves the config file at `path`.

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::load::Ctx;
+use super::ctx::Ctx;
 use super::sources::{self, SourceFile, Sources};
 use super::tree::{self, Kind, Node};
 use super::ConfigError;
@@ -107,7 +107,7 @@ pub fn find(name: &str, dir: &Path) -> Result<Found, String> {
             text,
         });
     }
-    if !super::load::is_valid_name(name) {
+    if !super::names::is_valid_name(name) {
         return Err(format!(
             "invalid profile name `{name}`: use a built-in or local profile name, or a path ending in .yaml"
         ));
@@ -324,7 +324,7 @@ fn load_profile(ctx: &mut Ctx, found: &Found, device: Option<&str>, device_path:
                 file: found.label.clone(),
                 line: e.line.max(1),
                 column: e.column.max(1),
-                key_path: super::load::enclosing_path(&found.text, e.line, e.column),
+                key_path: super::ctx::enclosing_path(&found.text, e.line, e.column),
                 message: format!("YAML syntax error: {}{note}", e.message),
             });
             return invalid;

@@ -4,12 +4,13 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use fieldgate_drivers::{Connection, Value};
+use fieldgate_drivers::Value;
 
 use super::resolved::{DeviceSettings, Resolved, ServerAddress, SessionSettings, StoreSettings};
 use super::types::PayloadEncode;
 
-fn dur(d: Duration) -> String {
+/// A duration as `check` prints it.
+pub(super) fn dur(d: Duration) -> String {
     if d.is_zero() {
         "0s".into()
     } else {
@@ -201,87 +202,8 @@ fn device(out: &mut String, r: &Resolved, d: &DeviceSettings) {
         encode(d.message.payload_encode),
         dur(d.message.wait_timeout)
     );
-    match &d.spec.connection {
-        Connection::Dummy => {}
-        #[cfg(feature = "modbus")]
-        Connection::Modbus(c) => {
-            use fieldgate_drivers::modbus::Transport;
-            let tr = match &c.transport {
-                Transport::Tcp { endpoint } => format!("tcp {endpoint}"),
-                Transport::RtuOverTcp { endpoint } => format!("rtu over tcp {endpoint}"),
-                Transport::Rtu(s) => format!(
-                    "rtu {} {} {}{}{}",
-                    s.port,
-                    s.baud_rate,
-                    s.data_bits,
-                    match s.parity {
-                        fieldgate_drivers::modbus::Parity::None => "N",
-                        fieldgate_drivers::modbus::Parity::Even => "E",
-                        fieldgate_drivers::modbus::Parity::Odd => "O",
-                    },
-                    s.stop_bits
-                ),
-            };
-            let _ = writeln!(
-                out,
-                "    connection: {tr}, unit {}, maxRegistersPerRead {}, maxGap {}",
-                c.unit_id, c.max_registers_per_read, c.max_gap
-            );
-            if let Transport::Rtu(s) = &c.transport {
-                if let Some(w) = unstable_serial_name(&s.port) {
-                    let _ = writeln!(out, "    warning: {w}");
-                }
-            }
-        }
-        #[cfg(feature = "ble")]
-        Connection::Ble(c) => {
-            let _ = writeln!(
-                out,
-                "    connection: ble {} on {}, scanTimeout {}",
-                c.target,
-                c.adapter.as_deref().unwrap_or("the first adapter"),
-                dur(c.scan_timeout)
-            );
-        }
-        #[cfg(feature = "ble")]
-        Connection::BleAdvert(c) => {
-            let _ = writeln!(out, "{}", super::load::ble_adverts::describe(c));
-        }
-        #[cfg(feature = "opcua")]
-        Connection::OpcUa(c) => {
-            let _ = writeln!(
-                out,
-                "    connection: {}, securityPolicy {}, securityMode {}, mode {}",
-                c.endpoint,
-                c.policy.as_str(),
-                c.security_mode.as_str(),
-                match c.mode {
-                    fieldgate_drivers::opcua::Mode::Subscribe =>
-                        "subscribe (publishing interval = syncInterval)",
-                    fieldgate_drivers::opcua::Mode::Poll => "poll (one Read per cycle)",
-                }
-            );
-            let identity = match &c.identity {
-                fieldgate_drivers::opcua::Identity::Anonymous => "anonymous".to_string(),
-                fieldgate_drivers::opcua::Identity::UserName { user, .. } => {
-                    format!("user {user:?} (password set)")
-                }
-            };
-            let cert = match &c.certificate {
-                Some((cert, key)) => format!("{} / {}", cert.display(), key.display()),
-                None if c.policy == fieldgate_drivers::opcua::Policy::None => {
-                    "none (securityPolicy None)".to_string()
-                }
-                None => format!("generated on first use in {}", c.state_dir.display()),
-            };
-            let _ = writeln!(out, "    identity: {identity}; client certificate: {cert}");
-            let _ = writeln!(
-                out,
-                "    trusted server certificates: {}",
-                c.trusted_dir.display()
-            );
-        }
-    }
+    let driver = super::drivers::of(d.driver);
+    driver.report_connection(out, &d.spec);
     let _ = writeln!(out, "    properties:");
     for (spec, sem) in d.spec.properties.iter().zip(&d.properties) {
         // Device-level slots (`$advertisement`) are not properties.
@@ -323,70 +245,10 @@ fn device(out: &mut String, r: &Resolved, d: &DeviceSettings) {
                 .collect();
             let _ = write!(line, ", enum {{{}}}", e.join(", "));
         }
-        match &spec.address {
-            fieldgate_drivers::PropertyAddress::Simulated(g) => {
-                let _ = write!(line, ", simulated {g:?}");
-            }
-            #[cfg(feature = "modbus")]
-            fieldgate_drivers::PropertyAddress::Modbus(a) => {
-                let _ = write!(line, ", {:?} {}", a.kind, a.address);
-                if let Some(b) = a.bit {
-                    let _ = write!(line, " bit {b}");
-                }
-                if let Some(q) = a.quantity {
-                    let _ = write!(line, " quantity {q}");
-                }
-                let _ = write!(line, " {:?}", a.byte_order);
-            }
-            #[cfg(feature = "ble")]
-            fieldgate_drivers::PropertyAddress::Ble(a) => {
-                use fieldgate_drivers::ble::describe_uuid;
-                let _ = write!(line, ", {}", a.access.as_str());
-                if let Some(s) = a.service {
-                    let _ = write!(line, " service {}", describe_uuid(&s));
-                }
-                let _ = write!(
-                    line,
-                    " characteristic {} {} byteOffset {}",
-                    describe_uuid(&a.characteristic),
-                    a.byte_order.as_str(),
-                    a.byte_offset
-                );
-            }
-            #[cfg(feature = "ble")]
-            fieldgate_drivers::PropertyAddress::BleAdvert(a) => {
-                line.push_str(&super::load::ble_adverts::describe_address(a));
-            }
-            #[cfg(feature = "opcua")]
-            fieldgate_drivers::PropertyAddress::OpcUa(a) => {
-                let _ = write!(line, ", node {}", a.node_id);
-            }
-        }
+        driver.report_address(&mut line, &spec.address);
         let _ = writeln!(out, "{line}");
     }
-    #[cfg(feature = "modbus")]
-    if matches!(d.spec.connection, Connection::Modbus(_)) {
-        let _ = writeln!(out, "    read plan:");
-        for l in fieldgate_drivers::modbus::describe_plan(&d.spec) {
-            let _ = writeln!(out, "      {l}");
-        }
-    }
-}
-
-/// A warning for a serial port named by enumeration order (`/dev/ttyUSB0`,
-/// `/dev/ttyACM1`): such a name moves when the adapter is replugged or
-/// another one appears, while its `/dev/serial/by-id/…` link stays.
-fn unstable_serial_name(port: &str) -> Option<String> {
-    let name = port.strip_prefix("/dev/")?;
-    let digits = ["ttyUSB", "ttyACM"]
-        .iter()
-        .find_map(|p| name.strip_prefix(p))?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some(format!(
-        "{port} may name another adapter after a replug or a reboot; use its stable link under /dev/serial/by-id/ (see docs/install.md)"
-    ))
+    driver.report_tail(out, &d.spec);
 }
 
 /// The report for a valid config.
@@ -442,19 +304,4 @@ pub fn render(r: &Resolved) -> String {
         device(&mut out, r, d);
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::unstable_serial_name;
-
-    #[test]
-    fn enumerated_usb_serial_names_are_warned_about() {
-        assert!(unstable_serial_name("/dev/ttyUSB0").is_some());
-        assert!(unstable_serial_name("/dev/ttyACM12").is_some());
-        assert!(unstable_serial_name("/dev/serial/by-id/usb-FTDI-if00-port0").is_none());
-        assert!(unstable_serial_name("/dev/ttyAMA0").is_none());
-        assert!(unstable_serial_name("/dev/ttySC0").is_none());
-        assert!(unstable_serial_name("/dev/ttyUSB").is_none());
-    }
 }

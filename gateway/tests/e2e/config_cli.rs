@@ -114,6 +114,40 @@ fn good_config_prints_topics_and_no_password() {
     assert!(!stdout.contains("topsecret"), "{stdout}");
 }
 
+#[cfg(feature = "opcua")]
+#[test]
+fn check_warns_about_a_plaintext_opcua_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = |allow: &str| {
+        format!("devices:\n  - name: plc\n    driver: opcua\n    protocol: {{endpoint: 'opc.tcp://plc:4840', username: op, password: topsecret{allow}}}\n    properties: [{{name: s, nodeId: 'ns=2;s=S', type: float64}}]\n")
+    };
+    let refused = check(&write(dir.path(), "refused.yaml", &yaml("")));
+    assert_eq!(refused.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("devices[0].protocol.username:")
+            && stderr.contains("allowPlaintextPassword: true"),
+        "{stderr}"
+    );
+    let out = check(&write(
+        dir.path(),
+        "allowed.yaml",
+        &yaml(", allowPlaintextPassword: true"),
+    ));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("warning: allowPlaintextPassword: the password is sent in plain text"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("topsecret"), "{stdout}");
+}
+
 #[test]
 fn schema_is_json() {
     let out = bin().arg("schema").output().unwrap();

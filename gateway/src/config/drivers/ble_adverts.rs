@@ -12,7 +12,9 @@ use fieldgate_drivers::ble::adverts::{
 use fieldgate_drivers::ble::{parse_address, parse_uuid, Target};
 use fieldgate_drivers::{Connection, DataType, PropertyAddress, PropertySpec};
 
-use super::{ble_order, semantics, Ctx, ParsedDevice};
+use super::ble::ble_order;
+use crate::config::ctx::Ctx;
+use crate::config::devices::{semantics, ParsedDevice};
 use crate::config::resolved::PropertySemantics;
 use crate::config::tree::{did_you_mean, list, Kind, Node};
 use crate::config::types::*;
@@ -43,7 +45,7 @@ fn format_of(f: AdvertFormatName) -> Format {
 /// A property node with `name` and `type` filled in from `field:` when the
 /// user left them out (the format decides a field's type); `None` when
 /// nothing needs filling.
-pub(super) fn fill_defaults(p: &Node, device: &Node) -> Option<Node> {
+pub(crate) fn fill_defaults(p: &Node, device: &Node) -> Option<Node> {
     let field = p.get("field")?.text()?;
     let missing_type = p.get("type").is_none();
     let missing_name = p.get("name").is_none();
