@@ -718,6 +718,15 @@ impl Loader<'_> {
                 };
             }
             sessions[0].sparkplug = sp;
+            let ha = top_mqtt_node.and_then(|m| m.get("discovery")?.get("homeAssistant"));
+            if let (Some(h), true) = (ha, home_assistant.is_some()) {
+                self.ctx.val(
+                    h,
+                    "mqtt.discovery.homeAssistant",
+                    &["enabled"],
+                    ha_config::SPARKPLUG_CONFLICT,
+                );
+            }
         }
 
         // Devices, each resolved as soon as it is parsed: the parsed property
@@ -1962,20 +1971,6 @@ impl Loader<'_> {
                     Some(n) => self.ctx.at(n, "mqtt.sparkplug", msg),
                     None => self.ctx.at(mqtt, "mqtt", msg),
                 }
-                ok = false;
-            }
-        }
-        if matches!(
-            top.client.store.as_ref().and_then(|s| s.kind),
-            Some(StoreKind::File)
-        ) {
-            if let Some(c) = mqtt.get("client") {
-                self.ctx.val(
-                    c,
-                    "mqtt.client",
-                    &["store"],
-                    "with Sparkplug B the outage buffer is the edge node's own (in memory, `messageChannelDepth` messages): use `store: { type: memory }`",
-                );
                 ok = false;
             }
         }
