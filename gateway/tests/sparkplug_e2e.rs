@@ -474,11 +474,20 @@ async fn with_a_file_store_history_survives_a_restart() {
     let server = modbus_server::tcp_server(storage, "127.0.0.1:0").await;
     let state = tempfile::tempdir().unwrap();
     let metrics = support::free_port();
-    let yaml = config(port, state.path(), metrics, server.addr, "").replace(
+    // As primary host, the host's STATE (after each of its connects) gates
+    // the births: none can be missed while it reconnects.
+    let yaml = config(
+        port,
+        state.path(),
+        metrics,
+        server.addr,
+        ", primaryHostId: scada",
+    )
+    .replace(
         "maxReconnectInterval: 1s }",
         "maxReconnectInterval: 1s, store: { type: file } }",
     );
-    let mut host = Host::start(port, "plant-a", "gw-01", None);
+    let mut host = Host::start(port, "plant-a", "gw-01", Some("scada"));
     let mut gw = Gateway::start(&yaml);
     let nbirth = host.wait("NBIRTH", None, -1);
     assert_eq!(bdseq(&nbirth), 0);
