@@ -65,7 +65,7 @@ pub enum History {
         /// The store settings (a file store).
         settings: StoreSettings,
         /// The open store (`None` before [`History::open`]).
-        store: Option<Store>,
+        store: Option<Box<Store>>,
         /// Held while the store is open: a successor node (after a reload)
         /// opens the directory only once this one closed it.
         lock: Option<tokio::sync::OwnedMutexGuard<()>>,
@@ -155,7 +155,7 @@ impl History {
                 0
             }
         };
-        *store = Some(s);
+        *store = Some(Box::new(s));
         found
     }
 
@@ -208,12 +208,12 @@ impl History {
                     *store = Some(old);
                     return Vec::new();
                 }
-                let msgs = old.close(true).await;
+                let msgs = (*old).close(true).await;
                 let mut fresh = Store::new(settings, 1);
                 if let Err(e) = fresh.open(Vec::new()).await {
                     tracing::warn!("Sparkplug history cannot be reopened ({e}); kept in memory");
                 }
-                *store = Some(fresh);
+                *store = Some(Box::new(fresh));
                 let entries: Vec<Entry> = msgs.iter().filter_map(Entry::from_msg).collect();
                 if entries.len() < msgs.len() {
                     tracing::warn!(
@@ -230,7 +230,7 @@ impl History {
     pub fn len(&self) -> usize {
         match self {
             Self::Memory { queue, .. } => queue.len(),
-            Self::File { store, .. } => store.as_ref().map_or(0, Store::len),
+            Self::File { store, .. } => store.as_ref().map_or(0, |s| s.len()),
         }
     }
 
@@ -244,7 +244,7 @@ impl History {
     pub async fn close(&mut self) {
         if let Self::File { store, lock, .. } = self {
             if let Some(s) = store.take() {
-                s.close(false).await;
+                (*s).close(false).await;
             }
             lock.take();
         }
