@@ -127,7 +127,7 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
         config = %path.display(),
         "fieldgate starting"
     );
-    let mut loaded_stamp = crate::settle::stamp(&path).await;
+    let mut loaded_stamp = crate::settle::Loaded::take(&path, &resolved.sources).await;
     set_config_hash(&metrics, loaded_hash.as_deref());
     let mut watcher = match reload::watch(&path) {
         Ok(mut w) => {
@@ -185,7 +185,7 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
         None;
     loop {
         // Set by a config change or SIGHUP: the file's stamp and hash as read.
-        let mut load_now: Option<(Option<crate::settle::Stamp>, Option<String>)> = None;
+        let mut load_now: Option<(crate::settle::Loaded, Option<String>)> = None;
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
@@ -201,16 +201,18 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
                     watcher = None;
                     continue;
                 }
-                // Read only once a file written in place stopped changing.
-                settling = Some(Box::pin(crate::settle::settled(
-                    path.clone(),
-                    loaded_stamp,
-                    current.gateway.reload_settle,
-                )));
+                // Read only once every file of the config (main, included,
+                // profiles) written in place stopped changing.
+                let (main, sources, loaded) =
+                    (path.clone(), current.sources.clone(), loaded_stamp.clone());
+                let settle = current.gateway.reload_settle;
+                settling = Some(Box::pin(async move {
+                    crate::settle::settled_all(main, &sources, loaded, settle).await;
+                }));
             }
             _ = async { if let Some(s) = settling.as_mut() { s.await } }, if settling.is_some() => {
                 settling = None;
-                let stamp = crate::settle::stamp(&path).await;
+                let stamp = crate::settle::Loaded::take(&path, &current.sources).await;
                 let hash = file_hash(&path, &current.sources).await;
                 if hash.is_some() && hash == loaded_hash {
                     tracing::debug!("config file touched but unchanged");
@@ -221,7 +223,7 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
             }
             _ = sighup.recv() => {
                 tracing::info!("SIGHUP: reloading {}", path.display());
-                let stamp = crate::settle::stamp(&path).await;
+                let stamp = crate::settle::Loaded::take(&path, &current.sources).await;
                 let hash = file_hash(&path, &current.sources).await;
                 load_now = Some((stamp, hash));
             }

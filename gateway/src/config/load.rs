@@ -214,6 +214,15 @@ impl Loader<'_> {
                 };
             }
             sessions.list[0].sparkplug = sp;
+            let ha = top_mqtt_node.and_then(|m| m.get("discovery")?.get("homeAssistant"));
+            if let (Some(h), true) = (ha, home_assistant.is_some()) {
+                self.ctx.val(
+                    h,
+                    "mqtt.discovery.homeAssistant",
+                    &["enabled"],
+                    ha_config::SPARKPLUG_CONFLICT,
+                );
+            }
         }
         let devices = self.resolve_devices(
             devices_node,

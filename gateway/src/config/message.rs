@@ -231,20 +231,6 @@ impl Loader<'_> {
                 ok = false;
             }
         }
-        if matches!(
-            top.client.store.as_ref().and_then(|s| s.kind),
-            Some(StoreKind::File)
-        ) {
-            if let Some(c) = mqtt.get("client") {
-                self.ctx.val(
-                    c,
-                    "mqtt.client",
-                    &["store"],
-                    "with Sparkplug B the outage buffer is the edge node's own (in memory, `messageChannelDepth` messages): use `store: { type: memory }`",
-                );
-                ok = false;
-            }
-        }
         ok.then(|| SparkplugSettings {
             bdseq_file: Path::new(state_directory)
                 .join("sparkplug")

@@ -37,12 +37,16 @@ macro_rules! builtin {
     };
 }
 
-/// The built-in profiles, by name. (The BLE advertisement formats of the
-/// contract's §11 join this list with the BLE advertisement work.)
+/// The built-in profiles, by name: Modbus meters, inverter and transmitter,
+/// and the BLE advertisement formats of the contract's §11.
 pub const BUILTIN: &[Builtin] = builtin![
     "abb-b23",
+    "bthome-v2",
     "eastron-sdm120",
     "eastron-sdm630",
+    "lywsd03mmc-atc1441",
+    "lywsd03mmc-pvvx",
+    "ruuvi-tag",
     "sunspec-inverter-103",
     "xy-md02",
 ];

@@ -23,11 +23,11 @@ pub enum Dialect {
 }
 
 /// Starts a session for `settings` and, for Sparkplug B, its edge node.
-pub fn spawn(settings: SessionSettings, metrics: Metrics, health: Health) -> SessionHandle {
+pub fn spawn(mut settings: SessionSettings, metrics: Metrics, health: Health) -> SessionHandle {
     match settings.sparkplug.clone() {
         None => mqtt::spawn(settings, metrics, health),
         Some(sp) => {
-            let (hooks, parts) = sparkplug::prepare(&settings, &sp);
+            let (hooks, parts) = sparkplug::prepare(&mut settings, &sp);
             let mut handle = mqtt::spawn_with(settings, metrics.clone(), health, hooks);
             handle.dialect = Dialect::Sparkplug(sparkplug::start(sp, parts, &handle, metrics));
             handle
@@ -38,14 +38,14 @@ pub fn spawn(settings: SessionSettings, metrics: Metrics, health: Health) -> Ses
 /// Starts a session that takes over a predecessor's undelivered messages
 /// (see [`mqtt::spawn_successor`]), and its edge node for Sparkplug B.
 pub fn spawn_successor(
-    settings: SessionSettings,
+    mut settings: SessionSettings,
     metrics: Metrics,
     health: Health,
 ) -> (SessionHandle, tokio::sync::oneshot::Sender<Vec<OutMsg>>) {
     match settings.sparkplug.clone() {
         None => mqtt::spawn_successor(settings, metrics, health),
         Some(sp) => {
-            let (hooks, parts) = sparkplug::prepare(&settings, &sp);
+            let (hooks, parts) = sparkplug::prepare(&mut settings, &sp);
             let (mut handle, takeover) =
                 mqtt::spawn_successor_with(settings, metrics.clone(), health, hooks);
             handle.dialect = Dialect::Sparkplug(sparkplug::start(sp, parts, &handle, metrics));

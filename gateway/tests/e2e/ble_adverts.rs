@@ -382,6 +382,127 @@ async fn repeated_packet_id_is_published_once_and_wrong_key_errs_on_that_device_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn built_in_profiles_give_ready_advertisement_devices() {
+    // `fieldgate profiles` lists the BLE profiles beside the Modbus ones.
+    let out = support::fieldgate(&["profiles"]);
+    assert!(out.status.success());
+    let list = String::from_utf8_lossy(&out.stdout);
+    for name in [
+        "bthome-v2",
+        "lywsd03mmc-pvvx",
+        "lywsd03mmc-atc1441",
+        "ruuvi-tag",
+    ] {
+        assert!(list.contains(name), "{name} not listed:\n{list}");
+    }
+
+    // A device is its profile plus its address (and key).
+    let yaml = format!(
+        r#"  - {{ name: bthome, profile: bthome-v2, protocol: {{ address: "{BTHOME}" }} }}
+  - {{ name: secret, profile: bthome-v2, protocol: {{ address: "{SECRET}", bindKey: {KEY} }} }}
+  - {{ name: pvvx, profile: lywsd03mmc-pvvx, protocol: {{ address: "{PVVX}" }} }}
+  - {{ name: atc, profile: lywsd03mmc-atc1441, protocol: {{ address: "{ATC}" }} }}
+  - {{ name: ruuvi, profile: ruuvi-tag, protocol: {{ address: "{RUUVI}" }} }}
+"#
+    );
+    let devices = [BTHOME, SECRET, PVVX, ATC, RUUVI]
+        .into_iter()
+        .map(adv_device)
+        .collect();
+    let mut r = rig(devices, &yaml).await;
+    // Units come with the profile's format.
+    let meta = r
+        .probe
+        .wait_for(WAIT, |m| m.topic == "fieldgate/test/ruuvi/$meta")
+        .await
+        .expect("$meta")
+        .json();
+    assert_eq!(
+        meta["properties"]["temperature"]["unit"],
+        json!("°C"),
+        "{meta}"
+    );
+
+    // The same vectors as above, read through the profiles.
+    r.bluez.advertise(
+        BTHOME,
+        None,
+        Some(("fcd2", &hex("400002016102CA0903BF133A01"))),
+        -70,
+    );
+    let s = r
+        .state_where("bthome", |s| s["properties"]["button"] == json!("press"))
+        .await;
+    for (field, want) in [
+        ("temperature", json!(25.06)),
+        ("humidity", json!(50.55)),
+        ("battery", json!(97)),
+    ] {
+        assert_eq!(s["properties"][field], want, "{field}: {s}");
+    }
+    r.bluez.advertise(
+        SECRET,
+        None,
+        Some(("fcd2", &hex("41e445f3c9962b332211006c7c4519"))),
+        -60,
+    );
+    let s = r
+        .state_where("secret", |s| s["properties"]["humidity"].is_number())
+        .await;
+    assert_eq!(s["properties"]["temperature"], json!(25.06), "{s}");
+    assert_eq!(s["properties"]["humidity"], json!(50.55), "{s}");
+
+    r.bluez.advertise(
+        PVVX,
+        None,
+        Some(("181a", &pvvx::encode(&mac(PVVX), 2168, 5940, 2950, 86, 1))),
+        -55,
+    );
+    let s = r
+        .state_where("pvvx", |s| s["properties"]["battery"] == json!(86))
+        .await;
+    assert_eq!(
+        s["properties"],
+        json!({"temperature": 21.68, "humidity": 59.4, "voltage": 2.95, "battery": 86}),
+        "{s}"
+    );
+
+    let mut atc = mac(ATC).to_vec();
+    atc.extend_from_slice(&hex("00e632640b67aa"));
+    r.bluez.advertise(ATC, None, Some(("181a", &atc)), -50);
+    let s = r
+        .state_where("atc", |s| s["properties"]["humidity"] == json!(50.0))
+        .await;
+    for (field, want) in [
+        ("temperature", json!(23.0)),
+        ("battery", json!(100)),
+        ("voltage", json!(2.919)),
+    ] {
+        assert_eq!(s["properties"][field], want, "{field}: {s}");
+    }
+
+    r.bluez.advertise(
+        RUUVI,
+        Some((
+            0x0499,
+            &hex("0512FC5394C37C0004FFFC040CAC364200CDCBB8334C884F"),
+        )),
+        None,
+        -65,
+    );
+    let s = r
+        .state_where("ruuvi", |s| s["properties"]["pressure"].is_number())
+        .await;
+    assert_eq!(
+        s["properties"],
+        json!({"temperature": 24.3, "humidity": 53.49, "pressure": 1000.44,
+               "accelerationX": 4, "accelerationY": -4, "accelerationZ": 1036, "accelerationTotal": 1036.02,
+               "voltage": 2.977, "txPower": 4, "movementCounter": 66, "measurementSequence": 205}),
+        "{s}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_after_goes_offline_and_back_online() {
     let yaml = format!(
         r#"  - name: pvvx

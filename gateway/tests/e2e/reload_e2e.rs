@@ -802,4 +802,73 @@ async fn a_dead_endpoint_on_probation_rolls_back_and_a_fixed_file_sticks() {
     assert_eq!(last["properties"]["t"], 300, "the new config stuck: {last}");
     old.stop().await;
     new.stop().await;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_included_file_copied_in_place_slowly_is_applied_once_whole() {
+    // The settle rule covers the files pulled in by `include:` too: an
+    // included file written in pieces (every piece ends at a line, so most
+    // prefixes are valid device lists) is never half applied.
+    let broker = Mosquitto::start();
+    let mut rec = Recorder::subscribe_all(broker.port()).await;
+    let metrics = support::free_port();
+    let listen = format!("127.0.0.1:{metrics}");
+    let main = format!(
+        "include: [ conf.d/*.yaml ]\n{}",
+        config(broker.port(), &listen, "", &counter("keeper", 0, ""))
+    );
+    let gw = Gateway::start(&main);
+    rec.state("keeper").await;
+    // The included file appears (written whole), picked up by SIGHUP.
+    std::fs::create_dir(gw.dir().join("conf.d")).unwrap();
+    let included = gw.dir().join("conf.d/more.yaml");
+    std::fs::write(&included, format!("devices:\n{}", counter("first", 0, ""))).unwrap();
+    gw.sighup();
+    rec.state("first").await;
+    assert!(support::wait_until(WAIT, || metric(metrics, RELOADS_OK).is_some()));
+    let ok_before = metric(metrics, RELOADS_OK).unwrap_or(0.0);
+    let invalid_before = metric(metrics, RELOADS_INVALID).unwrap_or(0.0);
+
+    let devices: String = std::iter::once(counter("first", 0, ""))
+        .chain((0..40).map(|i| counter(&format!("copied-{i}"), 0, "")))
+        .collect();
+    let full = format!("devices:\n{devices}");
+    let lines: Vec<&str> = full.split_inclusive('\n').collect();
+    let pieces: Vec<String> = lines.chunks(8).map(|c| c.concat()).collect();
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&included)
+            .unwrap();
+        // A piece every 150 ms (the watcher's quiet time), ~4 s in all.
+        let mut pace = tokio::time::interval(Duration::from_millis(150));
+        for piece in &pieces {
+            pace.tick().await;
+            f.write_all(piece.as_bytes()).unwrap();
+            f.flush().unwrap();
+        }
+    }
+    rec.wait("the last copied device online", |m| {
+        m.topic == format!("{}/$state", topic("copied-39")) && m.payload == b"online"
+    })
+    .await;
+    let ok = metric(metrics, RELOADS_OK).unwrap_or(0.0) - ok_before;
+    let invalid = metric(metrics, RELOADS_INVALID).unwrap_or(0.0) - invalid_before;
+    assert_eq!(
+        (ok, invalid),
+        (1.0, 0.0),
+        "reloads while the included file was being written:\n{}",
+        gw.log()
+    );
+    // `first` was never removed by a truncated copy.
+    assert!(
+        !rec.seen
+            .iter()
+            .any(|m| m.topic == format!("{}/$state", topic("first")) && m.payload == b"offline"),
+        "a half-written included file was applied:\n{}",
+        gw.log()
+    );
+    let log = gw.log();
+    assert!(log.contains("still being written"), "{log}");
 }

@@ -450,3 +450,105 @@ async fn primary_host_state_and_outages_give_births_then_history() {
     assert!(gw.wait_exit(WAIT).is_some_and(|s| s.success()));
     host.check();
 }
+
+/// `fieldgate_device_reads_total` of `device`.
+fn reads(metrics: u16, device: &str) -> u64 {
+    let (_, body) =
+        support::http_get(&format!("127.0.0.1:{metrics}"), "/metrics").unwrap_or_default();
+    let needle = format!("fieldgate_device_reads_total{{device=\"{device}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_file_store_history_survives_a_restart() {
+    let mut broker = Mosquitto::start();
+    let port = broker.port();
+    let storage = modbus_server::Storage::with(|t| {
+        t.holding.insert(0, 215);
+        t.holding.insert(1, 0);
+    });
+    let server = modbus_server::tcp_server(storage, "127.0.0.1:0").await;
+    let state = tempfile::tempdir().unwrap();
+    let metrics = support::free_port();
+    // As primary host, the host's STATE (after each of its connects) gates
+    // the births: none can be missed while it reconnects.
+    let yaml = config(
+        port,
+        state.path(),
+        metrics,
+        server.addr,
+        ", primaryHostId: scada",
+    )
+    .replace(
+        "maxReconnectInterval: 1s }",
+        "maxReconnectInterval: 1s, store: { type: file } }",
+    );
+    let mut host = Host::start(port, "plant-a", "gw-01", Some("scada"));
+    let mut gw = Gateway::start(&yaml);
+    let nbirth = host.wait("NBIRTH", None, -1);
+    assert_eq!(bdseq(&nbirth), 0);
+    let boiler = host.wait("DBIRTH", Some("boiler"), index(&nbirth));
+    host.wait_with(json!({"type": "DDATA", "device": "boiler", "after": index(&boiler)}));
+
+    // The broker goes away; the boiler's counter goes on into the history
+    // on disk; then the gateway dies (SIGKILL) while the broker is away.
+    let before = host.call(json!({"cmd": "count"}))["count"]
+        .as_i64()
+        .unwrap()
+        - 1;
+    broker.stop();
+    assert!(gw.wait_for_log("connection to the broker lost", WAIT));
+    let r0 = reads(metrics, "boiler");
+    assert!(support::wait_until(WAIT, || reads(metrics, "boiler") >= r0 + 5));
+    let died_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    gw.kill9();
+
+    // A new process on the same state directory, still without a broker,
+    // finds the history; once the broker is back: NBIRTH (seq 0, the next
+    // bdSeq, as stored), DBIRTHs, then the first run's readings as
+    // historical DDATA with the aliases of the new births.
+    let gw2 = Gateway::start(&yaml);
+    assert!(
+        gw2.wait_for_log("historical DDATA kept from before the restart", WAIT),
+        "{}",
+        gw2.log()
+    );
+    broker.restart();
+    let nbirth2 = host.wait("NBIRTH", None, before);
+    assert_eq!(nbirth2["seq"], 0);
+    let stored: i64 = std::fs::read_to_string(state.path().join("sparkplug/plant-a-gw-01.bdseq"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        bdseq(&nbirth2),
+        stored,
+        "the NBIRTH carries the stored bdSeq"
+    );
+    assert_ne!(bdseq(&nbirth2), 0, "a new connection, a new bdSeq");
+    let dbirth = host.wait("DBIRTH", Some("boiler"), index(&nbirth2));
+    let hist = host.wait_with(
+        json!({"type": "DDATA", "device": "boiler", "after": index(&dbirth),
+        "historical": true}),
+    );
+    let count = metric(&hist, "count");
+    assert_eq!(count["is_historical"], true);
+    assert!(
+        count["timestamp"].as_u64().unwrap() < died_at,
+        "the first historical DDATA was read by the first process: {hist}"
+    );
+    assert_eq!(
+        count["alias"],
+        metric(&dbirth, "count")["alias"],
+        "history uses the new births' aliases"
+    );
+    host.check();
+    server.stop().await;
+}

@@ -37,6 +37,10 @@ impl Default for HomeAssistantOptions {
     }
 }
 
+/// Why discovery and `format: sparkplugB` cannot be on together (a config
+/// error at `mqtt.discovery.homeAssistant.enabled`).
+pub const SPARKPLUG_CONFLICT: &str = "Home Assistant discovery needs the fieldgate JSON topics: Home Assistant cannot decode Sparkplug B (protobuf) payloads, and with `mqtt.message.format: sparkplugB` no device publishes JSON. Choose one per gateway: `homeAssistant.enabled: false` for a Sparkplug host, or `mqtt.message.format: fieldgate` for Home Assistant (see docs/home-assistant.md, \"Sparkplug B\")";
+
 /// Home Assistant discovery, resolved (present only when enabled).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HomeAssistantSettings {

@@ -4,6 +4,7 @@
 //! STATE, and historical replay after an outage (see docs/sparkplug.md).
 
 pub mod bdseq;
+pub mod history;
 pub mod metric;
 pub(crate) mod node;
 pub mod proto;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 
 use prost::Message as _;
 
-use crate::config::resolved::{SessionSettings, SparkplugSettings};
+use crate::config::resolved::{SessionSettings, SparkplugSettings, StoreSettings};
 use crate::mqtt::{ConnEvent, SessionHandle, SessionHooks, WillHook};
 use crate::telemetry::Metrics;
 
@@ -74,12 +75,17 @@ pub fn bdseq_metric(bd_seq: u8) -> proto::payload::Metric {
 pub struct Parts {
     bdseq: Arc<bdseq::BdSeq>,
     conn: flume::Receiver<ConnEvent>,
-    depth: usize,
+    history: history::History,
 }
 
 /// The session hooks of a Sparkplug session: NDEATH as the will with the
 /// `bdSeq` of each CONNECT, no `online` birth, word of connects.
-pub fn prepare(settings: &SessionSettings, sp: &SparkplugSettings) -> (SessionHooks, Parts) {
+///
+/// The outage buffer is the edge node's own (its messages need the `seq`
+/// and aliases of the births they follow): a file store's directory and
+/// bound go to the node's history, and the session keeps only what is in
+/// flight, in memory.
+pub fn prepare(settings: &mut SessionSettings, sp: &SparkplugSettings) -> (SessionHooks, Parts) {
     let bdseq = Arc::new(bdseq::BdSeq::load(sp.bdseq_file.clone()));
     // One event per connect or loss: bounded by how often those happen.
     let (conn_tx, conn) = flume::unbounded();
@@ -99,10 +105,12 @@ pub fn prepare(settings: &SessionSettings, sp: &SparkplugSettings) -> (SessionHo
         no_birth: true,
         connection: Some(conn_tx),
     };
+    let history = history::History::new(&settings.store, settings.message_channel_depth);
+    settings.store = StoreSettings::Memory;
     let parts = Parts {
         bdseq,
         conn,
-        depth: settings.message_channel_depth,
+        history,
     };
     (hooks, parts)
 }

@@ -2,13 +2,14 @@
 //! `seq` is counted, so every node and device message of the session goes
 //! through it in order.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use prost::Message as _;
 
+use super::history::{Entry, History};
 use super::proto::payload::{metric, Metric};
 use super::proto::{DataType, Payload};
 use super::{bdseq::BdSeq, metric as m, millis, Parts};
@@ -149,8 +150,7 @@ pub(super) fn spawn(
         connected: false,
         host_online: sp.primary_host_id.is_none(),
         live: false,
-        historical: VecDeque::new(),
-        depth: parts.depth.max(1),
+        historical: parts.history,
         commands: cmd_tx,
         online_reported: 0,
     };
@@ -178,9 +178,9 @@ struct Node {
     host_online: bool,
     /// Born on the current connection: data goes out live.
     live: bool,
-    /// DDATA recorded while not live, oldest first (bounded by `depth`).
-    historical: VecDeque<(String, Payload)>,
-    depth: usize,
+    /// DDATA recorded while not live, oldest first (bounded; on disk with
+    /// a file store).
+    historical: History,
     commands: Inbox,
     online_reported: u32,
 }
@@ -192,6 +192,12 @@ impl Node {
         commands: flume::Receiver<Box<Inbound>>,
         conn: flume::Receiver<ConnEvent>,
     ) {
+        let found = self.historical.open().await;
+        if found > 0 {
+            tracing::info!(
+                "Sparkplug: {found} historical DDATA kept from before the restart; sent after the next births"
+            );
+        }
         self.route(self.ncmd.clone()).await;
         if let Some(state) = self.state.clone() {
             self.route(state).await;
@@ -222,6 +228,7 @@ impl Node {
                 },
             }
         }
+        self.historical.close().await;
     }
 
     /// Routes `topic` to the node: the host's STATE is retained by design
@@ -258,27 +265,43 @@ impl Node {
         self.live = false;
         // What the store held when the connection went is history now: its
         // DDATA go out again, marked historical, after the new births.
-        let mut older = Vec::new();
-        for msg in returned {
-            let Some(device) = msg.topic.strip_prefix(&format!(
-                "{}/{}/DDATA/{}/",
-                super::NAMESPACE,
-                self.sp.group_id,
-                self.sp.edge_node_id
-            )) else {
-                continue;
-            };
-            if let Ok(mut p) = Payload::decode(msg.payload.as_ref()) {
-                for metric in &mut p.metrics {
+        let prefix = format!(
+            "{}/{}/DDATA/{}/",
+            super::NAMESPACE,
+            self.sp.group_id,
+            self.sp.edge_node_id
+        );
+        let older: Vec<Entry> = returned
+            .iter()
+            .filter_map(|msg| {
+                let device = msg.topic.strip_prefix(&prefix)?;
+                let mut payload = Payload::decode(msg.payload.as_ref()).ok()?;
+                let d = self.devices.get(device);
+                for metric in &mut payload.metrics {
                     metric.is_historical = Some(true);
+                    // Name it: aliases may be assigned anew before the replay.
+                    if metric.name.is_none() {
+                        metric.name = d.and_then(|d| {
+                            let i = metric.alias?.checked_sub(d.base)?;
+                            Some(
+                                d.settings
+                                    .properties
+                                    .get(usize::try_from(i).ok()?)?
+                                    .name
+                                    .to_string(),
+                            )
+                        });
+                    }
                 }
-                older.push((device.to_owned(), p));
-            }
-        }
-        for entry in older.into_iter().rev() {
-            self.historical.push_front(entry);
-        }
-        self.trim_history();
+                payload.seq = None;
+                Some(Entry {
+                    device: device.to_owned(),
+                    payload,
+                })
+            })
+            .collect();
+        let dropped = self.historical.prepend(older).await;
+        self.count_dropped(dropped);
         if self.host_online {
             self.birth().await;
         } else {
@@ -289,12 +312,8 @@ impl Node {
         }
     }
 
-    fn trim_history(&mut self) {
-        let mut dropped = 0;
-        while self.historical.len() > self.depth {
-            self.historical.pop_front();
-            dropped += 1;
-        }
+    /// Counts history entries dropped to stay within the bound.
+    fn count_dropped(&self, dropped: u64) {
         if dropped > 0 {
             self.metrics
                 .mqtt_dropped
@@ -374,21 +393,50 @@ impl Node {
                 self.dbirth(name).await;
             }
         }
-        let history = std::mem::take(&mut self.historical);
+        let history = self.historical.take_all().await;
         let mut skipped = 0u64;
-        for (name, mut p) in history {
-            let Some(topic) = self
-                .devices
-                .get(&name)
-                .filter(|d| d.born)
-                .map(|d| d.ddata.clone())
-            else {
+        for Entry {
+            device,
+            mut payload,
+        } in history
+        {
+            let Some(d) = self.devices.get(&device).filter(|d| d.born) else {
                 skipped += 1;
                 continue;
             };
-            p.seq = Some(self.next_seq());
-            p.timestamp = Some(millis(SystemTime::now()));
-            self.publish(topic, &p).await;
+            // Names to the aliases of these births; metrics of properties
+            // that are gone, or changed type, are left out.
+            payload.metrics.retain_mut(|metric| {
+                let Some(name) = metric.name.take() else {
+                    return false;
+                };
+                let Some((i, prop)) = d
+                    .settings
+                    .properties
+                    .iter()
+                    .enumerate()
+                    .find(|(_, p)| *p.name == *name)
+                else {
+                    return false;
+                };
+                if metric
+                    .datatype
+                    .is_some_and(|t| t != m::datatype(prop) as u32)
+                {
+                    return false;
+                }
+                metric.alias = Some(d.base + i as u64);
+                metric.is_historical = Some(true);
+                true
+            });
+            if payload.metrics.is_empty() {
+                skipped += 1;
+                continue;
+            }
+            let topic = d.ddata.clone();
+            payload.seq = Some(self.next_seq());
+            payload.timestamp = Some(millis(SystemTime::now()));
+            self.publish(topic, &payload).await;
         }
         if skipped > 0 {
             tracing::warn!(
@@ -558,7 +606,9 @@ impl Node {
                 let v = values.get(i).and_then(Option::as_ref);
                 let mut metric = m::data_metric(d.base + i as u64, m::datatype(prop), v, prop, at);
                 if !live {
+                    // History is kept by name (see `history`).
                     metric.is_historical = Some(true);
+                    metric.name = Some(prop.name.to_string());
                 }
                 metric
             })
@@ -579,8 +629,14 @@ impl Node {
             p.timestamp = Some(millis(SystemTime::now()));
             self.publish(topic, &p).await;
         } else {
-            self.historical.push_back((name.to_owned(), p));
-            self.trim_history();
+            let dropped = self
+                .historical
+                .push(Entry {
+                    device: name.to_owned(),
+                    payload: p,
+                })
+                .await;
+            self.count_dropped(dropped);
         }
         if first_online {
             self.report_online().await;

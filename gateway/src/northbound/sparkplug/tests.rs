@@ -8,7 +8,7 @@ use fieldgate_drivers::{DataType as Raw, Value};
 use super::metric::{birth_metric, command_json, datatype, value};
 use super::proto::payload::{metric::Value as V, Metric};
 use super::proto::DataType;
-use crate::config::resolved::{EnumEntry, PropertySemantics};
+use crate::config::resolved::{EnumEntry, PropertySemantics, StoreSettings};
 use crate::state::Published;
 
 fn prop(t: Raw) -> PropertySemantics {
@@ -240,18 +240,39 @@ fn config_errors_are_located() {
         );
     }
     // The namespace default, a device name, a device's own session, a
-    // per-device format or sparkplug section, a file store.
+    // per-device format or sparkplug section, Home Assistant discovery.
     let e = load(
-        "gateway: { namespace: plant.a }\nmqtt:\n  message: { format: sparkplugB }\n  sparkplug: { groupId: g }\n  client: { store: { type: file } }\ndevices:\n  - { name: fan.1, driver: dummy, model: fan }\n  - { name: fan2, driver: dummy, model: fan, mqtt: { client: { clientId: other }, message: { format: fieldgate } } }\n",
+        "gateway: { namespace: plant.a }\nmqtt:\n  message: { format: sparkplugB }\n  sparkplug: { groupId: g }\n  discovery: { homeAssistant: { enabled: true } }\ndevices:\n  - { name: fan.1, driver: dummy, model: fan }\n  - { name: fan2, driver: dummy, model: fan, mqtt: { client: { clientId: other }, message: { format: fieldgate } } }\n",
     )
     .unwrap_err();
     for needle in [
         "mqtt.sparkplug: `plant.a` cannot be a Sparkplug edge node id",
-        "mqtt.client.store:",
+        "c.yaml:5:", "mqtt.discovery.homeAssistant.enabled: Home Assistant discovery needs the fieldgate JSON topics",
         "devices[0].name: `fan.1` cannot be a Sparkplug device id",
         "devices[1].mqtt: with `mqtt.message.format: sparkplugB`",
         "devices[1].mqtt.message.format:",
     ] {
         assert!(e.iter().any(|l| l.contains(needle)), "{needle}: {e:?}");
     }
+
+    // A file store is the node's history (its directory and bound); the
+    // session itself keeps only what is in flight, in memory.
+    let r = load(&format!(
+        "mqtt:\n  message: {{ format: sparkplugB }}\n  sparkplug: {{ groupId: g }}\n  client: {{ store: {{ type: file }} }}\n{FAN}"
+    ))
+    .unwrap();
+    let mut s = r.sessions[0].clone();
+    let sp = s.sparkplug.clone().unwrap();
+    assert!(matches!(s.store, StoreSettings::File { .. }));
+    let (_, parts) = super::prepare(&mut s, &sp);
+    assert_eq!(s.store, StoreSettings::Memory);
+    assert!(matches!(
+        parts.history,
+        super::history::History::File { .. }
+    ));
+    // Discovery off beside Sparkplug is fine.
+    load(&format!(
+        "mqtt:\n  message: {{ format: sparkplugB }}\n  sparkplug: {{ groupId: g }}\n  discovery: {{ homeAssistant: {{ enabled: false }} }}\n{FAN}"
+    ))
+    .unwrap();
 }
