@@ -583,7 +583,7 @@ mod tests {
             s.push(msg(n), true).await;
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while s.len() > 0 {
+        while !s.is_empty() {
             assert!(std::time::Instant::now() < deadline, "never expired");
             tokio::time::sleep(Duration::from_millis(10)).await;
             s.tick();
