@@ -88,22 +88,8 @@ pub fn num(x: f64) -> Value {
 /// Free bytes for an unprivileged user on the file system holding `dir`
 /// (its nearest existing ancestor).
 pub fn free_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt as _;
     let existing = dir.ancestors().find(|p| p.exists())?;
-    let c = std::ffi::CString::new(existing.as_os_str().as_bytes()).ok()?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `c` is a NUL-terminated path that outlives the call and `st`
-    // points to writable memory the size of a `statvfs`.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: statvfs returned 0, so it filled `st`.
-    #[allow(unsafe_code)]
-    let st = unsafe { st.assume_init() };
-    #[allow(clippy::unnecessary_cast)]
-    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    crate::disk::free_bytes(existing).ok()
 }
 
 impl HealthReport {

@@ -15,8 +15,9 @@ pub mod deadline;
 #[allow(unsafe_code)]
 pub mod descriptors;
 pub mod device;
-// statvfs(2): free space of the state directory.
+// statvfs(2): free space of a file system.
 #[allow(unsafe_code)]
+pub mod disk;
 pub mod health;
 // The allocator's purge calls (jemalloc mallctl, glibc malloc_trim).
 #[allow(unsafe_code)]

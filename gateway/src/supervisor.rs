@@ -134,7 +134,7 @@ impl Supervisor {
                         self.metrics.clone(),
                         self.health.clone(),
                     );
-                    successors.push((o.clone(), takeover));
+                    successors.push((o.clone(), takeover, handle.clone()));
                     handle
                 }
                 None => {
@@ -170,11 +170,24 @@ impl Supervisor {
             let Some(handle) = self.sessions.remove(s) else {
                 continue;
             };
-            match successors.iter().position(|(o, _)| o == s) {
+            match successors.iter().position(|(o, _, _)| o == s) {
                 Some(i) => {
-                    let (_, takeover) = successors.swap_remove(i);
-                    let left = handle.hand_over(SESSION_STOP_DEADLINE).await;
-                    let _ = takeover.send(left);
+                    let (_, takeover, next) = successors.swap_remove(i);
+                    let left = handle.hand_over(SESSION_STOP_DEADLINE, &next).await;
+                    if left.is_none() {
+                        // Nothing is lost: the old session passes its
+                        // messages on (or leaves them on disk) when it ends.
+                        tracing::warn!(
+                            session = %s.client_id,
+                            "reload: the old MQTT session did not hand over within {}s; the new one starts now and takes its messages when it ends",
+                            SESSION_STOP_DEADLINE.as_secs()
+                        );
+                        self.metrics
+                            .mqtt_handover_timeouts
+                            .with_label_values(&[&s.client_id])
+                            .inc();
+                    }
+                    let _ = takeover.send(left.unwrap_or_default());
                 }
                 None => handle.stop(SESSION_STOP_DEADLINE).await,
             }

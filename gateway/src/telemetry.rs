@@ -183,6 +183,8 @@ pub struct Metrics {
     pub mqtt_store_bytes: IntGaugeVec,
     /// `fieldgate_mqtt_dropped_total{session,reason}`
     pub mqtt_dropped: IntCounterVec,
+    /// `fieldgate_mqtt_handover_timeouts_total{session}`
+    pub mqtt_handover_timeouts: IntCounterVec,
     /// `fieldgate_mqtt_commands_ignored_total{session,reason}`
     pub mqtt_commands_ignored: IntCounterVec,
     /// `fieldgate_mqtt_reason_codes_total{session,packet,code}`: refusals by the broker
@@ -314,6 +316,11 @@ impl Metrics {
                 "fieldgate_mqtt_commands_ignored_total",
                 "Commands ($set/$get) not executed, by reason (see docs/mqtt.md)",
                 &["session", "reason"],
+            )?,
+            mqtt_handover_timeouts: counter(
+                "fieldgate_mqtt_handover_timeouts_total",
+                "Reload hand-overs the old session did not finish in time (its messages were passed on later or kept on disk)",
+                &["session"],
             )?,
             mqtt_reason_codes: counter(
                 "fieldgate_mqtt_reason_codes_total",

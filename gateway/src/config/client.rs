@@ -359,6 +359,12 @@ impl Loader<'_> {
                     // once the state directory is known.
                     directory: s.directory_prefix.clone().unwrap_or_default().into(),
                     max_bytes: s.max_bytes.map_or(DEFAULT_STORE_MAX_BYTES, |b| b.0),
+                    max_age: s.max_age.map(|d| d.0).filter(|d| !d.is_zero()),
+                    min_free_bytes: s
+                        .min_free_bytes
+                        .map_or(crate::config::resolved::DEFAULT_STORE_MIN_FREE_BYTES, |b| {
+                            b.0
+                        }),
                 },
                 _ => StoreSettings::Memory,
             },
@@ -622,6 +628,8 @@ pub(super) fn merge_client(d: &ClientOptions, t: &ClientOptions) -> ClientOption
                 kind: m(&a.kind, &b.kind),
                 directory_prefix: m(&a.directory_prefix, &b.directory_prefix),
                 max_bytes: m(&a.max_bytes, &b.max_bytes),
+                max_age: m(&a.max_age, &b.max_age),
+                min_free_bytes: m(&a.min_free_bytes, &b.min_free_bytes),
             }),
             (a, b) => m(a, b),
         },

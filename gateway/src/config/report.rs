@@ -117,6 +117,7 @@ fn client_options(out: &mut String, pad: &str, s: &SessionSettings) {
             StoreSettings::File {
                 directory,
                 max_bytes,
+                ..
             } => format!("file {} (max {max_bytes} bytes)", directory.display()),
         }
     );

@@ -261,11 +261,17 @@ pub enum StoreSettings {
         directory: PathBuf,
         /// Size bound of the files.
         max_bytes: u64,
+        /// Messages older than this are dropped; `None` = never.
+        max_age: Option<Duration>,
+        /// Free disk space the store never takes (it drops its oldest).
+        min_free_bytes: u64,
     },
 }
 
 /// Default `store.maxBytes`: 64 MiB.
 pub const DEFAULT_STORE_MAX_BYTES: u64 = 64 << 20;
+/// Default `store.minFreeBytes`: 64 MiB.
+pub const DEFAULT_STORE_MIN_FREE_BYTES: u64 = 64 << 20;
 /// Smallest accepted `store.maxBytes`: 64 KiB.
 pub const MIN_STORE_BYTES: u64 = 64 << 10;
 

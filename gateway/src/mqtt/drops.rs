@@ -13,9 +13,14 @@ pub const REFUSED: &str = "refused";
 pub const TOO_LARGE: &str = "too_large";
 /// Unreadable records the file store skipped when it recovered from disk.
 pub const STORE_DAMAGED: &str = "store_damaged";
-/// A reload's new session did not take the old one's messages in time
-/// (memory store: they could not be passed on).
+/// A reload's hand-over timed out and the new session was gone when the
+/// old one passed its messages on (memory store).
 pub const HANDOVER: &str = "handover";
+/// Older than the file store's `maxAge`.
+pub const EXPIRED: &str = "expired";
+/// Dropped (oldest first) so that the file store leaves `minFreeBytes`
+/// free on its disk.
+pub const DISK_FLOOR: &str = "disk_floor";
 
 /// A command arrived retained (a replay by the broker, not a new command).
 pub const CMD_RETAINED: &str = "retained";

@@ -495,10 +495,17 @@ enum Cmd {
     Wake,
 }
 
+/// How often the writer measures the disk's free space (while writing)
+/// against `minFreeBytes`.
+const ROOM_CHECK: Duration = Duration::from_millis(50);
+
 /// The file store's writer: appends records on its own thread.
 pub struct FileLog {
     tx: Option<SyncSender<Cmd>>,
     acked: Arc<AtomicU64>,
+    /// Bytes the store's files may take on disk without leaving less than
+    /// `minFreeBytes` free (`u64::MAX` until measured).
+    room: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
     dir: PathBuf,
 }
@@ -507,8 +514,14 @@ impl FileLog {
     /// Starts the writer for a recovered directory: a new segment begins at
     /// `recovery.next_seq`; the writer holds the directory's lock until it
     /// stops. Blocking (creates the segment file).
-    pub fn start(dir: &Path, max_bytes: u64, recovery: &mut Recovery) -> Result<Self, StoreError> {
+    pub fn start(
+        dir: &Path,
+        max_bytes: u64,
+        min_free: u64,
+        recovery: &mut Recovery,
+    ) -> Result<Self, StoreError> {
         let acked = Arc::new(AtomicU64::new(recovery.acked));
+        let room = Arc::new(AtomicU64::new(u64::MAX));
         let mut writer = Writer {
             dir: dir.to_path_buf(),
             segments: recovery.segments.iter().cloned().collect(),
@@ -522,9 +535,13 @@ impl FileLog {
             buf: Vec::new(),
             dirty_since: (recovery.acked > 0).then(Instant::now),
             last_error: None,
+            min_free,
+            room: room.clone(),
+            room_checked: None,
             _lock: recovery.lock.take(),
         };
         writer.open_segment(recovery.next_seq)?;
+        writer.measure_room();
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let thread = std::thread::Builder::new()
             .name("fieldgate-store".into())
@@ -533,6 +550,7 @@ impl FileLog {
         Ok(Self {
             tx: Some(tx),
             acked,
+            room,
             thread: Some(thread),
             dir: dir.to_path_buf(),
         })
@@ -541,6 +559,12 @@ impl FileLog {
     /// The store directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Bytes the store's files may take without leaving less than
+    /// `minFreeBytes` free on the disk, as last measured (`None` before).
+    pub fn disk_room(&self) -> Option<u64> {
+        Some(self.room.load(Ordering::Relaxed)).filter(|r| *r != u64::MAX)
     }
 
     /// Queues a record for writing; waits (off the runtime's workers) only
@@ -595,6 +619,11 @@ struct Writer {
     /// The first write not yet synced.
     dirty_since: Option<Instant>,
     last_error: Option<Instant>,
+    /// `minFreeBytes`: free disk space the store never takes.
+    min_free: u64,
+    /// See [`FileLog::disk_room`].
+    room: Arc<AtomicU64>,
+    room_checked: Option<Instant>,
     /// Released when the writer thread ends.
     _lock: Option<File>,
 }
@@ -630,6 +659,12 @@ impl Writer {
             };
             self.write_out();
             self.delete_finished();
+            if self
+                .room_checked
+                .is_none_or(|at| at.elapsed() >= ROOM_CHECK)
+            {
+                self.measure_room();
+            }
             let due = self
                 .dirty_since
                 .is_some_and(|since| since.elapsed() >= SYNC_INTERVAL);
@@ -728,6 +763,35 @@ impl Writer {
         }
     }
 
+    /// Measures the room the store has on disk: its segment files plus the
+    /// free space, less `minFreeBytes`.
+    fn measure_room(&mut self) {
+        self.room_checked = Some(Instant::now());
+        if self.min_free == 0 {
+            // No floor: a full disk leaves the messages in memory.
+            return;
+        }
+        let free = match crate::disk::free_bytes(&self.dir) {
+            Ok(free) => free,
+            Err(e) => {
+                self.report(&e);
+                return;
+            }
+        };
+        let ours: u64 = self
+            .segments
+            .iter()
+            .filter_map(|(_, path)| fs::metadata(path).ok())
+            .map(|m| m.len())
+            .sum();
+        // Records not yet written (a full disk) need room too.
+        let room = ours
+            .saturating_add(free)
+            .saturating_sub(self.min_free)
+            .saturating_sub(self.buf.len() as u64);
+        self.room.store(room.min(u64::MAX - 1), Ordering::Relaxed);
+    }
+
     fn rotate(&mut self, first_seq: u64) {
         self.write_out();
         if let Some(f) = &self.current {
@@ -803,7 +867,7 @@ mod tests {
 
     fn write_all(dir: &Path, max_bytes: u64, msgs: &[(u64, OutMsg)], acked: u64) {
         let mut rec = recover(dir).unwrap();
-        let log = FileLog::start(dir, max_bytes, &mut rec).unwrap();
+        let log = FileLog::start(dir, max_bytes, 0, &mut rec).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -867,7 +931,7 @@ mod tests {
         assert!(before > 5, "{before} segments");
         // Everything below 451 acknowledged.
         let mut rec = recover(&dir).unwrap();
-        let log = FileLog::start(&dir, 64 << 10, &mut rec).unwrap();
+        let log = FileLog::start(&dir, 64 << 10, 0, &mut rec).unwrap();
         log.set_acked(451);
         log.close();
         let after = segs(&dir).len();
@@ -1011,7 +1075,7 @@ mod tests {
     fn a_directory_in_use_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let mut rec = recover(tmp.path()).unwrap();
-        let log = FileLog::start(tmp.path(), 1 << 20, &mut rec).unwrap();
+        let log = FileLog::start(tmp.path(), 1 << 20, 0, &mut rec).unwrap();
         assert!(matches!(recover(tmp.path()), Err(StoreError::Locked(_))));
         log.close();
         assert!(recover(tmp.path()).is_ok(), "released on close");

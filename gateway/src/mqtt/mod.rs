@@ -5,6 +5,7 @@ pub mod drops;
 pub mod filestore;
 mod link;
 pub mod outbox;
+mod replay;
 mod session;
 pub mod store;
 mod transport;
@@ -108,6 +109,11 @@ pub enum SessionInput {
     /// after any loss (a dialect's rule, e.g. Sparkplug's primary host
     /// going offline).
     Reconnect,
+    /// A predecessor whose reload hand-over timed out has ended since: its
+    /// undelivered messages (memory store; they go after what is queued),
+    /// or, empty, word that it closed its file store (a store that could
+    /// not open the shared directory meanwhile opens it now and reads them).
+    Predecessor(Vec<OutMsg>),
 }
 
 /// Builds a retained message's payload on demand (see
@@ -197,6 +203,8 @@ pub enum StopMode {
 pub struct StopRequest {
     mode: StopMode,
     done: oneshot::Sender<Vec<OutMsg>>,
+    /// Where a hand-over that comes too late for `done` goes.
+    successor: Option<mpsc::Sender<SessionInput>>,
 }
 
 /// A running session: send it [`SessionInput`]s; stop it with [`SessionHandle::stop`].
@@ -366,22 +374,43 @@ impl SessionHandle {
     /// Publishes the clean-stop will payload, flushes what the outbox holds
     /// while connected (bounded by `deadline`), disconnects and ends the task.
     pub async fn stop(self, deadline: std::time::Duration) {
-        self.end(StopMode::Clean, deadline).await;
+        self.end(StopMode::Clean, deadline, None).await;
     }
 
     /// Ends the session quietly and returns what it had not delivered yet,
-    /// oldest first, for its successor.
-    pub async fn hand_over(self, deadline: std::time::Duration) -> Vec<OutMsg> {
-        self.end(StopMode::Handover, deadline).await
+    /// oldest first, for `successor`. `None` when it did not finish within
+    /// `deadline`: nothing is lost then, the session goes on ending and
+    /// passes its messages to `successor` later (memory store), or leaves
+    /// them in its file store and tells `successor` to read them.
+    pub async fn hand_over(
+        self,
+        deadline: std::time::Duration,
+        successor: &SessionHandle,
+    ) -> Option<Vec<OutMsg>> {
+        self.end(StopMode::Handover, deadline, Some(successor.tx.clone()))
+            .await
     }
 
-    async fn end(self, mode: StopMode, deadline: std::time::Duration) -> Vec<OutMsg> {
+    async fn end(
+        self,
+        mode: StopMode,
+        deadline: std::time::Duration,
+        successor: Option<mpsc::Sender<SessionInput>>,
+    ) -> Option<Vec<OutMsg>> {
         let (done, done_rx) = oneshot::channel();
-        if self.stop.send(StopRequest { mode, done }).await.is_ok() {
-            if let Ok(Ok(left)) = tokio::time::timeout(deadline, done_rx).await {
-                return left;
-            }
+        let request = StopRequest {
+            mode,
+            done,
+            successor,
+        };
+        if self.stop.send(request).await.is_err() {
+            // Already ended (or detached): nothing left to hand over.
+            return Some(Vec::new());
         }
-        Vec::new()
+        match tokio::time::timeout(deadline, done_rx).await {
+            Ok(Ok(left)) => Some(left),
+            Ok(Err(_)) => Some(Vec::new()),
+            Err(_) => None,
+        }
     }
 }

@@ -51,6 +51,11 @@ const FIRST_ID: u64 = 1 << 40;
 /// (start-up, an outage) does not keep its memory for the months after.
 const KEEP_SLOTS: usize = 256;
 
+/// Topics of dropped retained messages remembered at most (see
+/// [`Outbox::take_dropped_retained`]); past this the outbox only says that
+/// more were dropped.
+const DROPPED_RETAINED_MAX: usize = 1 << 16;
+
 /// A bounded, ordered store of outgoing messages.
 ///
 /// Ids are consecutive: the entry with id `front_id + i` is at index `i`.
@@ -70,6 +75,21 @@ pub struct Outbox {
     handed: VecDeque<Option<(u64, Instant)>>,
     /// Packet id → entry id and hand-out time for handed QoS 1/2 publishes.
     by_pkid: HashMap<u16, (u64, Instant)>,
+    /// Topics of retained messages dropped to keep the bound, since the
+    /// last [`Outbox::take_dropped_retained`].
+    dropped_retained: Vec<std::sync::Arc<str>>,
+    /// More retained messages were dropped than `dropped_retained` holds.
+    dropped_retained_overflow: bool,
+}
+
+/// Retained topics whose latest message the outbox dropped (see
+/// [`Outbox::take_dropped_retained`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct DroppedRetained {
+    /// The topics, in drop order (may repeat).
+    pub topics: Vec<std::sync::Arc<str>>,
+    /// More were dropped than listed: the caller cannot know which.
+    pub overflow: bool,
 }
 
 impl Outbox {
@@ -92,6 +112,29 @@ impl Outbox {
             dropped: 0,
             handed: VecDeque::new(),
             by_pkid: HashMap::new(),
+            dropped_retained: Vec::new(),
+            dropped_retained_overflow: false,
+        }
+    }
+
+    /// Remembers the topic of a dropped retained message.
+    fn note_dropped(&mut self, msg: &OutMsg) {
+        if !msg.retain {
+            return;
+        }
+        if self.dropped_retained.len() < DROPPED_RETAINED_MAX {
+            self.dropped_retained.push(msg.topic.clone());
+        } else {
+            self.dropped_retained_overflow = true;
+        }
+    }
+
+    /// The topics of retained messages dropped to keep the bound since the
+    /// last call: the broker may not have their latest value.
+    pub fn take_dropped_retained(&mut self) -> DroppedRetained {
+        DroppedRetained {
+            topics: std::mem::take(&mut self.dropped_retained),
+            overflow: std::mem::take(&mut self.dropped_retained_overflow),
         }
     }
 
@@ -135,6 +178,47 @@ impl Outbox {
         self.entries.front().map(|e| e.meta)
     }
 
+    /// The weight bound.
+    pub fn max_weight(&self) -> u64 {
+        self.max_weight
+    }
+
+    /// Changes the weight bound (the file store's disk floor lowers it
+    /// while the disk is short of space) and drops the oldest messages
+    /// until the weight fits. Returns how many were dropped.
+    pub fn set_max_weight(&mut self, max_weight: u64) -> u64 {
+        self.max_weight = max_weight;
+        let mut dropped = 0;
+        while self.weight > self.max_weight {
+            let Some(e) = self.pop_front() else { break };
+            self.note_dropped(&e.msg);
+            self.dropped += 1;
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// Drops the oldest messages stored before `cutoff_ms` (Unix ms) that
+    /// are not handed out (a message in flight is left to its
+    /// acknowledgement). Returns how many were dropped; they are not
+    /// counted in [`Outbox::dropped`] (their reason is their age).
+    pub fn expire(&mut self, cutoff_ms: u64) -> u64 {
+        let mut expired = 0;
+        while self
+            .entries
+            .front()
+            .is_some_and(|e| e.stage != Stage::Handed && e.meta.stored_ms < cutoff_ms)
+        {
+            if let Some(e) = self.pop_front() {
+                if e.stage != Stage::Done {
+                    self.note_dropped(&e.msg);
+                    expired += 1;
+                }
+            }
+        }
+        expired
+    }
+
     /// Appends a message; when full, drops the oldest message first.
     /// Returns how many were dropped.
     pub fn push(&mut self, msg: OutMsg) -> u64 {
@@ -146,6 +230,7 @@ impl Outbox {
     /// than the whole bound is itself dropped. Returns how many were dropped.
     pub fn push_with(&mut self, msg: OutMsg, meta: Meta) -> u64 {
         if meta.weight > self.max_weight {
+            self.note_dropped(&msg);
             self.dropped += 1;
             return 1;
         }
@@ -154,7 +239,9 @@ impl Outbox {
             && (self.entries.len() >= self.capacity
                 || self.weight.saturating_add(meta.weight) > self.max_weight)
         {
-            self.pop_front();
+            if let Some(e) = self.pop_front() {
+                self.note_dropped(&e.msg);
+            }
             self.dropped += 1;
             dropped += 1;
         }
@@ -176,6 +263,9 @@ impl Outbox {
         let room = self.capacity.saturating_sub(self.entries.len());
         let skip = older.len().saturating_sub(room);
         let mut dropped = skip as u64;
+        for msg in &older[..skip] {
+            self.note_dropped(msg);
+        }
         for msg in older.into_iter().skip(skip).rev() {
             self.bytes += msg.payload.len();
             self.entries.push_front(Entry {
@@ -191,7 +281,9 @@ impl Outbox {
         }
         self.cursor = self.front_id;
         while self.entries.len() > self.capacity {
-            self.pop_front();
+            if let Some(e) = self.pop_front() {
+                self.note_dropped(&e.msg);
+            }
             dropped += 1;
         }
         self.dropped += dropped;
@@ -215,8 +307,9 @@ impl Outbox {
         left
     }
 
-    fn pop_front(&mut self) {
-        if let Some(e) = self.entries.pop_front() {
+    fn pop_front(&mut self) -> Option<Entry> {
+        let e = self.entries.pop_front()?;
+        {
             self.bytes -= e.msg.payload.len();
             self.weight -= e.meta.weight;
             self.front_id += 1;
@@ -228,6 +321,7 @@ impl Outbox {
                 self.entries.shrink_to(allocated / 2);
             }
         }
+        Some(e)
     }
 
     fn entry_mut(&mut self, id: u64) -> Option<&mut Entry> {

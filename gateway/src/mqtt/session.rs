@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::deadline::sleep_until_opt;
 
 use super::link::{self, LinkClient, NetEvent, WINDOW};
+use super::replay::{Plan, RetainedTopics};
 use super::store::Store;
 use super::{
     ConnEvent, Inbound, OutMsg, Readiness, SessionHandle, SessionHooks, SessionInput, StopMode,
@@ -52,6 +53,8 @@ const MAX_TRIES: u8 = 3;
 /// confirmed, so that the one that ends it is known (and tried at most
 /// [`MAX_TRIES`] times).
 const POISON_WINDOW: Duration = Duration::from_secs(5);
+/// How often the store expires old messages and checks the disk floor.
+const STORE_TICK: Duration = Duration::from_secs(1);
 /// How often the age of the oldest unacknowledged message is checked.
 const ACK_CHECK: Duration = Duration::from_secs(1);
 /// Fixed header (type byte and up to 4 length bytes) plus the packet id:
@@ -160,30 +163,6 @@ impl SessionMetrics {
     }
 }
 
-/// A retained topic as the session keeps it for replays after a reconnect.
-enum Retained {
-    /// The message as published.
-    Kept(OutMsg),
-    /// The message without its payload, and how to build the payload.
-    Rebuilt {
-        template: OutMsg,
-        rebuild: super::PayloadBuilder,
-    },
-}
-
-impl Retained {
-    /// The message to publish again.
-    fn message(&self) -> OutMsg {
-        match self {
-            Retained::Kept(msg) => msg.clone(),
-            Retained::Rebuilt { template, rebuild } => OutMsg {
-                payload: rebuild.build(),
-                ..template.clone()
-            },
-        }
-    }
-}
-
 struct Session {
     settings: SessionSettings,
     client: LinkClient,
@@ -193,9 +172,16 @@ struct Session {
     outbox: Store,
     /// The store is a file store (the will is never persisted).
     outbox_is_file: bool,
-    /// Birth and retained replays: sent before the outbox after a connect.
+    /// Birth (and the clean-stop will): sent before anything else.
     priority: VecDeque<OutMsg>,
-    retained: HashMap<Arc<str>, Retained>,
+    /// Retained topics and their replay after a connect.
+    retained: RetainedTopics,
+    /// Alternates replays and stored messages in the window (pacing).
+    replay_turn: bool,
+    /// A late predecessor's messages waiting for room in the store.
+    late: VecDeque<OutMsg>,
+    /// When the store's timer runs next (see [`Session::store_tick`]).
+    store_tick_at: Option<Instant>,
     routes: HashMap<Arc<str>, super::Inbox>,
     /// Topics the broker's stored session holds subscriptions for
     /// (`cleanSession: false`).
@@ -278,7 +264,10 @@ impl Session {
             outbox_is_file: outbox.is_file(),
             outbox,
             priority: VecDeque::new(),
-            retained: HashMap::new(),
+            retained: RetainedTopics::default(),
+            replay_turn: false,
+            late: VecDeque::new(),
+            store_tick_at: None,
             routes: HashMap::new(),
             broker_subs: Default::default(),
             pending_subs: Default::default(),
@@ -337,6 +326,7 @@ impl Session {
             let subs_retry_at = self.subs_retry_at;
             let first_attempt_ends = self.first_attempt;
             let ack_check_at = self.ack_check_at;
+            let store_tick_at = self.store_tick_at;
             tokio::select! {
                 ev = link.events.recv() => match ev {
                     Some(ev) => self.on_net(ev, &link.permits).await,
@@ -365,6 +355,7 @@ impl Session {
                     let _ = link.permits.try_send(self.server);
                 }
                 _ = sleep_until_opt(subs_retry_at) => self.subs_retry_at = None,
+                _ = sleep_until_opt(store_tick_at) => self.store_tick(),
                 _ = sleep_until_opt(first_attempt_ends) => self.first_attempt = None,
                 _ = sleep_until_opt(ack_check_at) => {
                     self.ack_check_at = None;
@@ -378,6 +369,9 @@ impl Session {
                     }
                 }
             }
+            if !self.late.is_empty() {
+                self.take_late().await;
+            }
             self.flush_subscriptions();
             self.feed();
             self.report_readiness(inputs.len());
@@ -386,8 +380,18 @@ impl Session {
         self.shutdown(&mut link, &mut inputs, mode).await;
         link.task.abort();
         let held = self.outbox.len();
+        // A hand-over the supervisor stopped waiting for: the successor is
+        // running already. A file store keeps the messages on disk (the
+        // successor reads them once this one has closed the directory);
+        // a memory store passes them to the successor's input.
+        let late =
+            mode == StopMode::Handover && request.as_ref().is_some_and(|r| r.done.is_closed());
+        let keep_on_disk = late && self.outbox_is_file && self.outbox.is_open_file();
         let store = std::mem::replace(&mut self.outbox, Store::new(&StoreSettings::Memory, 1));
-        let left = store.close(mode == StopMode::Handover).await;
+        let mut left = store
+            .close(mode == StopMode::Handover && !keep_on_disk)
+            .await;
+        left.extend(self.late.drain(..));
         if mode == StopMode::Clean && held > 0 {
             tracing::warn!(
                 session = %self.id(),
@@ -399,8 +403,62 @@ impl Session {
         self.status.set(None);
         self.health.clear(&health_key(&self.settings.client_id));
         if let Some(request) = request {
-            let _ = request.done.send(left);
+            if keep_on_disk {
+                tracing::warn!(
+                    session = %self.id(),
+                    "reload hand-over timed out: {held} undelivered message(s) stay in the file store; the new session reads them now"
+                );
+                if let Some(next) = &request.successor {
+                    let _ = next.send(SessionInput::Predecessor(left)).await;
+                }
+            } else if let Err(left) = request.done.send(left) {
+                self.pass_late(left, request.successor).await;
+            }
         }
+    }
+
+    /// After a hand-over timed out: passes the undelivered messages to the
+    /// successor's input; counts them dropped (`reason="handover"`) only
+    /// when it is gone too.
+    async fn pass_late(&self, left: Vec<OutMsg>, successor: Option<mpsc::Sender<SessionInput>>) {
+        let n = left.len();
+        let lost = match successor {
+            Some(next) => match next.send(SessionInput::Predecessor(left)).await {
+                Ok(()) => 0,
+                Err(_) => n,
+            },
+            None => n,
+        };
+        if lost > 0 {
+            self.count_drop(super::drops::HANDOVER, lost as u64);
+            tracing::error!(
+                session = %self.id(),
+                "reload hand-over timed out and the new session is gone: dropped {lost} undelivered message(s)"
+            );
+        } else {
+            tracing::warn!(
+                session = %self.id(),
+                "reload hand-over timed out: passed {n} undelivered message(s) to the new session late (they follow its newer ones)"
+            );
+        }
+    }
+
+    /// Moves a late predecessor's messages into the store as it has room:
+    /// while connected a full store waits for the broker, as for devices;
+    /// while not, the oldest are dropped as for any outage.
+    async fn take_late(&mut self) {
+        while !self.late.is_empty() && !self.pushes_back() {
+            if let Some(msg) = self.late.pop_front() {
+                let dropped = self.outbox.push(msg, true).await;
+                self.count_store_drops();
+                if dropped > 0 {
+                    self.retained
+                        .note_dropped(self.outbox.take_dropped_retained());
+                }
+                self.count_dropped(dropped);
+            }
+        }
+        self.update_store_gauges();
     }
 
     /// Opens the store (a file store recovers from disk) with a
@@ -416,6 +474,12 @@ impl Session {
                     );
                 }
                 self.count_dropped(opened.dropped);
+                self.count_store_drops();
+                self.retained
+                    .note_dropped(self.outbox.take_dropped_retained());
+                if self.outbox.needs_ticks() {
+                    self.store_tick_at = Some(Instant::now() + STORE_TICK);
+                }
                 if opened.damaged > 0 {
                     self.count_drop(super::drops::STORE_DAMAGED, opened.damaged as u64);
                 }
@@ -448,6 +512,12 @@ impl Session {
                 }
             }
             match inputs.try_recv() {
+                // A hand-over drops nothing: what the full store cannot
+                // take (the connection was lost) goes to the successor
+                // after what the store holds.
+                Ok(input) if mode == StopMode::Handover && self.outbox.is_full() => {
+                    self.late.extend(to_publish(input));
+                }
                 Ok(input) => self.on_input(input).await,
                 Err(_) => break,
             }
@@ -513,21 +583,15 @@ impl Session {
         match input {
             SessionInput::Publish(msg) => self.store(msg).await,
             SessionInput::SetRetained(msg) => {
-                self.retained
-                    .insert(msg.topic.clone(), Retained::Kept(msg.clone()));
+                self.retained.keep(&msg);
                 self.store(msg).await;
             }
             SessionInput::SetRetainedRebuilt { msg, rebuild } => {
-                let template = OutMsg {
-                    payload: Bytes::new(),
-                    ..msg.clone()
-                };
-                self.retained
-                    .insert(msg.topic.clone(), Retained::Rebuilt { template, rebuild });
+                self.retained.keep_rebuilt(&msg, rebuild);
                 self.store(msg).await;
             }
             SessionInput::ClearRetained { topic, qos } => {
-                self.retained.remove(&topic);
+                self.retained.forget(&topic);
                 self.store(OutMsg {
                     topic,
                     payload: Bytes::new(),
@@ -572,6 +636,17 @@ impl Session {
                     }
                 }
             }
+            SessionInput::Predecessor(msgs) => {
+                if self.outbox.needs_open() {
+                    tracing::info!(session = %self.id(), "the old session closed the store directory: opening it");
+                    self.open_store(Vec::new()).await;
+                }
+                if !msgs.is_empty() {
+                    tracing::info!(session = %self.id(), "taking over {} undelivered message(s) late", msgs.len());
+                    self.late.extend(msgs);
+                    self.take_late().await;
+                }
+            }
             SessionInput::Unroute { topic } => {
                 self.pending_subs.remove(&topic);
                 self.keeps_retained.remove(&topic);
@@ -591,6 +666,11 @@ impl Session {
 
     async fn store(&mut self, msg: OutMsg) {
         let dropped = self.outbox.push(msg, !self.connected).await;
+        self.count_store_drops();
+        if dropped > 0 {
+            self.retained
+                .note_dropped(self.outbox.take_dropped_retained());
+        }
         self.count_dropped(dropped);
         self.update_store_gauges();
     }
@@ -703,6 +783,7 @@ impl Session {
                 self.ack_check_at = None;
                 self.rewind_after_loss();
                 self.priority.clear();
+                self.retained.on_down();
                 self.m.connected.set(0);
                 self.status.set(None);
                 if let Some(to) = &self.hooks.connection {
@@ -780,13 +861,29 @@ impl Session {
                 props: None,
             });
         }
-        // After a reconnect the broker may have lost its retained store
-        // (restart without persistence): give it the retained topics again.
-        // On the first connect they are still queued in the outbox, unless
-        // a full store dropped some while connecting.
-        if reconnect || self.outbox.dropped() > 0 {
-            self.priority
-                .extend(self.retained.values().map(Retained::message));
+        self.plan_replay(session_present, reconnect);
+    }
+
+    /// After a connect: which retained topics to publish again (see
+    /// [`super::replay`]). A resumed session on the same broker gets only
+    /// those the store dropped; what changed while disconnected is queued
+    /// in the store. A clean session (or another broker) may have lost its
+    /// retained store: it gets every topic, paced by [`Session::feed`].
+    fn plan_replay(&mut self, session_present: bool, reconnect: bool) {
+        self.retained
+            .note_dropped(self.outbox.take_dropped_retained());
+        let server = self.settings.server_at(self.server).to_string();
+        match self.retained.plan(&server, session_present, reconnect) {
+            Plan::Nothing => {}
+            Plan::Changed(n) => tracing::info!(
+                session = %self.id(),
+                "re-publishing {n} retained topic(s) whose latest message the store dropped"
+            ),
+            Plan::All(n) => tracing::info!(
+                session = %self.id(),
+                session_present,
+                "re-publishing all {n} retained topic(s): the broker may have lost them"
+            ),
         }
     }
 
@@ -994,6 +1091,33 @@ impl Session {
         }
     }
 
+    /// Counts what the store dropped for its age (`maxAge`) or the disk
+    /// floor (`minFreeBytes`), and marks dropped retained topics.
+    fn count_store_drops(&mut self) {
+        let drops = self.outbox.take_drops();
+        if drops == Default::default() {
+            return;
+        }
+        self.count_drop(super::drops::EXPIRED, drops.expired);
+        self.count_drop(super::drops::DISK_FLOOR, drops.disk_floor);
+        self.retained
+            .note_dropped(self.outbox.take_dropped_retained());
+        if drops.expired > 0 {
+            tracing::debug!(session = %self.id(), "store: dropped {} message(s) older than maxAge", drops.expired);
+        }
+    }
+
+    /// The store's timer: `maxAge` expiry and the disk floor.
+    fn store_tick(&mut self) {
+        self.outbox.tick();
+        self.count_store_drops();
+        self.update_store_gauges();
+        self.store_tick_at = self
+            .outbox
+            .needs_ticks()
+            .then(|| Instant::now() + STORE_TICK);
+    }
+
     /// Counts `n` messages dropped for `reason`.
     fn count_drop(&self, reason: &'static str, n: u64) {
         if n > 0 {
@@ -1063,7 +1187,7 @@ impl Session {
             if let Some((topic, size)) = self.outbox.blame(*id, MAX_TRIES) {
                 self.count_drop(super::drops::REFUSED, 1);
                 // A retained topic would come back with every replay.
-                self.retained.remove(&topic);
+                self.retained.forget(&topic);
                 tracing::warn!(
                     session = %self.id(),
                     "dropped the message on {topic} ({size} bytes of payload): the connection ended each of the {MAX_TRIES} times it was sent (refused by the broker?)"
@@ -1089,8 +1213,10 @@ impl Session {
         );
     }
 
-    /// Hands queued messages to the connection, birth/retained replays
-    /// first, keeping at most [`WINDOW`] in flight.
+    /// Hands queued messages to the connection, keeping at most [`WINDOW`]
+    /// in flight: the birth first, then retained replays and stored
+    /// messages taking turns (a replay of every retained topic is paced by
+    /// the window and never holds up live data for long).
     fn feed(&mut self) {
         if !self.connected {
             return;
@@ -1109,14 +1235,27 @@ impl Session {
                     break;
                 }
                 self.priority.pop_front();
-                if self.priority.is_empty() {
-                    // A reconnect's replay of every retained topic is done:
-                    // do not keep its queue's memory until the next one.
-                    self.priority.shrink_to_fit();
+                self.outbox.note_transient();
+                continue;
+            }
+            let stored = self.outbox.peek_queued().is_some();
+            if self.retained.pending() > 0 && (self.replay_turn || !stored) {
+                self.replay_turn = false;
+                let Some(msg) = self.retained.next() else {
+                    continue;
+                };
+                if limit.is_some_and(|l| packet_size(&msg) > l) {
+                    self.too_large(Some(&msg), limit);
+                    continue;
+                }
+                if self.client.try_publish(&msg).is_err() {
+                    self.retained.unsent(&msg);
+                    break;
                 }
                 self.outbox.note_transient();
                 continue;
             }
+            self.replay_turn = true;
             let Some(msg) = self.outbox.peek_queued() else {
                 break;
             };
@@ -1136,6 +1275,28 @@ impl Session {
         }
         if replayed > 0 {
             self.m.replayed.inc_by(replayed);
+        }
+    }
+}
+
+/// The messages a request publishes (for a hand-over: the rest of the
+/// request does not outlive the session).
+fn to_publish(input: SessionInput) -> Vec<OutMsg> {
+    match input {
+        SessionInput::Publish(msg)
+        | SessionInput::SetRetained(msg)
+        | SessionInput::SetRetainedRebuilt { msg, .. } => vec![msg],
+        SessionInput::ClearRetained { topic, qos } => vec![OutMsg {
+            topic,
+            payload: Bytes::new(),
+            qos,
+            retain: true,
+            correlation: None,
+            props: None,
+        }],
+        SessionInput::Predecessor(msgs) => msgs,
+        SessionInput::Route { .. } | SessionInput::Unroute { .. } | SessionInput::Reconnect => {
+            Vec::new()
         }
     }
 }

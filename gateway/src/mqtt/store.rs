@@ -25,12 +25,24 @@ pub struct Opened {
     pub dropped: u64,
 }
 
+/// Messages the store dropped for reasons other than its bound, since the
+/// last [`Store::take_drops`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drops {
+    /// Older than `maxAge` (`reason="expired"`).
+    pub expired: u64,
+    /// Dropped to keep `minFreeBytes` free on the disk
+    /// (`reason="disk_floor"`).
+    pub disk_floor: u64,
+}
+
 enum Backing {
     Memory,
     /// File store not opened yet (or failed to open: memory only).
     FilePending {
         dir: PathBuf,
         max_bytes: u64,
+        min_free: u64,
     },
     File {
         log: FileLog,
@@ -42,6 +54,15 @@ enum Backing {
 pub struct Store {
     outbox: Outbox,
     backing: Backing,
+    /// `maxAge`: older messages are dropped.
+    max_age: Option<Duration>,
+    /// The weight bound `maxBytes` allows (the disk floor may lower it).
+    live_max: u64,
+    /// Segment size of the file store (the disk floor's margin).
+    segment: u64,
+    /// The disk floor lowers the bound now.
+    floor_limited: bool,
+    drops: Drops,
 }
 
 /// Milliseconds since the Unix epoch on a clock that never jumps: the wall
@@ -68,16 +89,29 @@ impl Store {
             StoreSettings::Memory => Self {
                 outbox: Outbox::new(message_channel_depth),
                 backing: Backing::Memory,
+                max_age: None,
+                live_max: u64::MAX,
+                segment: 0,
+                floor_limited: false,
+                drops: Drops::default(),
             },
             StoreSettings::File {
                 directory,
                 max_bytes,
+                max_age,
+                min_free_bytes,
             } => Self {
                 outbox: Outbox::with_bounds(usize::MAX, filestore::live_bound(*max_bytes)),
                 backing: Backing::FilePending {
                     dir: directory.clone(),
                     max_bytes: *max_bytes,
+                    min_free: *min_free_bytes,
                 },
+                max_age: *max_age,
+                live_max: filestore::live_bound(*max_bytes),
+                segment: filestore::segment_size(*max_bytes),
+                floor_limited: false,
+                drops: Drops::default(),
             },
         }
     }
@@ -88,8 +122,12 @@ impl Store {
     /// ones and before anything pushed so far. Only valid before anything
     /// was handed out.
     pub async fn open(&mut self, older: Vec<OutMsg>) -> Result<Opened, StoreError> {
-        let (dir, max_bytes) = match &self.backing {
-            Backing::FilePending { dir, max_bytes } => (dir.clone(), *max_bytes),
+        let (dir, max_bytes, min_free) = match &self.backing {
+            Backing::FilePending {
+                dir,
+                max_bytes,
+                min_free,
+            } => (dir.clone(), *max_bytes, *min_free),
             Backing::Memory | Backing::File { .. } => {
                 let dropped = self.outbox.prepend(older);
                 return Ok(Opened {
@@ -100,7 +138,7 @@ impl Store {
         };
         let opened = tokio::task::spawn_blocking(move || {
             let mut recovery = filestore::recover(&dir)?;
-            let log = FileLog::start(&dir, max_bytes, &mut recovery)?;
+            let log = FileLog::start(&dir, max_bytes, min_free, &mut recovery)?;
             Ok::<_, StoreError>((recovery, log))
         })
         .await;
@@ -140,9 +178,21 @@ impl Store {
         for msg in older.into_iter().chain(queued) {
             self.push(msg, true).await;
         }
+        self.expire();
         self.release();
         opened.dropped = self.outbox.dropped() - dropped_before;
         Ok(opened)
+    }
+
+    /// True for a file store that is open (it holds its directory).
+    pub fn is_open_file(&self) -> bool {
+        matches!(self.backing, Backing::File { .. })
+    }
+
+    /// True for a file store not open yet (or whose opening failed: it
+    /// works from memory meanwhile).
+    pub fn needs_open(&self) -> bool {
+        matches!(self.backing, Backing::FilePending { .. })
     }
 
     /// True for a file store (open or not).
@@ -185,14 +235,83 @@ impl Store {
                     waited,
                     weight: record.len() as u64,
                 };
-                let dropped = self.outbox.push_with(msg, meta);
-                log.append(seq, record).await;
-                if dropped > 0 {
-                    self.release();
+                let room = log.disk_room();
+                self.apply_floor(room);
+                let mut dropped = self.outbox.push_with(msg, meta);
+                if self.floor_limited {
+                    self.drops.disk_floor += dropped;
+                    dropped = 0;
                 }
+                if let Backing::File { log, .. } = &self.backing {
+                    log.append(seq, record).await;
+                }
+                self.expire();
+                self.release();
                 dropped
             }
         }
+    }
+
+    /// Lowers the bound while the disk has less room than `maxBytes`
+    /// allows (see [`FileLog::disk_room`]), dropping the oldest; restores
+    /// it once there is room again (drops counted in [`Store::take_drops`]).
+    fn apply_floor(&mut self, room: Option<u64>) {
+        let Some(room) = room else { return };
+        let bound = room.saturating_sub(2 * self.segment).min(self.live_max);
+        let limited = bound < self.live_max;
+        if limited != self.floor_limited {
+            self.floor_limited = limited;
+            let dir = match &self.backing {
+                Backing::File { log, .. } => log.dir().display().to_string(),
+                _ => String::new(),
+            };
+            if limited {
+                tracing::warn!(
+                    "store {dir}: the disk is short of space (minFreeBytes): keeping at most {bound} bytes of messages and dropping the oldest (counted as reason=\"disk_floor\")"
+                );
+            } else {
+                tracing::info!("store {dir}: the disk has room again: back to maxBytes");
+            }
+        }
+        if bound != self.outbox.max_weight() {
+            self.drops.disk_floor += self.outbox.set_max_weight(bound);
+        }
+    }
+
+    /// Drops messages older than `maxAge` (not those in flight); counted
+    /// in [`Store::take_drops`].
+    pub fn expire(&mut self) {
+        let Some(max_age) = self.max_age else {
+            return;
+        };
+        let cutoff =
+            now_ms().saturating_sub(u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX));
+        let expired = self.outbox.expire(cutoff);
+        if expired > 0 {
+            self.drops.expired += expired;
+            self.release();
+        }
+    }
+
+    /// Drops for reasons other than the bound since the last call.
+    pub fn take_drops(&mut self) -> Drops {
+        std::mem::take(&mut self.drops)
+    }
+
+    /// True when the store has work on a timer: `maxAge` expiry, or the
+    /// disk floor to watch.
+    pub fn needs_ticks(&self) -> bool {
+        self.max_age.is_some() || matches!(self.backing, Backing::File { .. })
+    }
+
+    /// The timer's work: expiry and the disk floor.
+    pub fn tick(&mut self) {
+        if let Backing::File { log, .. } = &self.backing {
+            let room = log.disk_room();
+            self.apply_floor(room);
+        }
+        self.expire();
+        self.release();
     }
 
     /// Tells the file log how far messages have left the store.
@@ -226,6 +345,11 @@ impl Store {
     /// Messages dropped because the store was full, since creation.
     pub fn dropped(&self) -> u64 {
         self.outbox.dropped()
+    }
+
+    /// See [`Outbox::take_dropped_retained`].
+    pub fn take_dropped_retained(&mut self) -> super::outbox::DroppedRetained {
+        self.outbox.take_dropped_retained()
     }
 
     /// Age of the oldest message held.
@@ -350,6 +474,8 @@ mod tests {
         StoreSettings::File {
             directory: dir.to_path_buf(),
             max_bytes,
+            max_age: None,
+            min_free_bytes: 0,
         }
     }
 
@@ -440,6 +566,36 @@ mod tests {
         let opened = next.open(left).await.unwrap();
         assert_eq!(opened.recovered, 0, "no duplicates from the same directory");
         assert_eq!(next.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn messages_older_than_max_age_expire_and_are_counted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let settings = StoreSettings::File {
+            directory: tmp.path().to_path_buf(),
+            max_bytes: 1 << 20,
+            max_age: Some(Duration::from_millis(50)),
+            min_free_bytes: 0,
+        };
+        let mut s = Store::new(&settings, 10);
+        s.open(Vec::new()).await.unwrap();
+        for n in 1..=3 {
+            s.push(msg(n), true).await;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !s.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "never expired");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            s.tick();
+        }
+        assert_eq!(s.take_drops().expired, 3);
+        assert_eq!(s.dropped(), 0, "not counted as store_full");
+        s.push(msg(4), true).await;
+        assert_eq!(s.len(), 1, "a new message stays");
+        s.close(false).await;
+        let mut s = Store::new(&settings, 10);
+        let opened = s.open(Vec::new()).await.unwrap();
+        assert!(opened.recovered <= 1, "expired ones left the file too");
     }
 
     #[tokio::test]

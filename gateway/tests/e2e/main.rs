@@ -62,6 +62,7 @@ mod security;
 mod sparkplug_e2e;
 mod status_page;
 mod status_page_browser;
+mod store_e2e;
 mod systemd;
 mod transports;
 mod untrusted;

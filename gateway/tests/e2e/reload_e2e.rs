@@ -802,6 +802,7 @@ async fn a_dead_endpoint_on_probation_rolls_back_and_a_fixed_file_sticks() {
     assert_eq!(last["properties"]["t"], 300, "the new config stuck: {last}");
     old.stop().await;
     new.stop().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_included_file_copied_in_place_slowly_is_applied_once_whole() {

@@ -667,3 +667,136 @@ fn unsafe_or_impossible_broker_settings_are_config_errors() {
     let out = support::fieldgate(&["check", "-c", ok.to_str().expect("utf-8 path")]);
     assert!(out.status.success(), "{out:?}");
 }
+
+/// A Modbus device `name` on a server that accepts and never answers: each
+/// read holds the driver for `timeout`.
+fn frozen_device(name: &str, port: u16, timeout: &str) -> String {
+    format!(
+        "  - name: {name}\n    driver: modbus\n    syncInterval: 100ms\n    timeout: {timeout}\n    protocol: {{ tcp: {{ endpoint: \"127.0.0.1:{port}\" }}, unitId: 1 }}\n    properties:\n      - {{ name: r0, register: holding, address: 0, type: uint16, writable: true }}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_while_the_driver_is_busy_is_counted_busy() {
+    let frozen = fault_rig::FrozenServer::start("127.0.0.1:0").await;
+    let broker = Mosquitto::start();
+    let metrics = support::free_port();
+    let yaml = config(
+        &broker.url(),
+        metrics,
+        "",
+        "",
+        &frozen_device("stuck", frozen.port, "10s"),
+    );
+    let mut gw = Gateway::start(&yaml);
+    let mut rec = Recorder::start(broker.port(), NS).await;
+    rec.more_states("tick", 3).await;
+    until("the frozen server's connection", || frozen.accepted() >= 1).await;
+    let probe = MqttProbe::connect(broker.port()).await;
+    // The driver sits in a 10 s read: its command queue (16) fills, the
+    // rest of 40 `$get`s are ignored as busy.
+    for _ in 0..40 {
+        probe
+            .publish("fieldgate/untrusted/stuck/$get", "", 1, false)
+            .await;
+    }
+    until("busy $get counted", || ignored(metrics, "busy") >= 20.0).await;
+    assert!(ignored(metrics, "busy") <= 40.0);
+    // The neighbour keeps its cadence.
+    let mark = rec.mark();
+    rec.more_states("tick", 10).await;
+    fault_rig::assert_counting("tick", &rec.states_since(mark, "tick"));
+    assert!(gw.is_running(), "{}", gw.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sets_beyond_a_busy_devices_queue_are_refused_and_counted_inbox_full() {
+    let frozen = fault_rig::FrozenServer::start("127.0.0.1:0").await;
+    let broker = Mosquitto::start();
+    let metrics = support::free_port();
+    let yaml = config(
+        &broker.url(),
+        metrics,
+        "",
+        "",
+        &frozen_device("stuck", frozen.port, "10s"),
+    );
+    let _gw = Gateway::start(&yaml);
+    let mut rec = Recorder::start(broker.port(), NS).await;
+    rec.more_states("tick", 3).await;
+    until("the frozen server's connection", || frozen.accepted() >= 1).await;
+    let probe = MqttProbe::connect(broker.port()).await;
+    // 90 writes (within the default burst of 100) to a device whose driver
+    // hangs in a read: 64 wait, the rest are refused at once.
+    for i in 0..90 {
+        probe
+            .publish(
+                "fieldgate/untrusted/stuck/$set",
+                format!(r#"{{"r0":{i}}}"#),
+                1,
+                false,
+            )
+            .await;
+    }
+    until("inbox_full counted", || {
+        ignored(metrics, "inbox_full") >= 10.0
+    })
+    .await;
+    let result = "fieldgate/untrusted/stuck/$set/result";
+    let refused = rec
+        .wait("a refusal", |m| {
+            m.topic == result && m.payload_str().contains("too many commands waiting")
+        })
+        .await;
+    assert!(
+        refused.payload_str().contains("\"ok\":false"),
+        "{refused:?}"
+    );
+    assert!(ignored(metrics, "inbox_full") <= 90.0 - 64.0);
+}
+
+/// A persistent session's broker delivers commands queued for a device the
+/// new config no longer has: the session holds 256 of them (devices may
+/// still be starting), drops the oldest beyond and counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_for_no_device_are_held_then_counted_unrouted() {
+    let broker = Mosquitto::start_with("max_queued_messages 1000\n");
+    let metrics = support::free_port();
+    let client = "    clientId: untrusted-unrouted\n    cleanSession: false\n";
+    let extra = "  - { name: gone, driver: dummy, model: fan, syncInterval: 100ms }\n";
+    let mut gw = Gateway::start(&config(&broker.url(), metrics, client, "", extra));
+    let mut rec = Recorder::start(broker.port(), NS).await;
+    rec.status("gone", "online").await;
+    gw.sigterm();
+    assert!(gw.wait_exit(WAIT).is_some(), "the gateway stops");
+    // Queued by the broker for the gateway's session while it is away.
+    let probe = MqttProbe::connect(broker.port()).await;
+    for i in 0..300 {
+        probe
+            .publish(
+                "fieldgate/untrusted/gone/$set",
+                format!(r#"{{"gear":"{}"}}"#, ["slow", "fast"][i % 2]),
+                1,
+                false,
+            )
+            .await;
+    }
+    let without = config(&broker.url(), metrics, client, "", "");
+    let gw = Gateway::start(&without);
+    until("unrouted commands counted", || {
+        ignored(metrics, "unrouted") >= 44.0
+    })
+    .await;
+    rec.more_states("tick", 5).await;
+    assert_eq!(
+        ignored(metrics, "unrouted"),
+        44.0,
+        "300 queued, 256 held: {}",
+        gw.log()
+    );
+    assert!(
+        gw.log().contains("no device claimed its topic"),
+        "{}",
+        gw.log()
+    );
+}

@@ -263,6 +263,8 @@ async fn drive(dir: &Path, input: &mut Input<'_>, recovered: Vec<OutMsg>) {
     let settings = StoreSettings::File {
         directory: dir.to_path_buf(),
         max_bytes: MAX_BYTES,
+        max_age: None,
+        min_free_bytes: 0,
     };
     let mut store = Store::new(&settings, 10);
     let before: Vec<OutMsg> = (0..input.u8() % 3).map(|_| message(input)).collect();

@@ -114,16 +114,19 @@ fn file_store_options_resolve_with_defaults() {
         r.sessions[0].store,
         StoreSettings::File {
             directory: "/var/lib/fg/mqtt/gw_1".into(),
-            max_bytes: 64 << 20
+            max_bytes: 64 << 20,
+            max_age: None,
+            min_free_bytes: 64 << 20,
         }
     );
-    let r =
-        ok("mqtt:\n  client:\n    store: {type: file, direcotryPrefix: /data/q, maxBytes: 1MiB}\n");
+    let r = ok("mqtt:\n  client:\n    store: {type: file, direcotryPrefix: /data/q, maxBytes: 1MiB, maxAge: 2h, minFreeBytes: 1MiB}\n");
     assert_eq!(
         r.sessions[0].store,
         StoreSettings::File {
             directory: "/data/q".into(),
-            max_bytes: 1 << 20
+            max_bytes: 1 << 20,
+            max_age: Some(std::time::Duration::from_secs(7200)),
+            min_free_bytes: 1 << 20,
         }
     );
     // Two sessions inheriting one directory get a subdirectory each.

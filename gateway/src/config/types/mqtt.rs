@@ -232,6 +232,10 @@ pub struct StoreOptions {
     pub directory_prefix: Option<String>,
     /// File store size bound, e.g. `64MiB`.
     pub max_bytes: Option<ByteSize>,
+    /// File store: messages older than this are dropped (`reason="expired"`); default none.
+    pub max_age: Option<HumanDuration>,
+    /// File store: free disk space it never takes, e.g. `64MiB` (the default).
+    pub min_free_bytes: Option<ByteSize>,
 }
 
 /// Store kind.

@@ -6,7 +6,7 @@
 
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +41,44 @@ pub fn assert_counting(device: &str, states: &[Value]) {
     for w in ns.windows(2) {
         assert_eq!(w[1], w[0] + 1, "{device}: counter jumped: {ns:?}");
     }
+}
+
+/// Asserts that `device` published in time at its poll `period`: the
+/// reading timestamps of `states` increase, no interval reaches three
+/// periods (no poll went missing or stalled), and the states per second
+/// over the whole span are within a quarter of one per period.
+pub fn assert_cadence(device: &str, states: &[Value], period: Duration) {
+    assert!(
+        states.len() >= 10,
+        "{device}: too few states: {}",
+        states.len()
+    );
+    let times: Vec<std::time::SystemTime> = states
+        .iter()
+        .map(|s| {
+            let ts = s["timestamp"].as_str().expect("timestamp");
+            humantime::parse_rfc3339(ts).unwrap_or_else(|e| panic!("{ts}: {e}"))
+        })
+        .collect();
+    for w in times.windows(2) {
+        let dt = w[1]
+            .duration_since(w[0])
+            .unwrap_or_else(|_| panic!("{device}: timestamp went back: {w:?}"));
+        assert!(
+            dt > Duration::ZERO && dt < 3 * period,
+            "{device}: {dt:?} between two readings (period {period:?})"
+        );
+    }
+    let span = times[times.len() - 1]
+        .duration_since(times[0])
+        .unwrap_or_default()
+        .as_secs_f64();
+    let per_second = (times.len() - 1) as f64 / span;
+    let want = 1.0 / period.as_secs_f64();
+    assert!(
+        (per_second - want).abs() <= want / 4.0,
+        "{device}: {per_second:.2} states/s over {span:.1}s, expected {want:.1}"
+    );
 }
 
 /// A subscriber to everything under `fieldgate/<namespace>/` that records
@@ -246,6 +284,8 @@ pub struct Proxy {
     /// The loopback port clients connect to.
     pub port: u16,
     accepted: Arc<AtomicUsize>,
+    /// Bytes forwarded from clients to the upstream.
+    up: Arc<AtomicU64>,
     live: Arc<Mutex<Vec<Link>>>,
     refusing: Arc<AtomicBool>,
     task: JoinHandle<()>,
@@ -264,9 +304,10 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let port = listener.local_addr().expect("local_addr").port();
         let accepted = Arc::new(AtomicUsize::new(0));
+        let up = Arc::new(AtomicU64::new(0));
         let live: Arc<Mutex<Vec<Link>>> = Arc::default();
         let refusing = Arc::new(AtomicBool::new(false));
-        let (a, l, r) = (accepted.clone(), live.clone(), refusing.clone());
+        let (a, l, r, u) = (accepted.clone(), live.clone(), refusing.clone(), up.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if r.load(Ordering::SeqCst) {
@@ -283,13 +324,14 @@ impl Proxy {
                 l.lock().unwrap().push(link.clone());
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::spawn(pump(cr, sw, link.clone()));
-                tokio::spawn(pump(sr, cw, link));
+                tokio::spawn(pump(cr, sw, link.clone(), Some(u.clone())));
+                tokio::spawn(pump(sr, cw, link, None));
             }
         });
         Self {
             port,
             accepted,
+            up,
             live,
             refusing,
             task,
@@ -299,6 +341,11 @@ impl Proxy {
     /// Connections accepted (and forwarded) so far.
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Bytes forwarded from clients to the upstream so far.
+    pub fn bytes_up(&self) -> u64 {
+        self.up.load(Ordering::SeqCst)
     }
 
     /// Every connection open now stops forwarding, silently and for good.
@@ -334,6 +381,7 @@ async fn pump(
     mut r: tokio::net::tcp::OwnedReadHalf,
     mut w: tokio::net::tcp::OwnedWriteHalf,
     link: Link,
+    count: Option<Arc<AtomicU64>>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -359,6 +407,9 @@ async fn pump(
         }
         if w.write_all(&buf[..n]).await.is_err() {
             return;
+        }
+        if let Some(c) = &count {
+            c.fetch_add(n as u64, Ordering::SeqCst);
         }
     }
 }
