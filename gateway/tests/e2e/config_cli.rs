@@ -39,7 +39,7 @@ fn broken_config_exits_78_with_every_located_error() {
     assert_eq!(
         lines,
         vec![
-            format!("{f}:2:3: gateway.namespce: unknown key `namespce` (did you mean `namespace`?); allowed keys: `namespace`, `stateDirectory`, `secretsDirectory`, `metrics`, `log`, `clockCheck`, `reload`"),
+            format!("{f}:2:3: gateway.namespce: unknown key `namespce` (did you mean `namespace`?); allowed keys: `namespace`, `stateDirectory`, `secretsDirectory`, `metrics`, `log`, `clockCheck`, `reload`, `healthInterval`"),
             format!("{f}:5:10: mqtt.message.qos: qos 5 is out of range; allowed: 0, 1, 2"),
             format!("{f}:10:11: devices[1].name: duplicate device name `a`: already used by devices[0]; device names must be unique"),
             format!("{f}:13:19: devices[1].syncInterval: `soon` is not a duration (expected number at 0); write e.g. 500ms, 30s, 10m"),

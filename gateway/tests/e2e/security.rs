@@ -490,10 +490,12 @@ async fn property_names_with_quotes_and_slashes_stay_json_keys() {
         .json();
     let props: Vec<&String> = meta["properties"].as_object().unwrap().keys().collect();
     assert_eq!(props, vec![name], "{meta}");
-    // Only the device's own topics (and the gateway's will) exist.
+    // Only the device's own topics (and the gateway's will and health) exist.
     for m in &rec.seen {
         assert!(
-            (m.topic.starts_with("fieldgate/sec/dev") || m.topic == "fieldgate/sec/$will")
+            (m.topic.starts_with("fieldgate/sec/dev")
+                || m.topic == "fieldgate/sec/$will"
+                || m.topic == "fieldgate/sec/$health")
                 && !m.topic.contains("evil"),
             "{}",
             m.topic

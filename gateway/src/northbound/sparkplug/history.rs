@@ -278,6 +278,8 @@ mod tests {
         let settings = StoreSettings::File {
             directory: dir.path().join("store"),
             max_bytes: 1 << 20,
+            max_age: None,
+            min_free_bytes: 0,
         };
         let mut h = History::new(&settings, 4);
         assert_eq!(h.open().await, 0);
