@@ -311,7 +311,8 @@ impl Loader<'_> {
             // `basicAuth` (top level or device) that set it.
             Some(f) => read_password_file(self.base_dir, f).ok(),
             None => auth.password.clone(),
-        };
+        }
+        .map(Secret);
         let client_id = c
             .client_id
             .clone()
@@ -340,8 +341,10 @@ impl Loader<'_> {
                 .iter()
                 .flatten()
                 .flat_map(|(k, v)| match v {
-                    HeaderValues::One(v) => vec![(k.clone(), v.clone())],
-                    HeaderValues::Many(vs) => vs.iter().map(|v| (k.clone(), v.clone())).collect(),
+                    HeaderValues::One(v) => vec![(k.clone(), Secret(v.clone()))],
+                    HeaderValues::Many(vs) => {
+                        vs.iter().map(|v| (k.clone(), Secret(v.clone()))).collect()
+                    }
                 })
                 .collect(),
             will: WillSettings {

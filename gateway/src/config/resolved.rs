@@ -56,11 +56,32 @@ pub struct GatewaySettings {
     pub health_interval: std::time::Duration,
 }
 
-/// A secret string (a token) that never shows in `Debug` output.
-#[derive(Clone, PartialEq, Eq)]
+/// A secret string (a token, a password, a private key, a header value)
+/// that never shows in `Debug` or `Display` output: logs, panics and
+/// `{:?}` of the resolved config print `Secret(..)` instead.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Secret(pub String);
 
+impl Secret {
+    /// The secret itself, for the one place that must send or use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
 impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl std::fmt::Display for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(..)")
     }
@@ -137,7 +158,7 @@ pub struct TlsSettings {
     /// Client certificate chain (PEM) for mutual TLS.
     pub cert_pem: Option<String>,
     /// Client private key (PEM) for mutual TLS.
-    pub key_pem: Option<String>,
+    pub key_pem: Option<Secret>,
     /// Name for SNI and certificate verification; default: the server host.
     pub server_name: Option<String>,
     /// Accept any server certificate (logged loudly at every connect).
@@ -172,13 +193,14 @@ pub struct SessionSettings {
     /// TLS options (used by `ssl`/`tls`/`tcps`/`wss` servers).
     pub tls: TlsSettings,
     /// Extra HTTP headers of the WebSocket handshake (`ws`/`wss`).
-    pub http_headers: Vec<(String, String)>,
+    /// (Values redacted in `Debug`: they often carry a bearer token.)
+    pub http_headers: Vec<(String, Secret)>,
     /// Will, birth (`online`) and clean-stop message topic and payload.
     pub will: WillSettings,
     /// User name, if any.
     pub username: Option<String>,
     /// Password (from `password` or `passwordFile`), if any.
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Clean session flag.
     pub clean_session: bool,
     /// Where undelivered messages are kept.

@@ -143,7 +143,7 @@ mod tests {
             let tls = &r.sessions[0].tls;
             assert_eq!(tls.ca_pem.as_deref(), Some(CA));
             assert_eq!(tls.cert_pem.as_deref(), Some(CA));
-            assert_eq!(tls.key_pem.as_deref(), Some(KEY));
+            assert_eq!(tls.key_pem.as_ref().map(|k| k.expose()), Some(KEY));
 
             // Absolute, and per device (merged over the top level).
             let abs = dir.path().join("secrets");

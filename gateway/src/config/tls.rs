@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::ctx::Ctx;
-use super::resolved::TlsSettings;
+use super::resolved::{Secret, TlsSettings};
 use super::tree::{join, Node};
 use super::types::{SecretRef, TlsOptions};
 
@@ -203,7 +203,7 @@ pub(super) fn resolve_tls(base: &Path, secrets: &Path, t: Option<&TlsOptions>) -
     TlsSettings {
         ca_pem: pem(&t.ca_file_pem, &t.ca_file, &t.ca_file_pem_ref),
         cert_pem: pem(&t.cert_file_pem, &t.cert_file, &t.cert_file_pem_ref),
-        key_pem: pem(&t.key_file_pem, &t.key_file, &t.key_file_pem_ref),
+        key_pem: pem(&t.key_file_pem, &t.key_file, &t.key_file_pem_ref).map(Secret),
         server_name: t.server_name.clone().filter(|s| !s.is_empty()),
         insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
     }

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use super::transport::{self, Bridge, CutLimits, TransportError};
 use super::{Inbound, OutMsg};
-use crate::config::resolved::{ServerAddress, SessionSettings};
+use crate::config::resolved::{Secret, ServerAddress, SessionSettings};
 
 /// Incoming packets larger than this are refused by the client (the
 /// bridge cuts PUBLISH packets above it; see [`CutLimits`]).
@@ -307,14 +307,14 @@ impl Endpoint {
 
 /// The WebSocket handshake's extra headers.
 fn header_modifier(
-    headers: Vec<(String, String)>,
+    headers: Vec<(String, Secret)>,
 ) -> impl Fn(http::Request<()>) -> std::future::Ready<http::Request<()>> + Send + Sync + 'static {
     let headers = Arc::new(headers);
     move |mut req: http::Request<()>| {
         for (k, v) in headers.iter() {
             if let (Ok(k), Ok(v)) = (
                 http::header::HeaderName::from_bytes(k.as_bytes()),
-                http::header::HeaderValue::from_str(v),
+                http::header::HeaderValue::from_str(v.expose()),
             ) {
                 req.headers_mut().append(k, v);
             }
@@ -348,7 +348,14 @@ fn options_v5(settings: &SessionSettings, ep: &Endpoint) -> rumqttc::v5::MqttOpt
         opts.set_session_expiry_interval(Some(u32::MAX));
     }
     if let Some(user) = &settings.username {
-        opts.set_credentials(user.clone(), settings.password.clone().unwrap_or_default());
+        opts.set_credentials(
+            user.clone(),
+            settings
+                .password
+                .as_ref()
+                .map(|p| p.expose().to_owned())
+                .unwrap_or_default(),
+        );
     }
     opts
 }
@@ -376,7 +383,14 @@ fn options_v4(
         opts.set_request_modifier(header_modifier(settings.http_headers.clone()));
     }
     if let Some(user) = &settings.username {
-        opts.set_credentials(user.clone(), settings.password.clone().unwrap_or_default());
+        opts.set_credentials(
+            user.clone(),
+            settings
+                .password
+                .as_ref()
+                .map(|p| p.expose().to_owned())
+                .unwrap_or_default(),
+        );
     }
     let mut net = rumqttc::NetworkOptions::new();
     net.set_connection_timeout(ep.net_timeout(settings));

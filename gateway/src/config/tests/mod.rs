@@ -7,7 +7,7 @@ use std::time::Duration;
 use fieldgate_drivers::dummy::Generator;
 use fieldgate_drivers::{Connection, DataType, PropertyAddress, Value};
 
-use super::resolved::{Resolved, ServerAddress};
+use super::resolved::{Resolved, Secret, ServerAddress};
 use super::{load_str, ConfigError};
 
 fn load(yaml: &str) -> Result<Resolved, Vec<ConfigError>> {
@@ -166,7 +166,7 @@ fn will_base64_and_aliases() {
     assert_eq!(s.will.topic, "a/b");
     assert_eq!(s.will.payload, b"hi");
     assert_eq!(s.connect_timeout, Duration::from_secs(5));
-    assert_eq!(s.password.as_deref(), Some("p"));
+    assert_eq!(s.password.as_ref().map(Secret::expose), Some("p"));
     let e = errs("mqtt:\n  client:\n    will: {payloadEncode: base64, payloadContent: '!!!'}\n");
     has(
         &e,
@@ -185,7 +185,10 @@ fn password_file_first_line() {
         dir.path(),
     )
     .unwrap();
-    assert_eq!(r.sessions[0].password.as_deref(), Some("s3cret"));
+    assert_eq!(
+        r.sessions[0].password.as_ref().map(Secret::expose),
+        Some("s3cret")
+    );
     let e = errs("mqtt:\n  client:\n    basicAuth: {passwordFile: missing.txt}\n");
     has(
         &e,
@@ -427,4 +430,45 @@ fn a_default_client_id_over_the_mqtt_limit_is_refused() {
     ok(&format!(
         "mqtt: {{message: {{topic: {{with: uid}}}}}}\ndevices:\n  - name: {name}\n    driver: dummy\n    model: fan\n    mqtt: {{client: {{keepAlive: 31s, clientId: d}}}}\n"
     ));
+}
+
+#[test]
+fn secrets_never_show_in_debug_or_display_of_the_resolved_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "-----BEGIN PRIVATE KEY-----\nTOPSECRETKEYMATERIAL\n-----END PRIVATE KEY-----\n";
+    std::fs::write(dir.path().join("client.key"), key).unwrap();
+    std::fs::write(
+        dir.path().join("client.crt"),
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let yaml = "gateway:\n  metrics: {listen: '127.0.0.1:9880', token: metrics-token-0123456789, commands: true}\nmqtt:\n  client:\n    server: wss://broker.test/mqtt\n    basicAuth: {name: user, password: hunter2-password}\n    httpHeaders: {Authorization: 'Bearer header-token-xyz'}\n    tlsConfig: {certFile: client.crt, keyFile: client.key}\ndevices:\n  - name: plc\n    driver: opcua\n    protocol: {endpoint: 'opc.tcp://127.0.0.1:4840', username: op, password: opcua-password-42, securityPolicy: Basic256Sha256, securityMode: SignAndEncrypt}\n    properties:\n      - {name: t, nodeId: 'ns=2;s=T', type: float64}\n";
+    let r = load_str(yaml, "c.yaml", dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    // The secrets were read ...
+    let s = &r.sessions[0];
+    assert_eq!(
+        s.password.as_ref().map(Secret::expose),
+        Some("hunter2-password")
+    );
+    assert_eq!(s.http_headers[0].1.expose(), "Bearer header-token-xyz");
+    assert!(s
+        .tls
+        .key_pem
+        .as_ref()
+        .is_some_and(|k| k.expose().contains("TOPSECRET")));
+    // ... and no formatting of the whole config shows any of them.
+    let shown = format!("{r:?}\n{r:#?}\n{}", s.password.as_ref().unwrap());
+    for secret in [
+        "hunter2-password",
+        "header-token-xyz",
+        "TOPSECRETKEYMATERIAL",
+        "metrics-token-0123456789",
+        "opcua-password-42",
+    ] {
+        assert!(
+            !shown.contains(secret),
+            "{secret} shows in the resolved config's Debug output"
+        );
+    }
+    assert!(shown.contains("Secret(..)"));
 }

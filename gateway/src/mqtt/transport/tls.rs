@@ -51,7 +51,7 @@ pub fn tls_client_config(tls: &TlsSettings) -> Result<Arc<rustls::ClientConfig>,
             let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| TransportError::Tls(format!("client certificate: {e}")))?;
-            let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+            let key = PrivateKeyDer::from_pem_slice(key.expose().as_bytes())
                 .map_err(|e| TransportError::Tls(format!("client key: {e}")))?;
             builder
                 .with_client_auth_cert(chain, key)
