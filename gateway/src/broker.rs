@@ -155,6 +155,9 @@ pub struct EmbeddedBroker {
     listen: SocketAddr,
     listen_v5: Option<SocketAddr>,
     thread: JoinHandle<()>,
+    /// Closed when the broker thread ends (returns or panics): its sender
+    /// lives in the thread and is dropped with it.
+    ended: tokio::sync::watch::Receiver<()>,
 }
 
 impl EmbeddedBroker {
@@ -181,6 +184,14 @@ impl EmbeddedBroker {
     /// False once the broker's listeners have all stopped.
     pub fn is_running(&self) -> bool {
         !self.thread.is_finished()
+    }
+
+    /// Resolves once the broker thread has ended, without polling.
+    pub async fn ended(&self) {
+        let mut ended = self.ended.clone();
+        // Never sent to: `changed` returns (an error) when the sender is
+        // dropped, i.e. when the thread ends.
+        let _ = ended.changed().await;
     }
 }
 
@@ -217,9 +228,11 @@ pub fn start_with(options: BrokerOptions) -> Result<EmbeddedBroker, BrokerError>
 
     let config = options.rumqttd_config();
     let (done_tx, done_rx) = mpsc::channel::<String>();
+    let (alive, ended) = tokio::sync::watch::channel(());
     let thread = std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
+            let _alive = alive;
             let mut broker = Broker::new(config);
             let reason = match broker.start() {
                 Ok(()) => "its listener stopped (see the log for the reason)".to_owned(),
@@ -280,6 +293,7 @@ pub fn start_with(options: BrokerOptions) -> Result<EmbeddedBroker, BrokerError>
         listen: options.listen,
         listen_v5: options.listen_v5,
         thread,
+        ended,
     })
 }
 

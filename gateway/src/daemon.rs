@@ -358,11 +358,7 @@ fn health_target(supervisor: &Supervisor, current: &Resolved) -> Option<health::
 #[cfg(feature = "broker")]
 async fn broker_ended(broker: &Option<crate::broker::EmbeddedBroker>) {
     match broker {
-        Some(b) => {
-            while b.is_running() {
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-        }
+        Some(b) => b.ended().await,
         None => std::future::pending().await,
     }
 }
