@@ -107,12 +107,11 @@ async fn wait_state(ha: &HomeAssistant, entity: &str, state: &str) -> Value {
     .unwrap_or(Value::Null)
 }
 
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(t0.elapsed() < WAIT, "{what} not seen within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    assert!(
+        support::wait_until_async(WAIT, cond).await,
+        "{what} not seen within {WAIT:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
