@@ -164,7 +164,7 @@ pub fn parse_set(
         }
         match to_raw(prop, value) {
             Ok(raw) => writes.push((index, raw)),
-            Err(reason) => errors.push((key.clone(), reason)),
+            Err(reason) => errors.push((key.clone(), reason.to_string())),
         }
     }
     if errors.is_empty() && writes.is_empty() {
@@ -214,42 +214,137 @@ fn label_list(prop: &PropertySemantics) -> String {
         .join(", ")
 }
 
+/// Why one requested `$set` value cannot be written; the text goes into
+/// the result's `errors` under the property's name.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SetValueError {
+    /// An enum property got something other than a label.
+    #[error("expected one of the labels {labels}, got {got}")]
+    NotALabel {
+        /// The allowed labels, quoted and comma-separated.
+        labels: String,
+        /// The JSON kind received (`a number`, …).
+        got: &'static str,
+    },
+    /// An enum property got a label it does not have.
+    #[error("unknown label \"{label}\"; allowed: {labels}")]
+    UnknownLabel {
+        /// The label received.
+        label: String,
+        /// The allowed labels, quoted and comma-separated.
+        labels: String,
+    },
+    /// A `bool` property got something else.
+    #[error("expected true or false, got {0}")]
+    NotABool(&'static str),
+    /// A `string` property got something else.
+    #[error("expected a string, got {0}")]
+    NotAString(&'static str),
+    /// A `bytes` property got something other than a string.
+    #[error("expected a hex string of bytes, got {0}")]
+    NotHexText(&'static str),
+    /// A numeric property got something else.
+    #[error("expected a number, got {0}")]
+    NotANumber(&'static str),
+    /// Hex text of odd length.
+    #[error("expected an even-length hex string, got {0} characters")]
+    OddHexLength(usize),
+    /// A character that is not a hex digit.
+    #[error("expected a hex string, found {found:?} at position {position}")]
+    BadHexDigit {
+        /// The character.
+        found: char,
+        /// Its 0-based byte position.
+        position: usize,
+    },
+    /// NaN or infinite.
+    #[error("{0} is not a finite number")]
+    NotFinite(Number),
+    /// Below the property's `min`.
+    #[error("{value} is below the minimum {min}")]
+    BelowMin {
+        /// The value received.
+        value: Number,
+        /// The property's `min`.
+        min: f64,
+    },
+    /// Above the property's `max`.
+    #[error("{value} is above the maximum {max}")]
+    AboveMax {
+        /// The value received.
+        value: Number,
+        /// The property's `max`.
+        max: f64,
+    },
+    /// A fraction for an unscaled integer property.
+    #[error("expected an integer for {ty}, got {value}")]
+    NotAnInteger {
+        /// The property's type.
+        ty: DataType,
+        /// The value received.
+        value: Number,
+    },
+    /// Scaling back to the raw value overflowed.
+    #[error("{0} is not finite after scaling")]
+    NotFiniteAfterScaling(Number),
+    /// The raw value (after inverse scaling) is outside the raw type.
+    #[error("{value} does not fit {ty} after scaling (raw {raw})")]
+    OutOfRangeAfterScaling {
+        /// The value received.
+        value: Number,
+        /// The raw type.
+        ty: DataType,
+        /// The raw value it scales to.
+        raw: f64,
+    },
+    /// The value is outside the raw type.
+    #[error("{value} does not fit {ty}")]
+    OutOfRange {
+        /// The value received.
+        value: Number,
+        /// The raw type.
+        ty: DataType,
+    },
+}
+
 /// Converts one requested value (published units, or a label) to the raw
 /// value to write, or says why it cannot be written.
-fn to_raw(prop: &PropertySemantics, value: &serde_json::Value) -> Result<Value, String> {
+fn to_raw(prop: &PropertySemantics, value: &serde_json::Value) -> Result<Value, SetValueError> {
     if !prop.enum_entries().is_empty() {
         let Some(label) = value.as_str() else {
-            return Err(format!(
-                "expected one of the labels {}, got {}",
-                label_list(prop),
-                kind_of(value)
-            ));
+            return Err(SetValueError::NotALabel {
+                labels: label_list(prop),
+                got: kind_of(value),
+            });
         };
         return prop
             .enum_entries()
             .iter()
             .find(|e| e.label == label)
             .map(|e| e.raw.clone())
-            .ok_or_else(|| format!("unknown label \"{label}\"; allowed: {}", label_list(prop)));
+            .ok_or_else(|| SetValueError::UnknownLabel {
+                label: label.to_owned(),
+                labels: label_list(prop),
+            });
     }
     match prop.data_type {
         DataType::Bool => value
             .as_bool()
             .map(Value::Bool)
-            .ok_or_else(|| format!("expected true or false, got {}", kind_of(value))),
+            .ok_or_else(|| SetValueError::NotABool(kind_of(value))),
         DataType::String => value
             .as_str()
             .map(|s| Value::String(s.to_owned()))
-            .ok_or_else(|| format!("expected a string, got {}", kind_of(value))),
+            .ok_or_else(|| SetValueError::NotAString(kind_of(value))),
         DataType::Bytes => {
             let s = value
                 .as_str()
-                .ok_or_else(|| format!("expected a hex string of bytes, got {}", kind_of(value)))?;
+                .ok_or_else(|| SetValueError::NotHexText(kind_of(value)))?;
             parse_hex(s).map(Value::Bytes)
         }
         data_type => {
             let serde_json::Value::Number(n) = value else {
-                return Err(format!("expected a number, got {}", kind_of(value)));
+                return Err(SetValueError::NotANumber(kind_of(value)));
             };
             numeric_raw(prop, data_type, n)
         }
@@ -257,20 +352,18 @@ fn to_raw(prop: &PropertySemantics, value: &serde_json::Value) -> Result<Value, 
 }
 
 /// Decodes an even-length hex string.
-fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
+fn parse_hex(s: &str) -> Result<Vec<u8>, SetValueError> {
     if !s.len().is_multiple_of(2) {
-        return Err(format!(
-            "expected an even-length hex string, got {} characters",
-            s.chars().count()
-        ));
+        return Err(SetValueError::OddHexLength(s.chars().count()));
     }
-    let digit = |i: usize, c: u8| -> Result<u8, String> {
-        (c as char).to_digit(16).map(|d| d as u8).ok_or_else(|| {
-            format!(
-                "expected a hex string, found {:?} at position {i}",
-                c as char
-            )
-        })
+    let digit = |position: usize, c: u8| -> Result<u8, SetValueError> {
+        (c as char)
+            .to_digit(16)
+            .map(|d| d as u8)
+            .ok_or(SetValueError::BadHexDigit {
+                found: c as char,
+                position,
+            })
     };
     s.as_bytes()
         .chunks_exact(2)
@@ -280,15 +373,25 @@ fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
 }
 
 /// Checks bounds and converts a number in published units to the raw value.
-fn numeric_raw(prop: &PropertySemantics, data_type: DataType, n: &Number) -> Result<Value, String> {
+fn numeric_raw(
+    prop: &PropertySemantics,
+    data_type: DataType,
+    n: &Number,
+) -> Result<Value, SetValueError> {
     let Some(v) = n.as_f64().filter(|v| v.is_finite()) else {
-        return Err(format!("{n} is not a finite number"));
+        return Err(SetValueError::NotFinite(n.clone()));
     };
     if let Some(min) = prop.min().filter(|min| v < *min) {
-        return Err(format!("{n} is below the minimum {min}"));
+        return Err(SetValueError::BelowMin {
+            value: n.clone(),
+            min,
+        });
     }
     if let Some(max) = prop.max().filter(|max| v > *max) {
-        return Err(format!("{n} is above the maximum {max}"));
+        return Err(SetValueError::AboveMax {
+            value: n.clone(),
+            max,
+        });
     }
     let scaling = scaling(prop);
     if let Some((lo, hi)) = data_type.integer_range() {
@@ -299,39 +402,53 @@ fn numeric_raw(prop: &PropertySemantics, data_type: DataType, n: &Number) -> Res
         let raw = match (scaling, exact) {
             (None, Some(raw)) => raw,
             (None, None) if v.fract() != 0.0 => {
-                return Err(format!("expected an integer for {data_type}, got {n}"));
+                return Err(SetValueError::NotAnInteger {
+                    ty: data_type,
+                    value: n.clone(),
+                });
             }
             (None, None) => v as i128,
             (Some((scale, offset)), _) => {
                 let r = round_significant((v - offset) / scale).round();
                 if !r.is_finite() {
-                    return Err(format!("{n} is not finite after scaling"));
+                    return Err(SetValueError::NotFiniteAfterScaling(n.clone()));
                 }
                 if r < lo as f64 || r > hi as f64 {
-                    return Err(format!(
-                        "{n} does not fit {data_type} after scaling (raw {r})"
-                    ));
+                    return Err(SetValueError::OutOfRangeAfterScaling {
+                        value: n.clone(),
+                        ty: data_type,
+                        raw: r,
+                    });
                 }
                 r as i128
             }
         };
-        return Value::integer_of(data_type, raw)
-            .ok_or_else(|| format!("{n} does not fit {data_type}"));
+        return Value::integer_of(data_type, raw).ok_or_else(|| SetValueError::OutOfRange {
+            value: n.clone(),
+            ty: data_type,
+        });
     }
     let raw = match scaling {
         None => v,
         Some((scale, offset)) => round_significant((v - offset) / scale),
     };
     if !raw.is_finite() {
-        return Err(format!("{n} is not finite after scaling"));
+        return Err(SetValueError::NotFiniteAfterScaling(n.clone()));
+    }
+    if data_type == DataType::Float32 && raw.abs() > f64::from(f32::MAX) {
+        return Err(match scaling {
+            None => SetValueError::OutOfRange {
+                value: n.clone(),
+                ty: data_type,
+            },
+            Some(_) => SetValueError::OutOfRangeAfterScaling {
+                value: n.clone(),
+                ty: data_type,
+                raw,
+            },
+        });
     }
     if data_type == DataType::Float32 {
-        if raw.abs() > f64::from(f32::MAX) {
-            return Err(match scaling {
-                None => format!("{n} does not fit float32"),
-                Some(_) => format!("{n} does not fit float32 after scaling (raw {raw})"),
-            });
-        }
         return Ok(Value::Float(f64::from(raw as f32)));
     }
     Ok(Value::Float(raw))

@@ -55,8 +55,19 @@ pub struct Options {
     pub timeout: Duration,
 }
 
+/// Why a variable's data type has no fieldgate type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnmappedType {
+    /// The server did not give the data type.
+    #[error("its data type could not be read")]
+    Unread,
+    /// A structure, enumeration or other non-built-in type.
+    #[error("data type {0} is a structure, enumeration or other type fieldgate does not map")]
+    Unsupported(String),
+}
+
 /// The fieldgate type of an OPC-UA built-in data type NodeId, or why not.
-pub fn type_of(data_type: &str) -> Result<&'static str, String> {
+pub fn type_of(data_type: &str) -> Result<&'static str, UnmappedType> {
     Ok(match data_type {
         "i=1" => "bool",
         "i=2" => "int8",
@@ -76,12 +87,8 @@ pub fn type_of(data_type: &str) -> Result<&'static str, String> {
         "i=26" => "float64", // Number
         "i=27" => "int64",   // Integer
         "i=28" => "uint64",  // UInteger
-        "" => return Err("its data type could not be read".into()),
-        other => {
-            return Err(format!(
-                "data type {other} is a structure, enumeration or other type fieldgate does not map"
-            ))
-        }
+        "" => return Err(UnmappedType::Unread),
+        other => return Err(UnmappedType::Unsupported(other.to_owned())),
     })
 }
 

@@ -12,9 +12,64 @@ use fieldgate_drivers::modbus::{Parity, RegisterKind, SerialSettings, Transport}
 /// The four orders, in table order.
 pub const ORDERS: [&str; 4] = ["ABCD", "BADC", "CDAB", "DCBA"];
 
+/// Why a `probe modbus` argument cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeArgError {
+    /// `rtu:` without a port.
+    #[error("rtu: needs a serial port, e.g. rtu:/dev/ttyUSB0?baud=9600")]
+    NoSerialPort,
+    /// A serial setting whose value does not parse.
+    #[error("invalid `{setting}` in {target}")]
+    BadSetting {
+        /// `key=value` as written.
+        setting: String,
+        /// The whole target.
+        target: String,
+    },
+    /// A parity other than none, even, odd.
+    #[error("invalid `{setting}` in {target}: parity is none, even or odd")]
+    BadParity {
+        /// `parity=…` as written.
+        setting: String,
+        /// The whole target.
+        target: String,
+    },
+    /// A serial setting fieldgate does not know.
+    #[error("unknown `{key}` in {target}; allowed: baud, parity, dataBits, stopBits")]
+    UnknownSetting {
+        /// The key as written.
+        key: String,
+        /// The whole target.
+        target: String,
+    },
+    /// Not a TCP, RTU-over-TCP or RTU target.
+    #[error("`{0}`: write tcp://HOST:PORT, rtu+tcp://HOST:PORT or rtu:/dev/ttyUSB0?baud=9600")]
+    BadTarget(String),
+    /// A unit range that does not parse or runs backwards.
+    #[error("invalid unit range `{0}`: use ids 0-255, e.g. 1-247 or 1,3")]
+    BadUnits(String),
+    /// `--units` lists nothing.
+    #[error("no unit ids given")]
+    NoUnits,
+    /// A register range that does not parse.
+    #[error("invalid register range `{0}`: write holding:0-99 or input:0-9")]
+    BadRegisters(String),
+    /// A register table other than holding or input.
+    #[error(
+        "invalid register range `{0}`: write holding:0-99 or input:0-9; tables: holding, input"
+    )]
+    BadTable(String),
+    /// A range that runs backwards or spans 2000 registers or more.
+    #[error("invalid register range `{0}`: write holding:0-99 or input:0-9: at most 2000 registers per range")]
+    TooManyRegisters(String),
+    /// `--registers` lists nothing.
+    #[error("no register range given")]
+    NoRegisters,
+}
+
 /// Parses `tcp://HOST[:PORT]`, `rtu+tcp://HOST:PORT` or
 /// `rtu:PORT?baud=9600&parity=none&dataBits=8&stopBits=1`.
-pub fn parse_target(s: &str) -> Result<Transport, String> {
+pub fn parse_target(s: &str) -> Result<Transport, ProbeArgError> {
     let with_port = |hp: &str| -> String {
         if hp
             .rsplit_once(':')
@@ -39,7 +94,7 @@ pub fn parse_target(s: &str) -> Result<Transport, String> {
         let rest = rest.strip_prefix("//").unwrap_or(rest);
         let (port, query) = rest.split_once('?').unwrap_or((rest, ""));
         if port.is_empty() {
-            return Err("rtu: needs a serial port, e.g. rtu:/dev/ttyUSB0?baud=9600".into());
+            return Err(ProbeArgError::NoSerialPort);
         }
         let mut settings = SerialSettings {
             port: port.to_string(),
@@ -50,7 +105,10 @@ pub fn parse_target(s: &str) -> Result<Transport, String> {
         };
         for kv in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            let bad = || format!("invalid `{kv}` in {s}");
+            let bad = || ProbeArgError::BadSetting {
+                setting: kv.to_owned(),
+                target: s.to_owned(),
+            };
             match k {
                 "baud" | "baudRate" => settings.baud_rate = v.parse().map_err(|_| bad())?,
                 "dataBits" => settings.data_bits = v.parse().map_err(|_| bad())?,
@@ -60,29 +118,33 @@ pub fn parse_target(s: &str) -> Result<Transport, String> {
                         "none" => Parity::None,
                         "even" => Parity::Even,
                         "odd" => Parity::Odd,
-                        _ => return Err(format!("{}: parity is none, even or odd", bad())),
+                        _ => {
+                            return Err(ProbeArgError::BadParity {
+                                setting: kv.to_owned(),
+                                target: s.to_owned(),
+                            })
+                        }
                     }
                 }
                 _ => {
-                    return Err(format!(
-                        "unknown `{k}` in {s}; allowed: baud, parity, dataBits, stopBits"
-                    ))
+                    return Err(ProbeArgError::UnknownSetting {
+                        key: k.to_owned(),
+                        target: s.to_owned(),
+                    })
                 }
             }
         }
         return Ok(Transport::Rtu(settings));
     }
-    Err(format!(
-        "`{s}`: write tcp://HOST:PORT, rtu+tcp://HOST:PORT or rtu:/dev/ttyUSB0?baud=9600"
-    ))
+    Err(ProbeArgError::BadTarget(s.to_owned()))
 }
 
 /// Parses `1-247` or `1,3,10-12` into unit ids.
-pub fn parse_units(s: &str) -> Result<Vec<u8>, String> {
+pub fn parse_units(s: &str) -> Result<Vec<u8>, ProbeArgError> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (a, b) = part.split_once('-').unwrap_or((part, part));
-        let bad = || format!("invalid unit range `{part}`: use ids 0-255, e.g. 1-247 or 1,3");
+        let bad = || ProbeArgError::BadUnits(part.to_owned());
         let a: u8 = a.trim().parse().map_err(|_| bad())?;
         let b: u8 = b.trim().parse().map_err(|_| bad())?;
         if a > b {
@@ -92,32 +154,32 @@ pub fn parse_units(s: &str) -> Result<Vec<u8>, String> {
     }
     out.dedup();
     if out.is_empty() {
-        return Err("no unit ids given".into());
+        return Err(ProbeArgError::NoUnits);
     }
     Ok(out)
 }
 
 /// Parses `holding:0-99` (or `input:…`, a single address, several separated by commas).
-pub fn parse_registers(s: &str) -> Result<Vec<Range>, String> {
+pub fn parse_registers(s: &str) -> Result<Vec<Range>, ProbeArgError> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let bad = || format!("invalid register range `{part}`: write holding:0-99 or input:0-9");
+        let bad = || ProbeArgError::BadRegisters(part.to_owned());
         let (kind, span) = part.split_once(':').ok_or_else(bad)?;
         let kind = match kind {
             "holding" => RegisterKind::Holding,
             "input" => RegisterKind::Input,
-            _ => return Err(format!("{}; tables: holding, input", bad())),
+            _ => return Err(ProbeArgError::BadTable(part.to_owned())),
         };
         let (a, b) = span.split_once('-').unwrap_or((span, span));
         let first: u16 = a.trim().parse().map_err(|_| bad())?;
         let last: u16 = b.trim().parse().map_err(|_| bad())?;
         if first > last || last - first >= 2000 {
-            return Err(format!("{}: at most 2000 registers per range", bad()));
+            return Err(ProbeArgError::TooManyRegisters(part.to_owned()));
         }
         out.push(Range { kind, first, last });
     }
     if out.is_empty() {
-        return Err("no register range given".into());
+        return Err(ProbeArgError::NoRegisters);
     }
     Ok(out)
 }
@@ -404,7 +466,7 @@ pub struct Options {
 
 /// Runs the probe; the exit code.
 pub fn run(o: Options) -> i32 {
-    let parsed = (|| -> Result<(Transport, Vec<u8>, Vec<Range>), String> {
+    let parsed = (|| -> Result<(Transport, Vec<u8>, Vec<Range>), ProbeArgError> {
         let t = parse_target(&o.target)?;
         let units = parse_units(&o.units)?;
         let mut ranges = Vec::new();

@@ -508,9 +508,46 @@ fn header_value_ok(v: &str) -> bool {
         .all(|b| b == b' ' || b == b'\t' || (0x21..0x7f).contains(&b))
 }
 
+/// Why a `server` URL cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServerError {
+    /// `unix://` without a socket path.
+    #[error("server `{0}` has no socket path; write e.g. unix:///run/mosquitto/mqtt.sock")]
+    NoSocketPath(String),
+    /// A scheme fieldgate does not speak.
+    #[error("unknown server scheme `{0}`; allowed: tcp, ssl, tls, tcps, ws, wss, unix")]
+    UnknownScheme(String),
+    /// Nothing between the scheme and the path.
+    #[error("server `{0}` has no host; write e.g. tcp://127.0.0.1:1883")]
+    NoHost(String),
+    /// Credentials in the URL; only the scheme and host are kept (the part
+    /// before `@` is likely a password and is never echoed).
+    #[error("server `{scheme}://…@{host}`: a user name or password in the URL is not supported (it would show in logs and `check`); use basicAuth")]
+    Credentials {
+        /// The scheme, lowercase.
+        scheme: String,
+        /// What follows the `@`.
+        host: String,
+    },
+    /// `[` of an IPv6 address without its `]`.
+    #[error("server `{0}`: unclosed `[`")]
+    UnclosedBracket(String),
+    /// The port is not a number in 1..65535.
+    #[error("server `{server}`: `{port}` is not a port (1..65535)")]
+    BadPort {
+        /// The URL as given.
+        server: String,
+        /// The port text as given.
+        port: String,
+    },
+    /// The host part is empty or holds a `/`.
+    #[error("server `{0}` has no valid host; write e.g. tcp://127.0.0.1:1883")]
+    BadHost(String),
+}
+
 /// Parses `scheme://host[:port]` (or `host[:port]`, meaning tcp),
 /// `ws[s]://host[:port][/path]` and `unix:///path/to/socket`.
-pub fn parse_server(s: &str) -> Result<ServerAddress, String> {
+pub fn parse_server(s: &str) -> Result<ServerAddress, ServerError> {
     let (scheme, rest) = match s.split_once("://") {
         Some((sc, r)) => (sc.to_ascii_lowercase(), r),
         None => ("tcp".to_string(), s),
@@ -522,41 +559,33 @@ pub fn parse_server(s: &str) -> Result<ServerAddress, String> {
         "wss" => 443,
         "unix" => {
             if rest.is_empty() || rest.contains('\0') {
-                return Err(format!(
-                    "server `{s}` has no socket path; write e.g. unix:///run/mosquitto/mqtt.sock"
-                ));
+                return Err(ServerError::NoSocketPath(s.to_owned()));
             }
             return Ok(ServerAddress::Unix {
                 path: PathBuf::from(rest),
             });
         }
-        other => {
-            return Err(format!(
-                "unknown server scheme `{other}`; allowed: tcp, ssl, tls, tcps, ws, wss, unix"
-            ))
-        }
+        other => return Err(ServerError::UnknownScheme(other.to_owned())),
     };
     let (authority, url_path) = match rest.find('/') {
         Some(i) if scheme == "ws" || scheme == "wss" => (&rest[..i], &rest[i..]),
         _ => (rest.trim_end_matches('/'), ""),
     };
     if authority.is_empty() {
-        return Err(format!(
-            "server `{s}` has no host; write e.g. tcp://127.0.0.1:1883"
-        ));
+        return Err(ServerError::NoHost(s.to_owned()));
     }
     if let Some((_, host)) = authority.rsplit_once('@') {
         // Not echoed: the part before `@` is likely a password.
-        return Err(format!(
-            "server `{scheme}://…@{host}`: a user name or password in the URL is not supported \
-             (it would show in logs and `check`); use basicAuth"
-        ));
+        return Err(ServerError::Credentials {
+            scheme,
+            host: host.to_owned(),
+        });
     }
     let (host, port) = if let Some(r) = authority.strip_prefix('[') {
         // [v6]:port
         let (h, p) = r
             .split_once(']')
-            .ok_or_else(|| format!("server `{s}`: unclosed `[`"))?;
+            .ok_or_else(|| ServerError::UnclosedBracket(s.to_owned()))?;
         (h.to_string(), p.strip_prefix(':'))
     } else {
         match authority.rsplit_once(':') {
@@ -567,16 +596,18 @@ pub fn parse_server(s: &str) -> Result<ServerAddress, String> {
     };
     let port = match port {
         None => default_port,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| format!("server `{s}`: `{p}` is not a port (1..65535)"))?,
+        Some(p) => {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| ServerError::BadPort {
+                    server: s.to_owned(),
+                    port: p.to_owned(),
+                })?
+        }
     };
     if host.is_empty() || host.contains('/') {
-        return Err(format!(
-            "server `{s}` has no valid host; write e.g. tcp://127.0.0.1:1883"
-        ));
+        return Err(ServerError::BadHost(s.to_owned()));
     }
     Ok(match scheme.as_str() {
         "ws" | "wss" => {

@@ -47,7 +47,7 @@ impl Ctx {
     }
 
     /// An error at `node`, key path `path`.
-    pub(crate) fn at(&mut self, node: &Node, path: &str, msg: impl Into<String>) {
+    pub(crate) fn at(&mut self, node: &Node, path: &str, msg: impl std::fmt::Display) {
         let (line, column) = node.pos();
         self.at_pos(line, column, path, msg);
     }
@@ -66,10 +66,10 @@ impl Ctx {
         line: usize,
         column: usize,
         path: &str,
-        msg: impl Into<String>,
+        msg: impl std::fmt::Display,
     ) {
         let (id, line) = super::sources::split(line);
-        let mut message = msg.into();
+        let mut message = msg.to_string();
         let file = match id.checked_sub(1).and_then(|i| self.files.get(i)) {
             Some(f) => {
                 if let Some(p) = &f.profile {
@@ -95,7 +95,13 @@ impl Ctx {
 
     /// An error at the key `keys[..]` (any alias) of mapping `map` (falls back
     /// to the mapping itself when the key is absent).
-    pub(crate) fn key(&mut self, map: &Node, path: &str, keys: &[&str], msg: impl Into<String>) {
+    pub(crate) fn key(
+        &mut self,
+        map: &Node,
+        path: &str,
+        keys: &[&str],
+        msg: impl std::fmt::Display,
+    ) {
         match map.entry(keys) {
             Some((k, _)) => {
                 let p = join(path, &k.text().unwrap_or_default());
@@ -106,7 +112,13 @@ impl Ctx {
     }
 
     /// An error at the value of `keys[..]` of mapping `map`.
-    pub(crate) fn val(&mut self, map: &Node, path: &str, keys: &[&str], msg: impl Into<String>) {
+    pub(crate) fn val(
+        &mut self,
+        map: &Node,
+        path: &str,
+        keys: &[&str],
+        msg: impl std::fmt::Display,
+    ) {
         match map.entry(keys) {
             Some((k, v)) => {
                 let p = join(path, &k.text().unwrap_or_default());

@@ -612,23 +612,78 @@ impl Loader<'_> {
     }
 }
 
+/// Why a literal of the config (an `enum` key, a simulator `constant`)
+/// does not fit its property's type; `what` names the literal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum LiteralError {
+    /// The literal's kind does not fit the type (a string for an int, …).
+    #[error("{what} {shown} does not fit the property's type `{ty}`")]
+    DoesNotFit {
+        /// `enum key` or `constant`.
+        what: &'static str,
+        /// The literal as [`Node::describe`] shows it.
+        shown: String,
+        /// The property's type.
+        ty: DataType,
+    },
+    /// An integer outside the type's range.
+    #[error("{what} `{value}` is out of range for `{ty}` ({lo}..={hi})")]
+    OutOfRange {
+        /// `enum key` or `constant`.
+        what: &'static str,
+        /// The integer as written.
+        value: i128,
+        /// The property's type.
+        ty: DataType,
+        /// The type's smallest value.
+        lo: i128,
+        /// The type's largest value.
+        hi: i128,
+    },
+    /// Text for a `bytes` property that is not hex.
+    #[error("{what} `{value}` is not hex bytes (e.g. \"01ff\")")]
+    NotHex {
+        /// `enum key` or `constant`.
+        what: &'static str,
+        /// The text as written.
+        value: String,
+    },
+}
+
+impl LiteralError {
+    /// The literal `node` (named `what`) does not fit type `ty`.
+    pub(crate) fn does_not_fit(what: &'static str, node: &Node, ty: DataType) -> Self {
+        LiteralError::DoesNotFit {
+            what,
+            shown: node.describe(),
+            ty,
+        }
+    }
+
+    /// Integer `value` (named `what`) is outside the range of `ty`.
+    pub(crate) fn out_of_range(what: &'static str, value: i128, ty: DataType) -> Self {
+        let (lo, hi) = ty.integer_range().unwrap_or_default();
+        LiteralError::OutOfRange {
+            what,
+            value,
+            ty,
+            lo,
+            hi,
+        }
+    }
+}
+
 /// The raw value an enum key node stands for, for type `t`.
-fn enum_raw(t: DataType, k: &Node) -> Result<Value, String> {
-    let bad = || {
-        format!(
-            "enum key {} does not fit the property's type `{t}`",
-            k.describe()
-        )
-    };
+fn enum_raw(t: DataType, k: &Node) -> Result<Value, LiteralError> {
+    const WHAT: &str = "enum key";
+    let bad = || LiteralError::does_not_fit(WHAT, k, t);
     match (&k.kind, t) {
         (Kind::Bool(b), DataType::Bool) => Ok(Value::Bool(*b)),
         (Kind::Str(s), DataType::Bool) if &**s == "true" || &**s == "false" => {
             Ok(Value::Bool(&**s == "true"))
         }
-        (Kind::Int(i), t) if t.is_integer() => Value::integer_of(t, i.get()).ok_or_else(|| {
-            let (lo, hi) = t.integer_range().unwrap_or_default();
-            format!("enum key `{i}` is out of range for `{t}` ({lo}..={hi})")
-        }),
+        (Kind::Int(i), t) if t.is_integer() => Value::integer_of(t, i.get())
+            .ok_or_else(|| LiteralError::out_of_range(WHAT, i.get(), t)),
         (Kind::Str(s), t) if t.is_integer() => match s.trim().parse::<i128>() {
             Ok(i) => Value::integer_of(t, i).ok_or_else(bad),
             Err(_) => Err(bad()),

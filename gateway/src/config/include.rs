@@ -53,15 +53,15 @@ pub fn full_pattern(base_dir: &Path, pattern: &str) -> String {
     }
 }
 
-/// The files a full pattern matches now, sorted; errors in the pattern are
-/// returned as text.
-pub fn matches(full: &str) -> Result<Vec<PathBuf>, String> {
+/// The files a full pattern matches now, sorted, or what is wrong with
+/// the pattern.
+pub fn matches(full: &str) -> Result<Vec<PathBuf>, glob::PatternError> {
     let opts = glob::MatchOptions {
         case_sensitive: true,
         require_literal_separator: true,
         require_literal_leading_dot: true,
     };
-    let paths = glob::glob_with(full, opts).map_err(|e| e.to_string())?;
+    let paths = glob::glob_with(full, opts)?;
     let mut out: Vec<PathBuf> = paths
         .filter_map(Result::ok)
         .filter(|p| p.is_file())

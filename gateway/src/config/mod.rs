@@ -103,8 +103,19 @@ pub(crate) fn config_path(base: &Path, f: &str) -> std::path::PathBuf {
     std::path::absolute(&full).unwrap_or(full)
 }
 
+/// A password file that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read password file `{}`: {source}", .path.display())]
+pub struct PasswordFileError {
+    /// The file, resolved against the config file's directory.
+    pub path: std::path::PathBuf,
+    /// Why it cannot be read (missing, too large, not UTF-8, …).
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// The first line of a password file, without its line ending.
-pub fn read_password_file(base: &Path, f: &str) -> Result<String, String> {
+pub fn read_password_file(base: &Path, f: &str) -> Result<String, PasswordFileError> {
     let p = Path::new(f);
     let full = if p.is_absolute() {
         p.to_path_buf()
@@ -120,10 +131,7 @@ pub fn read_password_file(base: &Path, f: &str) -> Result<String, String> {
             .unwrap_or("")
             .trim_end_matches('\r')
             .to_string()),
-        Err(e) => Err(format!(
-            "cannot read password file `{}`: {e}",
-            full.display()
-        )),
+        Err(source) => Err(PasswordFileError { path: full, source }),
     }
 }
 

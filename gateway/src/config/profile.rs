@@ -85,16 +85,53 @@ fn is_path(name: &str) -> bool {
     name.contains('/') || name.ends_with(".yaml") || name.ends_with(".yml")
 }
 
+/// Why a profile cannot be found or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// The profile file cannot be read.
+    #[error("cannot read profile {}: {source}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The profile file is not UTF-8 text.
+    #[error("profile {} is not UTF-8 text", .0.display())]
+    NotUtf8(PathBuf),
+    /// Neither a path nor a valid profile name.
+    #[error("invalid profile name `{0}`: use a built-in or local profile name, or a path ending in .yaml")]
+    InvalidName(String),
+    /// No local or built-in profile has this name.
+    #[error("unknown profile `{name}`{}; built-in profiles: {}; local profiles are {}/NAME.yaml; or give a path ending in .yaml (see `fieldgate profiles`)",
+        .suggestion.map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default(),
+        tree::list(.builtin),
+        .local_dir.display())]
+    Unknown {
+        /// The name as written.
+        name: String,
+        /// The closest built-in name, if one is close.
+        suggestion: Option<&'static str>,
+        /// Every built-in profile name.
+        builtin: Vec<&'static str>,
+        /// Where local profiles are looked for.
+        local_dir: PathBuf,
+    },
+}
+
 /// Finds profile `name`: a path (relative to `dir`), else a local profile,
 /// else a built-in one. A local profile of the same name as a built-in one
 /// overrides it.
-pub fn find(name: &str, dir: &Path) -> Result<Found, String> {
-    let read = |path: &Path| -> Result<String, String> {
+pub fn find(name: &str, dir: &Path) -> Result<Found, ProfileError> {
+    let read = |path: &Path| -> Result<String, ProfileError> {
         super::read_limited(path, MAX_PROFILE_BYTES)
-            .map_err(|e| format!("cannot read profile {}: {e}", path.display()))
+            .map_err(|source| ProfileError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
             .and_then(|b| {
-                String::from_utf8(b)
-                    .map_err(|_| format!("profile {} is not UTF-8 text", path.display()))
+                String::from_utf8(b).map_err(|_| ProfileError::NotUtf8(path.to_path_buf()))
             })
     };
     if is_path(name) {
@@ -112,9 +149,7 @@ pub fn find(name: &str, dir: &Path) -> Result<Found, String> {
         });
     }
     if !super::names::is_valid_name(name) {
-        return Err(format!(
-            "invalid profile name `{name}`: use a built-in or local profile name, or a path ending in .yaml"
-        ));
+        return Err(ProfileError::InvalidName(name.to_owned()));
     }
     let local = local_dir().join(format!("{name}.yaml"));
     if local.is_file() {
@@ -134,17 +169,13 @@ pub fn find(name: &str, dir: &Path) -> Result<Found, String> {
             text: b.text.to_string(),
         }),
         None => {
-            let names: Vec<&str> = BUILTIN.iter().map(|b| b.name).collect();
-            let mut m = format!("unknown profile `{name}`");
-            if let Some(s) = tree::did_you_mean(name, &names) {
-                m.push_str(&format!(" (did you mean `{s}`?)"));
-            }
-            m.push_str(&format!(
-                "; built-in profiles: {}; local profiles are {}/NAME.yaml; or give a path ending in .yaml (see `fieldgate profiles`)",
-                tree::list(&names),
-                local_dir().display()
-            ));
-            Err(m)
+            let builtin: Vec<&'static str> = BUILTIN.iter().map(|b| b.name).collect();
+            Err(ProfileError::Unknown {
+                name: name.to_owned(),
+                suggestion: tree::did_you_mean(name, &builtin),
+                builtin,
+                local_dir: local_dir(),
+            })
         }
     }
 }

@@ -7,12 +7,65 @@ use std::path::{Path, PathBuf};
 
 use super::types::SecretRef;
 
-/// Why a part of a reference is unusable: `Err((field, message))` names the
-/// offending field, `name` or `item`.
-pub fn check_ref(r: &SecretRef) -> Result<(), (&'static str, String)> {
+/// Why one part (`name` or `item`) of a reference is not a single file name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SegmentError {
+    /// The part is empty.
+    #[error("is empty")]
+    Empty,
+    /// The part is `.` or `..`.
+    #[error("must not be `.` or `..`")]
+    Dot,
+    /// The part holds `/` or NUL.
+    #[error("must be a single file name (no `/`)")]
+    NotAFileName,
+}
+
+/// A reference that could leave the secrets directory: `field` names the
+/// offending part, `name` or `item`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("secret {field} `{value}` {why}")]
+pub struct SecretRefError {
+    /// `name` or `item`.
+    pub field: &'static str,
+    /// Its value as written.
+    pub value: String,
+    /// What is wrong with it.
+    pub why: SegmentError,
+}
+
+/// Why a secret reference cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The reference itself is unusable.
+    #[error(transparent)]
+    Ref(#[from] SecretRefError),
+    /// The file it points at cannot be read.
+    #[error("cannot read secret `{name}` item `{item}` from `{}`: {source} (gateway.secretsDirectory is `{}`)", .file.display(), .secrets_dir.display())]
+    Read {
+        /// The secret's name.
+        name: String,
+        /// The item.
+        item: String,
+        /// The file read.
+        file: PathBuf,
+        /// `gateway.secretsDirectory`.
+        secrets_dir: PathBuf,
+        /// Why it cannot be read.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Checks that both parts of a reference are single file names.
+pub fn check_ref(r: &SecretRef) -> Result<(), SecretRefError> {
     for (field, value) in [("name", &r.name), ("item", &r.item)] {
         if let Err(why) = check_segment(value) {
-            return Err((field, format!("secret {field} `{value}` {why}")));
+            return Err(SecretRefError {
+                field,
+                value: value.clone(),
+                why,
+            });
         }
     }
     Ok(())
@@ -20,15 +73,15 @@ pub fn check_ref(r: &SecretRef) -> Result<(), (&'static str, String)> {
 
 /// One path segment: not empty, not `.`/`..`, no `/` or NUL, so a
 /// reference cannot leave the secrets directory.
-fn check_segment(s: &str) -> Result<(), &'static str> {
+fn check_segment(s: &str) -> Result<(), SegmentError> {
     if s.is_empty() {
-        return Err("is empty");
+        return Err(SegmentError::Empty);
     }
     if s == "." || s == ".." {
-        return Err("must not be `.` or `..`");
+        return Err(SegmentError::Dot);
     }
     if s.contains('/') || s.contains('\0') {
-        return Err("must be a single file name (no `/`)");
+        return Err(SegmentError::NotAFileName);
     }
     Ok(())
 }
@@ -39,19 +92,17 @@ pub fn path(secrets_dir: &Path, r: &SecretRef) -> PathBuf {
 }
 
 /// Reads the PEM text a reference points at (bounded like every PEM file).
-pub fn read(secrets_dir: &Path, r: &SecretRef) -> Result<String, String> {
-    check_ref(r).map_err(|(_, msg)| msg)?;
+pub fn read(secrets_dir: &Path, r: &SecretRef) -> Result<String, SecretError> {
+    check_ref(r)?;
     let file = path(secrets_dir, r);
     super::read_limited(&file, super::MAX_PEM_FILE_BYTES)
         .and_then(|b| String::from_utf8(b).map_err(std::io::Error::other))
-        .map_err(|e| {
-            format!(
-                "cannot read secret `{}` item `{}` from `{}`: {e} (gateway.secretsDirectory is `{}`)",
-                r.name,
-                r.item,
-                file.display(),
-                secrets_dir.display()
-            )
+        .map_err(|source| SecretError::Read {
+            name: r.name.clone(),
+            item: r.item.clone(),
+            file,
+            secrets_dir: secrets_dir.to_path_buf(),
+            source,
         })
 }
 
@@ -70,13 +121,13 @@ mod tests {
     fn references_stay_inside_the_secrets_directory() {
         assert!(check_ref(&r("mqtt-tls", "ca.crt")).is_ok());
         assert!(check_ref(&r("mqtt-tls", "..data")).is_ok());
-        assert_eq!(check_ref(&r("", "ca.crt")).unwrap_err().0, "name");
-        assert_eq!(check_ref(&r("..", "ca.crt")).unwrap_err().0, "name");
+        assert_eq!(check_ref(&r("", "ca.crt")).unwrap_err().field, "name");
+        assert_eq!(check_ref(&r("..", "ca.crt")).unwrap_err().field, "name");
         assert_eq!(
-            check_ref(&r("a", "../../etc/shadow")).unwrap_err().0,
+            check_ref(&r("a", "../../etc/shadow")).unwrap_err().field,
             "item"
         );
-        assert_eq!(check_ref(&r("a", ".")).unwrap_err().0, "item");
+        assert_eq!(check_ref(&r("a", ".")).unwrap_err().field, "item");
     }
 
     #[test]
@@ -85,7 +136,9 @@ mod tests {
         std::fs::create_dir(dir.path().join("mqtt-tls")).unwrap();
         std::fs::write(dir.path().join("mqtt-tls/ca.crt"), "PEM").unwrap();
         assert_eq!(read(dir.path(), &r("mqtt-tls", "ca.crt")).unwrap(), "PEM");
-        let e = read(dir.path(), &r("mqtt-tls", "tls.key")).unwrap_err();
+        let e = read(dir.path(), &r("mqtt-tls", "tls.key"))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("cannot read secret `mqtt-tls` item `tls.key`"),
             "{e}"

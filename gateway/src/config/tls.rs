@@ -8,6 +8,23 @@ use super::resolved::{Secret, TlsSettings};
 use super::tree::{join, Node};
 use super::types::{SecretRef, TlsOptions};
 
+/// Why a PEM item cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PemSourceError {
+    /// The secret reference cannot be read.
+    #[error(transparent)]
+    Secret(#[from] super::secrets::SecretError),
+    /// The file cannot be read.
+    #[error("cannot read `{}`: {source}", .path.display())]
+    File {
+        /// The file, resolved against the config file's directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// PEM text given inline (`…Pem`), as a file (relative to the config file)
 /// or as a secret reference (`…PemRef`, under `secrets`).
 fn pem_source(
@@ -16,12 +33,12 @@ fn pem_source(
     inline: Option<&str>,
     file: Option<&str>,
     reference: Option<&SecretRef>,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, PemSourceError> {
     if let Some(t) = inline.filter(|t| !t.trim().is_empty()) {
         return Ok(Some(t.to_string()));
     }
     if let Some(r) = reference {
-        return super::secrets::read(secrets, r).map(Some);
+        return Ok(Some(super::secrets::read(secrets, r)?));
     }
     let Some(f) = file.filter(|f| !f.is_empty()) else {
         return Ok(None);
@@ -35,7 +52,7 @@ fn pem_source(
     super::read_limited(&full, super::MAX_PEM_FILE_BYTES)
         .and_then(|b| String::from_utf8(b).map_err(std::io::Error::other))
         .map(Some)
-        .map_err(|e| format!("cannot read `{}`: {e}", full.display()))
+        .map_err(|source| PemSourceError::File { path: full, source })
 }
 
 /// Validates `tlsConfig`: one source per item, readable files, parseable PEM,
@@ -115,10 +132,10 @@ pub(super) fn check_tls(
             continue;
         }
         if let Some(r) = reference {
-            if let Err((field, msg)) = super::secrets::check_ref(r) {
+            if let Err(e) = super::secrets::check_ref(r) {
                 match tn.get(ref_key) {
-                    Some(rn) => ctx.val(rn, &join(tp, ref_key), &[field], msg),
-                    None => ctx.val(tn, tp, &[ref_key], msg),
+                    Some(rn) => ctx.val(rn, &join(tp, ref_key), &[e.field], e),
+                    None => ctx.val(tn, tp, &[ref_key], e),
                 }
                 continue;
             }

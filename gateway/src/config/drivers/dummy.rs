@@ -9,7 +9,7 @@ use fieldgate_drivers::{Connection, DataType, DeviceSpec, PropertyAddress, Prope
 
 use super::DriverConfig;
 use crate::config::ctx::Ctx;
-use crate::config::devices::{semantics, ParsedDevice};
+use crate::config::devices::{semantics, LiteralError, ParsedDevice};
 use crate::config::resolved::{EnumEntry, PropertySemantics};
 use crate::config::tree::{join, Kind, Node};
 use crate::config::types::*;
@@ -125,28 +125,27 @@ impl DriverConfig for Dummy {
 }
 
 /// The value a `constant:` node stands for, for type `t`.
-fn constant_value(t: DataType, v: &Node) -> Result<Value, String> {
-    let bad = || {
-        format!(
-            "constant {} does not fit the property's type `{t}`",
-            v.describe()
-        )
-    };
+fn constant_value(t: DataType, v: &Node) -> Result<Value, LiteralError> {
+    const WHAT: &str = "constant";
+    let bad = || LiteralError::does_not_fit(WHAT, v, t);
     match (&v.kind, t) {
         (Kind::Bool(b), DataType::Bool) => Ok(Value::Bool(*b)),
-        (Kind::Int(i), t) if t.is_integer() => Value::integer_of(t, i.get()).ok_or_else(|| {
-            let (lo, hi) = t.integer_range().unwrap_or_default();
-            format!("constant `{i}` is out of range for `{t}` ({lo}..={hi})")
-        }),
+        (Kind::Int(i), t) if t.is_integer() => Value::integer_of(t, i.get())
+            .ok_or_else(|| LiteralError::out_of_range(WHAT, i.get(), t)),
         (Kind::Float(f), t) if t.is_integer() && f.fract() == 0.0 => {
             Value::integer_of(t, *f as i128).ok_or_else(bad)
         }
         (Kind::Int(i), t) if t.is_float() => Ok(Value::Float(i.get() as f64)),
         (Kind::Float(f), t) if t.is_float() => Ok(Value::Float(*f)),
         (Kind::Str(s), DataType::String) => Ok(Value::String(s.to_string())),
-        (Kind::Str(s), DataType::Bytes) => decode_hex(s)
-            .map(Value::Bytes)
-            .ok_or_else(|| format!("constant `{s}` is not hex bytes (e.g. \"01ff\")")),
+        (Kind::Str(s), DataType::Bytes) => {
+            decode_hex(s)
+                .map(Value::Bytes)
+                .ok_or_else(|| LiteralError::NotHex {
+                    what: WHAT,
+                    value: s.to_string(),
+                })
+        }
         _ => Err(bad()),
     }
 }

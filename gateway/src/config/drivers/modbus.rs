@@ -462,15 +462,20 @@ fn a_reg(r: RegisterName) -> &'static str {
     }
 }
 
+/// A TCP endpoint that is not `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not `host:port` (e.g. 192.168.1.10:502)")]
+pub(crate) struct EndpointError(pub(crate) String);
+
 /// A TCP endpoint is `host:port`.
-fn check_endpoint(e: &str) -> Result<(), String> {
+fn check_endpoint(e: &str) -> Result<(), EndpointError> {
     let ok = e
         .rsplit_once(':')
         .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
     if ok {
         Ok(())
     } else {
-        Err(format!("`{e}` is not `host:port` (e.g. 192.168.1.10:502)"))
+        Err(EndpointError(e.to_owned()))
     }
 }
 

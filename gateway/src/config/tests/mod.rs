@@ -48,6 +48,7 @@ fn ok(yaml: &str) -> Resolved {
 
 const FAN: &str = "devices:\n  - name: fan\n    driver: dummy\n    model: fan\n";
 
+mod docs;
 mod drivers;
 mod mqtt;
 

@@ -53,11 +53,22 @@ fn mqtt_transports_and_options_resolve() {
     for (url, want) in cases {
         assert_eq!(crate::config::load::parse_server(url), Ok(want), "{url}");
     }
-    assert!(crate::config::load::parse_server("unix://").is_err());
-    assert!(crate::config::load::parse_server("quic://h").is_err());
+    use crate::config::client::ServerError;
+    assert_eq!(
+        crate::config::load::parse_server("unix://"),
+        Err(ServerError::NoSocketPath("unix://".into()))
+    );
+    let e = crate::config::load::parse_server("quic://h").unwrap_err();
+    assert_eq!(e, ServerError::UnknownScheme("quic".into()));
+    assert_eq!(
+        e.to_string(),
+        "unknown server scheme `quic`; allowed: tcp, ssl, tls, tcps, ws, wss, unix"
+    );
     // Credentials in the URL are refused without repeating them.
     for url in ["tcp://bob:s3cret@h:1883", "wss://bob:s3cret@h/mqtt"] {
-        let e = crate::config::load::parse_server(url).unwrap_err();
+        let e = crate::config::load::parse_server(url)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("basicAuth") && !e.contains("s3cret"), "{e}");
     }
     ok("mqtt:\n  client: {server: 'wss://h', protocolVersion: 5, resumeSubs: true, order: false, pingTimeout: 2s, writeTimeout: 1s, httpHeaders: {X-A: b, X-B: [c, d]}, tlsConfig: {insecureSkipVerify: true}}\n  message: {contentType: text/json, userProperties: {a: b}, messageExpiryInterval: 1m}\n");

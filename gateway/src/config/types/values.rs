@@ -18,16 +18,30 @@ impl HumanDuration {
     }
 }
 
+/// Text that is not a duration.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("`{text}` is not a duration ({source}); write e.g. 500ms, 30s, 10m")]
+pub struct DurationError {
+    /// The text as written.
+    pub text: String,
+    /// What the duration parser found wrong.
+    #[source]
+    pub source: humantime::DurationError,
+}
+
 impl FromStr for HumanDuration {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = DurationError;
+    fn from_str(s: &str) -> Result<Self, DurationError> {
         let t = s.trim();
         if t == "0" {
             return Ok(Self(Duration::ZERO));
         }
         humantime::parse_duration(t)
             .map(Self)
-            .map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. 500ms, 30s, 10m"))
+            .map_err(|source| DurationError {
+                text: s.to_owned(),
+                source,
+            })
     }
 }
 
@@ -61,15 +75,34 @@ impl JsonSchema for HumanDuration {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ByteSize(pub u64);
 
+/// Text that is not a byte size.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ByteSizeError {
+    /// No number in front.
+    #[error("`{0}` is not a size; write e.g. 64MiB")]
+    NotASize(String),
+    /// A unit fieldgate does not know.
+    #[error("unknown size unit `{unit}` in `{text}`; use B, KB, KiB, MB, MiB, GB or GiB")]
+    UnknownUnit {
+        /// The unit as written.
+        unit: String,
+        /// The whole text.
+        text: String,
+    },
+    /// More bytes than fit in 64 bits.
+    #[error("`{0}` is too large")]
+    TooLarge(String),
+}
+
 impl FromStr for ByteSize {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ByteSizeError;
+    fn from_str(s: &str) -> Result<Self, ByteSizeError> {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         let n: u64 = num
             .parse()
-            .map_err(|_| format!("`{s}` is not a size; write e.g. 64MiB"))?;
+            .map_err(|_| ByteSizeError::NotASize(s.to_owned()))?;
         let mult: u64 = match unit.trim() {
             "" | "B" => 1,
             "KB" | "kB" => 1000,
@@ -79,14 +112,15 @@ impl FromStr for ByteSize {
             "GB" => 1_000_000_000,
             "GiB" => 1 << 30,
             other => {
-                return Err(format!(
-                    "unknown size unit `{other}` in `{s}`; use B, KB, KiB, MB, MiB, GB or GiB"
-                ))
+                return Err(ByteSizeError::UnknownUnit {
+                    unit: other.to_owned(),
+                    text: s.to_owned(),
+                })
             }
         };
         n.checked_mul(mult)
             .map(Self)
-            .ok_or_else(|| format!("`{s}` is too large"))
+            .ok_or_else(|| ByteSizeError::TooLarge(s.to_owned()))
     }
 }
 

@@ -228,5 +228,7 @@ pub fn topic_problem(s: &str) -> Option<String> {
     if s.is_empty() {
         return Some("must not be empty".into());
     }
-    crate::config::load::check_topic(s).err()
+    crate::config::load::check_topic(s)
+        .err()
+        .map(|e| e.to_string())
 }

@@ -176,13 +176,30 @@ pub(crate) fn birth_metric(
     m
 }
 
+/// Why a DCMD metric carries no value a `$set` could take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CommandValueError {
+    /// The metric is marked null.
+    #[error("a null value cannot be written")]
+    Null,
+    /// The metric has no value at all.
+    #[error("the metric has no value")]
+    Missing,
+    /// A dataset, template or extension value.
+    #[error("datasets, templates and extensions cannot be written")]
+    Unsupported,
+    /// NaN or infinite.
+    #[error("the value is not finite")]
+    NotFinite,
+}
+
 /// A DCMD metric's value as the JSON value a `$set` would carry for `prop`
 /// (the `$set` validation then checks type, enum label and bounds).
-pub fn command_json(m: &Metric) -> Result<serde_json::Value, String> {
+pub fn command_json(m: &Metric) -> Result<serde_json::Value, CommandValueError> {
     use metric::Value as V;
     use serde_json::Value as J;
     if m.is_null == Some(true) {
-        return Err("a null value cannot be written".into());
+        return Err(CommandValueError::Null);
     }
     let dt = m.datatype.and_then(|d| DataType::try_from(d as i32).ok());
     Ok(match (&m.value, dt) {
@@ -197,15 +214,16 @@ pub fn command_json(m: &Metric) -> Result<serde_json::Value, String> {
         (Some(V::IntValue(i)), _) => J::from(*i),
         (Some(V::LongValue(l)), Some(DataType::Int64)) => J::from(*l as i64),
         (Some(V::LongValue(l)), _) => J::from(*l),
-        (None, _) => return Err("the metric has no value".into()),
-        (Some(_), _) => return Err("datasets, templates and extensions cannot be written".into()),
+        (None, _) => return Err(CommandValueError::Missing),
+        (Some(_), _) => return Err(CommandValueError::Unsupported),
     })
 }
 
-fn json_f64(f: f64) -> Result<serde_json::Value, String> {
+/// `f` as a JSON number (JSON has no NaN or infinity).
+fn json_f64(f: f64) -> Result<serde_json::Value, CommandValueError> {
     serde_json::Number::from_f64(f)
         .map(serde_json::Value::Number)
-        .ok_or_else(|| "the value is not finite".into())
+        .ok_or(CommandValueError::NotFinite)
 }
 
 /// Bytes from lowercase or uppercase hex (`None` for malformed text).
