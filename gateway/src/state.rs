@@ -404,7 +404,14 @@ fn push_json_str(buf: &mut Vec<u8>, s: &str) {
 
 /// One property's current value (as JSON) or the error of its last read;
 /// `None` while it was never read.
-pub type CurrentValue = Option<Result<serde_json::Value, String>>;
+pub type CurrentValue = Option<Result<serde_json::Value, PropertyError>>;
+
+/// Why a property has no current value: the error of its last read, or why
+/// that reading could not be published (serialized as the plain message).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(transparent)]
+#[error("{0}")]
+pub struct PropertyError(pub String);
 
 /// The live state of one device and its publish bookkeeping.
 pub struct DeviceState {
@@ -649,7 +656,7 @@ impl DeviceState {
             .map(|(slot, prop)| match slot {
                 Slot::Unread => None,
                 Slot::Value(v) => Some(Ok(v.to_json(prop))),
-                Slot::Error(e) => Some(Err(e.clone())),
+                Slot::Error(e) => Some(Err(PropertyError(e.clone()))),
             })
             .collect()
     }

@@ -666,12 +666,19 @@ fn scale_factor_problem(
 /// Points every property's `scaleFactor` at the index of the property it
 /// names (the config checks made sure there is one).
 fn link_scale_factors(props: &[(PropertyConfig, &Node, String)], sems: &mut [PropertySemantics]) {
+    if props.iter().all(|(p, ..)| p.scale_factor.is_none()) {
+        return;
+    }
+    let index: HashMap<Arc<str>, usize> = sems
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (Arc::clone(&s.name), i))
+        .collect();
     for (p, ..) in props {
         let Some(sf) = p.scale_factor.as_deref() else {
             continue;
         };
-        let position = |name: &str| sems.iter().position(|s| *s.name == *name);
-        let (Some(i), Some(j)) = (position(&p.name), position(sf)) else {
+        let (Some(&i), Some(&j)) = (index.get(p.name.as_str()), index.get(sf)) else {
             continue;
         };
         let name = Arc::clone(&sems[j].name);
