@@ -638,9 +638,13 @@ fn scale_factor_problem(
     }
     let Some((q, ..)) = names.get(sf).and_then(|&j| props.get(j)) else {
         let mut msg = format!("`scaleFactor: {sf}`: this device has no property `{sf}`");
+        // Suggest only what would be valid: another integer property.
         let closest = names
-            .keys()
-            .map(|n| (strsim::jaro_winkler(sf, n), n))
+            .iter()
+            .filter(|(n, &j)| {
+                **n != p.name && props.get(j).is_some_and(|(q, ..)| q.data_type.is_integer())
+            })
+            .map(|(n, _)| (strsim::jaro_winkler(sf, n), n))
             .filter(|(score, _)| *score >= 0.8)
             .max_by(|a, b| a.0.total_cmp(&b.0));
         if let Some((_, n)) = closest {
