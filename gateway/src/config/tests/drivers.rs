@@ -96,6 +96,7 @@ fn scale_factor_must_name_another_plain_integer_property() {
         "      - {name: x, type: int16, scaleFactor: w_sf, simulate: {constant: 1}}",
         "      - {name: y, type: int16, scaleFactor: x, simulate: {constant: 1}}",
         "      - {name: s, type: string, scaleFactor: x, simulate: {constant: a}}",
+        "      - {name: z, type: int16, scaleFactor: xx, simulate: {constant: 1}}",
     ];
     let e = errs(&format!(
         "devices:\n  - name: a\n    driver: dummy\n    properties:\n{}\n",
@@ -109,7 +110,13 @@ fn scale_factor_must_name_another_plain_integer_property() {
     has(
         &e,
         "c.yaml:6:46: devices[0].properties[1].scaleFactor: ",
-        "this device has no property `w_sff` (did you mean `w_sf`?)",
+        "this device has no property `w_sff`; name an integer property",
+    );
+    // A suggestion names only what would be valid: another integer property.
+    has(
+        &e,
+        "c.yaml:11:45: devices[0].properties[6].scaleFactor: ",
+        "this device has no property `xx` (did you mean `x`?)",
     );
     has(
         &e,
@@ -126,7 +133,7 @@ fn scale_factor_must_name_another_plain_integer_property() {
         "c.yaml:10:33: devices[0].properties[5].scaleFactor: ",
         "only to numeric types",
     );
-    assert_eq!(e.len(), 5, "{}", e.join("\n"));
+    assert_eq!(e.len(), 6, "{}", e.join("\n"));
 }
 
 #[test]
