@@ -8,7 +8,7 @@ use serde_json::{Map, Number};
 
 use crate::config::resolved::{DeviceSettings, PropertySemantics};
 use crate::config::types::PayloadEncode;
-use crate::state::{normalize, round_significant, scaling};
+use crate::state::{normalize, scaling, DeviceState, ScaleFactorError};
 
 pub mod rate;
 pub mod reply;
@@ -46,6 +46,10 @@ pub struct SetRequest {
     pub id: Option<serde_json::Value>,
     /// `(property index, raw value)` in the order given in the request.
     pub writes: Vec<(usize, Value)>,
+    /// Per write, the `scaleFactor` exponent its raw value was computed
+    /// with (`None`: the property has no `scaleFactor`), to report the
+    /// applied value in the same units.
+    pub exponents: Vec<Option<i32>>,
 }
 
 /// A `$set` that failed validation: nothing may be written.
@@ -95,11 +99,39 @@ fn kind_of(v: &serde_json::Value) -> &'static str {
     }
 }
 
-/// Decodes (per `encode`) and validates a `$set` payload.
+/// Decodes (per `encode`) and validates a `$set` payload for a device that
+/// has read nothing yet (a property with a `scaleFactor` cannot be set).
 pub fn parse_set(
     payload: &[u8],
     encode: PayloadEncode,
     device: &DeviceSettings,
+) -> Result<SetRequest, SetRejection> {
+    parse_set_with(payload, encode, device, |p| match p.scale_factor() {
+        None => Ok(None),
+        Some(sf) => Err(ScaleFactorError::Unread {
+            name: sf.name.clone(),
+        }),
+    })
+}
+
+/// Decodes (per `encode`) and validates a `$set` payload for a running
+/// device: `state` (the device's own) gives its `scaleFactor` readings.
+pub fn parse_set_in(
+    payload: &[u8],
+    encode: PayloadEncode,
+    device: &DeviceSettings,
+    state: &DeviceState,
+) -> Result<SetRequest, SetRejection> {
+    parse_set_with(payload, encode, device, |p| state.scale_exponent(p))
+}
+
+/// [`parse_set`] with `exponent` giving the current `scaleFactor` reading
+/// of a property.
+fn parse_set_with(
+    payload: &[u8],
+    encode: PayloadEncode,
+    device: &DeviceSettings,
+    exponent: impl Fn(&PropertySemantics) -> Result<Option<i32>, ScaleFactorError>,
 ) -> Result<SetRequest, SetRejection> {
     if payload.len() > MAX_SET_PAYLOAD {
         // Not the exact size: the bridge may have cut a huge message.
@@ -129,6 +161,7 @@ pub fn parse_set(
     let mut id = None;
     let mut errors = Vec::new();
     let mut writes = Vec::new();
+    let mut exponents = Vec::new();
     // The writable properties are listed with the first unknown key only.
     let mut listed_writable = false;
     for (key, value) in &map {
@@ -162,8 +195,19 @@ pub fn parse_set(
             errors.push((key.clone(), "property is read-only".to_owned()));
             continue;
         }
-        match to_raw(prop, value) {
-            Ok(raw) => writes.push((index, raw)),
+        // The inverse of a `scaleFactor` needs its current reading.
+        let exponent = match exponent(prop) {
+            Ok(e) => e,
+            Err(e) => {
+                errors.push((key.clone(), format!("cannot convert to the raw value: {e}")));
+                continue;
+            }
+        };
+        match to_raw(prop, value, exponent) {
+            Ok(raw) => {
+                writes.push((index, raw));
+                exponents.push(exponent);
+            }
             Err(reason) => errors.push((key.clone(), reason.to_string())),
         }
     }
@@ -171,7 +215,11 @@ pub fn parse_set(
         errors.push((PAYLOAD_KEY.to_owned(), "no properties to set".to_owned()));
     }
     if errors.is_empty() {
-        Ok(SetRequest { id, writes })
+        Ok(SetRequest {
+            id,
+            writes,
+            exponents,
+        })
     } else {
         Err(SetRejection { id, errors })
     }
@@ -308,8 +356,13 @@ pub enum SetValueError {
 }
 
 /// Converts one requested value (published units, or a label) to the raw
-/// value to write, or says why it cannot be written.
-fn to_raw(prop: &PropertySemantics, value: &serde_json::Value) -> Result<Value, SetValueError> {
+/// value to write, or says why it cannot be written; `exponent` is the
+/// current reading of the property's `scaleFactor`.
+fn to_raw(
+    prop: &PropertySemantics,
+    value: &serde_json::Value,
+    exponent: Option<i32>,
+) -> Result<Value, SetValueError> {
     if !prop.enum_entries().is_empty() {
         let Some(label) = value.as_str() else {
             return Err(SetValueError::NotALabel {
@@ -346,7 +399,7 @@ fn to_raw(prop: &PropertySemantics, value: &serde_json::Value) -> Result<Value, 
             let serde_json::Value::Number(n) = value else {
                 return Err(SetValueError::NotANumber(kind_of(value)));
             };
-            numeric_raw(prop, data_type, n)
+            numeric_raw(prop, data_type, n, exponent)
         }
     }
 }
@@ -377,6 +430,7 @@ fn numeric_raw(
     prop: &PropertySemantics,
     data_type: DataType,
     n: &Number,
+    exponent: Option<i32>,
 ) -> Result<Value, SetValueError> {
     let Some(v) = n.as_f64().filter(|v| v.is_finite()) else {
         return Err(SetValueError::NotFinite(n.clone()));
@@ -393,7 +447,7 @@ fn numeric_raw(
             max,
         });
     }
-    let scaling = scaling(prop);
+    let scaling = scaling(prop, exponent);
     if let Some((lo, hi)) = data_type.integer_range() {
         let exact = n
             .as_i64()
@@ -408,8 +462,8 @@ fn numeric_raw(
                 });
             }
             (None, None) => v as i128,
-            (Some((scale, offset)), _) => {
-                let r = round_significant((v - offset) / scale).round();
+            (Some(s), _) => {
+                let r = s.invert(v).round();
                 if !r.is_finite() {
                     return Err(SetValueError::NotFiniteAfterScaling(n.clone()));
                 }
@@ -430,7 +484,7 @@ fn numeric_raw(
     }
     let raw = match scaling {
         None => v,
-        Some((scale, offset)) => round_significant((v - offset) / scale),
+        Some(s) => s.invert(v),
     };
     if !raw.is_finite() {
         return Err(SetValueError::NotFiniteAfterScaling(n.clone()));
@@ -482,11 +536,13 @@ pub fn result_payload(
 ) -> Vec<u8> {
     let applied = applied.min(request.writes.len());
     let mut applied_map = Map::new();
-    for (index, raw) in &request.writes[..applied] {
+    for (n, (index, raw)) in request.writes[..applied].iter().enumerate() {
         let Some(prop) = device.properties.get(*index) else {
             continue;
         };
-        let value = normalize(prop, raw).map_or(serde_json::Value::Null, |p| p.to_json(prop));
+        let exponent = request.exponents.get(n).copied().flatten();
+        let value =
+            normalize(prop, raw, exponent).map_or(serde_json::Value::Null, |p| p.to_json(prop));
         applied_map.insert(prop.name.to_string(), value);
     }
     let mut errors = Map::new();

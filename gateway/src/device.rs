@@ -718,7 +718,7 @@ impl Actor {
             Some(_) => PayloadEncode::Raw,
             None => self.settings.message.payload_encode,
         };
-        match command::parse_set(&msg.payload, encoding, &self.settings) {
+        match command::parse_set_in(&msg.payload, encoding, &self.settings, &self.state) {
             Ok(request) => {
                 if queue.len() >= INBOX {
                     let rejection = command::SetRejection {

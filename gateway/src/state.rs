@@ -1,6 +1,7 @@
-//! Device state objects: normalization of raw readings (scale/offset, enum
-//! labels), per-property errors, and the publish policy (on-change with
-//! deadbands, heartbeat). Produces the JSON payloads of `T` and `T/$meta`.
+//! Device state objects: normalization of raw readings (scale/offset,
+//! `scaleFactor` exponents read from another property, enum labels),
+//! per-property errors, and the publish policy (on-change with deadbands,
+//! heartbeat). Produces the JSON payloads of `T` and `T/$meta`.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use fieldgate_drivers::{DataType, ReadCause, Readings, Value};
 use serde::Serialize;
 
-use crate::config::resolved::{DeviceSettings, PropertySemantics, PublishPolicy};
+use crate::config::resolved::{DeviceSettings, PropertySemantics, PublishPolicy, ScaleFactorRef};
 
 #[cfg(test)]
 pub(crate) mod tests;
@@ -82,12 +83,131 @@ fn same_raw(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// The `(scale, offset)` of a property, when either is set.
-pub(crate) fn scaling(prop: &PropertySemantics) -> Option<(f64, f64)> {
-    if prop.scale().is_none() && prop.offset().is_none() {
+/// How a property's raw number becomes its published one:
+/// published = raw × scale × 10^exponent + offset.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Scaling {
+    /// `scale` (1 when unset).
+    scale: f64,
+    /// The `scaleFactor` reading (0 without one).
+    exponent: i32,
+    /// `offset` (0 when unset).
+    offset: f64,
+}
+
+impl Scaling {
+    /// The published value of raw `x`.
+    pub(crate) fn apply(self, x: f64) -> f64 {
+        round_significant(times_pow10(x * self.scale, self.exponent) + self.offset)
+    }
+
+    /// The raw value of published `v` (the inverse of [`Scaling::apply`]).
+    pub(crate) fn invert(self, v: f64) -> f64 {
+        round_significant(times_pow10(v - self.offset, -self.exponent) / self.scale)
+    }
+}
+
+/// `x × 10^e`, dividing for negative `e` so that `2301 × 10^-1` is exactly
+/// the double nearest 230.1.
+fn times_pow10(x: f64, e: i32) -> f64 {
+    match e {
+        0 => x,
+        e if e < 0 => x / 10f64.powi(-e),
+        e => x * 10f64.powi(e),
+    }
+}
+
+/// The scaling of a property, when it has `scale`, `offset` or a
+/// `scaleFactor` (whose current reading is `exponent`; `None` counts as 0).
+pub(crate) fn scaling(prop: &PropertySemantics, exponent: Option<i32>) -> Option<Scaling> {
+    if !prop.is_scaled() {
         return None;
     }
-    Some((prop.scale().unwrap_or(1.0), prop.offset().unwrap_or(0.0)))
+    Some(Scaling {
+        scale: prop.scale().unwrap_or(1.0),
+        exponent: exponent.unwrap_or(0),
+        offset: prop.offset().unwrap_or(0.0),
+    })
+}
+
+/// The exponents a `scaleFactor` may read: SunSpec's range.
+pub const SCALE_FACTOR_RANGE: std::ops::RangeInclusive<i32> = -10..=10;
+
+/// Why a property with a `scaleFactor` has no value now: its scale factor
+/// is not usable (published in `errors` under the property's name).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScaleFactorError {
+    /// The scale factor was never read.
+    #[error("scale factor {name} not read yet")]
+    Unread {
+        /// The scale factor property.
+        name: Arc<str>,
+    },
+    /// The scale factor's last read failed.
+    #[error("scale factor {name} unavailable: {reason}")]
+    Failed {
+        /// The scale factor property.
+        name: Arc<str>,
+        /// Its error.
+        reason: String,
+    },
+    /// The scale factor reads its type's "not implemented" value (SunSpec:
+    /// 0x8000 for int16, the largest value for unsigned types).
+    #[error("scale factor {name} is not implemented by the device (reads {raw}, {hex})")]
+    NotImplemented {
+        /// The scale factor property.
+        name: Arc<str>,
+        /// Its reading.
+        raw: i128,
+        /// The reading in hex, as the register holds it.
+        hex: String,
+    },
+    /// The scale factor reads a value outside [`SCALE_FACTOR_RANGE`].
+    #[error("scale factor {name} reads {raw}, outside -10..=10")]
+    OutOfRange {
+        /// The scale factor property.
+        name: Arc<str>,
+        /// Its reading.
+        raw: i128,
+    },
+}
+
+/// The exponent that raw reading `raw` of scale factor `sf` (of type
+/// `data_type`) stands for.
+fn exponent_of(
+    sf: &ScaleFactorRef,
+    data_type: DataType,
+    raw: &Value,
+) -> Result<i32, ScaleFactorError> {
+    let name = || Arc::clone(&sf.name);
+    let Some(x) = raw.as_i128() else {
+        return Err(ScaleFactorError::Failed {
+            name: name(),
+            reason: "not an integer".to_owned(),
+        });
+    };
+    let unimplemented = match data_type.integer_range() {
+        Some((lo, _)) if lo < 0 => x == lo,
+        Some((_, hi)) => x == hi,
+        None => false,
+    };
+    if unimplemented {
+        // Integer types are 1 to 8 bytes: the reading as the register holds it.
+        let bytes = data_type.fixed_size().unwrap_or(8).min(8);
+        let mask = u128::from(u64::MAX) >> (64 - 8 * bytes);
+        return Err(ScaleFactorError::NotImplemented {
+            name: name(),
+            raw: x,
+            hex: format!("{:#0w$x}", (x as u128) & mask, w = 2 + 2 * bytes),
+        });
+    }
+    match i32::try_from(x) {
+        Ok(e) if SCALE_FACTOR_RANGE.contains(&e) => Ok(e),
+        _ => Err(ScaleFactorError::OutOfRange {
+            name: name(),
+            raw: x,
+        }),
+    }
 }
 
 /// A small stack buffer for formatting one number without allocating.
@@ -160,8 +280,12 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 /// Normalizes one raw reading of `prop` into its published form, or says why
-/// it cannot be published.
-pub(crate) fn normalize(prop: &PropertySemantics, raw: &Value) -> Result<Published, &'static str> {
+/// it cannot be published; `exponent` is the reading of its `scaleFactor`.
+pub(crate) fn normalize(
+    prop: &PropertySemantics,
+    raw: &Value,
+    exponent: Option<i32>,
+) -> Result<Published, &'static str> {
     if let Some(i) = prop
         .enum_entries()
         .iter()
@@ -171,13 +295,13 @@ pub(crate) fn normalize(prop: &PropertySemantics, raw: &Value) -> Result<Publish
     }
     // An unlabeled enum value is published as the raw number, unscaled.
     let scaling = if prop.enum_entries().is_empty() {
-        scaling(prop)
+        scaling(prop, exponent)
     } else {
         None
     };
     let scaled = |x: f64| -> Result<Published, &'static str> {
         let y = match scaling {
-            Some((scale, offset)) => round_significant(x * scale + offset),
+            Some(s) => s.apply(x),
             None => x,
         };
         if y.is_finite() {
@@ -280,7 +404,14 @@ fn push_json_str(buf: &mut Vec<u8>, s: &str) {
 
 /// One property's current value (as JSON) or the error of its last read;
 /// `None` while it was never read.
-pub type CurrentValue = Option<Result<serde_json::Value, String>>;
+pub type CurrentValue = Option<Result<serde_json::Value, PropertyError>>;
+
+/// Why a property has no current value: the error of its last read, or why
+/// that reading could not be published (serialized as the plain message).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(transparent)]
+#[error("{0}")]
+pub struct PropertyError(pub String);
 
 /// The live state of one device and its publish bookkeeping.
 pub struct DeviceState {
@@ -305,6 +436,16 @@ pub struct DeviceState {
     last_publish: Option<Instant>,
     /// Size of the last payload, to size the next one.
     last_len: usize,
+    /// The properties with a `scaleFactor`, when the device has any.
+    factors: Option<Box<Factors>>,
+}
+
+/// Bookkeeping of a device whose properties have `scaleFactor`s.
+struct Factors {
+    /// Indices of the properties with a `scaleFactor`, in device order.
+    scaled: Box<[usize]>,
+    /// Per property: read in the readings being applied (cleared after).
+    touched: Vec<bool>,
 }
 
 impl DeviceState {
@@ -331,7 +472,107 @@ impl DeviceState {
             policy: settings.publish,
             last_publish: None,
             last_len: 128,
+            factors: Self::factors(settings),
         }
+    }
+
+    /// The `scaleFactor` bookkeeping `settings` needs (`None`: no property has one).
+    fn factors(settings: &DeviceSettings) -> Option<Box<Factors>> {
+        let scaled: Box<[usize]> = settings
+            .properties
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.scale_factor().is_some())
+            .map(|(i, _)| i)
+            .collect();
+        (!scaled.is_empty()).then(|| {
+            Box::new(Factors {
+                scaled,
+                touched: vec![false; settings.properties.len()],
+            })
+        })
+    }
+
+    /// The current exponent of `prop`'s `scaleFactor` (`Ok(None)`: it has
+    /// none): the latest reading of the property it names, which must have
+    /// read a usable value.
+    pub(crate) fn scale_exponent(
+        &self,
+        prop: &PropertySemantics,
+    ) -> Result<Option<i32>, ScaleFactorError> {
+        let Some(sf) = prop.scale_factor() else {
+            return Ok(None);
+        };
+        let data_type = self
+            .settings
+            .properties
+            .get(sf.index)
+            .map_or(DataType::Int16, |p| p.data_type);
+        match (self.current.get(sf.index), self.last_raw.get(sf.index)) {
+            (Some(Slot::Value(_)), Some(Some(raw))) => exponent_of(sf, data_type, raw).map(Some),
+            (Some(Slot::Error(reason)), _) => Err(ScaleFactorError::Failed {
+                name: Arc::clone(&sf.name),
+                reason: reason.clone(),
+            }),
+            _ => Err(ScaleFactorError::Unread {
+                name: Arc::clone(&sf.name),
+            }),
+        }
+    }
+
+    /// Second step of [`DeviceState::apply`] for a device with
+    /// `scaleFactor`s: every property with one whose own reading or whose
+    /// scale factor's reading came in `readings` is normalized again with
+    /// the scale factor as it now reads (an unusable one makes the property
+    /// an error). Returns whether one of them changed against what was
+    /// last published.
+    fn apply_factors(&mut self, readings: &Readings) -> bool {
+        let Some(mut factors) = self.factors.take() else {
+            return false;
+        };
+        for (index, _) in &readings.values {
+            if let Some(t) = factors.touched.get_mut(*index) {
+                *t = true;
+            }
+        }
+        let mut changed = false;
+        for &i in factors.scaled.iter() {
+            let Some(prop) = self.settings.properties.get(i) else {
+                continue;
+            };
+            let sf_index = prop.scale_factor().map_or(i, |sf| sf.index);
+            let touched = |j: usize| factors.touched.get(j).copied().unwrap_or(false);
+            if !touched(i) && !touched(sf_index) {
+                continue;
+            }
+            // A failed own read keeps its error (and left no raw value).
+            let Some(Some(raw)) = self.last_raw.get(i) else {
+                continue;
+            };
+            let next = match self.scale_exponent(prop) {
+                Ok(exponent) => normalize(prop, raw, exponent).map_err(str::to_owned),
+                Err(e) => Err(e.to_string()),
+            };
+            let Some(slot) = self.current.get_mut(i) else {
+                continue;
+            };
+            match next {
+                Ok(out) => *slot = Slot::Value(out),
+                Err(reason) => slot.set_error(&reason),
+            }
+            if self.policy.on_change && !changed {
+                if let Some(old) = self.published.get(i) {
+                    changed = slot.differs_from(old, prop.deadband());
+                }
+            }
+        }
+        for (index, _) in &readings.values {
+            if let Some(t) = factors.touched.get_mut(*index) {
+                *t = false;
+            }
+        }
+        self.factors = Some(factors);
+        changed
     }
 
     /// Folds `readings` into the state. Returns the state payload (plain JSON,
@@ -349,11 +590,20 @@ impl DeviceState {
                 continue;
             };
             match result {
+                // Normalized in `apply_factors`, once every reading is in;
+                // the raw value is kept even when the scale factor is not
+                // usable, for when it is.
+                Ok(raw) if prop.scale_factor().is_some() => {
+                    if last_raw.as_ref() != Some(raw) {
+                        *last_raw = Some(raw.clone());
+                    }
+                    continue;
+                }
                 Ok(raw) => {
                     let unchanged =
                         matches!(slot, Slot::Value(_)) && last_raw.as_ref() == Some(raw);
                     if !unchanged {
-                        match normalize(prop, raw) {
+                        match normalize(prop, raw, None) {
                             Ok(out) => {
                                 *slot = Slot::Value(out);
                                 *last_raw = Some(raw.clone());
@@ -375,6 +625,9 @@ impl DeviceState {
                     changed = slot.differs_from(old, prop.deadband());
                 }
             }
+        }
+        if self.factors.is_some() && self.apply_factors(readings) {
+            changed = true;
         }
         self.at = Some(readings.at);
         if readings.values.iter().any(|(_, r)| r.is_ok()) {
@@ -403,7 +656,7 @@ impl DeviceState {
             .map(|(slot, prop)| match slot {
                 Slot::Unread => None,
                 Slot::Value(v) => Some(Ok(v.to_json(prop))),
-                Slot::Error(e) => Some(Err(e.clone())),
+                Slot::Error(e) => Some(Err(PropertyError(e.clone()))),
             })
             .collect()
     }
@@ -564,6 +817,9 @@ pub fn meta_payload(settings: &DeviceSettings) -> Vec<u8> {
             if let Some(v) = value {
                 m.insert(key.into(), json_f64(v));
             }
+        }
+        if let Some(sf) = p.scale_factor() {
+            m.insert("scaleFactor".into(), J::from(&*sf.name));
         }
         props.insert(p.name.to_string(), J::Object(m));
     }

@@ -10,6 +10,7 @@ use super::{
 use crate::config::resolved::{DeviceSettings, PropertySemantics};
 use crate::config::types::PayloadEncode;
 use crate::state::tests::{device, entries, prop};
+use crate::state::DeviceState;
 
 /// A writable property.
 fn w(name: &str, data_type: DataType) -> PropertySemantics {
@@ -500,4 +501,113 @@ fn a_huge_key_is_cut_in_the_result() {
     let e = set(&payload).expect_err("rejected");
     let result = rejection_payload(&e);
     assert!(result.len() < 2048, "{} bytes", result.len());
+}
+
+/// A writable `setpoint` (int16) scaled by `SP_SF` (int16, read-only).
+fn scaled_by_factor() -> DeviceSettings {
+    device(vec![
+        w("setpoint", DataType::Int16).with(|d| {
+            d.scale_factor = Some(crate::config::resolved::ScaleFactorRef {
+                name: "SP_SF".into(),
+                index: 1,
+            });
+            d.max = Some(1000.0);
+        }),
+        prop("SP_SF", DataType::Int16),
+    ])
+}
+
+/// The device's state after one poll reading `SP_SF` as `sf`.
+fn state_with_factor(settings: &DeviceSettings, sf: Result<i64, &str>) -> DeviceState {
+    let settings = std::sync::Arc::new(settings.clone());
+    let mut state = DeviceState::new(&settings);
+    let value = sf
+        .map(Value::Int)
+        .map_err(|e| DriverError::new(ErrorKind::Timeout, e));
+    let readings = fieldgate_drivers::Readings {
+        at: std::time::SystemTime::now(),
+        cause: fieldgate_drivers::ReadCause::Poll,
+        values: vec![(0, Ok(Value::Int(0))), (1, value)],
+        duration: None,
+    };
+    state.apply(&readings, std::time::Instant::now());
+    state
+}
+
+#[test]
+fn set_with_scale_factor_applies_the_inverse_of_its_current_reading() {
+    let device = scaled_by_factor();
+    let state = state_with_factor(&device, Ok(-1));
+    let r = super::parse_set_in(
+        br#"{"setpoint": 23.5}"#,
+        PayloadEncode::Raw,
+        &device,
+        &state,
+    )
+    .expect("valid");
+    assert_eq!(r.writes, vec![(0, Value::Int(235))]);
+    assert_eq!(r.exponents, vec![Some(-1)]);
+    // The result reports the applied value in published units.
+    assert_eq!(
+        parse(&result_payload(&device, &r, 1, None))["applied"],
+        json!({"setpoint": 23.5})
+    );
+    // Positive exponent: 1200 / 10^2 = 12 raw; a value between steps rounds.
+    let state = state_with_factor(&device, Ok(2));
+    let r = super::parse_set_in(
+        br#"{"setpoint": 1249}"#,
+        PayloadEncode::Raw,
+        &device,
+        &state,
+    );
+    assert!(r.is_err(), "max 1000 is in published units: {r:?}");
+    let r = super::parse_set_in(br#"{"setpoint": 949}"#, PayloadEncode::Raw, &device, &state)
+        .expect("valid");
+    assert_eq!(r.writes, vec![(0, Value::Int(9))]);
+    assert_eq!(
+        parse(&result_payload(&device, &r, 1, None))["applied"],
+        json!({"setpoint": 900.0})
+    );
+    // Past the raw type after the inverse.
+    let state = state_with_factor(&device, Ok(-3));
+    let e = super::parse_set_in(br#"{"setpoint": 40}"#, PayloadEncode::Raw, &device, &state)
+        .expect_err("40000 does not fit int16");
+    assert_eq!(
+        e.errors,
+        vec![(
+            "setpoint".to_owned(),
+            "40 does not fit int16 after scaling (raw 40000)".to_owned()
+        )]
+    );
+}
+
+#[test]
+fn set_with_unknown_scale_factor_is_rejected_and_nothing_written() {
+    let device = scaled_by_factor();
+    let cases = [
+        (
+            state_with_factor(&device, Ok(-32768)),
+            "cannot convert to the raw value: scale factor SP_SF is not implemented by the device (reads -32768, 0x8000)",
+        ),
+        (
+            state_with_factor(&device, Err("timeout after 1s")),
+            "cannot convert to the raw value: scale factor SP_SF unavailable: timeout after 1s",
+        ),
+        (
+            DeviceState::new(&std::sync::Arc::new(device.clone())),
+            "cannot convert to the raw value: scale factor SP_SF not read yet",
+        ),
+    ];
+    for (state, want) in cases {
+        let e = super::parse_set_in(br#"{"setpoint": 21}"#, PayloadEncode::Raw, &device, &state)
+            .expect_err("rejected");
+        assert_eq!(e.errors, vec![("setpoint".to_owned(), want.to_owned())]);
+    }
+    // Without a running device's readings (parse_set) too.
+    let e = super::parse_set(br#"{"setpoint": 21}"#, PayloadEncode::Raw, &device)
+        .expect_err("rejected");
+    assert_eq!(
+        e.errors[0].1,
+        "cannot convert to the raw value: scale factor SP_SF not read yet"
+    );
 }

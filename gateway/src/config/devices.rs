@@ -42,6 +42,7 @@ const COMMON_PROPERTY: &[&str] = &[
     "writable",
     "scale",
     "offset",
+    "scaleFactor",
     "enum",
     "min",
     "max",
@@ -504,7 +505,7 @@ impl Loader<'_> {
             }
             let t = p.data_type;
             if !t.is_numeric() {
-                for key in ["scale", "offset", "min", "max", "deadband"] {
+                for key in ["scale", "offset", "scaleFactor", "min", "max", "deadband"] {
                     if pn.get(key).is_some_and(|v| !v.is_null()) {
                         ctx.key(
                             pn,
@@ -562,6 +563,11 @@ impl Loader<'_> {
             }
             driver.check_property(ctx, d, p, pn, pp);
         }
+        for (p, pn, pp) in &d.props {
+            if let Some(problem) = scale_factor_problem(p, &d.props, &names) {
+                ctx.val(pn, pp, &["scaleFactor"], problem);
+            }
+        }
         if d.config.sync_interval.0.is_zero() {
             ctx.val(
                 d.node,
@@ -597,6 +603,7 @@ impl Loader<'_> {
             &mut specs,
             &mut sems,
         )?;
+        link_scale_factors(&d.props, &mut sems);
         specs.shrink_to_fit();
         sems.shrink_to_fit();
         Some((
@@ -670,6 +677,80 @@ impl LiteralError {
             lo,
             hi,
         }
+    }
+}
+
+/// What is wrong with the `scaleFactor` of numeric property `p`, if
+/// anything: it must name another integer property of the device (`names`:
+/// name → index in `props`) that has no `scaleFactor` of its own.
+fn scale_factor_problem(
+    p: &PropertyConfig,
+    props: &[(PropertyConfig, &Node, String)],
+    names: &HashMap<String, usize>,
+) -> Option<String> {
+    let sf = p.scale_factor.as_deref()?;
+    if !p.data_type.is_numeric() {
+        return None; // reported with the other numeric-only keys
+    }
+    if sf == p.name {
+        return Some(format!(
+            "`scaleFactor: {sf}` names the property itself; name another integer property of this device that holds the power of ten (such as `{sf}_SF`)"
+        ));
+    }
+    let Some((q, ..)) = names.get(sf).and_then(|&j| props.get(j)) else {
+        let mut msg = format!("`scaleFactor: {sf}`: this device has no property `{sf}`");
+        // Suggest only what would be valid: another integer property.
+        let closest = names
+            .iter()
+            .filter(|(n, &j)| {
+                **n != p.name && props.get(j).is_some_and(|(q, ..)| q.data_type.is_integer())
+            })
+            .map(|(n, _)| (strsim::jaro_winkler(sf, n), n))
+            .filter(|(score, _)| *score >= 0.8)
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        if let Some((_, n)) = closest {
+            msg.push_str(&format!(" (did you mean `{n}`?)"));
+        }
+        msg.push_str("; name an integer property of this device that holds the power of ten");
+        return Some(msg);
+    };
+    if !q.data_type.is_integer() {
+        return Some(format!(
+            "`scaleFactor: {sf}`: `{sf}` is `{}`; a scale factor must be an integer property (int8…int64, uint8…uint64)",
+            q.data_type
+        ));
+    }
+    if let Some(next) = &q.scale_factor {
+        return Some(format!(
+            "`scaleFactor: {sf}`: `{sf}` has a `scaleFactor` itself (`{next}`); scale factors do not chain: name a property read as a plain integer"
+        ));
+    }
+    None
+}
+
+/// Points every property's `scaleFactor` at the index of the property it
+/// names (the config checks made sure there is one).
+fn link_scale_factors(props: &[(PropertyConfig, &Node, String)], sems: &mut [PropertySemantics]) {
+    if props.iter().all(|(p, ..)| p.scale_factor.is_none()) {
+        return;
+    }
+    let index: HashMap<Arc<str>, usize> = sems
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (Arc::clone(&s.name), i))
+        .collect();
+    for (p, ..) in props {
+        let Some(sf) = p.scale_factor.as_deref() else {
+            continue;
+        };
+        let (Some(&i), Some(&j)) = (index.get(p.name.as_str()), index.get(sf)) else {
+            continue;
+        };
+        let name = Arc::clone(&sems[j].name);
+        sems[i]
+            .details
+            .get_or_insert_with(Default::default)
+            .scale_factor = Some(ScaleFactorRef { name, index: j });
     }
 }
 

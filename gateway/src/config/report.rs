@@ -220,6 +220,9 @@ fn device(out: &mut String, r: &Resolved, d: &DeviceSettings) {
         if let Some(s) = sem.scale() {
             let _ = write!(line, ", scale {s}");
         }
+        if let Some(sf) = sem.scale_factor() {
+            let _ = write!(line, ", scaleFactor {}", sf.name);
+        }
         if let Some(o) = sem.offset() {
             let _ = write!(line, ", offset {o}");
         }

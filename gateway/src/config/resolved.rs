@@ -385,6 +385,9 @@ pub struct PropertyDetails {
     pub scale: Option<f64>,
     /// Addend.
     pub offset: Option<f64>,
+    /// `scaleFactor`: the property whose reading is the power of ten the
+    /// value is multiplied by as well.
+    pub scale_factor: Option<ScaleFactorRef>,
     /// Raw → label map (empty: no enum).
     pub enum_entries: Box<[EnumEntry]>,
     /// Lower `$set` bound in published units.
@@ -399,6 +402,15 @@ pub struct PropertyDetails {
     pub description: Option<Box<str>>,
     /// `homeAssistant:` refinements of the property's entity.
     pub home_assistant: Option<Box<crate::northbound::homeassistant::config::PropertyOverrides>>,
+}
+
+/// The property a `scaleFactor` names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScaleFactorRef {
+    /// Its name (shared with its own semantics).
+    pub name: Arc<str>,
+    /// Its index in the device's properties.
+    pub index: usize,
 }
 
 impl PropertySemantics {
@@ -431,6 +443,19 @@ impl PropertySemantics {
     /// Addend.
     pub fn offset(&self) -> Option<f64> {
         self.details.as_ref().and_then(|d| d.offset)
+    }
+
+    /// The property whose reading is a further power-of-ten exponent.
+    pub fn scale_factor(&self) -> Option<&ScaleFactorRef> {
+        self.details.as_ref().and_then(|d| d.scale_factor.as_ref())
+    }
+
+    /// Whether the published value is scaled (`scale`, `offset` or
+    /// `scaleFactor`): an integer then publishes as a float.
+    pub fn is_scaled(&self) -> bool {
+        self.details
+            .as_ref()
+            .is_some_and(|d| d.scale.is_some() || d.offset.is_some() || d.scale_factor.is_some())
     }
 
     /// Raw → label map (empty: no enum).

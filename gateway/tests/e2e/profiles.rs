@@ -216,9 +216,10 @@ fn sunspec_string(s: &str, n: usize) -> Vec<u16> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sunspec_common_and_inverter_103_publish_the_model_values() {
-    let storage = Storage::with(|t| {
+/// A SunSpec device at base 40000: common model 1 and inverter model 103
+/// with example values and their scale factors.
+fn sunspec_storage() -> Storage {
+    Storage::with(|t| {
         for a in 40000..40122u16 {
             t.holding.insert(a, 0);
         }
@@ -238,16 +239,23 @@ async fn sunspec_common_and_inverter_103_publish_the_model_values() {
         t.holding.extend([(40070, 103), (40071, 50)]);
         t.holding
             .extend([(40072, 1234), (40073, 411), (40074, 412), (40075, 411)]);
-        t.holding.insert(40076, (-2i16) as u16); // A_SF
+        t.holding.insert(40076, (-2i16) as u16); // A_SF: 12.34 A
         t.holding.extend([(40080, 2301), (40083, (-1i16) as u16)]); // 230.1 V
         t.holding.extend([(40084, 8500), (40085, 0)]); // 8500 W
         t.holding.extend([(40086, 5001), (40087, (-2i16) as u16)]); // 50.01 Hz
         t.holding
             .extend([(40094, 0x0001), (40095, 0x86A0), (40096, 0)]); // 100000 Wh
+        t.holding.extend([(40099, 3805), (40100, (-1i16) as u16)]); // 380.5 V DC
         t.holding.extend([(40103, 415), (40107, (-1i16) as u16)]); // 41.5 °C
         t.holding.insert(40108, 4); // MPPT
-    });
-    let (state, server, ..) = published("sunspec-inverter-103", storage).await;
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sunspec_common_and_inverter_103_publish_the_model_values() {
+    let storage = sunspec_storage();
+    let (state, server, _gw, mut probe, _broker) =
+        published("sunspec-inverter-103", storage.clone()).await;
     let p = &state["properties"];
     assert_eq!(p["SunSpecId"], json!(0x5375_6E53u32));
     assert_eq!(p["CommonID"], json!(1));
@@ -258,16 +266,144 @@ async fn sunspec_common_and_inverter_103_publish_the_model_values() {
     assert_eq!(p["SN"], json!("SN-0042"));
     assert_eq!(p["ID"], json!(103));
     assert_eq!(p["L"], json!(50));
-    assert_eq!(p["A"], json!(1234));
-    assert_eq!(p["A_SF"], json!(-2));
-    assert_eq!(p["PhVphA"], json!(2301));
-    assert_eq!(p["V_SF"], json!(-1));
-    assert_eq!(p["W"], json!(8500));
-    assert_eq!(p["Hz"], json!(5001));
-    assert_eq!(p["Hz_SF"], json!(-2));
-    assert_eq!(p["WH"], json!(100000));
-    assert_eq!(p["TmpCab"], json!(415));
     assert_eq!(p["St"], json!("MPPT"));
+    // Measurements are published scaled by their `*_SF` (read in the same
+    // poll), in the unit `$meta` gives; the scale factors as read.
+    assert_eq!(p["A"], json!(12.34));
+    assert_eq!(p["AphA"], json!(4.11));
+    assert_eq!(p["AphB"], json!(4.12));
+    assert_eq!(p["A_SF"], json!(-2));
+    assert_eq!(p["PhVphA"], json!(230.1));
+    assert_eq!(p["PhVphB"], json!(0.0));
+    assert_eq!(p["V_SF"], json!(-1));
+    assert_eq!(p["W"], json!(8500.0));
+    assert_eq!(p["Hz"], json!(50.01));
+    assert_eq!(p["Hz_SF"], json!(-2));
+    assert_eq!(p["WH"], json!(100000.0));
+    assert_eq!(p["DCV"], json!(380.5));
+    assert_eq!(p["TmpCab"], json!(41.5));
+    probe.subscribe("fieldgate/test/dev/$meta", 1).await;
+    let meta = probe
+        .wait_topic(WAIT, "fieldgate/test/dev/$meta")
+        .await
+        .expect("retained $meta")
+        .json();
+    assert_eq!(
+        meta["properties"]["PhVphA"],
+        json!({"type": "uint16", "unit": "V", "writable": false,
+               "description": "Phase voltage AN", "scaleFactor": "V_SF"})
+    );
+    // The inverter reports V_SF as not implemented (0x8000): its voltages
+    // become errors with the reason, never 2301 "V"; the rest is untouched.
+    storage.0.lock().unwrap().holding.insert(40083, 0x8000);
+    let broken = probe
+        .wait_for(WAIT, |m| {
+            m.topic == "fieldgate/test/dev" && m.json()["errors"].get("PhVphA").is_some()
+        })
+        .await
+        .expect("PhVphA in errors")
+        .json();
+    assert_eq!(
+        broken["errors"]["PhVphA"],
+        json!("scale factor V_SF is not implemented by the device (reads -32768, 0x8000)")
+    );
+    assert!(broken["properties"].get("PhVphA").is_none(), "{broken}");
+    assert!(broken["properties"].get("PPVphAB").is_none(), "{broken}");
+    assert_eq!(broken["properties"]["V_SF"], json!(-32768));
+    assert_eq!(broken["properties"]["A"], json!(12.34));
+    // A new scale factor applies from the poll that reads it.
+    storage
+        .0
+        .lock()
+        .unwrap()
+        .holding
+        .insert(40083, (-2i16) as u16);
+    let fixed = probe
+        .wait_for(WAIT, |m| {
+            m.topic == "fieldgate/test/dev" && m.json()["properties"]["PhVphA"] == json!(23.01)
+        })
+        .await;
+    assert!(fixed.is_some_and(|m| m.json().get("errors").is_none()));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sunspec_writable_scaled_control_takes_set_in_published_units() {
+    // A model-123-like power limit added to the profile: WMaxLimPct in %
+    // with its own scale factor, writable.
+    let storage = sunspec_storage();
+    storage
+        .0
+        .lock()
+        .unwrap()
+        .holding
+        .extend([(40200, 1000), (40201, (-1i16) as u16)]);
+    let server = tcp_server(storage.clone(), "127.0.0.1:0").await;
+    let broker = Mosquitto::start();
+    let mut probe = MqttProbe::connect(broker.port()).await;
+    probe.subscribe("fieldgate/test/#", 1).await;
+    let gw = Gateway::start(&config(
+        broker.port(),
+        &format!(
+            "  - name: dev\n    profile: sunspec-inverter-103\n    syncInterval: 200ms\n    protocol: {{ tcp: {{ endpoint: \"{}\" }}, unitId: 1 }}\n    properties:\n      - {{ name: WMaxLimPct, register: holding, address: 40200, type: uint16, scaleFactor: WMaxLimPct_SF, writable: true, unit: \"%\" }}\n      - {{ name: WMaxLimPct_SF, register: holding, address: 40201, type: int16 }}\n",
+            server.addr
+        ),
+    ));
+    let state = probe
+        .wait_for(WAIT, |m| {
+            m.topic == "fieldgate/test/dev" && m.json().get("errors").is_none()
+        })
+        .await
+        .unwrap_or_else(|| panic!("no good state:\n{}", gw.log()))
+        .json();
+    assert_eq!(state["properties"]["WMaxLimPct"], json!(100.0));
+    // 55.5 % with WMaxLimPct_SF = -1 is raw 555.
+    probe
+        .publish(
+            "fieldgate/test/dev/$set",
+            r#"{"$id": "limit", "WMaxLimPct": 55.5}"#,
+            1,
+            false,
+        )
+        .await;
+    let result = probe
+        .wait_topic(WAIT, "fieldgate/test/dev/$set/result")
+        .await
+        .expect("$set result")
+        .json();
+    assert_eq!(
+        result,
+        json!({"$id": "limit", "ok": true, "applied": {"WMaxLimPct": 55.5}, "errors": {}})
+    );
+    assert_eq!(storage.0.lock().unwrap().holding.get(&40200), Some(&555));
+    let back = probe
+        .wait_for(WAIT, |m| {
+            m.topic == "fieldgate/test/dev" && m.json()["properties"]["WMaxLimPct"] == json!(55.5)
+        })
+        .await;
+    assert!(back.is_some(), "read back as 55.5");
+    // While the scale factor is unusable the write is refused, nothing written.
+    storage.0.lock().unwrap().holding.insert(40201, 0x8000);
+    probe
+        .wait_for(WAIT, |m| {
+            m.topic == "fieldgate/test/dev" && m.json()["errors"].get("WMaxLimPct").is_some()
+        })
+        .await
+        .expect("WMaxLimPct in errors");
+    probe
+        .publish("fieldgate/test/dev/$set", r#"{"WMaxLimPct": 60}"#, 1, false)
+        .await;
+    let refused = probe
+        .wait_topic(WAIT, "fieldgate/test/dev/$set/result")
+        .await
+        .expect("$set result")
+        .json();
+    assert_eq!(
+        refused,
+        json!({"ok": false, "applied": {}, "errors": {"WMaxLimPct":
+            "cannot convert to the raw value: scale factor WMaxLimPct_SF is not implemented by the device (reads -32768, 0x8000)"}})
+    );
+    assert_eq!(storage.0.lock().unwrap().holding.get(&40200), Some(&555));
     server.stop().await;
 }
 

@@ -88,6 +88,70 @@ fn numeric_only_keys_and_enum_keys() {
 }
 
 #[test]
+fn scale_factor_must_name_another_plain_integer_property() {
+    let lines = [
+        "      - {name: v, type: uint16, scaleFactor: v, simulate: {constant: 1}}",
+        "      - {name: w, type: uint16, scaleFactor: w_sff, simulate: {constant: 1}}",
+        "      - {name: w_sf, type: float32, simulate: {constant: 1}}",
+        "      - {name: x, type: int16, scaleFactor: w_sf, simulate: {constant: 1}}",
+        "      - {name: y, type: int16, scaleFactor: x, simulate: {constant: 1}}",
+        "      - {name: s, type: string, scaleFactor: x, simulate: {constant: a}}",
+        "      - {name: z, type: int16, scaleFactor: xx, simulate: {constant: 1}}",
+    ];
+    let e = errs(&format!(
+        "devices:\n  - name: a\n    driver: dummy\n    properties:\n{}\n",
+        lines.join("\n")
+    ));
+    has(
+        &e,
+        "c.yaml:5:46: devices[0].properties[0].scaleFactor: ",
+        "`scaleFactor: v` names the property itself",
+    );
+    has(
+        &e,
+        "c.yaml:6:46: devices[0].properties[1].scaleFactor: ",
+        "this device has no property `w_sff`; name an integer property",
+    );
+    // A suggestion names only what would be valid: another integer property.
+    has(
+        &e,
+        "c.yaml:11:45: devices[0].properties[6].scaleFactor: ",
+        "this device has no property `xx` (did you mean `x`?)",
+    );
+    has(
+        &e,
+        "c.yaml:8:45: devices[0].properties[3].scaleFactor: ",
+        "`w_sf` is `float32`; a scale factor must be an integer property",
+    );
+    has(
+        &e,
+        "c.yaml:9:45: devices[0].properties[4].scaleFactor: ",
+        "`x` has a `scaleFactor` itself (`w_sf`); scale factors do not chain",
+    );
+    has(
+        &e,
+        "c.yaml:10:33: devices[0].properties[5].scaleFactor: ",
+        "only to numeric types",
+    );
+    assert_eq!(e.len(), 6, "{}", e.join("\n"));
+}
+
+#[test]
+fn scale_factor_resolves_to_the_named_property() {
+    let r = ok("devices:\n  - name: a\n    driver: dummy\n    properties:\n      - {name: PhVphA, type: uint16, scaleFactor: V_SF, simulate: {constant: 2301}}\n      - {name: V_SF, type: int16, simulate: {constant: -1}}\n");
+    let props = &r.devices[0].properties;
+    let sf = props[0].scale_factor().expect("linked");
+    assert_eq!((&*sf.name, sf.index), ("V_SF", 1));
+    assert!(props[0].is_scaled() && !props[1].is_scaled());
+    assert!(props[1].scale_factor().is_none());
+    let report = crate::config::report::render(&r);
+    assert!(
+        report.contains("PhVphA: uint16, read-only, scaleFactor V_SF"),
+        "{report}"
+    );
+}
+
+#[test]
 fn dummy_rules() {
     let e = errs("devices:\n  - name: a\n    driver: dummy\n    model: fan\n    properties: []\n");
     has(

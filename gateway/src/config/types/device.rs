@@ -284,6 +284,10 @@ pub struct PropertyConfig {
     /// published = raw × scale + offset
     #[serde(default)]
     pub offset: Option<f64>,
+    /// Name of an integer property of this device read in the same cycle
+    /// (SunSpec `*_SF`): published = raw × scale × 10^(its reading) + offset
+    #[serde(default)]
+    pub scale_factor: Option<String>,
     /// raw value → label
     #[serde(default, rename = "enum")]
     pub enum_labels: Option<BTreeMap<EnumKey, String>>,

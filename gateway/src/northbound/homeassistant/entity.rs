@@ -167,7 +167,12 @@ fn published_range(p: &PropertySemantics) -> (f64, f64) {
         None if p.data_type == DataType::Float32 => (f64::from(f32::MIN), f64::from(f32::MAX)),
         None => (-1e15, 1e15),
     };
-    let scale = p.scale().unwrap_or(1.0);
+    // A `scaleFactor` is read at run time: allow for all of SunSpec's range.
+    let factor = match p.scale_factor() {
+        Some(_) => 10f64.powi(*crate::state::SCALE_FACTOR_RANGE.end()),
+        None => 1.0,
+    };
+    let scale = p.scale().unwrap_or(1.0) * factor;
     let offset = p.offset().unwrap_or(0.0);
     let (a, b) = (lo * scale + offset, hi * scale + offset);
     (a.min(b), a.max(b))
@@ -259,6 +264,8 @@ pub fn property_entity(
             c.insert("min".into(), num(p.min().unwrap_or(lo)));
             c.insert("max".into(), num(p.max().unwrap_or(hi)));
             let step = match p.scale() {
+                // Its step depends on the scale factor's reading.
+                _ if p.scale_factor().is_some() => 0.001,
                 Some(s) => s.abs(),
                 None if p.data_type.is_integer() => 1.0,
                 None => 0.001,

@@ -165,6 +165,35 @@ fn writable_number_box_bounds_and_step() {
 }
 
 #[test]
+fn scale_factor_number_steps_finely_over_the_scaled_range() {
+    let r = ok(r#"
+mqtt:
+  discovery: { homeAssistant: { enabled: true } }
+devices:
+  - name: inverter
+    driver: dummy
+    properties:
+      - { name: WMaxLimPct, type: uint16, scaleFactor: WMaxLimPct_SF, unit: "%", writable: true, simulate: { constant: 1000 } }
+      - { name: WMaxLimPct_SF, type: int16, simulate: { constant: -1 } }
+      - { name: PhVphA, type: uint16, scaleFactor: V_SF, unit: V, simulate: { constant: 2301 } }
+      - { name: V_SF, type: int16, simulate: { constant: -1 } }
+"#);
+    // The step depends on the scale factor's reading: not 1 as for a plain
+    // integer, and the range allows for any SunSpec exponent.
+    let n = entity_of(&r, "WMaxLimPct").payload;
+    assert_eq!(n["step"], json!(0.001));
+    assert_eq!(
+        (&n["min"], &n["max"]),
+        (&json!(0), &json!(655_350_000_000_000u64))
+    );
+    // Read-only: a measurement sensor with the unit of the scaled value.
+    let s = entity_of(&r, "PhVphA");
+    assert_eq!(s.component, Component::Sensor);
+    assert_eq!(s.payload["unit_of_measurement"], "V");
+    assert_eq!(s.payload["state_class"], "measurement");
+}
+
+#[test]
 fn switch_commands_are_set_objects() {
     let p = entity_of(&ok(DEVICE), "pump").payload;
     assert_eq!(p["command_topic"], "fieldgate/plant-a/boiler/$set");

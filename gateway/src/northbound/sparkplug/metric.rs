@@ -15,7 +15,7 @@ pub fn datatype(prop: &PropertySemantics) -> DataType {
     if !prop.enum_entries().is_empty() {
         return DataType::String;
     }
-    let scaled = prop.scale().is_some() || prop.offset().is_some();
+    let scaled = prop.is_scaled();
     match prop.data_type {
         Raw::Bool => DataType::Boolean,
         Raw::String => DataType::String,

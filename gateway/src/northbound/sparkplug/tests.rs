@@ -42,6 +42,14 @@ fn datatype_follows_the_type_after_scaling() {
     assert_eq!(datatype(&offset), DataType::Double);
     let f = prop(Raw::Float32).with(|d| d.scale = Some(2.0));
     assert_eq!(datatype(&f), DataType::Double);
+    // So is an integer with a `scaleFactor` (2301 × 10^-1 = 230.1).
+    let factor = prop(Raw::Uint16).with(|d| {
+        d.scale_factor = Some(crate::config::resolved::ScaleFactorRef {
+            name: "V_SF".into(),
+            index: 1,
+        })
+    });
+    assert_eq!(datatype(&factor), DataType::Double);
     // An enum is a String carrying the label.
     let e = prop(Raw::Uint16).with(|d| {
         d.enum_entries = vec![EnumEntry {
