@@ -43,7 +43,9 @@ if [ $# -gt 0 ]; then
 elif [ "${FIELDGATE_PACKAGE_PROFILE:-release}" = dev ]; then
     step "cargo deb --profile dev (the debug binary)"
     rm -f dist/fieldgate_*_amd64.deb
-    cargo build -p fieldgate --all-features
+    # The default features, as cross/build.sh: not the test hooks of
+    # `fault-injection` (checked below).
+    cargo build -p fieldgate
     cargo_deb=$(command -v cargo-deb || echo "${CARGO_HOME:-$HOME/.cargo}/bin/cargo-deb")
     "$cargo_deb" deb --no-build -p fieldgate --profile dev --output dist/
     deb=$(ls dist/fieldgate_*_amd64.deb)
@@ -104,6 +106,10 @@ id -nG fieldgate | tr ' ' '\n' | grep -qx bluetooth || fail "fieldgate not in bl
 [ -L /etc/systemd/system/multi-user.target.wants/fieldgate.service ] || fail "service not enabled"
 echo "ok enabled: $(readlink /etc/systemd/system/multi-user.target.wants/fieldgate.service)"
 /usr/bin/fieldgate --version
+# The test hooks (cargo feature fault-injection) never ship.
+if grep -q FIELDGATE_FAULT_INJECTION /usr/bin/fieldgate; then
+    fail "the packaged binary has the fault-injection test hooks"
+fi
 /usr/bin/fieldgate check -c /etc/fieldgate/config.yaml >/dev/null || fail "check on the installed config"
 FIELDGATE_CONFIG=/etc/fieldgate/config.yaml /usr/bin/fieldgate check >/dev/null || fail "check via FIELDGATE_CONFIG"
 

@@ -12,6 +12,7 @@ mod modbus_devices;
 #[path = "../../drivers/tests/opcua_server/mod.rs"]
 mod opcua_server;
 mod process;
+mod reconnect_bytes;
 mod report;
 mod scenario;
 mod startup;
@@ -66,6 +67,9 @@ enum Scenario {
     /// Sweep of devices x properties x interval (dummy or modbus): one line
     /// of CPU and RSS per combination.
     Scale(ScaleArgs),
+    /// Bytes and PUBLISH packets sent after a lost connection, N idle
+    /// devices, resumed or clean session (bench/src/reconnect_bytes.rs).
+    ReconnectBytes(reconnect_bytes::ReconnectArgs),
 }
 
 /// Options of the `latency` scenario.
@@ -358,6 +362,7 @@ async fn main() -> ExitCode {
         Scenario::Flatness(args) => run_flatness(args).await,
         Scenario::Idle(args) => run_idle(args).await,
         Scenario::Scale(args) => run_scale(args).await,
+        Scenario::ReconnectBytes(args) => reconnect_bytes::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

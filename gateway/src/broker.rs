@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 mod log_levels;
 pub use log_levels::RoutineBrokerEvents;
 
@@ -158,6 +160,9 @@ pub struct EmbeddedBroker {
     /// Closed when the broker thread ends (returns or panics): its sender
     /// lives in the thread and is dropped with it.
     ended: tokio::sync::watch::Receiver<()>,
+    /// Ends the broker thread on request (tests only).
+    #[cfg(feature = "fault-injection")]
+    fault: fault::Trigger,
 }
 
 impl EmbeddedBroker {
@@ -192,6 +197,12 @@ impl EmbeddedBroker {
         // Never sent to: `changed` returns (an error) when the sender is
         // dropped, i.e. when the thread ends.
         let _ = ended.changed().await;
+    }
+
+    /// Ends the broker thread on request (cargo feature `fault-injection`).
+    #[cfg(feature = "fault-injection")]
+    pub fn fault_trigger(&self) -> fault::Trigger {
+        self.fault.clone()
     }
 }
 
@@ -229,18 +240,28 @@ pub fn start_with(options: BrokerOptions) -> Result<EmbeddedBroker, BrokerError>
     let config = options.rumqttd_config();
     let (done_tx, done_rx) = mpsc::channel::<String>();
     let (alive, ended) = tokio::sync::watch::channel(());
+    #[cfg(feature = "fault-injection")]
+    let (fault, fault_events) = fault::channel();
+    #[cfg(feature = "fault-injection")]
+    let trigger = fault.clone();
     let thread = std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
             let _alive = alive;
-            let mut broker = Broker::new(config);
-            let reason = match broker.start() {
-                Ok(()) => "its listener stopped (see the log for the reason)".to_owned(),
-                Err(e) => e.to_string(),
+            let run = move || {
+                let mut broker = Broker::new(config);
+                let reason = match broker.start() {
+                    Ok(()) => "its listener stopped (see the log for the reason)".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                tracing::error!(%reason, "embedded MQTT broker stopped");
+                // The receiver is gone once start-up is over; nothing to tell then.
+                let _ = done_tx.send(reason);
             };
-            tracing::error!(%reason, "embedded MQTT broker stopped");
-            // The receiver is gone once start-up is over; nothing to tell then.
-            let _ = done_tx.send(reason);
+            #[cfg(feature = "fault-injection")]
+            fault::run(run, &trigger, fault_events);
+            #[cfg(not(feature = "fault-injection"))]
+            run();
         })
         .map_err(BrokerError::Thread)?;
 
@@ -294,6 +315,8 @@ pub fn start_with(options: BrokerOptions) -> Result<EmbeddedBroker, BrokerError>
         listen_v5: options.listen_v5,
         thread,
         ended,
+        #[cfg(feature = "fault-injection")]
+        fault,
     })
 }
 

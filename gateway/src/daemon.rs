@@ -119,6 +119,12 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
     };
     #[cfg(not(feature = "broker"))]
     let _broker = ();
+    // Tests only (cargo feature `fault-injection`, armed by an environment
+    // variable): SIGUSR2 ends the broker thread.
+    #[cfg(all(feature = "broker", feature = "fault-injection"))]
+    if let Some(b) = &_broker {
+        crate::broker::fault::arm_from_env(b.fault_trigger());
+    }
     let mut failure: Option<anyhow::Error> = None;
 
     tracing::info!(

@@ -68,6 +68,9 @@ pub struct Outbox {
     capacity: usize,
     max_weight: u64,
     weight: u64,
+    /// The largest weight of a message pushed so far: with less room than
+    /// this left, a message like it would drop the oldest.
+    largest: u64,
     bytes: usize,
     dropped: u64,
     /// Handed publishes in hand-out order (entry id, hand-out time), waiting
@@ -108,6 +111,7 @@ impl Outbox {
             capacity: capacity.max(1),
             max_weight,
             weight: 0,
+            largest: 0,
             bytes: 0,
             dropped: 0,
             handed: VecDeque::new(),
@@ -148,9 +152,12 @@ impl Outbox {
         self.entries.is_empty()
     }
 
-    /// True when one more message would drop the oldest.
+    /// True when one more message (as heavy as the heaviest so far) would
+    /// drop the oldest.
     pub fn is_full(&self) -> bool {
-        self.entries.len() >= self.capacity || self.weight >= self.max_weight
+        self.entries.len() >= self.capacity
+            || self.weight >= self.max_weight
+            || self.weight.saturating_add(self.largest) > self.max_weight
     }
 
     /// Payload bytes held.
@@ -234,6 +241,7 @@ impl Outbox {
             self.dropped += 1;
             return 1;
         }
+        self.largest = self.largest.max(meta.weight);
         let mut dropped = 0;
         while !self.entries.is_empty()
             && (self.entries.len() >= self.capacity
@@ -641,6 +649,26 @@ mod tests {
         assert_eq!(o.len(), 2);
         assert_eq!(o.dropped(), 2);
         assert_eq!(hand(&mut o).as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn full_means_a_message_as_heavy_as_the_heaviest_would_drop_the_oldest() {
+        let mut o = Outbox::with_bounds(100, 10);
+        let w = |weight| Meta {
+            weight,
+            ..Meta::default()
+        };
+        o.push_with(msg(1, 1), w(4));
+        assert!(!o.is_full(), "room for another 4");
+        o.push_with(msg(2, 1), w(4));
+        // 8 of 10: not at the bound, but a third 4 would drop the oldest.
+        assert!(o.is_full());
+        assert_eq!(o.push_with(msg(3, 1), w(4)), 1);
+        // An oversized message is refused and does not count as the heaviest.
+        let mut o = Outbox::with_bounds(100, 10);
+        o.push_with(msg(1, 1), w(11));
+        o.push_with(msg(2, 1), w(2));
+        assert!(!o.is_full());
     }
 
     #[test]

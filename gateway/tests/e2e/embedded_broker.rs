@@ -106,3 +106,64 @@ fn taken_port_is_a_clear_error() {
         Some(BrokerError::Bind { .. })
     ));
 }
+
+/// #17: when the embedded broker's thread dies, the daemon says so and exits
+/// with an error code, so that systemd (`Restart=on-failure`) restarts it.
+/// rumqttd 0.20 has no outside trigger (its accept loops carry on after
+/// every error), so the thread is ended through the test hook of the cargo
+/// feature `fault-injection` (src/broker/fault.rs): SIGUSR2, armed by
+/// `FIELDGATE_FAULT_INJECTION=broker-thread`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_exits_with_an_error_when_the_broker_thread_dies() {
+    if !cfg!(feature = "fault-injection") {
+        eprintln!(
+            "skipped: needs the cargo feature fault-injection (CI tests with --all-features)"
+        );
+        return;
+    }
+    let port = free_port();
+    let config = format!(
+        "gateway:\n  namespace: brokerdies\n  metrics: {{ listen: \"\" }}\n\
+         broker:\n  listen: 127.0.0.1:{port}\n\
+         devices:\n  - {{ name: fan, driver: dummy, model: fan, syncInterval: 200ms }}\n"
+    );
+    let mut gw = support::Gateway::start_with_env(
+        &config,
+        &[("FIELDGATE_FAULT_INJECTION", "broker-thread")],
+    );
+    assert!(
+        gw.wait_for_log("fault injection armed", T),
+        "the hook is armed:\n{}",
+        gw.log()
+    );
+    // The broker works: the fan's state arrives through it.
+    let mut sub = MqttProbe::connect(port).await;
+    sub.subscribe("fieldgate/brokerdies/fan", 1).await;
+    assert!(
+        sub.wait_topic(T, "fieldgate/brokerdies/fan")
+            .await
+            .is_some(),
+        "the fan's state through the embedded broker:\n{}",
+        gw.log()
+    );
+    assert!(gw.is_running());
+
+    let kill = std::process::Command::new("kill")
+        .args(["-USR2", &gw.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let status = gw.wait_exit(T).expect("the daemon exits");
+    let log = gw.log();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "an error exit of its own, not a signal: {status:?}\n{log}"
+    );
+    assert!(
+        log.contains(
+            "the embedded MQTT broker stopped: stopping so that the service manager restarts fieldgate"
+        ),
+        "{log}"
+    );
+}
