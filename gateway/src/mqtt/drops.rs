@@ -21,6 +21,9 @@ pub const EXPIRED: &str = "expired";
 /// Dropped (oldest first) so that the file store leaves `minFreeBytes`
 /// free on its disk.
 pub const DISK_FLOOR: &str = "disk_floor";
+/// A stored Sparkplug reading whose device is gone or offline when the
+/// history is replayed (its metric has no alias in the new births).
+pub const DEVICE_GONE: &str = "device_gone";
 
 /// A command arrived retained (a replay by the broker, not a new command).
 pub const CMD_RETAINED: &str = "retained";

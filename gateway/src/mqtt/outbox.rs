@@ -232,6 +232,21 @@ impl Outbox {
         self.push_with(msg, Meta::default())
     }
 
+    /// Appends a message without dropping any, even past the bounds: for
+    /// messages already accepted elsewhere (see `Store::open`). The outbox
+    /// is full until it drains below them.
+    pub fn push_past_bound(&mut self, msg: OutMsg, meta: Meta) {
+        self.largest = self.largest.max(meta.weight);
+        self.bytes += msg.payload.len();
+        self.weight += meta.weight;
+        self.entries.push_back(Entry {
+            msg,
+            stage: Stage::Queued,
+            meta,
+            tries: 0,
+        });
+    }
+
     /// Appends a message with its [`Meta`]; when the count or weight bound
     /// would be exceeded, drops the oldest messages first. A message heavier
     /// than the whole bound is itself dropped. Returns how many were dropped.
@@ -601,6 +616,18 @@ mod tests {
         o.on_written(5);
         o.on_acked(5);
         assert!(o.is_empty());
+    }
+
+    #[test]
+    fn carried_messages_go_past_the_bound_and_the_outbox_stays_full_until_drained() {
+        let mut o = Outbox::new(2);
+        o.push(msg(1, 1));
+        o.push(msg(2, 1));
+        o.push_past_bound(msg(3, 1), Meta::default());
+        assert_eq!((o.len(), o.dropped()), (3, 0));
+        assert!(o.is_full());
+        let all: Vec<_> = std::iter::from_fn(|| hand(&mut o)).collect();
+        assert_eq!(all, vec!["1", "2", "3"]);
     }
 
     #[test]

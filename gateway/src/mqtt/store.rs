@@ -175,8 +175,14 @@ impl Store {
             log,
             next_seq: recovery.next_seq,
         };
+        // What the session held before the directory was free (a
+        // predecessor's late messages, its own in-flight ones) was accepted
+        // already: it goes on top of what was on disk even past `maxBytes`
+        // (at most one more bound's worth: the pending store had the same
+        // bound). The session then pushes back until the broker drains it;
+        // only the disk floor still drops.
         for msg in older.into_iter().chain(queued) {
-            self.push(msg, true).await;
+            self.push_carried(msg).await;
         }
         self.expire();
         self.release();
@@ -198,6 +204,37 @@ impl Store {
     /// True for a file store (open or not).
     pub fn is_file(&self) -> bool {
         !matches!(self.backing, Backing::Memory)
+    }
+
+    /// Appends a message the session held before the file store opened:
+    /// kept even past `maxBytes` (see [`Store::open`]); only the disk floor
+    /// drops the oldest.
+    async fn push_carried(&mut self, msg: OutMsg) {
+        let Backing::File { log, next_seq } = &mut self.backing else {
+            self.push(msg, true).await;
+            return;
+        };
+        let seq = *next_seq;
+        *next_seq += 1;
+        let stored_ms = now_ms();
+        let record = filestore::encode_message(seq, stored_ms, &msg);
+        let meta = Meta {
+            seq,
+            stored_ms,
+            waited: true,
+            weight: record.len() as u64,
+        };
+        let room = log.disk_room();
+        self.apply_floor(room);
+        if self.floor_limited {
+            let dropped = self.outbox.push_with(msg, meta);
+            self.drops.disk_floor += dropped;
+        } else {
+            self.outbox.push_past_bound(msg, meta);
+        }
+        if let Backing::File { log, .. } = &self.backing {
+            log.append(seq, record).await;
+        }
     }
 
     /// Appends a message (`waited`: stored while not connected); when full,

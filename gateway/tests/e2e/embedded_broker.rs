@@ -131,6 +131,7 @@ async fn the_daemon_exits_with_an_error_when_the_broker_thread_dies() {
         &config,
         &[("FIELDGATE_FAULT_INJECTION", "broker-thread")],
     );
+    gw.expect_panics();
     assert!(
         gw.wait_for_log("fault injection armed", T),
         "the hook is armed:\n{}",

@@ -14,6 +14,7 @@ use super::proto::payload::{metric, Metric};
 use super::proto::{DataType, Payload};
 use super::{bdseq::BdSeq, metric as m, millis, Parts};
 use crate::config::resolved::{DeviceSettings, SparkplugSettings};
+use crate::mqtt::drops;
 use crate::mqtt::{ConnEvent, Inbound, Inbox, OutMsg, SessionHandle, SessionInput};
 use crate::state::Published;
 use crate::telemetry::{Metrics, SetResult};
@@ -317,7 +318,7 @@ impl Node {
         if dropped > 0 {
             self.metrics
                 .mqtt_dropped
-                .with_label_values(&[&self.session.client_id])
+                .with_label_values(&[&self.session.client_id, drops::STORE_FULL])
                 .inc_by(dropped);
         }
     }
@@ -444,7 +445,7 @@ impl Node {
             );
             self.metrics
                 .mqtt_dropped
-                .with_label_values(&[&self.session.client_id])
+                .with_label_values(&[&self.session.client_id, drops::DEVICE_GONE])
                 .inc_by(skipped);
         }
         self.live = true;

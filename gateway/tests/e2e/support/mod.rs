@@ -725,6 +725,8 @@ pub struct Gateway {
     log: PathBuf,
     child: Child,
     exit: Option<ExitStatus>,
+    /// The test provokes a panic (fault injection): the drop check allows it.
+    panics_expected: bool,
 }
 
 impl Gateway {
@@ -814,6 +816,7 @@ impl Gateway {
             log,
             child,
             exit: None,
+            panics_expected: false,
         }
     }
 
@@ -887,7 +890,12 @@ impl Gateway {
         self.exit.is_none() && matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Everything the daemon has logged so far.
+    /// Lets the daemon panic in this test (a fault injected on purpose).
+    pub fn expect_panics(&mut self) {
+        self.panics_expected = true;
+    }
+
+    /// Everything the daemon has logged so far (stdout and stderr).
     pub fn log(&self) -> String {
         fs::read(&self.log)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -912,6 +920,13 @@ impl Drop for Gateway {
                 self.log.display(),
                 self.log()
             );
+            return;
+        }
+        // A panic in any of the daemon's tasks is a bug even when the test's
+        // own checks passed (a task that panics just ends, silently).
+        let log = self.log();
+        if !self.panics_expected && log.contains("panicked at") {
+            panic!("the gateway panicked during the test:\n{log}");
         }
     }
 }
