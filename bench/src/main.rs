@@ -9,6 +9,8 @@ mod idle;
 mod latency;
 mod measure;
 mod modbus_devices;
+mod modbus_fleet;
+mod online;
 #[path = "../../drivers/tests/opcua_server/mod.rs"]
 mod opcua_server;
 mod process;
@@ -66,6 +68,9 @@ enum Scenario {
     /// Sweep of devices x properties x interval (dummy or modbus): one line
     /// of CPU and RSS per combination.
     Scale(ScaleArgs),
+    /// N Modbus TCP endpoints, one device each: start → all online, then
+    /// values/s, CPU-s per 1 000 values, RssAnon (issue #26).
+    ModbusFleet(modbus_fleet::ModbusFleetArgs),
 }
 
 /// Options of the `latency` scenario.
@@ -358,6 +363,7 @@ async fn main() -> ExitCode {
         Scenario::Flatness(args) => run_flatness(args).await,
         Scenario::Idle(args) => run_idle(args).await,
         Scenario::Scale(args) => run_scale(args).await,
+        Scenario::ModbusFleet(args) => modbus_fleet::run_modbus_fleet(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
