@@ -778,13 +778,20 @@ async fn subscribe(
     let interval = spec.sync_interval;
     // The server sends a keep-alive when nothing changed for this many intervals.
     let keep_alive_count = (5_000 / interval.as_millis().max(1)).clamp(1, 1000) as u32;
+    // At most as many notifications per Publish response as the client
+    // decodes in one array (its default limit): asking for 0 (no limit) let
+    // a server send more when over a thousand items changed in one
+    // publishing interval; the client then refused the message and dropped
+    // the session, again at every reconnect.
+    let max_notifications =
+        u32::try_from(opcua::types::constants::MAX_ARRAY_LENGTH).unwrap_or(1000);
     let sub = tokio::time::timeout(
         spec.timeout + Duration::from_millis(100),
         session.create_subscription(
             interval,
             keep_alive_count * 4,
             keep_alive_count,
-            0,
+            max_notifications,
             0,
             true,
             callback,
