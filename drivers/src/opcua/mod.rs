@@ -715,6 +715,9 @@ fn decode_one(
     convert::decode(dv, p.data_type)
 }
 
+/// Nodes per Read request (see [`read_all`]).
+const READ_CHUNK: usize = 500;
+
 async fn read_all(
     spec: &DeviceSpec,
     nodes: &[Option<NodeId>],
@@ -732,13 +735,20 @@ async fn read_all(
             duration: Some(started.elapsed()),
         });
     }
-    let results = tokio::time::timeout(
-        spec.timeout + Duration::from_millis(100),
-        session.read(&ids, TimestampsToReturn::Neither, 0.0),
-    )
-    .await
-    .map_err(|_| DriverError::timeout(spec.timeout))?
-    .map_err(|e| io(format!("Read failed: {}", describe_status(e.status()))))?;
+    // Large devices: read in chunks, so no request exceeds the message size
+    // and no response holds more values than the client decodes in one
+    // array (1 000); one Read of 20 000 nodes failed with BadRequestTooLarge.
+    let mut results = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(READ_CHUNK) {
+        let part = tokio::time::timeout(
+            spec.timeout + Duration::from_millis(100),
+            session.read(chunk, TimestampsToReturn::Neither, 0.0),
+        )
+        .await
+        .map_err(|_| DriverError::timeout(spec.timeout))?
+        .map_err(|e| io(format!("Read failed: {}", describe_status(e.status()))))?;
+        results.extend(part);
+    }
     let mut values = Vec::with_capacity(idx.len());
     for (k, i) in idx.iter().enumerate() {
         let v = match results.get(k) {
