@@ -9,11 +9,15 @@ mod idle;
 mod latency;
 mod measure;
 mod modbus_devices;
+mod modbus_fleet;
+mod notify_latency;
+mod online;
 #[path = "../../drivers/tests/opcua_server/mod.rs"]
 mod opcua_server;
 mod process;
 mod reconnect_bytes;
 mod report;
+mod rtu_line;
 mod scenario;
 mod startup;
 mod store;
@@ -70,6 +74,15 @@ enum Scenario {
     /// Bytes and PUBLISH packets sent after a lost connection, N idle
     /// devices, resumed or clean session (bench/src/reconnect_bytes.rs).
     ReconnectBytes(reconnect_bytes::ReconnectArgs),
+    /// N Modbus TCP endpoints, one device each: start → all online, then
+    /// values/s, CPU-s per 1 000 values, RssAnon (issue #26).
+    ModbusFleet(modbus_fleet::ModbusFleetArgs),
+    /// N Modbus RTU units on one line (a pty pair): achieved poll cycle,
+    /// values/s, CPU, RssAnon (issue #26).
+    RtuLine(rtu_line::RtuLineArgs),
+    /// Latency from an OPC-UA subscription change or a BLE notification to
+    /// the state message at an MQTT subscriber (issue #26).
+    NotifyLatency(notify_latency::NotifyLatencyArgs),
 }
 
 /// Options of the `latency` scenario.
@@ -363,6 +376,9 @@ async fn main() -> ExitCode {
         Scenario::Idle(args) => run_idle(args).await,
         Scenario::Scale(args) => run_scale(args).await,
         Scenario::ReconnectBytes(args) => reconnect_bytes::run(args).await,
+        Scenario::ModbusFleet(args) => modbus_fleet::run_modbus_fleet(args).await,
+        Scenario::RtuLine(args) => rtu_line::run_rtu_line(args).await,
+        Scenario::NotifyLatency(args) => notify_latency::run_notify_latency(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -715,6 +715,9 @@ fn decode_one(
     convert::decode(dv, p.data_type)
 }
 
+/// Nodes per Read request (see [`read_all`]).
+const READ_CHUNK: usize = 500;
+
 async fn read_all(
     spec: &DeviceSpec,
     nodes: &[Option<NodeId>],
@@ -732,13 +735,20 @@ async fn read_all(
             duration: Some(started.elapsed()),
         });
     }
-    let results = tokio::time::timeout(
-        spec.timeout + Duration::from_millis(100),
-        session.read(&ids, TimestampsToReturn::Neither, 0.0),
-    )
-    .await
-    .map_err(|_| DriverError::timeout(spec.timeout))?
-    .map_err(|e| io(format!("Read failed: {}", describe_status(e.status()))))?;
+    // Large devices: read in chunks, so no request exceeds the message size
+    // and no response holds more values than the client decodes in one
+    // array (1 000); one Read of 20 000 nodes failed with BadRequestTooLarge.
+    let mut results = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(READ_CHUNK) {
+        let part = tokio::time::timeout(
+            spec.timeout + Duration::from_millis(100),
+            session.read(chunk, TimestampsToReturn::Neither, 0.0),
+        )
+        .await
+        .map_err(|_| DriverError::timeout(spec.timeout))?
+        .map_err(|e| io(format!("Read failed: {}", describe_status(e.status()))))?;
+        results.extend(part);
+    }
     let mut values = Vec::with_capacity(idx.len());
     for (k, i) in idx.iter().enumerate() {
         let v = match results.get(k) {
@@ -778,13 +788,20 @@ async fn subscribe(
     let interval = spec.sync_interval;
     // The server sends a keep-alive when nothing changed for this many intervals.
     let keep_alive_count = (5_000 / interval.as_millis().max(1)).clamp(1, 1000) as u32;
+    // At most as many notifications per Publish response as the client
+    // decodes in one array (its default limit): asking for 0 (no limit) let
+    // a server send more when over a thousand items changed in one
+    // publishing interval; the client then refused the message and dropped
+    // the session, again at every reconnect.
+    let max_notifications =
+        u32::try_from(opcua::types::constants::MAX_ARRAY_LENGTH).unwrap_or(1000);
     let sub = tokio::time::timeout(
         spec.timeout + Duration::from_millis(100),
         session.create_subscription(
             interval,
             keep_alive_count * 4,
             keep_alive_count,
-            0,
+            max_notifications,
             0,
             true,
             callback,

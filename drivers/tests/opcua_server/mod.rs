@@ -82,6 +82,10 @@ pub struct Options {
     /// every scalar type in turn, plus nodes discovery must skip (a method,
     /// an array, a Guid). 0 = no tree.
     pub tree: usize,
+    /// How often the server checks its subscriptions for a due Publish
+    /// response; also its shortest publishing and sampling interval
+    /// (async-opcua's default: 100 ms).
+    pub subscription_tick: Duration,
 }
 
 /// The folder holding the tree of [`Options::tree`] (in the test namespace).
@@ -97,6 +101,7 @@ impl Options {
             load: 0,
             x509_user: None,
             tree: 0,
+            subscription_tick: Duration::from_millis(100),
         }
     }
 }
@@ -203,7 +208,11 @@ impl OpcUaServer {
             };
             builder = builder.add_endpoint(id, ("/", policy, mode, users));
         }
+        let tick_ms = options.subscription_tick.as_millis().max(1);
+        builder = builder.subscription_poll_interval_ms(u64::try_from(tick_ms).unwrap_or(100));
         let limits = builder.limits_mut();
+        limits.subscriptions.min_publishing_interval_ms = tick_ms as f64;
+        limits.subscriptions.min_sampling_interval_ms = tick_ms as f64;
         limits.subscriptions.max_monitored_items_per_sub = 100_000;
         limits.subscriptions.max_queued_notifications = 100_000;
         limits.subscriptions.max_notifications_per_publish = 100_000;
