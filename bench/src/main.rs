@@ -3,6 +3,7 @@
 //! the gateway's CPU use and its peak memory, or the latency of a hot reload.
 
 mod counter;
+mod edit;
 mod first_message;
 mod flatness;
 mod idle;
@@ -66,6 +67,10 @@ enum Scenario {
     /// Sweep of devices x properties x interval (dummy or modbus): one line
     /// of CPU and RSS per combination.
     Scale(ScaleArgs),
+    /// N simulated devices in one file or split over included files, then
+    /// rename-saves that add one device to one file: time to its first
+    /// state and the longest silence of any other device.
+    Edit(edit::EditArgs),
 }
 
 /// Options of the `latency` scenario.
@@ -358,6 +363,7 @@ async fn main() -> ExitCode {
         Scenario::Flatness(args) => run_flatness(args).await,
         Scenario::Idle(args) => run_idle(args).await,
         Scenario::Scale(args) => run_scale(args).await,
+        Scenario::Edit(args) => edit::main(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
