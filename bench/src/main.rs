@@ -3,6 +3,7 @@
 //! the gateway's CPU use and its peak memory, or the latency of a hot reload.
 
 mod counter;
+mod edit;
 mod first_message;
 mod flatness;
 mod idle;
@@ -83,6 +84,10 @@ enum Scenario {
     /// Latency from an OPC-UA subscription change or a BLE notification to
     /// the state message at an MQTT subscriber (issue #26).
     NotifyLatency(notify_latency::NotifyLatencyArgs),
+    /// N simulated devices in one file or split over included files, then
+    /// rename-saves that add one device to one file: time to its first
+    /// state and the longest silence of any other device.
+    Edit(edit::EditArgs),
 }
 
 /// Options of the `latency` scenario.
@@ -379,6 +384,7 @@ async fn main() -> ExitCode {
         Scenario::ModbusFleet(args) => modbus_fleet::run_modbus_fleet(args).await,
         Scenario::RtuLine(args) => rtu_line::run_rtu_line(args).await,
         Scenario::NotifyLatency(args) => notify_latency::run_notify_latency(args).await,
+        Scenario::Edit(args) => edit::main(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

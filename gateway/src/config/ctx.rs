@@ -133,7 +133,9 @@ impl Ctx {
     /// entry is reported once. `None` when the mapping as a whole is invalid
     /// (wrong kind, missing required key).
     pub(crate) fn de<T: DeserializeOwned>(&mut self, node: &Node, path: &str) -> Option<T> {
-        let mut cur = node.clone();
+        // The node is copied only once an entry has to be left out: a valid
+        // config (nearly every node of a large one) is read in place.
+        let mut cur = std::borrow::Cow::Borrowed(node);
         let mut removed: Vec<String> = Vec::new();
         loop {
             match from_node::<T>(&cur, path) {
@@ -158,7 +160,7 @@ impl Ctx {
                     let rest = rest.filter(|r| !r.is_empty())?;
                     let key = rest.split(['.', '[']).next().unwrap_or(rest).to_string();
                     cur.entry(&[key.as_str()])?;
-                    cur = cur.without(&[key.as_str()]);
+                    cur = std::borrow::Cow::Owned(cur.without(&[key.as_str()]));
                     removed.push(key);
                 }
             }

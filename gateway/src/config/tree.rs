@@ -446,25 +446,61 @@ pub fn join(path: &str, key: &str) -> String {
 pub fn from_node<'a, T: Deserialize<'a>>(node: &'a Node, path: &str) -> Result<T, DeError> {
     T::deserialize(NodeDe {
         node,
-        path: path.to_string(),
+        path: KeyPath::Root(path),
     })
 }
 
-/// The deserializer of one node.
-pub struct NodeDe<'a> {
-    node: &'a Node,
-    path: String,
+/// The key path of a node being deserialized, kept as a chain of borrowed
+/// segments and written out only for an error: a large config has millions
+/// of nodes and almost never an error.
+#[derive(Clone, Copy)]
+enum KeyPath<'p> {
+    /// The path of the node [`from_node`] started from.
+    Root(&'p str),
+    /// A mapping's value: its key's text (`?` for a key without one).
+    Key(&'p KeyPath<'p>, &'p Node),
+    /// An externally tagged enum's value: the variant's key (empty text for
+    /// a key without one).
+    Variant(&'p KeyPath<'p>, &'p Node),
+    /// A sequence item.
+    Index(&'p KeyPath<'p>, usize),
 }
 
-impl<'a> NodeDe<'a> {
-    fn locate<T>(&self, r: Result<T, DeError>) -> Result<T, DeError> {
-        r.map_err(|mut e| {
-            if e.at.is_none() {
-                let (line, column) = self.node.pos();
-                e.at = Some((line, column, self.path.clone()));
+impl KeyPath<'_> {
+    /// The path as text, e.g. `devices[3].properties[1].type`.
+    fn render(&self) -> String {
+        match self {
+            KeyPath::Root(p) => (*p).to_string(),
+            KeyPath::Key(parent, k) => {
+                join(&parent.render(), &k.text().unwrap_or_else(|| "?".into()))
             }
-            e
-        })
+            KeyPath::Variant(parent, k) => join(&parent.render(), &k.text().unwrap_or_default()),
+            KeyPath::Index(parent, i) => format!("{}[{i}]", parent.render()),
+        }
+    }
+}
+
+/// The deserializer of one node.
+pub struct NodeDe<'a, 'p> {
+    node: &'a Node,
+    path: KeyPath<'p>,
+}
+
+/// Fills in the position and key path of `node` on an error that has none
+/// yet (the innermost node that saw it).
+fn locate<T>(node: &Node, path: &KeyPath<'_>, r: Result<T, DeError>) -> Result<T, DeError> {
+    r.map_err(|mut e| {
+        if e.at.is_none() {
+            let (line, column) = node.pos();
+            e.at = Some((line, column, path.render()));
+        }
+        e
+    })
+}
+
+impl NodeDe<'_, '_> {
+    fn locate<T>(&self, r: Result<T, DeError>) -> Result<T, DeError> {
+        locate(self.node, &self.path, r)
     }
 }
 
@@ -476,7 +512,7 @@ macro_rules! forward_any {
     )*};
 }
 
-impl<'de> de::Deserializer<'de> for NodeDe<'de> {
+impl<'de> de::Deserializer<'de> for NodeDe<'de, '_> {
     type Error = DeError;
 
     fn deserialize_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
@@ -497,12 +533,12 @@ impl<'de> de::Deserializer<'de> for NodeDe<'de> {
             Kind::Str(s) => v.visit_str(s),
             Kind::Seq(items) => v.visit_seq(SeqAcc {
                 items: items.iter(),
-                path: self.path.clone(),
+                path: &self.path,
                 index: 0,
             }),
             Kind::Map(entries) => v.visit_map(MapAcc {
                 entries: entries.iter(),
-                path: self.path.clone(),
+                path: &self.path,
                 value: None,
             }),
         };
@@ -583,7 +619,7 @@ impl<'de> de::Deserializer<'de> for NodeDe<'de> {
                 v.visit_enum(EnumAcc {
                     key: k,
                     value: val,
-                    path: self.path.clone(),
+                    path: &self.path,
                 })
             }
             Kind::Map(_) => Err(de::Error::custom(
@@ -632,13 +668,13 @@ impl<'de> de::Deserializer<'de> for NodeDe<'de> {
     }
 }
 
-struct SeqAcc<'a> {
+struct SeqAcc<'a, 'p> {
     items: std::slice::Iter<'a, Node>,
-    path: String,
+    path: &'p KeyPath<'p>,
     index: usize,
 }
 
-impl<'de> de::SeqAccess<'de> for SeqAcc<'de> {
+impl<'de> de::SeqAccess<'de> for SeqAcc<'de, '_> {
     type Error = DeError;
     fn next_element_seed<T: DeserializeSeed<'de>>(
         &mut self,
@@ -647,26 +683,23 @@ impl<'de> de::SeqAccess<'de> for SeqAcc<'de> {
         match self.items.next() {
             None => Ok(None),
             Some(n) => {
-                let path = format!("{}[{}]", self.path, self.index);
+                let path = KeyPath::Index(self.path, self.index);
                 self.index += 1;
-                let de = NodeDe { node: n, path };
-                let r = seed.deserialize(NodeDe {
-                    node: n,
-                    path: de.path.clone(),
-                });
-                de.locate(r).map(Some)
+                let r = seed.deserialize(NodeDe { node: n, path });
+                locate(n, &path, r).map(Some)
             }
         }
     }
 }
 
-struct MapAcc<'a> {
+struct MapAcc<'a, 'p> {
     entries: std::slice::Iter<'a, (Node, Node)>,
-    path: String,
-    value: Option<(&'a Node, String)>,
+    path: &'p KeyPath<'p>,
+    /// The value of the key just read, and that key.
+    value: Option<(&'a Node, &'a Node)>,
 }
 
-impl<'de> de::MapAccess<'de> for MapAcc<'de> {
+impl<'de> de::MapAccess<'de> for MapAcc<'de, '_> {
     type Error = DeError;
     fn next_key_seed<K: DeserializeSeed<'de>>(
         &mut self,
@@ -675,50 +708,42 @@ impl<'de> de::MapAccess<'de> for MapAcc<'de> {
         match self.entries.next() {
             None => Ok(None),
             Some((k, v)) => {
-                let path = join(&self.path, &k.text().unwrap_or_else(|| "?".into()));
-                self.value = Some((v, path.clone()));
-                let de = NodeDe { node: k, path };
-                let r = seed.deserialize(NodeDe {
-                    node: k,
-                    path: de.path.clone(),
-                });
-                de.locate(r).map(Some)
+                self.value = Some((v, k));
+                let path = KeyPath::Key(self.path, k);
+                let r = seed.deserialize(NodeDe { node: k, path });
+                locate(k, &path, r).map(Some)
             }
         }
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
-        let (node, path) = self
+        let (node, key) = self
             .value
             .take()
             .ok_or_else(|| <DeError as de::Error>::custom("value without key"))?;
-        let de = NodeDe { node, path };
-        let r = seed.deserialize(NodeDe {
-            node,
-            path: de.path.clone(),
-        });
-        de.locate(r)
+        let path = KeyPath::Key(self.path, key);
+        let r = seed.deserialize(NodeDe { node, path });
+        locate(node, &path, r)
     }
 }
 
-struct EnumAcc<'a> {
+struct EnumAcc<'a, 'p> {
     key: &'a Node,
     value: &'a Node,
-    path: String,
+    path: &'p KeyPath<'p>,
 }
 
-impl<'de> de::EnumAccess<'de> for EnumAcc<'de> {
+impl<'de: 'p, 'p> de::EnumAccess<'de> for EnumAcc<'de, 'p> {
     type Error = DeError;
-    type Variant = NodeDe<'de>;
+    type Variant = NodeDe<'de, 'p>;
     fn variant_seed<V: DeserializeSeed<'de>>(
         self,
         seed: V,
-    ) -> Result<(V::Value, NodeDe<'de>), DeError> {
-        let name = self.key.text().unwrap_or_default();
-        let path = join(&self.path, &name);
+    ) -> Result<(V::Value, NodeDe<'de, 'p>), DeError> {
+        let path = KeyPath::Variant(self.path, self.key);
         let v = seed.deserialize(NodeDe {
             node: self.key,
-            path: path.clone(),
+            path,
         })?;
         Ok((
             v,
@@ -730,7 +755,7 @@ impl<'de> de::EnumAccess<'de> for EnumAcc<'de> {
     }
 }
 
-impl<'de> de::VariantAccess<'de> for NodeDe<'de> {
+impl<'de> de::VariantAccess<'de> for NodeDe<'de, '_> {
     type Error = DeError;
     fn unit_variant(self) -> Result<(), DeError> {
         if self.node.is_null() {
