@@ -29,13 +29,13 @@ pub struct EditArgs {
     #[arg(long, default_value_t = 1)]
     files: usize,
     /// Poll interval of every device.
-    #[arg(long, default_value = "1s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = crate::cli::parse_duration)]
     interval: Duration,
     /// Saves to measure (each adds one device to one file).
     #[arg(long, default_value_t = 3)]
     runs: usize,
     #[command(flatten)]
-    common: crate::CommonArgs,
+    common: crate::cli::CommonArgs,
 }
 
 /// Runs the `edit` scenario and prints its summary.
@@ -47,8 +47,8 @@ pub async fn main(args: EditArgs) -> anyhow::Result<()> {
         interval: args.interval,
         runs: args.runs,
     };
-    let dir = crate::RunDir::create(args.common.keep)?;
-    let edits = run(&r, &dir.path, &crate::binary(&args.common)).await?;
+    let dir = crate::harness::RunDir::create(args.common.keep)?;
+    let edits = run(&r, &dir.path, &crate::cli::binary(&args.common)).await?;
     let scenario = format!(
         "edit devices={} properties={} files={} interval={}",
         r.devices,
@@ -62,7 +62,7 @@ pub async fn main(args: EditArgs) -> anyhow::Result<()> {
         .map(|e| e.longest_silence)
         .max()
         .unwrap_or_default();
-    crate::print_result(
+    crate::cli::print_result(
         args.common.json,
         || line(&scenario, &edits),
         || {

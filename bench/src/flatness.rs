@@ -7,12 +7,15 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 
+use crate::cli::{binary, parse_duration, print_result, CommonArgs};
 use crate::counter::StateCounter;
+use crate::harness::RunDir;
 use crate::measure::{self, CpuWindow};
 use crate::process;
 use crate::scenario;
+use clap::Args;
 
 /// Parameters of one run.
 pub struct FlatnessRun {
@@ -284,6 +287,70 @@ pub async fn run(
         cpu_seconds,
         peak_rss_bytes,
     })
+}
+
+/// Options of the `flatness` scenario.
+#[derive(Args)]
+pub struct FlatnessArgs {
+    /// Dummy devices.
+    #[arg(long, default_value_t = 500)]
+    devices: usize,
+    /// Properties per device.
+    #[arg(long, default_value_t = 20)]
+    properties: usize,
+    /// Poll interval.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+    /// Running time before the measured part (restarts happen in it too).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Measured time after the warm-up.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    duration: Duration,
+    /// Time between two Mosquitto restarts (0s: never).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    restart_every: Duration,
+    /// Time between two VmRSS samples.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    sample_every: Duration,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+pub async fn run_flatness(args: FlatnessArgs) -> anyhow::Result<()> {
+    if args.devices == 0 || args.properties == 0 {
+        bail!("--devices and --properties must be at least 1");
+    }
+    if args.interval.is_zero() || args.duration.is_zero() || args.sample_every.is_zero() {
+        bail!("--interval, --duration and --sample-every must be more than 0");
+    }
+    let scenario = format!(
+        "flatness devices={} properties={} interval={} warmup={} duration={} restart-every={}",
+        args.devices,
+        args.properties,
+        humantime::format_duration(args.interval),
+        humantime::format_duration(args.warmup),
+        humantime::format_duration(args.duration),
+        humantime::format_duration(args.restart_every),
+    );
+    let dir = RunDir::create(args.common.keep)?;
+    let report = run(
+        &FlatnessRun {
+            devices: args.devices,
+            properties: args.properties,
+            interval: args.interval,
+            warmup: args.warmup,
+            duration: args.duration,
+            restart_every: args.restart_every,
+            sample_every: args.sample_every,
+        },
+        &dir.path,
+        &binary(&args.common),
+        scenario,
+    )
+    .await?;
+    print_result(args.common.json, || report.line(), || report.json());
+    Ok(())
 }
 
 #[cfg(test)]

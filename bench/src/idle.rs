@@ -4,14 +4,17 @@
 //! demo config (two slow dummy devices, metrics, embedded broker) or with no
 //! devices at all.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 
+use crate::cli::{binary, demo_path, parse_broker, parse_duration, print_result, CommonArgs};
+use crate::harness::RunDir;
 use crate::measure::{self, CpuWindow, Switches};
 use crate::process;
 use crate::startup::{demo_variant, Broker};
+use clap::Args;
 
 /// What runs.
 #[derive(Debug, Clone)]
@@ -209,6 +212,60 @@ pub async fn run(
         cpu_seconds,
         rss_bytes,
     })
+}
+
+/// Options of the `idle` scenario.
+#[derive(Args)]
+pub struct IdleArgs {
+    /// demo (configs/demo.yaml, see --broker) or empty (no devices, no metrics).
+    #[arg(long, default_value = "demo")]
+    config: String,
+    /// The demo config (default: configs/demo.yaml of this workspace).
+    #[arg(long)]
+    demo: Option<PathBuf>,
+    /// The demo's broker: embedded (as shipped, on a free port) or mosquitto.
+    #[arg(long, default_value = "embedded")]
+    broker: String,
+    /// Running time before the window.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Length of the window.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+pub async fn run_idle(args: IdleArgs) -> anyhow::Result<()> {
+    if args.duration.is_zero() {
+        bail!("--duration must be more than 0");
+    }
+    let (config, scenario) = match args.config.as_str() {
+        "demo" => (
+            IdleConfig::Demo {
+                path: demo_path(args.demo),
+                broker: parse_broker(&args.broker)?,
+            },
+            format!("idle demo broker={}", args.broker),
+        ),
+        "empty" => (
+            IdleConfig::Empty,
+            "idle empty (no devices, no metrics) broker=mosquitto".to_string(),
+        ),
+        other => bail!("--config is demo or empty, not {other:?}"),
+    };
+    let dir = RunDir::create(args.common.keep)?;
+    let report = run(
+        &config,
+        args.warmup,
+        args.duration,
+        &dir.path,
+        &binary(&args.common),
+        scenario,
+    )
+    .await?;
+    print_result(args.common.json, || report.line(), || report.json());
+    Ok(())
 }
 
 #[cfg(test)]

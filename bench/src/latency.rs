@@ -11,10 +11,13 @@ use anyhow::{bail, Context};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
+use crate::cli::{binary, parse_duration, print_result, CommonArgs};
+use crate::harness::RunDir;
 use crate::measure::{self, CpuWindow};
 use crate::modbus_devices::Fleet;
 use crate::process;
 use crate::scenario;
+use clap::Args;
 
 /// Parameters of one run.
 pub struct LatencyRun {
@@ -388,6 +391,84 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Options of the `latency` scenario.
+#[derive(Args)]
+pub struct LatencyArgs {
+    /// Modbus TCP devices (one server each).
+    #[arg(long, default_value_t = 1)]
+    devices: usize,
+    /// Writable uint16 holding registers per device.
+    #[arg(long, default_value_t = 10)]
+    registers: u16,
+    /// Commands to send.
+    #[arg(long, default_value_t = 10_000)]
+    commands: usize,
+    /// Commands in flight at once (at most devices x registers; in-flight
+    /// commands never share a register).
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Poll interval of the devices (polls and writes share each connection).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+    /// A command without a result after this counts as lost.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Time between every device's first state and the first command.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// QoS of the `$set` publishes (0 or 1).
+    #[arg(long, default_value_t = 1)]
+    qos: u8,
+    /// Mosquitto's `set_tcp_nodelay` (and TCP_NODELAY on the bench's MQTT
+    /// client). Without it Nagle's algorithm against delayed ACKs adds up
+    /// to 40 ms to many round trips.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    nodelay: bool,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+pub async fn run_latency(args: LatencyArgs) -> anyhow::Result<()> {
+    if args.devices == 0 || args.registers == 0 || args.commands == 0 {
+        bail!("--devices, --registers and --commands must be at least 1");
+    }
+    let qos = match args.qos {
+        0 => rumqttc::QoS::AtMostOnce,
+        1 => rumqttc::QoS::AtLeastOnce,
+        _ => bail!("--qos is 0 or 1"),
+    };
+    let scenario = format!(
+        "latency devices={} registers={} commands={} concurrency={} interval={} qos={} nodelay={}",
+        args.devices,
+        args.registers,
+        args.commands,
+        args.concurrency,
+        humantime::format_duration(args.interval),
+        args.qos,
+        args.nodelay
+    );
+    let dir = RunDir::create(args.common.keep)?;
+    let report = run(
+        &LatencyRun {
+            devices: args.devices,
+            registers: args.registers,
+            commands: args.commands,
+            concurrency: args.concurrency,
+            interval: args.interval,
+            timeout: args.timeout,
+            warmup: args.warmup,
+            qos,
+            nodelay: args.nodelay,
+        },
+        &dir.path,
+        &binary(&args.common),
+        scenario,
+    )
+    .await?;
+    print_result(args.common.json, || report.line(), || report.json());
+    Ok(())
 }
 
 #[cfg(test)]

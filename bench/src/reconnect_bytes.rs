@@ -39,7 +39,7 @@ pub struct ReconnectArgs {
     reconnects: usize,
     /// How long the uplink must carry nothing for start-up or a replay to
     /// count as over.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = crate::cli::parse_duration)]
     quiet: Duration,
     /// The fieldgate binary (default: target/release/fieldgate).
     #[arg(long)]
@@ -69,10 +69,6 @@ impl SessionKind {
             Self::Clean => "clean",
         }
     }
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e}; write e.g. 500ms, 1s, 30s"))
 }
 
 /// What the gateway sent after one cut.

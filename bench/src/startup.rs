@@ -20,8 +20,11 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::cli::{binary, demo_path, parse_broker, parse_duration, print_result, CommonArgs};
+use crate::harness::RunDir;
 use crate::process;
 use crate::scenario;
+use clap::Args;
 
 /// Which broker the gateway publishes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -474,6 +477,74 @@ pub fn json(scenario: &str, runs: &[Startup]) -> serde_json::Value {
         "first_state_median_ms": ms(median(&firsts)),
         "every_device_median_ms": (!alls.is_empty()).then(|| ms(median(&alls))),
     })
+}
+
+/// Options of the `startup` scenario.
+#[derive(Args)]
+pub struct StartupArgs {
+    /// Generate this many dummy devices (on Mosquitto) instead of the demo config.
+    #[arg(long)]
+    devices: Option<usize>,
+    /// Properties per generated device.
+    #[arg(long, default_value_t = 10)]
+    properties: usize,
+    /// Poll interval of the generated devices.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+    /// The demo config (default: configs/demo.yaml of this workspace).
+    #[arg(long)]
+    demo: Option<PathBuf>,
+    /// The demo's broker: embedded (as shipped, on a free port) or mosquitto.
+    #[arg(long, default_value = "mosquitto")]
+    broker: String,
+    /// Start-ups to measure.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+pub async fn run_startup(args: StartupArgs) -> anyhow::Result<()> {
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let (source, scenario) = match args.devices {
+        Some(devices) => {
+            if devices == 0 || args.properties == 0 {
+                bail!("--devices and --properties must be at least 1");
+            }
+            (
+                Source::Generated {
+                    devices,
+                    properties: args.properties,
+                    interval: args.interval,
+                },
+                format!(
+                    "startup dummy devices={devices} properties={} interval={} broker=mosquitto",
+                    args.properties,
+                    humantime::format_duration(args.interval)
+                ),
+            )
+        }
+        None => {
+            let broker = parse_broker(&args.broker)?;
+            (
+                Source::Demo {
+                    path: demo_path(args.demo),
+                    broker,
+                },
+                format!("startup demo broker={}", args.broker),
+            )
+        }
+    };
+    let dir = RunDir::create(args.common.keep)?;
+    let runs = run(&source, args.runs, &dir.path, &binary(&args.common)).await?;
+    print_result(
+        args.common.json,
+        || line(&scenario, &runs),
+        || json(&scenario, &runs),
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,9 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::cli::{parse_duration, print_result, CommonArgs};
 use crate::counter::StateCounter;
+use crate::harness::RunDir;
 use crate::process::{self, Supervised};
 use crate::scenario;
+use clap::Args;
 
 /// Parameters of one run.
 pub struct StoreRun {
@@ -239,4 +242,62 @@ pub async fn run(run: &StoreRun, dir: &Path, binary: &Path) -> anyhow::Result<St
         outage_messages: held - depth_before,
         drain_seconds,
     })
+}
+
+/// Options of the `store` scenario.
+#[derive(Args)]
+pub struct StoreArgs {
+    /// Number of devices (one counter each, one message per poll).
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// Poll interval of every device.
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    interval: Duration,
+    /// Window of the sustained-rate measurement.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Broker outage; 0s measures only the sustained rate.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    outage: Duration,
+    /// Time between the first state message and the measurement.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    warmup: Duration,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+pub async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
+    if args.devices == 0 || args.interval.is_zero() || args.duration.is_zero() {
+        bail!("--devices, --interval and --duration must be more than 0");
+    }
+    let scenario = format!(
+        "store devices={} interval={} outage={}",
+        args.devices,
+        humantime::format_duration(args.interval),
+        humantime::format_duration(args.outage)
+    );
+    let dir = RunDir::create(args.common.keep)?;
+    let binary = args
+        .common
+        .fieldgate
+        .clone()
+        .unwrap_or_else(process::default_fieldgate_binary);
+    let report = run(
+        &StoreRun {
+            devices: args.devices,
+            interval: args.interval,
+            duration: args.duration,
+            outage: args.outage,
+            warmup: args.warmup,
+        },
+        &dir.path,
+        &binary,
+    )
+    .await?;
+    print_result(
+        args.common.json,
+        || report.line(&scenario),
+        || report.json(&scenario),
+    );
+    Ok(())
 }

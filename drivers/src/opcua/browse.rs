@@ -14,7 +14,8 @@ use opcua::types::{
     NodeId, ReadValueId, ReferenceDescription, ReferenceTypeId, TimestampsToReturn, Variant,
 };
 
-use super::{connect, describe_status, io, OpcUaConnection};
+use super::connection::{connect, describe_status, io};
+use super::OpcUaConnection;
 use crate::{Connection, DeviceSpec, DriverError, ErrorKind};
 
 /// Most nodes one discovery visits.
