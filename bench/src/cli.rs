@@ -10,7 +10,7 @@ use crate::{process, startup};
 
 /// Options shared by every scenario.
 #[derive(Args)]
-pub struct CommonArgs {
+pub(crate) struct CommonArgs {
     /// The fieldgate binary (default: target/release/fieldgate).
     #[arg(long)]
     pub fieldgate: Option<PathBuf>,
@@ -22,12 +22,12 @@ pub struct CommonArgs {
     pub keep: bool,
 }
 
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e}; write e.g. 500ms, 1s, 30s"))
 }
 
 /// The gateway binary of `common`.
-pub fn binary(common: &CommonArgs) -> PathBuf {
+pub(crate) fn binary(common: &CommonArgs) -> PathBuf {
     common
         .fieldgate
         .clone()
@@ -35,11 +35,11 @@ pub fn binary(common: &CommonArgs) -> PathBuf {
 }
 
 /// The demo config: `path`, else configs/demo.yaml of this workspace.
-pub fn demo_path(path: Option<PathBuf>) -> PathBuf {
+pub(crate) fn demo_path(path: Option<PathBuf>) -> PathBuf {
     path.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/demo.yaml"))
 }
 
-pub fn parse_broker(s: &str) -> anyhow::Result<startup::Broker> {
+pub(crate) fn parse_broker(s: &str) -> anyhow::Result<startup::Broker> {
     match s {
         "embedded" => Ok(startup::Broker::Embedded),
         "mosquitto" => Ok(startup::Broker::Mosquitto),
@@ -48,7 +48,7 @@ pub fn parse_broker(s: &str) -> anyhow::Result<startup::Broker> {
 }
 
 /// Prints a scenario's result: as JSON with `--json`, else as one line.
-pub fn print_result(
+pub(crate) fn print_result(
     json: bool,
     line: impl FnOnce() -> String,
     value: impl FnOnce() -> serde_json::Value,

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 /// What one received message was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// A device state `<prefix>/<namespace>/<device>` with this many values
     /// and errors.
     State {
@@ -29,7 +29,7 @@ pub enum Kind {
 
 /// The Sparkplug B topic namespace: with this prefix the counter counts
 /// the metrics of DBIRTH and DDATA messages as values.
-pub const SPARKPLUG: &str = "spBv1.0";
+pub(crate) const SPARKPLUG: &str = "spBv1.0";
 
 /// Classifies a Sparkplug B message: `spBv1.0/<group>/<type>/<node>/<device>`.
 fn classify_sparkplug(topic: &str, payload: &[u8]) -> Kind {
@@ -59,7 +59,7 @@ fn sparkplug_metrics(mut buf: &[u8]) -> Option<u64> {
 }
 
 /// Classifies a message published under `prefix` (topic layout `with: nn`).
-pub fn classify(prefix: &str, topic: &str, payload: &[u8]) -> Kind {
+pub(crate) fn classify(prefix: &str, topic: &str, payload: &[u8]) -> Kind {
     if prefix == SPARKPLUG {
         return classify_sparkplug(topic, payload);
     }
@@ -134,7 +134,7 @@ struct Totals {
 
 /// A snapshot of the totals.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts {
+pub(crate) struct Counts {
     /// Device state messages.
     pub states: u64,
     /// Property values in them.
@@ -151,7 +151,7 @@ pub struct Counts {
 
 impl Counts {
     /// `self - earlier`, field by field.
-    pub fn since(&self, earlier: &Counts) -> Counts {
+    pub(crate) fn since(&self, earlier: &Counts) -> Counts {
         Counts {
             states: self.states - earlier.states,
             values: self.values - earlier.values,
@@ -164,7 +164,7 @@ impl Counts {
 }
 
 /// An MQTT 3.1.1 subscriber on `<prefix>/#` that counts what arrives.
-pub struct StateCounter {
+pub(crate) struct StateCounter {
     totals: Arc<Totals>,
     task: JoinHandle<()>,
     _client: AsyncClient,
@@ -173,7 +173,7 @@ pub struct StateCounter {
 impl StateCounter {
     /// Connects to 127.0.0.1:`port` and subscribes to `<prefix>/#`; returns
     /// once the subscription is acknowledged.
-    pub async fn connect(port: u16, prefix: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(port: u16, prefix: &str) -> anyhow::Result<Self> {
         let mut opts = MqttOptions::new(
             format!("fieldgate-bench-{}", std::process::id()),
             "127.0.0.1",
@@ -246,7 +246,7 @@ impl StateCounter {
     }
 
     /// The totals so far.
-    pub fn snapshot(&self) -> Counts {
+    pub(crate) fn snapshot(&self) -> Counts {
         let t = &self.totals;
         Counts {
             states: t.states.load(Ordering::Relaxed),

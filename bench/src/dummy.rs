@@ -12,7 +12,7 @@ use crate::{counter, process, scenario};
 
 /// Options of the `dummy` scenario.
 #[derive(Args)]
-pub struct DummyArgs {
+pub(crate) struct DummyArgs {
     /// Number of devices.
     #[arg(long, default_value_t = 10)]
     pub devices: usize,
@@ -39,13 +39,13 @@ pub struct DummyArgs {
     pub common: CommonArgs,
 }
 
-pub async fn run_dummy(args: DummyArgs) -> anyhow::Result<()> {
+pub(crate) async fn run_dummy(args: DummyArgs) -> anyhow::Result<()> {
     let report = measure_dummy(&args).await?;
     print_result(args.common.json, || report.line(), || report.json());
     Ok(())
 }
 
-pub async fn measure_dummy(args: &DummyArgs) -> anyhow::Result<Report> {
+pub(crate) async fn measure_dummy(args: &DummyArgs) -> anyhow::Result<Report> {
     if args.devices == 0 || args.properties == 0 {
         bail!("--devices and --properties must be at least 1");
     }

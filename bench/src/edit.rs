@@ -18,7 +18,7 @@ use crate::{first_message, process, report, scenario};
 
 /// Options of the `edit` scenario.
 #[derive(clap::Args)]
-pub struct EditArgs {
+pub(crate) struct EditArgs {
     /// Devices configured before the edits.
     #[arg(long, default_value_t = 10000)]
     devices: usize,
@@ -39,7 +39,7 @@ pub struct EditArgs {
 }
 
 /// Runs the `edit` scenario and prints its summary.
-pub async fn main(args: EditArgs) -> anyhow::Result<()> {
+pub(crate) async fn main(args: EditArgs) -> anyhow::Result<()> {
     let r = EditRun {
         devices: args.devices,
         properties: args.properties,
@@ -75,7 +75,7 @@ pub async fn main(args: EditArgs) -> anyhow::Result<()> {
 }
 
 /// What to run.
-pub struct EditRun {
+pub(crate) struct EditRun {
     /// Devices configured before the edits.
     pub devices: usize,
     /// Properties per device.
@@ -90,7 +90,7 @@ pub struct EditRun {
 }
 
 /// One save's figures.
-pub struct Edit {
+pub(crate) struct Edit {
     /// Rename → the added device's first state message.
     pub latency: Duration,
     /// The longest time any other device went without a state message,
@@ -258,7 +258,7 @@ fn write_device_file(
 }
 
 /// Runs the scenario; returns one figure per save.
-pub async fn run(run: &EditRun, dir: &Path, binary: &Path) -> anyhow::Result<Vec<Edit>> {
+pub(crate) async fn run(run: &EditRun, dir: &Path, binary: &Path) -> anyhow::Result<Vec<Edit>> {
     if run.devices == 0 || run.properties == 0 || run.runs == 0 || run.files == 0 {
         bail!("--devices, --properties, --files and --runs must be at least 1");
     }
@@ -348,7 +348,7 @@ pub async fn run(run: &EditRun, dir: &Path, binary: &Path) -> anyhow::Result<Vec
 }
 
 /// The summary line: latency percentiles and the longest silence.
-pub fn line(scenario: &str, edits: &[Edit]) -> String {
+pub(crate) fn line(scenario: &str, edits: &[Edit]) -> String {
     let lat = report::Latencies::new(
         scenario.to_string(),
         edits.iter().map(|e| e.latency).collect(),

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// First-arrival times of watched topics.
-pub struct FirstMessage {
+pub(crate) struct FirstMessage {
     client: AsyncClient,
     arrivals: Arc<Mutex<HashMap<String, Instant>>>,
     subacks: watch::Receiver<u64>,
@@ -20,7 +20,7 @@ pub struct FirstMessage {
 
 impl FirstMessage {
     /// Connects to 127.0.0.1:`port`.
-    pub async fn connect(port: u16) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(port: u16) -> anyhow::Result<Self> {
         let mut opts = MqttOptions::new(
             format!("fieldgate-bench-first-{}", std::process::id()),
             "127.0.0.1",
@@ -62,7 +62,7 @@ impl FirstMessage {
     }
 
     /// Subscribes to `topic` and returns once the broker acknowledged it.
-    pub async fn watch(&mut self, topic: &str) -> anyhow::Result<()> {
+    pub(crate) async fn watch(&mut self, topic: &str) -> anyhow::Result<()> {
         let before = *self.subacks.borrow();
         self.client
             .subscribe(topic, QoS::AtMostOnce)
@@ -80,7 +80,7 @@ impl FirstMessage {
     }
 
     /// When the first message on `topic` arrived, if it has.
-    pub fn arrival(&self, topic: &str) -> Option<Instant> {
+    pub(crate) fn arrival(&self, topic: &str) -> Option<Instant> {
         self.arrivals.lock().ok()?.get(topic).copied()
     }
 }

@@ -18,7 +18,7 @@ use crate::scenario;
 use clap::Args;
 
 /// Parameters of one run.
-pub struct FlatnessRun {
+pub(crate) struct FlatnessRun {
     /// Dummy devices.
     pub devices: usize,
     /// Properties per device.
@@ -37,7 +37,7 @@ pub struct FlatnessRun {
 
 /// One RSS sample.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// Time since the gateway's first state message.
     pub at: Duration,
     /// `VmRSS` in bytes.
@@ -52,7 +52,7 @@ pub struct Sample {
 
 /// What one run measured.
 #[derive(Debug, Clone)]
-pub struct FlatnessReport {
+pub(crate) struct FlatnessReport {
     /// Scenario and parameters.
     pub scenario: String,
     /// Values per second the config asks for.
@@ -83,20 +83,20 @@ impl FlatnessReport {
     }
 
     /// RSS of the first sample after the warm-up and of the last, in bytes.
-    pub fn first_and_last(&self) -> Option<(u64, u64)> {
+    pub(crate) fn first_and_last(&self) -> Option<(u64, u64)> {
         let m = self.measured();
         Some((m.first()?.rss, m.last()?.rss))
     }
 
     /// Growth from the first sample after the warm-up to the last, in bytes
     /// (negative: it shrank).
-    pub fn growth(&self) -> Option<i64> {
+    pub(crate) fn growth(&self) -> Option<i64> {
         self.first_and_last()
             .map(|(first, last)| last as i64 - first as i64)
     }
 
     /// Largest and smallest RSS after the warm-up, in bytes.
-    pub fn range(&self) -> Option<(u64, u64)> {
+    pub(crate) fn range(&self) -> Option<(u64, u64)> {
         let m = self.measured();
         Some((
             m.iter().map(|s| s.rss).min()?,
@@ -105,7 +105,7 @@ impl FlatnessReport {
     }
 
     /// Delivered values per second over the measured part.
-    pub fn delivered_per_second(&self) -> f64 {
+    pub(crate) fn delivered_per_second(&self) -> f64 {
         let m = self.measured();
         match (m.first(), m.last()) {
             (Some(a), Some(b)) if b.at > a.at => {
@@ -117,7 +117,7 @@ impl FlatnessReport {
 
     /// The highest RSS within each restart period after the warm-up (the
     /// samples between two restarts), as (restarts so far, max RSS).
-    pub fn max_per_period(&self) -> Vec<(u32, u64)> {
+    pub(crate) fn max_per_period(&self) -> Vec<(u32, u64)> {
         let mut out: Vec<(u32, u64)> = Vec::new();
         for s in self.measured() {
             match out.last_mut() {
@@ -129,7 +129,7 @@ impl FlatnessReport {
     }
 
     /// The summary line.
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         let (first, last) = self.first_and_last().unwrap_or((0, 0));
         let (min, max) = self.range().unwrap_or((0, 0));
         let measured = self.measured();
@@ -165,7 +165,7 @@ impl FlatnessReport {
     }
 
     /// The same as JSON, with every sample.
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "scenario": self.scenario,
             "expected_values_per_second": self.expected_values_per_second,
@@ -191,7 +191,7 @@ impl FlatnessReport {
 }
 
 /// Runs the scenario with the gateway `binary`, in `dir`.
-pub async fn run(
+pub(crate) async fn run(
     run: &FlatnessRun,
     dir: &Path,
     binary: &Path,
@@ -291,7 +291,7 @@ pub async fn run(
 
 /// Options of the `flatness` scenario.
 #[derive(Args)]
-pub struct FlatnessArgs {
+pub(crate) struct FlatnessArgs {
     /// Dummy devices.
     #[arg(long, default_value_t = 500)]
     devices: usize,
@@ -317,7 +317,7 @@ pub struct FlatnessArgs {
     common: CommonArgs,
 }
 
-pub async fn run_flatness(args: FlatnessArgs) -> anyhow::Result<()> {
+pub(crate) async fn run_flatness(args: FlatnessArgs) -> anyhow::Result<()> {
     if args.devices == 0 || args.properties == 0 {
         bail!("--devices and --properties must be at least 1");
     }

@@ -14,13 +14,13 @@ use crate::process::{self, Supervised};
 use crate::report::Report;
 
 /// A run directory under the system temp dir, deleted on drop unless kept.
-pub struct RunDir {
+pub(crate) struct RunDir {
     pub path: PathBuf,
     pub keep: bool,
 }
 
 impl RunDir {
-    pub fn create(keep: bool) -> anyhow::Result<Self> {
+    pub(crate) fn create(keep: bool) -> anyhow::Result<Self> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -47,7 +47,7 @@ impl Drop for RunDir {
 }
 
 /// What a scenario asks of the gateway.
-pub struct Load {
+pub(crate) struct Load {
     /// Scenario and parameters, for the report.
     pub scenario: String,
     /// Values per second the config should produce.
@@ -59,7 +59,7 @@ pub struct Load {
 }
 
 /// The phases of a measurement.
-pub struct Window {
+pub(crate) struct Window {
     /// How long the gateway may take to publish its first state.
     pub first_state_timeout: Duration,
     /// Running time before the measurement starts.
@@ -69,7 +69,7 @@ pub struct Window {
 }
 
 /// Runs the gateway on `config` against the broker on `port` and measures it.
-pub async fn measure_gateway(
+pub(crate) async fn measure_gateway(
     common: &CommonArgs,
     dir: &Path,
     config: &Path,
@@ -131,7 +131,7 @@ pub async fn measure_gateway(
 
 /// [`run_for`], sampling the gateway's memory every half second: the
 /// highest `VmRSS` and `RssAnon` seen.
-pub async fn run_sampling(
+pub(crate) async fn run_sampling(
     gateway: &mut Supervised,
     dur: Duration,
 ) -> anyhow::Result<measure::Memory> {
@@ -149,7 +149,7 @@ pub async fn run_sampling(
 }
 
 /// Lets the gateway run for `dur`, failing early if it exits.
-pub async fn run_for(gateway: &mut Supervised, dur: Duration) -> anyhow::Result<()> {
+pub(crate) async fn run_for(gateway: &mut Supervised, dur: Duration) -> anyhow::Result<()> {
     let end = Instant::now() + dur;
     loop {
         gateway.ensure_running()?;

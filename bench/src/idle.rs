@@ -18,7 +18,7 @@ use clap::Args;
 
 /// What runs.
 #[derive(Debug, Clone)]
-pub enum IdleConfig {
+pub(crate) enum IdleConfig {
     /// A copy of the demo config (see [`demo_variant`]).
     Demo {
         /// The demo config file.
@@ -32,7 +32,7 @@ pub enum IdleConfig {
 
 /// One thread's wake-ups over the window.
 #[derive(Debug, Clone)]
-pub struct ThreadWakeups {
+pub(crate) struct ThreadWakeups {
     /// Thread id.
     pub tid: u32,
     /// Thread name.
@@ -43,7 +43,7 @@ pub struct ThreadWakeups {
 
 /// What one run measured.
 #[derive(Debug, Clone)]
-pub struct IdleReport {
+pub(crate) struct IdleReport {
     /// Scenario and parameters.
     pub scenario: String,
     /// Window length.
@@ -58,7 +58,7 @@ pub struct IdleReport {
 
 impl IdleReport {
     /// All threads' switches.
-    pub fn total(&self) -> Switches {
+    pub(crate) fn total(&self) -> Switches {
         self.threads
             .iter()
             .fold(Switches::default(), |acc, t| Switches {
@@ -72,7 +72,7 @@ impl IdleReport {
     }
 
     /// The summary line.
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         let total = self.total();
         let threads: Vec<String> = self
             .threads
@@ -102,7 +102,7 @@ impl IdleReport {
     }
 
     /// The same as JSON.
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         let total = self.total();
         serde_json::json!({
             "scenario": self.scenario,
@@ -123,7 +123,7 @@ impl IdleReport {
 }
 
 /// Per-thread differences between two snapshots (threads present in both).
-pub fn thread_deltas(
+pub(crate) fn thread_deltas(
     before: &[(u32, String, Switches)],
     after: &[(u32, String, Switches)],
 ) -> Vec<ThreadWakeups> {
@@ -141,7 +141,7 @@ pub fn thread_deltas(
 }
 
 /// Runs the gateway on `config` for `warmup`, then measures for `window`.
-pub async fn run(
+pub(crate) async fn run(
     config: &IdleConfig,
     warmup: Duration,
     window: Duration,
@@ -216,7 +216,7 @@ pub async fn run(
 
 /// Options of the `idle` scenario.
 #[derive(Args)]
-pub struct IdleArgs {
+pub(crate) struct IdleArgs {
     /// demo (configs/demo.yaml, see --broker) or empty (no devices, no metrics).
     #[arg(long, default_value = "demo")]
     config: String,
@@ -236,7 +236,7 @@ pub struct IdleArgs {
     common: CommonArgs,
 }
 
-pub async fn run_idle(args: IdleArgs) -> anyhow::Result<()> {
+pub(crate) async fn run_idle(args: IdleArgs) -> anyhow::Result<()> {
     if args.duration.is_zero() {
         bail!("--duration must be more than 0");
     }

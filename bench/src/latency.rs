@@ -20,7 +20,7 @@ use crate::scenario;
 use clap::Args;
 
 /// Parameters of one run.
-pub struct LatencyRun {
+pub(crate) struct LatencyRun {
     /// Modbus TCP devices (one server each).
     pub devices: usize,
     /// Writable holding registers per device.
@@ -44,7 +44,7 @@ pub struct LatencyRun {
 
 /// What one run measured.
 #[derive(Debug, Clone)]
-pub struct LatencyReport {
+pub(crate) struct LatencyReport {
     /// Scenario and parameters.
     pub scenario: String,
     /// Latency of every answered command, sorted.
@@ -66,7 +66,7 @@ pub struct LatencyReport {
 }
 
 /// The value at quantile `q` (0..=1) of `sorted`, nearest-rank; zero when empty.
-pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
+pub(crate) fn quantile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -80,7 +80,7 @@ fn ms(d: Duration) -> f64 {
 
 impl LatencyReport {
     /// Commands answered per second.
-    pub fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         let s = self.elapsed.as_secs_f64();
         if s > 0.0 {
             self.sorted.len() as f64 / s
@@ -90,7 +90,7 @@ impl LatencyReport {
     }
 
     /// The mean latency.
-    pub fn mean(&self) -> Duration {
+    pub(crate) fn mean(&self) -> Duration {
         if self.sorted.is_empty() {
             return Duration::ZERO;
         }
@@ -98,7 +98,7 @@ impl LatencyReport {
     }
 
     /// The one-line summary.
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         let q = |p| ms(quantile(&self.sorted, p));
         format!(
             "{}: {} results in {:.1}s ({:.0} commands/s); latency ms p50 {:.2} p90 {:.2} p99 {:.2} \
@@ -125,7 +125,7 @@ impl LatencyReport {
     }
 
     /// The same as JSON.
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         let q = |p| ms(quantile(&self.sorted, p));
         serde_json::json!({
             "scenario": self.scenario,
@@ -187,7 +187,7 @@ struct InFlight {
 }
 
 /// Runs the scenario with the gateway `binary`, in `dir`.
-pub async fn run(
+pub(crate) async fn run(
     run: &LatencyRun,
     dir: &Path,
     binary: &Path,
@@ -395,7 +395,7 @@ impl Drop for AbortOnDrop {
 
 /// Options of the `latency` scenario.
 #[derive(Args)]
-pub struct LatencyArgs {
+pub(crate) struct LatencyArgs {
     /// Modbus TCP devices (one server each).
     #[arg(long, default_value_t = 1)]
     devices: usize,
@@ -430,7 +430,7 @@ pub struct LatencyArgs {
     common: CommonArgs,
 }
 
-pub async fn run_latency(args: LatencyArgs) -> anyhow::Result<()> {
+pub(crate) async fn run_latency(args: LatencyArgs) -> anyhow::Result<()> {
     if args.devices == 0 || args.registers == 0 || args.commands == 0 {
         bail!("--devices, --registers and --commands must be at least 1");
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 /// Why a `/proc` file could not be read or understood.
 #[derive(Debug, thiserror::Error)]
-pub enum ProcError {
+pub(crate) enum ProcError {
     /// The file could not be read (process gone, not Linux, …).
     #[error("cannot read {path}: {source}")]
     Read {
@@ -29,7 +29,7 @@ pub enum ProcError {
 
 /// CPU time a process has used, in clock ticks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CpuTicks {
+pub(crate) struct CpuTicks {
     /// Time in user mode.
     pub utime: u64,
     /// Time in kernel mode.
@@ -38,7 +38,7 @@ pub struct CpuTicks {
 
 impl CpuTicks {
     /// User plus kernel time.
-    pub fn total(self) -> u64 {
+    pub(crate) fn total(self) -> u64 {
         self.utime + self.stime
     }
 }
@@ -46,7 +46,7 @@ impl CpuTicks {
 /// Parses utime and stime (fields 14 and 15) out of a `/proc/<pid>/stat` line.
 /// The command name (field 2) is in parentheses and may itself contain
 /// spaces and parentheses, so fields are counted after its last `)`.
-pub fn parse_stat(line: &str) -> Result<CpuTicks, ProcError> {
+pub(crate) fn parse_stat(line: &str) -> Result<CpuTicks, ProcError> {
     let close = line.rfind(')').ok_or_else(|| ProcError::Format {
         what: "/proc/<pid>/stat",
         detail: "no `)` after the command name".into(),
@@ -70,12 +70,12 @@ pub fn parse_stat(line: &str) -> Result<CpuTicks, ProcError> {
 }
 
 /// Parses `VmHWM` (peak resident set size) out of `/proc/<pid>/status`, in bytes.
-pub fn parse_vm_hwm(status: &str) -> Result<u64, ProcError> {
+pub(crate) fn parse_vm_hwm(status: &str) -> Result<u64, ProcError> {
     parse_status_bytes(status, "VmHWM")
 }
 
 /// Parses the memory line `key` (e.g. `VmRSS`) out of `/proc/<pid>/status`, in bytes.
-pub fn parse_status_bytes(status: &str, key: &'static str) -> Result<u64, ProcError> {
+pub(crate) fn parse_status_bytes(status: &str, key: &'static str) -> Result<u64, ProcError> {
     let (value, unit) = status_field(status, key)?;
     let unit = match unit {
         Some("kB") => 1024,
@@ -120,7 +120,7 @@ fn status_field<'a>(
 
 /// Context switches of one thread or process (`/proc/.../status`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Switches {
+pub(crate) struct Switches {
     /// `voluntary_ctxt_switches`: the thread blocked (slept, waited for I/O):
     /// each one is a wake-up when it runs again.
     pub voluntary: u64,
@@ -130,7 +130,7 @@ pub struct Switches {
 
 impl Switches {
     /// Field-wise `self - earlier` (saturating: a thread may have ended).
-    pub fn since(&self, earlier: &Switches) -> Switches {
+    pub(crate) fn since(&self, earlier: &Switches) -> Switches {
         Switches {
             voluntary: self.voluntary.saturating_sub(earlier.voluntary),
             nonvoluntary: self.nonvoluntary.saturating_sub(earlier.nonvoluntary),
@@ -139,7 +139,7 @@ impl Switches {
 }
 
 /// Parses the two context-switch counters out of a `/proc/.../status`.
-pub fn parse_switches(status: &str) -> Result<Switches, ProcError> {
+pub(crate) fn parse_switches(status: &str) -> Result<Switches, ProcError> {
     Ok(Switches {
         voluntary: status_field(status, "voluntary_ctxt_switches")?.0,
         nonvoluntary: status_field(status, "nonvoluntary_ctxt_switches")?.0,
@@ -148,7 +148,7 @@ pub fn parse_switches(status: &str) -> Result<Switches, ProcError> {
 
 /// The context switches of every thread of process `pid`, by thread id,
 /// with each thread's name (`/proc/<pid>/task/<tid>/{status,comm}`).
-pub fn thread_switches(pid: u32) -> Result<Vec<(u32, String, Switches)>, ProcError> {
+pub(crate) fn thread_switches(pid: u32) -> Result<Vec<(u32, String, Switches)>, ProcError> {
     let dir = PathBuf::from(format!("/proc/{pid}/task"));
     let entries = std::fs::read_dir(&dir).map_err(|source| ProcError::Read {
         path: dir.clone(),
@@ -177,7 +177,7 @@ pub fn thread_switches(pid: u32) -> Result<Vec<(u32, String, Switches)>, ProcErr
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`), 100 if that cannot be asked.
-pub fn clock_ticks_per_second() -> u64 {
+pub(crate) fn clock_ticks_per_second() -> u64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -194,18 +194,18 @@ fn read_proc(pid: u32, file: &str) -> Result<String, ProcError> {
 }
 
 /// The CPU ticks process `pid` has used so far.
-pub fn cpu_ticks(pid: u32) -> Result<CpuTicks, ProcError> {
+pub(crate) fn cpu_ticks(pid: u32) -> Result<CpuTicks, ProcError> {
     parse_stat(&read_proc(pid, "stat")?)
 }
 
 /// The current resident memory (`VmRSS`) of process `pid`, in bytes.
-pub fn rss_bytes(pid: u32) -> Result<u64, ProcError> {
+pub(crate) fn rss_bytes(pid: u32) -> Result<u64, ProcError> {
     parse_status_bytes(&read_proc(pid, "status")?, "VmRSS")
 }
 
 /// Resident memory of a process from one read of `/proc/<pid>/status`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Memory {
+pub(crate) struct Memory {
     /// `VmRSS`: all resident pages, file-backed (code) included.
     pub rss: u64,
     /// `RssAnon`: resident anonymous pages, what the process itself holds
@@ -215,7 +215,7 @@ pub struct Memory {
 
 impl Memory {
     /// The larger of each figure.
-    pub fn max(self, other: Memory) -> Memory {
+    pub(crate) fn max(self, other: Memory) -> Memory {
         Memory {
             rss: self.rss.max(other.rss),
             anon: self.anon.max(other.anon),
@@ -224,7 +224,7 @@ impl Memory {
 }
 
 /// Parses `VmRSS` and `RssAnon` out of `/proc/<pid>/status`.
-pub fn parse_memory(status: &str) -> Result<Memory, ProcError> {
+pub(crate) fn parse_memory(status: &str) -> Result<Memory, ProcError> {
     Ok(Memory {
         rss: parse_status_bytes(status, "VmRSS")?,
         anon: parse_status_bytes(status, "RssAnon")?,
@@ -232,18 +232,18 @@ pub fn parse_memory(status: &str) -> Result<Memory, ProcError> {
 }
 
 /// The current `VmRSS` and `RssAnon` of process `pid`.
-pub fn memory(pid: u32) -> Result<Memory, ProcError> {
+pub(crate) fn memory(pid: u32) -> Result<Memory, ProcError> {
     parse_memory(&read_proc(pid, "status")?)
 }
 
 /// The peak resident memory of process `pid`, in bytes.
-pub fn peak_rss_bytes(pid: u32) -> Result<u64, ProcError> {
+pub(crate) fn peak_rss_bytes(pid: u32) -> Result<u64, ProcError> {
     parse_vm_hwm(&read_proc(pid, "status")?)
 }
 
 /// Measures one process's CPU use over a window.
 #[derive(Debug, Clone)]
-pub struct CpuWindow {
+pub(crate) struct CpuWindow {
     pid: u32,
     ticks_per_second: u64,
     start_ticks: u64,
@@ -252,7 +252,7 @@ pub struct CpuWindow {
 
 /// CPU use over a finished window.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CpuUsage {
+pub(crate) struct CpuUsage {
     /// Wall-clock length of the window.
     pub elapsed: Duration,
     /// CPU seconds used in the window.
@@ -261,7 +261,7 @@ pub struct CpuUsage {
 
 impl CpuUsage {
     /// CPU use as a percentage of one core (may exceed 100 on several cores).
-    pub fn percent_of_one_core(&self) -> f64 {
+    pub(crate) fn percent_of_one_core(&self) -> f64 {
         let wall = self.elapsed.as_secs_f64();
         if wall > 0.0 {
             100.0 * self.cpu_seconds / wall
@@ -273,7 +273,7 @@ impl CpuUsage {
 
 impl CpuWindow {
     /// Starts a window now.
-    pub fn start(pid: u32, ticks_per_second: u64) -> Result<Self, ProcError> {
+    pub(crate) fn start(pid: u32, ticks_per_second: u64) -> Result<Self, ProcError> {
         Ok(Self {
             pid,
             ticks_per_second: ticks_per_second.max(1),
@@ -283,7 +283,7 @@ impl CpuWindow {
     }
 
     /// Ends the window now.
-    pub fn finish(&self) -> Result<CpuUsage, ProcError> {
+    pub(crate) fn finish(&self) -> Result<CpuUsage, ProcError> {
         let ticks = cpu_ticks(self.pid)?.total();
         Ok(CpuUsage {
             elapsed: self.started.elapsed(),

@@ -12,7 +12,7 @@ use crate::{modbus_devices, process, scenario};
 
 /// Options of the `modbus` scenario.
 #[derive(Args)]
-pub struct ModbusArgs {
+pub(crate) struct ModbusArgs {
     /// Number of devices (one Modbus TCP server each).
     #[arg(long, default_value_t = 10)]
     pub devices: usize,
@@ -36,7 +36,7 @@ pub struct ModbusArgs {
     pub common: CommonArgs,
 }
 
-pub async fn run_modbus(args: ModbusArgs) -> anyhow::Result<()> {
+pub(crate) async fn run_modbus(args: ModbusArgs) -> anyhow::Result<()> {
     let (report, per_cycle) = measure_modbus(&args).await?;
     if args.common.json {
         let mut j = report.json();
@@ -54,7 +54,7 @@ pub async fn run_modbus(args: ModbusArgs) -> anyhow::Result<()> {
 
 /// Runs the modbus scenario; also returns the requests one poll cycle of
 /// one device made, as the devices saw them.
-pub async fn measure_modbus(args: &ModbusArgs) -> anyhow::Result<(Report, Option<f64>)> {
+pub(crate) async fn measure_modbus(args: &ModbusArgs) -> anyhow::Result<(Report, Option<f64>)> {
     if args.devices == 0 || args.registers == 0 {
         bail!("--devices and --registers must be at least 1");
     }

@@ -82,7 +82,7 @@ impl Service for Device {
 }
 
 /// A fleet of simulated devices; dropping it stops every server.
-pub struct Fleet {
+pub(crate) struct Fleet {
     /// The endpoint of each device.
     pub endpoints: Vec<SocketAddr>,
     requests: Arc<AtomicU64>,
@@ -93,13 +93,13 @@ pub struct Fleet {
 
 impl Fleet {
     /// Starts `devices` servers, each on its own free loopback port.
-    pub async fn start(devices: usize) -> anyhow::Result<Self> {
+    pub(crate) async fn start(devices: usize) -> anyhow::Result<Self> {
         Self::start_with(devices, None).await
     }
 
     /// Starts `devices` servers with `registers` writable holding registers
     /// each (all 0 at first).
-    pub async fn start_writable(devices: usize, registers: u16) -> anyhow::Result<Self> {
+    pub(crate) async fn start_writable(devices: usize, registers: u16) -> anyhow::Result<Self> {
         Self::start_with(devices, Some(registers)).await
     }
 
@@ -142,7 +142,7 @@ impl Fleet {
     }
 
     /// The holding register `address` of writable device `device`, if it exists.
-    pub fn register(&self, device: usize, address: u16) -> Option<u16> {
+    pub(crate) fn register(&self, device: usize, address: u16) -> Option<u16> {
         self.banks
             .get(device)?
             .get(usize::from(address))
@@ -150,7 +150,7 @@ impl Fleet {
     }
 
     /// Requests answered so far by all devices (shared counter).
-    pub fn requests(&self) -> Arc<AtomicU64> {
+    pub(crate) fn requests(&self) -> Arc<AtomicU64> {
         self.requests.clone()
     }
 }

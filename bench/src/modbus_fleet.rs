@@ -18,7 +18,7 @@ use crate::scenario;
 
 /// Options of the `modbus-fleet` scenario.
 #[derive(Args)]
-pub struct ModbusFleetArgs {
+pub(crate) struct ModbusFleetArgs {
     /// Modbus TCP endpoints, one device each.
     #[arg(long, default_value_t = 1000)]
     pub devices: usize,
@@ -39,7 +39,7 @@ pub struct ModbusFleetArgs {
 }
 
 /// Runs the scenario and prints its result.
-pub async fn run_modbus_fleet(args: ModbusFleetArgs) -> anyhow::Result<()> {
+pub(crate) async fn run_modbus_fleet(args: ModbusFleetArgs) -> anyhow::Result<()> {
     if args.devices == 0 || args.registers == 0 {
         bail!("--devices and --registers must be at least 1");
     }

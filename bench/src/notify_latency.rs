@@ -30,7 +30,7 @@ use crate::scenario;
 
 /// Options of the `notify-latency` scenario.
 #[derive(Args)]
-pub struct NotifyLatencyArgs {
+pub(crate) struct NotifyLatencyArgs {
     /// opcua (subscription change) or ble (GATT notification).
     #[arg(long, default_value = "opcua")]
     pub source: String,
@@ -105,7 +105,7 @@ fn ble_config(broker_port: u16, state: &std::path::Path, interval: Duration) -> 
 }
 
 /// Runs the scenario and prints its result.
-pub async fn run_notify_latency(args: NotifyLatencyArgs) -> anyhow::Result<()> {
+pub(crate) async fn run_notify_latency(args: NotifyLatencyArgs) -> anyhow::Result<()> {
     if args.samples == 0 || args.interval.is_zero() {
         bail!("--samples and --interval must be more than 0");
     }

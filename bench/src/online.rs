@@ -26,7 +26,7 @@ use crate::scenario;
 
 /// Options every fleet scenario takes.
 #[derive(Args, Clone)]
-pub struct FleetCommon {
+pub(crate) struct FleetCommon {
     /// The fieldgate binary (default: target/release/fieldgate).
     #[arg(long)]
     pub fieldgate: Option<PathBuf>,
@@ -40,14 +40,14 @@ pub struct FleetCommon {
 
 impl FleetCommon {
     /// The gateway binary to run.
-    pub fn binary(&self) -> PathBuf {
+    pub(crate) fn binary(&self) -> PathBuf {
         self.fieldgate
             .clone()
             .unwrap_or_else(process::default_fieldgate_binary)
     }
 
     /// A fresh run directory with a `state/` directory in it.
-    pub fn run_dir(&self) -> anyhow::Result<RunDir> {
+    pub(crate) fn run_dir(&self) -> anyhow::Result<RunDir> {
         let dir = tempfile::Builder::new()
             .prefix("fieldgate-bench-")
             .tempdir()
@@ -61,14 +61,14 @@ impl FleetCommon {
 }
 
 /// A run directory, deleted on drop unless `--keep`.
-pub struct RunDir {
+pub(crate) struct RunDir {
     dir: Option<tempfile::TempDir>,
     keep: bool,
 }
 
 impl RunDir {
     /// Its path.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.as_ref().map_or(Path::new("."), |d| d.path())
     }
 }
@@ -87,7 +87,7 @@ impl Drop for RunDir {
 }
 
 /// One state message of the probed device, with its arrival instant.
-pub struct Arrival {
+pub(crate) struct Arrival {
     /// When the subscriber received it.
     pub at: Instant,
     /// Its payload (a state object).
@@ -104,7 +104,7 @@ struct Seen {
 /// A subscriber on `fieldgate/bench/+` that records when the first state
 /// arrived and when `expect` distinct devices had published one, and
 /// forwards every state of one device (`probe`) with its arrival instant.
-pub struct Online {
+pub(crate) struct Online {
     seen: Arc<Mutex<Seen>>,
     task: JoinHandle<()>,
     _client: AsyncClient,
@@ -113,7 +113,7 @@ pub struct Online {
 impl Online {
     /// Connects to 127.0.0.1:`port`, subscribes and returns once the broker
     /// acknowledged the subscription.
-    pub async fn connect(
+    pub(crate) async fn connect(
         port: u16,
         expect: usize,
         probe: Option<(String, mpsc::UnboundedSender<Arrival>)>,
@@ -185,17 +185,17 @@ impl Online {
     }
 
     /// When the first state arrived.
-    pub fn first(&self) -> Option<Instant> {
+    pub(crate) fn first(&self) -> Option<Instant> {
         self.seen.lock().ok()?.first
     }
 
     /// When every expected device had published.
-    pub fn all(&self) -> Option<Instant> {
+    pub(crate) fn all(&self) -> Option<Instant> {
         self.seen.lock().ok()?.all
     }
 
     /// Distinct devices seen so far (counted until all were seen).
-    pub fn devices(&self) -> usize {
+    pub(crate) fn devices(&self) -> usize {
         self.seen.lock().map_or(0, |s| s.devices.len())
     }
 }
@@ -208,7 +208,7 @@ impl Drop for Online {
 
 /// Start → first state and start → every device, measured by [`wait_online`].
 #[derive(Debug, Clone, Copy)]
-pub struct StartUp {
+pub(crate) struct StartUp {
     /// Process start to the first state at the subscriber.
     pub first_state: Duration,
     /// Process start to a state from every device.
@@ -216,7 +216,7 @@ pub struct StartUp {
 }
 
 /// Waits until `online` saw every device (or `timeout` after `started`).
-pub async fn wait_online(
+pub(crate) async fn wait_online(
     gateway: &mut Supervised,
     online: &Online,
     started: Instant,
@@ -242,7 +242,7 @@ pub async fn wait_online(
 }
 
 /// Lets the gateway run for `dur`, failing early if it exits.
-pub async fn run_for(gateway: &mut Supervised, dur: Duration) -> anyhow::Result<()> {
+pub(crate) async fn run_for(gateway: &mut Supervised, dur: Duration) -> anyhow::Result<()> {
     let end = Instant::now() + dur;
     loop {
         gateway.ensure_running()?;
@@ -256,7 +256,7 @@ pub async fn run_for(gateway: &mut Supervised, dur: Duration) -> anyhow::Result<
 
 /// One measurement window: values counted by `counter`, the gateway's CPU
 /// and its highest `VmRSS`/`RssAnon` (sampled every 0.5 s).
-pub async fn measure_window(
+pub(crate) async fn measure_window(
     gateway: &mut Supervised,
     counter: &StateCounter,
     duration: Duration,
@@ -290,14 +290,14 @@ pub async fn measure_window(
 }
 
 /// Current load average (1, 5, 15 min), for the report's note.
-pub fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
 }
 
 /// CPU-seconds per 1 000 delivered values in `report`'s window.
-pub fn cpu_seconds_per_thousand(report: &Report) -> f64 {
+pub(crate) fn cpu_seconds_per_thousand(report: &Report) -> f64 {
     if report.delivered.values == 0 {
         return 0.0;
     }

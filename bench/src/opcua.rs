@@ -11,7 +11,7 @@ use crate::{opcua_server, process, scenario};
 
 /// Options of the `opcua` scenario.
 #[derive(Args)]
-pub struct OpcuaArgs {
+pub(crate) struct OpcuaArgs {
     /// Number of nodes (properties of the one device).
     #[arg(long, default_value_t = 1000)]
     nodes: usize,
@@ -34,7 +34,7 @@ pub struct OpcuaArgs {
     common: CommonArgs,
 }
 
-pub async fn run_opcua(args: OpcuaArgs) -> anyhow::Result<()> {
+pub(crate) async fn run_opcua(args: OpcuaArgs) -> anyhow::Result<()> {
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
     }

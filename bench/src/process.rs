@@ -9,16 +9,16 @@ use std::process::Command;
 
 use anyhow::{bail, Context as _};
 use fieldgate_testkit::mosquitto;
-pub use fieldgate_testkit::process::{log_tail, Supervised};
+pub(crate) use fieldgate_testkit::process::{log_tail, Supervised};
 
 /// A loopback TCP port that was free a moment ago.
-pub fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(fieldgate_testkit::try_free_port()?)
 }
 
 /// Starts an anonymous, non-persistent Mosquitto on 127.0.0.1:<free port>
 /// with its config and log in `dir`; returns it and its port once it listens.
-pub async fn start_mosquitto(dir: &Path) -> anyhow::Result<(Supervised, u16)> {
+pub(crate) async fn start_mosquitto(dir: &Path) -> anyhow::Result<(Supervised, u16)> {
     let port = free_port()?;
     Ok((start_mosquitto_on(dir, port).await?, port))
 }
@@ -27,13 +27,13 @@ pub async fn start_mosquitto(dir: &Path) -> anyhow::Result<(Supervised, u16)> {
 /// each packet at once instead of holding a small one back (Nagle) until the
 /// client acknowledges the previous one, which a client delays by up to
 /// 40 ms. Request/response measurements need it.
-pub async fn start_mosquitto_nodelay(dir: &Path) -> anyhow::Result<(Supervised, u16)> {
+pub(crate) async fn start_mosquitto_nodelay(dir: &Path) -> anyhow::Result<(Supervised, u16)> {
     let port = free_port()?;
     Ok((start_mosquitto_with(dir, port, true).await?, port))
 }
 
 /// [`start_mosquitto`] on a given port (to restart a broker after an outage).
-pub async fn start_mosquitto_on(dir: &Path, port: u16) -> anyhow::Result<Supervised> {
+pub(crate) async fn start_mosquitto_on(dir: &Path, port: u16) -> anyhow::Result<Supervised> {
     start_mosquitto_with(dir, port, false).await
 }
 
@@ -44,7 +44,7 @@ async fn start_mosquitto_with(dir: &Path, port: u16, nodelay: bool) -> anyhow::R
 
 /// The default `fieldgate` binary: `target/release/fieldgate` under the
 /// current directory, else under this workspace.
-pub fn default_fieldgate_binary() -> PathBuf {
+pub(crate) fn default_fieldgate_binary() -> PathBuf {
     let local = PathBuf::from("target/release/fieldgate");
     if local.is_file() {
         return local;
@@ -53,7 +53,11 @@ pub fn default_fieldgate_binary() -> PathBuf {
 }
 
 /// Starts `fieldgate run -c <config>` with its log in `dir/fieldgate.log`.
-pub fn start_fieldgate(binary: &Path, config: &Path, dir: &Path) -> anyhow::Result<Supervised> {
+pub(crate) fn start_fieldgate(
+    binary: &Path,
+    config: &Path,
+    dir: &Path,
+) -> anyhow::Result<Supervised> {
     if !binary.is_file() {
         bail!(
             "{} not found: build it with `cargo build --release -p fieldgate` or pass --fieldgate PATH",

@@ -26,7 +26,7 @@ use crate::process::{self, Supervised};
 
 /// Options of the `reconnect-bytes` scenario.
 #[derive(Args)]
-pub struct ReconnectArgs {
+pub(crate) struct ReconnectArgs {
     /// Idle simulated fans (retained state, `$meta` and `$state` each).
     #[arg(long, default_value_t = 1000)]
     devices: usize,
@@ -277,7 +277,7 @@ async fn wait_quiet(
 }
 
 /// Runs the scenario.
-pub async fn run(args: ReconnectArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: ReconnectArgs) -> anyhow::Result<()> {
     if args.devices == 0 || args.reconnects == 0 {
         bail!("--devices and --reconnects must be at least 1");
     }

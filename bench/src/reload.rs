@@ -13,7 +13,7 @@ use crate::{first_message, process, report, scenario};
 
 /// Options of the `reload` scenario.
 #[derive(Args)]
-pub struct ReloadArgs {
+pub(crate) struct ReloadArgs {
     /// Number of devices configured before the reloads.
     #[arg(long, default_value_t = 1000)]
     devices: usize,
@@ -30,7 +30,7 @@ pub struct ReloadArgs {
     common: CommonArgs,
 }
 
-pub async fn run_reload(args: ReloadArgs) -> anyhow::Result<()> {
+pub(crate) async fn run_reload(args: ReloadArgs) -> anyhow::Result<()> {
     if args.devices == 0 || args.properties == 0 || args.runs == 0 {
         bail!("--devices, --properties and --runs must be at least 1");
     }

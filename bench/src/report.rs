@@ -7,7 +7,7 @@ use crate::measure::{CpuUsage, Memory};
 
 /// What one run measured over its measurement window.
 #[derive(Debug, Clone)]
-pub struct Report {
+pub(crate) struct Report {
     /// Scenario and parameters, e.g. `dummy devices=10 properties=10 interval=1s`.
     pub scenario: String,
     /// Values per second the config should produce.
@@ -40,12 +40,12 @@ impl Report {
     }
 
     /// Delivered values per second.
-    pub fn delivered_values_per_second(&self) -> f64 {
+    pub(crate) fn delivered_values_per_second(&self) -> f64 {
         self.per_second(self.delivered.values)
     }
 
     /// Delivered as a percentage of expected.
-    pub fn delivery_percent(&self) -> f64 {
+    pub(crate) fn delivery_percent(&self) -> f64 {
         if self.expected_values_per_second > 0.0 {
             100.0 * self.delivered_values_per_second() / self.expected_values_per_second
         } else {
@@ -54,23 +54,23 @@ impl Report {
     }
 
     /// The highest `RssAnon` sampled in the window, MiB.
-    pub fn anon_mib(&self) -> f64 {
+    pub(crate) fn anon_mib(&self) -> f64 {
         mib(self.memory.anon)
     }
 
     /// The highest `VmRSS` sampled in the window, MiB.
-    pub fn rss_mib(&self) -> f64 {
+    pub(crate) fn rss_mib(&self) -> f64 {
         mib(self.memory.rss)
     }
 
     /// Peak RSS in MiB.
-    pub fn peak_rss_mib(&self) -> f64 {
+    pub(crate) fn peak_rss_mib(&self) -> f64 {
         self.peak_rss_bytes as f64 / (1024.0 * 1024.0)
     }
 
     /// The gateway's CPU-seconds per million delivered values (0 when none
     /// arrived): the cost of one value, independent of the rate.
-    pub fn cpu_seconds_per_million_values(&self) -> f64 {
+    pub(crate) fn cpu_seconds_per_million_values(&self) -> f64 {
         if self.delivered.values > 0 {
             self.cpu.cpu_seconds * 1e6 / self.delivered.values as f64
         } else {
@@ -79,12 +79,12 @@ impl Report {
     }
 
     /// Device requests per second, when counted.
-    pub fn device_requests_per_second(&self) -> Option<f64> {
+    pub(crate) fn device_requests_per_second(&self) -> Option<f64> {
         self.device_requests.map(|n| self.per_second(n))
     }
 
     /// The one-line summary.
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         let requests = self
             .device_requests_per_second()
             .map(|r| format!(", device requests/s {r:.1}"))
@@ -110,7 +110,7 @@ impl Report {
     }
 
     /// The same as a JSON object.
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "scenario": self.scenario,
             "window_seconds": self.window().as_secs_f64(),
@@ -133,12 +133,12 @@ impl Report {
 }
 
 /// Bytes as MiB.
-pub fn mib(bytes: u64) -> f64 {
+pub(crate) fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
 /// Latencies of repeated runs of one scenario.
-pub struct Latencies {
+pub(crate) struct Latencies {
     /// What was measured.
     pub scenario: String,
     /// One per run, sorted.
@@ -147,7 +147,7 @@ pub struct Latencies {
 
 impl Latencies {
     /// Sorts `runs`.
-    pub fn new(scenario: String, mut runs: Vec<std::time::Duration>) -> Self {
+    pub(crate) fn new(scenario: String, mut runs: Vec<std::time::Duration>) -> Self {
         runs.sort();
         Self {
             scenario,
@@ -160,7 +160,7 @@ impl Latencies {
     }
 
     /// The median (mean of the middle two for an even count); zero when empty.
-    pub fn median(&self) -> std::time::Duration {
+    pub(crate) fn median(&self) -> std::time::Duration {
         let n = self.sorted.len();
         match n {
             0 => std::time::Duration::ZERO,
@@ -170,7 +170,7 @@ impl Latencies {
     }
 
     /// One human-readable line.
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         let all: Vec<String> = self
             .sorted
             .iter()
@@ -188,7 +188,7 @@ impl Latencies {
     }
 
     /// The same as JSON.
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "scenario": self.scenario,
             "runs": self.sorted.len(),

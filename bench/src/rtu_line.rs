@@ -26,7 +26,7 @@ use crate::scenario;
 
 /// Options of the `rtu-line` scenario.
 #[derive(Args)]
-pub struct RtuLineArgs {
+pub(crate) struct RtuLineArgs {
     /// Units on the line (unit ids 1..=N, at most 247).
     #[arg(long, default_value_t = 100)]
     pub units: u8,
@@ -140,7 +140,7 @@ fn wire_seconds_per_poll(registers: u16, baud: u32) -> f64 {
 }
 
 /// Runs the scenario and prints its result.
-pub async fn run_rtu_line(args: RtuLineArgs) -> anyhow::Result<()> {
+pub(crate) async fn run_rtu_line(args: RtuLineArgs) -> anyhow::Result<()> {
     use tokio_serial::SerialPort as _;
     if args.units == 0 || args.units > 247 || args.registers == 0 || args.registers > 125 {
         bail!("--units is 1..=247 and --registers 1..=125");

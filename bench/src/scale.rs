@@ -11,7 +11,7 @@ use crate::modbus::{measure_modbus, ModbusArgs};
 
 /// Options of the `scale` sweep.
 #[derive(Args)]
-pub struct ScaleArgs {
+pub(crate) struct ScaleArgs {
     /// dummy or modbus.
     #[arg(long, default_value = "dummy")]
     driver: String,
@@ -34,7 +34,7 @@ pub struct ScaleArgs {
     common: CommonArgs,
 }
 
-pub async fn run_scale(args: ScaleArgs) -> anyhow::Result<()> {
+pub(crate) async fn run_scale(args: ScaleArgs) -> anyhow::Result<()> {
     if args.driver != "dummy" && args.driver != "modbus" {
         bail!("--driver is dummy or modbus");
     }

@@ -5,15 +5,15 @@ use std::path::Path;
 use std::time::Duration;
 
 /// The namespace of every generated config (topics `fieldgate/bench/<device>`).
-pub const NAMESPACE: &str = "bench";
+pub(crate) const NAMESPACE: &str = "bench";
 
 /// The topic prefix of every generated config.
-pub const PREFIX: &str = "fieldgate";
+pub(crate) const PREFIX: &str = "fieldgate";
 
 /// `devices` simulated devices with `properties` properties each, polled every
 /// `interval`, alternating `counter` (uint32) and `sine` (float64)
 /// generators, publishing to the broker on 127.0.0.1:`broker_port`.
-pub fn dummy_config(
+pub(crate) fn dummy_config(
     devices: usize,
     properties: usize,
     interval: Duration,
@@ -34,7 +34,7 @@ pub fn dummy_config(
 }
 
 /// The YAML lines of one simulated device (a `devices:` list item).
-pub fn dummy_device(name: &str, properties: usize, interval: &str) -> Vec<String> {
+pub(crate) fn dummy_device(name: &str, properties: usize, interval: &str) -> Vec<String> {
     let mut y = vec![
         format!("  - name: {name}"),
         "    driver: dummy".into(),
@@ -56,7 +56,7 @@ pub fn dummy_device(name: &str, properties: usize, interval: &str) -> Vec<String
 }
 
 /// [`dummy_config`] plus the simulated devices `extra`, appended last.
-pub fn dummy_config_with(
+pub(crate) fn dummy_config_with(
     devices: usize,
     properties: usize,
     interval: Duration,
@@ -76,7 +76,7 @@ pub fn dummy_config_with(
 /// One Modbus TCP device per endpoint with `registers` uint16 holding
 /// registers (addresses 0..registers) each, polled every `interval`;
 /// `max_registers_per_read` (default 125) limits the read planner.
-pub fn modbus_config(
+pub(crate) fn modbus_config(
     endpoints: &[SocketAddr],
     registers: u16,
     interval: Duration,
@@ -96,7 +96,7 @@ pub fn modbus_config(
 }
 
 /// [`modbus_config`] with every register `writable: true` (for `$set`).
-pub fn modbus_writable_config(
+pub(crate) fn modbus_writable_config(
     endpoints: &[SocketAddr],
     registers: u16,
     interval: Duration,
@@ -155,7 +155,7 @@ fn modbus_config_with(
 /// One OPC-UA device reading `node_ids` (all Int32) from `endpoint`, with
 /// `syncInterval` = `interval` (publishing interval, or poll period with
 /// `mode: poll`), publishing to the broker on 127.0.0.1:`broker_port`.
-pub fn opcua_config(
+pub(crate) fn opcua_config(
     endpoint: &str,
     node_ids: &[String],
     mode: &str,
@@ -191,7 +191,7 @@ pub fn opcua_config(
 
 /// A generated config speaking Sparkplug B (group `bench`, edge node = the
 /// namespace) instead of fieldgate's topics.
-pub fn as_sparkplug(yaml: &str) -> String {
+pub(crate) fn as_sparkplug(yaml: &str) -> String {
     yaml.replacen("  message:\n", "  message:\n    format: sparkplugB\n", 1)
         .replacen(
             "\ndevices:\n",

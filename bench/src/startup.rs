@@ -28,7 +28,7 @@ use clap::Args;
 
 /// Which broker the gateway publishes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Broker {
+pub(crate) enum Broker {
     /// The config's embedded broker (on a free port).
     Embedded,
     /// A private Mosquitto.
@@ -37,7 +37,7 @@ pub enum Broker {
 
 /// What the gateway runs.
 #[derive(Debug, Clone)]
-pub enum Source {
+pub(crate) enum Source {
     /// A copy of the demo config (`configs/demo.yaml`): free ports for its
     /// embedded broker and metrics, its state directory in the run directory,
     /// and with [`Broker::Mosquitto`] the embedded broker replaced by
@@ -61,7 +61,7 @@ pub enum Source {
 
 /// One start-up.
 #[derive(Debug, Clone)]
-pub struct Startup {
+pub(crate) struct Startup {
     /// Process start to the first state message.
     pub first_state: Duration,
     /// Process start to a state from every device (generated configs).
@@ -82,7 +82,7 @@ pub struct Startup {
 /// embedded broker's 11883, `metrics_port` the metrics' 9880, `state_dir`
 /// the state directory; with `mosquitto` the `broker:` section becomes an
 /// `mqtt.client.server` on that port.
-pub fn demo_variant(
+pub(crate) fn demo_variant(
     demo: &str,
     broker_port: u16,
     metrics_port: u16,
@@ -248,7 +248,7 @@ async fn wait_listening(port: u16, timeout: Duration) -> bool {
 }
 
 /// Starts the gateway `runs` times on `source` and measures each start.
-pub async fn run(
+pub(crate) async fn run(
     source: &Source,
     runs: usize,
     dir: &Path,
@@ -399,7 +399,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// The median of `values` (mean of the middle two for an even count).
-pub fn median(values: &[Duration]) -> Duration {
+pub(crate) fn median(values: &[Duration]) -> Duration {
     let mut v = values.to_vec();
     v.sort();
     match v.len() {
@@ -410,7 +410,7 @@ pub fn median(values: &[Duration]) -> Duration {
 }
 
 /// The summary line of a series of start-ups.
-pub fn line(scenario: &str, runs: &[Startup]) -> String {
+pub(crate) fn line(scenario: &str, runs: &[Startup]) -> String {
     let list = |f: &dyn Fn(&Startup) -> Option<Duration>| -> Option<(Duration, String)> {
         let v: Vec<Duration> = runs.iter().filter_map(f).collect();
         if v.is_empty() {
@@ -460,7 +460,7 @@ pub fn line(scenario: &str, runs: &[Startup]) -> String {
 }
 
 /// The same as JSON.
-pub fn json(scenario: &str, runs: &[Startup]) -> serde_json::Value {
+pub(crate) fn json(scenario: &str, runs: &[Startup]) -> serde_json::Value {
     let firsts: Vec<Duration> = runs.iter().map(|s| s.first_state).collect();
     let alls: Vec<Duration> = runs.iter().filter_map(|s| s.all_devices).collect();
     serde_json::json!({
@@ -481,7 +481,7 @@ pub fn json(scenario: &str, runs: &[Startup]) -> serde_json::Value {
 
 /// Options of the `startup` scenario.
 #[derive(Args)]
-pub struct StartupArgs {
+pub(crate) struct StartupArgs {
     /// Generate this many dummy devices (on Mosquitto) instead of the demo config.
     #[arg(long)]
     devices: Option<usize>,
@@ -504,7 +504,7 @@ pub struct StartupArgs {
     common: CommonArgs,
 }
 
-pub async fn run_startup(args: StartupArgs) -> anyhow::Result<()> {
+pub(crate) async fn run_startup(args: StartupArgs) -> anyhow::Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }

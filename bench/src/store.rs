@@ -17,7 +17,7 @@ use crate::scenario;
 use clap::Args;
 
 /// Parameters of one run.
-pub struct StoreRun {
+pub(crate) struct StoreRun {
     /// Devices, one counter each.
     pub devices: usize,
     /// Poll (and publish) interval of every device.
@@ -32,7 +32,7 @@ pub struct StoreRun {
 
 /// What one run measured.
 #[derive(Debug)]
-pub struct StoreReport {
+pub(crate) struct StoreReport {
     /// Messages per second the config asks for.
     pub offered: f64,
     /// QoS 1 state messages per second that reached the subscriber.
@@ -49,7 +49,7 @@ pub struct StoreReport {
 
 impl StoreReport {
     /// Disk bytes written per stored message.
-    pub fn bytes_per_message(&self) -> f64 {
+    pub(crate) fn bytes_per_message(&self) -> f64 {
         if self.outage_messages > 0.0 {
             self.outage_write_bytes as f64 / self.outage_messages
         } else {
@@ -59,7 +59,7 @@ impl StoreReport {
 
     /// Messages sent per second while draining: the backlog plus what was
     /// produced meanwhile, over the drain time.
-    pub fn replay_rate(&self) -> f64 {
+    pub(crate) fn replay_rate(&self) -> f64 {
         if self.drain_seconds > 0.0 {
             (self.held + self.offered * self.drain_seconds) / self.drain_seconds
         } else {
@@ -68,7 +68,7 @@ impl StoreReport {
     }
 
     /// The one-line summary.
-    pub fn line(&self, scenario: &str) -> String {
+    pub(crate) fn line(&self, scenario: &str) -> String {
         format!(
             "{scenario}: offered {:.0} msg/s, QoS 1 sustained {:.0} msg/s; outage: {:.0} messages stored, \
              {:.1} disk bytes/message; replay: {:.0} held drained in {:.1}s = {:.0} msg/s",
@@ -83,7 +83,7 @@ impl StoreReport {
     }
 
     /// The result as JSON.
-    pub fn json(&self, scenario: &str) -> serde_json::Value {
+    pub(crate) fn json(&self, scenario: &str) -> serde_json::Value {
         serde_json::json!({
             "scenario": scenario,
             "offered_per_second": self.offered,
@@ -160,7 +160,7 @@ async fn run_for(gateway: &mut Supervised, dur: Duration) -> anyhow::Result<()> 
 }
 
 /// Runs the scenario in `dir` with `binary`.
-pub async fn run(run: &StoreRun, dir: &Path, binary: &Path) -> anyhow::Result<StoreReport> {
+pub(crate) async fn run(run: &StoreRun, dir: &Path, binary: &Path) -> anyhow::Result<StoreReport> {
     let offered = run.devices as f64 / run.interval.as_secs_f64();
     let broker_dir = dir.join("broker");
     std::fs::create_dir_all(&broker_dir)?;
@@ -246,7 +246,7 @@ pub async fn run(run: &StoreRun, dir: &Path, binary: &Path) -> anyhow::Result<St
 
 /// Options of the `store` scenario.
 #[derive(Args)]
-pub struct StoreArgs {
+pub(crate) struct StoreArgs {
     /// Number of devices (one counter each, one message per poll).
     #[arg(long, default_value_t = 100)]
     devices: usize,
@@ -266,7 +266,7 @@ pub struct StoreArgs {
     common: CommonArgs,
 }
 
-pub async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
+pub(crate) async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
     if args.devices == 0 || args.interval.is_zero() || args.duration.is_zero() {
         bail!("--devices, --interval and --duration must be more than 0");
     }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::telemetry::{Health, Metrics};
 
 /// How often the clock's state is looked at again.
-pub const CHECK_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The last answer of [`check`], read where states are built (a load per
 /// state; the check itself runs every [`CHECK_INTERVAL`]).
@@ -24,17 +24,17 @@ static SYNCHRONIZED: AtomicBool = AtomicBool::new(true);
 static KERNEL_CHECK: AtomicBool = AtomicBool::new(true);
 
 /// Sets `gateway.clockCheck` for the running [`watch`].
-pub fn set_kernel_check(on: bool) {
+pub(crate) fn set_kernel_check(on: bool) {
     KERNEL_CHECK.store(on, Ordering::Relaxed);
 }
 
 /// Whether timestamps can be trusted now (as of the last check).
-pub fn is_synchronized() -> bool {
+pub(crate) fn is_synchronized() -> bool {
     SYNCHRONIZED.load(Ordering::Relaxed)
 }
 
 /// Why the clock is not trusted, or `None` when it is.
-pub fn check(kernel: bool) -> Option<&'static str> {
+pub(crate) fn check(kernel: bool) -> Option<&'static str> {
     if let Some(floor) = binary_time() {
         if SystemTime::now() < floor {
             return Some("the system clock is earlier than the fieldgate binary");
@@ -75,7 +75,7 @@ fn kernel_unsynchronized() -> bool {
 /// Checks the clock now and every [`CHECK_INTERVAL`] until `cancel`: sets
 /// the flag states read, the `fieldgate_clock_synchronized` gauge, a
 /// `/healthz` warning, and logs each change once.
-pub async fn watch(metrics: Metrics, health: Health, cancel: CancellationToken) {
+pub(crate) async fn watch(metrics: Metrics, health: Health, cancel: CancellationToken) {
     let mut last: Option<Option<&'static str>> = None;
     loop {
         let now = check(KERNEL_CHECK.load(Ordering::Relaxed));

@@ -23,7 +23,7 @@ const BROKER: u64 = 128;
 /// How many descriptors running `config` takes, about: one per distinct
 /// Modbus endpoint or serial line, per OPC-UA device and per BLE adapter,
 /// a few per MQTT session, and a fixed allowance for the rest.
-pub fn needed(config: &Resolved) -> u64 {
+pub(crate) fn needed(config: &Resolved) -> u64 {
     #[cfg(feature = "modbus")]
     let mut modbus_buses = HashSet::new();
     #[cfg(feature = "ble")]
@@ -69,7 +69,7 @@ pub fn needed(config: &Resolved) -> u64 {
      connections), but this process may open at most {limit}: raise the limit \
      (`LimitNOFILE=` in the systemd unit, `ulimit -n` in a shell)"
 )]
-pub struct TooFewDescriptors {
+pub(crate) struct TooFewDescriptors {
     /// What the config needs.
     pub needed: u64,
     /// The hard limit.
@@ -79,7 +79,7 @@ pub struct TooFewDescriptors {
 /// Raises the soft limit on open files as far as `needed` requires (up to
 /// the hard limit, which an unprivileged process cannot pass). Fails when
 /// even the hard limit is too low. Returns the soft limit now in force.
-pub fn ensure(needed: u64) -> Result<u64, TooFewDescriptors> {
+pub(crate) fn ensure(needed: u64) -> Result<u64, TooFewDescriptors> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -6,7 +6,7 @@ use std::path::Path;
 
 /// Bytes an unprivileged user may still write on the file system holding
 /// `path` (`f_bavail × f_frsize`).
-pub fn free_bytes(path: &Path) -> io::Result<u64> {
+pub(crate) fn free_bytes(path: &Path) -> io::Result<u64> {
     use std::os::unix::ffi::OsStrExt as _;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;

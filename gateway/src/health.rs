@@ -25,7 +25,7 @@ const CHECK: Duration = Duration::from_secs(1);
 
 /// One MQTT session's figures.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SessionReport {
+pub(crate) struct SessionReport {
     /// Client id (the metric label `session`).
     pub id: String,
     /// The broker it talks to.
@@ -45,7 +45,7 @@ pub struct SessionReport {
 /// The gateway's health at one moment: the one struct every health view
 /// (`/healthz`, `/api/v1/status`, `G/$health`, `fieldgate status`) reads.
 #[derive(Debug, Clone)]
-pub struct HealthReport {
+pub(crate) struct HealthReport {
     /// Why the gateway is degraded; empty when healthy.
     pub reasons: Vec<String>,
     /// Problems that do not degrade it (e.g. an unsynchronised clock).
@@ -76,25 +76,25 @@ pub struct HealthReport {
 }
 
 /// RFC 3339 UTC with milliseconds.
-pub fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// A float as JSON (`null` when not finite).
-pub fn num(x: f64) -> Value {
+pub(crate) fn num(x: f64) -> Value {
     serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
 }
 
 /// Free bytes for an unprivileged user on the file system holding `dir`
 /// (its nearest existing ancestor).
-pub fn free_bytes(dir: &Path) -> Option<u64> {
+pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
     let existing = dir.ancestors().find(|p| p.exists())?;
     crate::disk::free_bytes(existing).ok()
 }
 
 impl HealthReport {
     /// Gathers the report from the daemon's shared state.
-    pub fn gather(info: &GatewayInfo, metrics: &Metrics, health: &Health) -> Option<Self> {
+    pub(crate) fn gather(info: &GatewayInfo, metrics: &Metrics, health: &Health) -> Option<Self> {
         let facts = info.facts()?;
         let devices = info.devices();
         let devices_online = devices
@@ -124,7 +124,7 @@ impl HealthReport {
     }
 
     /// `ok` or `degraded`.
-    pub fn status(&self) -> &'static str {
+    pub(crate) fn status(&self) -> &'static str {
         if self.reasons.is_empty() {
             "ok"
         } else {
@@ -133,7 +133,7 @@ impl HealthReport {
     }
 
     /// The `/healthz` status code and JSON body.
-    pub fn healthz(&self) -> (StatusCode, String) {
+    pub(crate) fn healthz(&self) -> (StatusCode, String) {
         let mut body = json!({ "status": self.status(), "reasons": self.reasons });
         if !self.warnings.is_empty() {
             body["warnings"] = json!(self.warnings);
@@ -162,7 +162,7 @@ impl HealthReport {
     }
 
     /// The `G/$health` document (CONTRACT §13).
-    pub fn document(&self) -> Value {
+    pub(crate) fn document(&self) -> Value {
         let sessions: Map<String, Value> = self
             .sessions
             .iter()
@@ -260,7 +260,7 @@ fn session(metrics: &Metrics, id: &str, server: &str) -> SessionReport {
 
 /// Where and how often `G/$health` goes.
 #[derive(Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// `G/$health`.
     pub topic: Arc<str>,
     /// The gateway's session.
@@ -270,26 +270,21 @@ pub struct Target {
 }
 
 /// Tells the publisher where to publish (after every applied config).
-pub struct Publisher {
+pub(crate) struct Publisher {
     target: watch::Sender<Option<Target>>,
 }
 
 impl Publisher {
     /// The config now running publishes through `target`.
-    pub fn set_target(&self, target: Option<Target>) {
+    pub(crate) fn set_target(&self, target: Option<Target>) {
         self.target.send_replace(target);
-    }
-
-    /// Publishes now (a reload's outcome changed the document).
-    pub fn poke(&self) {
-        self.target.send_modify(|_| {});
     }
 }
 
 /// Starts the `G/$health` publisher: retained, QoS 1, every interval and at
 /// once when the status changes (looked at every second) or the target
 /// changes.
-pub fn spawn_publisher(
+pub(crate) fn spawn_publisher(
     info: GatewayInfo,
     metrics: Metrics,
     health: Health,
@@ -348,7 +343,7 @@ pub fn spawn_publisher(
 }
 
 /// The topic of the health document: `G/$health`.
-pub fn topic(gateway_topic: &str) -> String {
+pub(crate) fn topic(gateway_topic: &str) -> String {
     format!("{gateway_topic}/$health")
 }
 

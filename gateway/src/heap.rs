@@ -6,7 +6,7 @@
 
 /// Asks the allocator to give its free pages back to the OS now: jemalloc's
 /// with the `jemalloc` feature, else the C library's (a no-op off glibc).
-pub fn release_free_memory() {
+pub(crate) fn release_free_memory() {
     #[cfg(feature = "jemalloc")]
     // SAFETY: "arena.<MALLCTL_ARENAS_ALL>.purge" is a void control (no old
     // or new value, both pointers null) that purges every arena's unused

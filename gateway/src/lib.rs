@@ -6,30 +6,30 @@ pub mod broker;
 pub mod cli;
 // adjtimex(2): the kernel's clock synchronisation state.
 #[allow(unsafe_code)]
-pub mod clock;
+mod clock;
 pub mod command;
 pub mod config;
 pub mod daemon;
-pub mod deadline;
+mod deadline;
 // getrlimit(2) / setrlimit(2): the open-file limit.
 #[allow(unsafe_code)]
-pub mod descriptors;
+mod descriptors;
 pub mod device;
 // statvfs(2): free space of a file system.
 #[allow(unsafe_code)]
-pub mod disk;
-pub mod health;
+mod disk;
+mod health;
 // The allocator's purge calls (jemalloc mallctl, glibc malloc_trim).
 #[allow(unsafe_code)]
-pub mod heap;
-pub mod http;
+mod heap;
+mod http;
 pub mod mqtt;
-pub mod northbound;
-pub mod reload;
-pub mod sdnotify;
-pub mod settle;
+mod northbound;
+mod reload;
+mod sdnotify;
+mod settle;
 pub mod state;
-pub mod supervisor;
+mod supervisor;
 pub mod telemetry;
 
 /// Exit code for an invalid config (systemd `RestartPreventExitStatus=78`).

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 
-pub mod probation;
+pub(crate) mod probation;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -19,15 +19,8 @@ const QUIET: Duration = Duration::from_millis(150);
 /// A burst of events never delays a reload longer than this.
 const MAX_DELAY: Duration = Duration::from_millis(600);
 
-/// A fingerprint of the config file's bytes.
-pub fn content_hash(bytes: &[u8]) -> String {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    format!("{:016x}", h.finish())
-}
-
 /// A running watcher; dropping it stops watching.
-pub struct ConfigWatcher {
+pub(crate) struct ConfigWatcher {
     watcher: notify::RecommendedWatcher,
     /// The included files, profiles and `include:` globs being watched.
     extra: Arc<Mutex<Extra>>,
@@ -86,7 +79,7 @@ impl ConfigWatcher {
     /// Watches what `sources` names besides the main file: the directory of
     /// each included or profile file, and the base directory of each
     /// `include:` glob (so a file that starts matching is noticed).
-    pub fn set_sources(&mut self, sources: &crate::config::sources::Sources) {
+    pub(crate) fn set_sources(&mut self, sources: &crate::config::sources::Sources) {
         let mut extra = Extra::default();
         let mut dirs: Vec<(PathBuf, RecursiveMode)> = Vec::new();
         for f in &sources.files {
@@ -144,7 +137,10 @@ impl ConfigWatcher {
 /// file, the files each `include:` glob matches now (names and bytes) and
 /// the other files read (local profiles). `None` if the main file cannot be
 /// read.
-pub fn sources_hash(config: &Path, sources: &crate::config::sources::Sources) -> Option<String> {
+pub(crate) fn sources_hash(
+    config: &Path,
+    sources: &crate::config::sources::Sources,
+) -> Option<String> {
     use crate::config::{include, read_limited, tree::MAX_CONFIG_BYTES};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     read_limited(config, MAX_CONFIG_BYTES as u64)
@@ -166,7 +162,7 @@ pub fn sources_hash(config: &Path, sources: &crate::config::sources::Sources) ->
 /// Watches the directory holding `config`. Errors (e.g. the directory does
 /// not exist) are returned so start-up can log them; the daemon then runs
 /// without watching and still reloads on SIGHUP.
-pub fn watch(config: &Path) -> notify::Result<ConfigWatcher> {
+pub(crate) fn watch(config: &Path) -> notify::Result<ConfigWatcher> {
     let dir = config
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -254,12 +250,6 @@ async fn debounce(mut raw: mpsc::Receiver<()>, out: mpsc::Sender<()>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hash_changes_with_content() {
-        assert_eq!(content_hash(b"a: 1"), content_hash(b"a: 1"));
-        assert_ne!(content_hash(b"a: 1"), content_hash(b"a: 2"));
-    }
 
     #[tokio::test]
     async fn a_burst_of_events_is_one_trigger() {

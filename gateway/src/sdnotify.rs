@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 /// A connection to the service manager's notification socket.
 #[derive(Debug)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     socket: UnixDatagram,
     addr: SocketAddr,
 }
@@ -30,7 +30,7 @@ pub struct Notifier {
 impl Notifier {
     /// The notifier for `NOTIFY_SOCKET`, or `None` when it is unset, empty or
     /// unusable (the last case is logged).
-    pub fn from_env() -> Option<Arc<Self>> {
+    pub(crate) fn from_env() -> Option<Arc<Self>> {
         let target = std::env::var_os("NOTIFY_SOCKET")?;
         let target = target.to_string_lossy();
         if target.is_empty() {
@@ -60,7 +60,7 @@ impl Notifier {
     }
 
     /// Sends one notification, e.g. `READY=1` or `STATUS=…`; failures are logged.
-    pub fn notify(&self, state: &str) {
+    pub(crate) fn notify(&self, state: &str) {
         if let Err(e) = self.socket.send_to_addr(state.as_bytes(), &self.addr) {
             tracing::warn!("sd_notify {state:?} failed: {e}");
         }
@@ -69,7 +69,7 @@ impl Notifier {
 
 /// How often to ping the watchdog: a third of `WATCHDOG_USEC`, or `None` when
 /// no watchdog is requested for this process (`WATCHDOG_PID` names another).
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     if let Some(pid) = std::env::var_os("WATCHDOG_PID") {
         if pid.to_string_lossy().trim() != std::process::id().to_string() {
             return None;
@@ -83,11 +83,11 @@ pub fn watchdog_interval() -> Option<Duration> {
 }
 
 /// A probe the control loop answers to prove it is responsive.
-pub type Probe = oneshot::Sender<()>;
+pub(crate) type Probe = oneshot::Sender<()>;
 
 /// Pings the watchdog every `interval` while the control loop answers the
 /// probes sent on `probes` within `interval`; stops when `cancel` fires.
-pub async fn watchdog(
+pub(crate) async fn watchdog(
     notifier: Arc<Notifier>,
     interval: Duration,
     probes: mpsc::Sender<Probe>,

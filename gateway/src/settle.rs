@@ -24,7 +24,7 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// What identifies a file's content without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stamp {
+pub(crate) struct Stamp {
     dev: u64,
     ino: u64,
     len: u64,
@@ -34,7 +34,7 @@ pub struct Stamp {
 
 /// The stamp of the file at `path` (following symlinks), `None` if it
 /// cannot be read.
-pub async fn stamp(path: &Path) -> Option<Stamp> {
+pub(crate) async fn stamp(path: &Path) -> Option<Stamp> {
     let m = tokio::fs::metadata(path).await.ok()?;
     Some(Stamp {
         dev: m.dev(),
@@ -48,14 +48,14 @@ pub async fn stamp(path: &Path) -> Option<Stamp> {
 /// The stamps of the files a config was read from, taken before it was
 /// read (a change during the load is seen at the next one).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Loaded {
+pub(crate) struct Loaded {
     files: Vec<(PathBuf, Option<Stamp>)>,
 }
 
 impl Loaded {
     /// Stamps `main`, the included and profile files of `sources`, and
     /// every file an `include:` glob matches now.
-    pub async fn take(main: &Path, sources: &Sources) -> Self {
+    pub(crate) async fn take(main: &Path, sources: &Sources) -> Self {
         let mut files = Vec::new();
         for path in files_of(main, sources).await {
             let s = stamp(&path).await;
@@ -98,7 +98,8 @@ async fn files_of(main: &Path, sources: &Sources) -> Vec<PathBuf> {
 /// Returns once the file at `path` can be read: at once when it is another
 /// file than `loaded` (it was replaced by a rename: complete by
 /// construction), else once it has stayed unchanged for `settle`.
-pub async fn settled(path: PathBuf, loaded: Option<Stamp>, settle: Duration) {
+#[cfg(test)]
+pub(crate) async fn settled(path: PathBuf, loaded: Option<Stamp>, settle: Duration) {
     let loaded = Loaded {
         files: vec![(path.clone(), loaded)],
     };
@@ -111,7 +112,12 @@ pub async fn settled(path: PathBuf, loaded: Option<Stamp>, settle: Duration) {
 /// since `loaded` (same file, other stamp), or an included file that was
 /// not there when the config was loaded (it may be a copy in progress),
 /// makes the whole set wait until no file of it has changed for `settle`.
-pub async fn settled_all(main: PathBuf, sources: &Sources, loaded: Loaded, settle: Duration) {
+pub(crate) async fn settled_all(
+    main: PathBuf,
+    sources: &Sources,
+    loaded: Loaded,
+    settle: Duration,
+) {
     let files = files_of(&main, sources).await;
     let mut last = Vec::with_capacity(files.len());
     for p in &files {

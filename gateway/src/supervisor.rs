@@ -14,9 +14,9 @@ use crate::device::{self, RunningDevice};
 use crate::mqtt::SessionHandle;
 use crate::telemetry::{Health, Metrics};
 
-pub mod plan;
+pub(crate) mod plan;
 
-pub use plan::DiffSummary;
+pub(crate) use plan::DiffSummary;
 use plan::{DeviceStep, Plan, SessionStep};
 
 /// Devices started together before their session's backlog is looked at.
@@ -31,7 +31,7 @@ const START_BATCH_WAIT: Duration = Duration::from_millis(50);
 const SESSION_STOP_DEADLINE: Duration = Duration::from_secs(3);
 
 /// The running topology.
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     metrics: Metrics,
     health: Health,
     buses: Buses,
@@ -43,7 +43,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// An empty topology; call [`Supervisor::apply`] with the first config.
-    pub fn new(metrics: Metrics, health: Health) -> Self {
+    pub(crate) fn new(metrics: Metrics, health: Health) -> Self {
         Self {
             metrics,
             health,
@@ -57,14 +57,14 @@ impl Supervisor {
     /// Moves the running topology from `old` (what runs now; empty at
     /// start-up) to `new`: plans the steps ([`plan::plan`]) and executes
     /// them.
-    pub async fn apply(&mut self, old: &Resolved, new: &Resolved) -> DiffSummary {
+    pub(crate) async fn apply(&mut self, old: &Resolved, new: &Resolved) -> DiffSummary {
         let plan = plan::plan(old, new);
         self.execute(&plan, old, new).await;
         plan.summary(old, new)
     }
 
     /// Executes `plan` (made from `old` and `new`).
-    pub async fn execute(&mut self, plan: &Plan, old: &Resolved, new: &Resolved) {
+    pub(crate) async fn execute(&mut self, plan: &Plan, old: &Resolved, new: &Resolved) {
         let new_by_name: HashMap<&str, &Arc<DeviceSettings>> =
             new.devices.iter().map(|d| (d.name.as_str(), d)).collect();
 
@@ -227,7 +227,7 @@ impl Supervisor {
 
     /// The gateway's own session (the first of `current`'s sessions, which
     /// carries `G/$health`), when it runs.
-    pub fn gateway_session(&self, current: &Resolved) -> Option<SessionHandle> {
+    pub(crate) fn gateway_session(&self, current: &Resolved) -> Option<SessionHandle> {
         current
             .sessions
             .first()
@@ -236,7 +236,7 @@ impl Supervisor {
     }
 
     /// Handles to every running device, sorted by name (for the status page).
-    pub fn probes(&self) -> Vec<device::DeviceProbe> {
+    pub(crate) fn probes(&self) -> Vec<device::DeviceProbe> {
         let mut probes: Vec<_> = self.devices.values().map(RunningDevice::probe).collect();
         probes.sort_unstable_by(|a, b| a.settings.name.cmp(&b.settings.name));
         probes
@@ -244,7 +244,7 @@ impl Supervisor {
 
     /// Clean stop: every device publishes `offline`, then every session
     /// publishes its will payload, flushes and disconnects.
-    pub async fn shutdown(&mut self) {
+    pub(crate) async fn shutdown(&mut self) {
         let devices: Vec<RunningDevice> = self.devices.drain().map(|(_, d)| d).collect();
         join_all(devices.into_iter().map(|d| d.stop(false))).await;
         let sessions: Vec<SessionHandle> = self.sessions.drain().map(|(_, s)| s).collect();

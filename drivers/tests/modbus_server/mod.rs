@@ -24,11 +24,11 @@ use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 use tokio_util::sync::CancellationToken;
 
 /// Upper bound for every wait in these tests.
-pub const WAIT: Duration = Duration::from_secs(15);
+pub(crate) const WAIT: Duration = Duration::from_secs(15);
 
 /// The data tables of the simulated units, and which unit ids stay silent.
 #[derive(Default)]
-pub struct Tables {
+pub(crate) struct Tables {
     pub coils: HashMap<u16, bool>,
     pub discrete: HashMap<u16, bool>,
     pub input: HashMap<u16, u16>,
@@ -41,28 +41,28 @@ pub struct Tables {
 
 /// Shared storage; every unit id that is not silent sees the same tables.
 #[derive(Clone, Default)]
-pub struct Storage(pub Arc<Mutex<Tables>>);
+pub(crate) struct Storage(pub Arc<Mutex<Tables>>);
 
 impl Storage {
-    pub fn with(f: impl FnOnce(&mut Tables)) -> Self {
+    pub(crate) fn with(f: impl FnOnce(&mut Tables)) -> Self {
         let s = Storage::default();
         f(&mut s.0.lock().unwrap());
         s
     }
 
-    pub fn holding(&self, address: u16) -> Option<u16> {
+    pub(crate) fn holding(&self, address: u16) -> Option<u16> {
         self.0.lock().unwrap().holding.get(&address).copied()
     }
 
-    pub fn coil(&self, address: u16) -> Option<bool> {
+    pub(crate) fn coil(&self, address: u16) -> Option<bool> {
         self.0.lock().unwrap().coils.get(&address).copied()
     }
 
-    pub fn requests(&self) -> usize {
+    pub(crate) fn requests(&self) -> usize {
         self.0.lock().unwrap().requests
     }
 
-    pub fn writes(&self) -> usize {
+    pub(crate) fn writes(&self) -> usize {
         self.0.lock().unwrap().writes
     }
 }
@@ -146,7 +146,7 @@ impl Service for Storage {
 
 /// A running server; dropping or `stop()`ping it closes the listener and
 /// every connection.
-pub struct Server {
+pub(crate) struct Server {
     pub addr: SocketAddr,
     pub connections: Arc<AtomicUsize>,
     stop: CancellationToken,
@@ -154,18 +154,18 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.stop.cancel();
         let _ = self.task.await;
     }
 
-    pub fn connections(&self) -> usize {
+    pub(crate) fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
 }
 
 /// Modbus TCP (MBAP) on `addr` (use port 0 for a free one).
-pub async fn tcp_server(storage: Storage, addr: &str) -> Server {
+pub(crate) async fn tcp_server(storage: Storage, addr: &str) -> Server {
     let listener = TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
@@ -199,7 +199,7 @@ pub async fn tcp_server(storage: Storage, addr: &str) -> Server {
 }
 
 /// RTU framing over TCP on `addr`.
-pub async fn rtu_over_tcp_server(storage: Storage, addr: &str) -> Server {
+pub(crate) async fn rtu_over_tcp_server(storage: Storage, addr: &str) -> Server {
     let listener = TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
@@ -235,7 +235,7 @@ pub async fn rtu_over_tcp_server(storage: Storage, addr: &str) -> Server {
 /// An RTU server on the master side of a pseudo-terminal pair. Returns the
 /// path of the slave side (for the driver) and the slave stream, which must
 /// stay open for the pty to stay usable.
-pub fn rtu_server(storage: Storage) -> (String, tokio_serial::SerialStream, JoinHandle<()>) {
+pub(crate) fn rtu_server(storage: Storage) -> (String, tokio_serial::SerialStream, JoinHandle<()>) {
     use tokio_serial::SerialPort as _;
     let (master, slave) = tokio_serial::SerialStream::pair().unwrap();
     let path = slave.name().unwrap();
@@ -248,7 +248,7 @@ pub fn rtu_server(storage: Storage) -> (String, tokio_serial::SerialStream, Join
 }
 
 /// A register address with the defaults (ABCD, low byte).
-pub fn reg(kind: RegisterKind, address: u16) -> RegisterAddress {
+pub(crate) fn reg(kind: RegisterKind, address: u16) -> RegisterAddress {
     RegisterAddress {
         kind,
         address,
@@ -260,7 +260,7 @@ pub fn reg(kind: RegisterKind, address: u16) -> RegisterAddress {
 }
 
 /// A property.
-pub fn prop(name: &str, data_type: DataType, address: RegisterAddress) -> PropertySpec {
+pub(crate) fn prop(name: &str, data_type: DataType, address: RegisterAddress) -> PropertySpec {
     PropertySpec {
         name: name.into(),
         data_type,
@@ -270,7 +270,7 @@ pub fn prop(name: &str, data_type: DataType, address: RegisterAddress) -> Proper
 }
 
 /// A Modbus device spec.
-pub fn spec(
+pub(crate) fn spec(
     name: &str,
     transport: Transport,
     unit_id: u8,
@@ -293,7 +293,7 @@ pub fn spec(
 }
 
 /// A running device: its event stream, command sender and stop switch.
-pub struct Running {
+pub(crate) struct Running {
     pub events: fieldgate_drivers::EventReceiver,
     pub commands: fieldgate_drivers::CommandSender,
     pub cancel: CancellationToken,
@@ -302,7 +302,10 @@ pub struct Running {
 
 impl Running {
     /// The next event matching `pred`, skipping others; panics after [`WAIT`].
-    pub async fn wait_for(&mut self, mut pred: impl FnMut(&DeviceEvent) -> bool) -> DeviceEvent {
+    pub(crate) async fn wait_for(
+        &mut self,
+        mut pred: impl FnMut(&DeviceEvent) -> bool,
+    ) -> DeviceEvent {
         tokio::time::timeout(WAIT, async {
             loop {
                 let ev = self.events.recv().await.expect("device stopped");
@@ -316,7 +319,7 @@ impl Running {
     }
 
     /// The next readings with every property readable.
-    pub async fn next_good_readings(&mut self) -> Readings {
+    pub(crate) async fn next_good_readings(&mut self) -> Readings {
         match self
             .wait_for(|e| matches!(e, DeviceEvent::Readings(r) if r.values.iter().all(|(_, v)| v.is_ok())))
             .await
@@ -327,7 +330,7 @@ impl Running {
     }
 
     /// The next readings of any kind.
-    pub async fn next_readings(&mut self) -> Readings {
+    pub(crate) async fn next_readings(&mut self) -> Readings {
         match self
             .wait_for(|e| matches!(e, DeviceEvent::Readings(_)))
             .await
@@ -337,7 +340,7 @@ impl Running {
         }
     }
 
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.cancel.cancel();
         tokio::time::timeout(WAIT, self.task)
             .await
@@ -347,7 +350,7 @@ impl Running {
 }
 
 /// Starts `spec` on `buses` with real channels.
-pub fn start(spec: DeviceSpec, buses: &Buses) -> Running {
+pub(crate) fn start(spec: DeviceSpec, buses: &Buses) -> Running {
     let (events_tx, events) = fieldgate_drivers::event_channel(64);
     let (commands, commands_rx) = fieldgate_drivers::command_channel(8);
     let cancel = CancellationToken::new();
@@ -367,7 +370,7 @@ pub fn start(spec: DeviceSpec, buses: &Buses) -> Running {
 }
 
 /// The values of readings by property index (errors as `Err(message)`).
-pub fn values(r: &Readings) -> Vec<Result<Value, String>> {
+pub(crate) fn values(r: &Readings) -> Vec<Result<Value, String>> {
     let mut v: Vec<_> = r.values.clone();
     v.sort_by_key(|(i, _)| *i);
     v.into_iter()

@@ -26,16 +26,16 @@ use opcua::types::{
 use tokio::net::TcpListener;
 
 /// The test namespace URI.
-pub const NAMESPACE: &str = "urn:fieldgate:test";
+pub(crate) const NAMESPACE: &str = "urn:fieldgate:test";
 /// The user with a password.
-pub const USER: &str = "operator";
+pub(crate) const USER: &str = "operator";
 /// Its password.
-pub const PASSWORD: &str = "secret";
+pub(crate) const PASSWORD: &str = "secret";
 /// The user token id of the X.509 identity (see [`Options::x509_user`]).
-pub const X509_USER: &str = "x509-operator";
+pub(crate) const X509_USER: &str = "x509-operator";
 
 /// The scalar variables and their initial values.
-pub fn scalars() -> Vec<(&'static str, Variant)> {
+pub(crate) fn scalars() -> Vec<(&'static str, Variant)> {
     vec![
         ("Bool", Variant::Boolean(true)),
         ("SByte", Variant::SByte(-8)),
@@ -66,7 +66,7 @@ pub fn scalars() -> Vec<(&'static str, Variant)> {
 
 /// How to build the server.
 #[derive(Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// Directory for the server's certificate and PKI.
     pub pki_dir: PathBuf,
     /// Listen on this port (0 = any free port).
@@ -89,11 +89,11 @@ pub struct Options {
 }
 
 /// The folder holding the tree of [`Options::tree`] (in the test namespace).
-pub const TREE_ROOT: &str = "Plant";
+pub(crate) const TREE_ROOT: &str = "Plant";
 
 impl Options {
     /// Defaults: any port, 100 ms ticks, no load variables.
-    pub fn new(pki_dir: &Path) -> Self {
+    pub(crate) fn new(pki_dir: &Path) -> Self {
         Self {
             pki_dir: pki_dir.to_path_buf(),
             port: 0,
@@ -107,7 +107,7 @@ impl Options {
 }
 
 /// A running server.
-pub struct OpcUaServer {
+pub(crate) struct OpcUaServer {
     /// Options it was started with (port filled in).
     pub options: Options,
     /// `opc.tcp://host:port/`
@@ -123,7 +123,7 @@ pub struct OpcUaServer {
 }
 
 /// The host name the server certificate is made for.
-pub fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     opcua::crypto::X509Data::computer_hostnames()
         .into_iter()
         .next()
@@ -132,7 +132,7 @@ pub fn hostname() -> String {
 
 impl OpcUaServer {
     /// Starts a server with `options`.
-    pub async fn start(options: Options) -> Self {
+    pub(crate) async fn start(options: Options) -> Self {
         let host = hostname();
         let listener = {
             let mut tries = 0;
@@ -321,17 +321,17 @@ impl OpcUaServer {
     }
 
     /// The NodeId string of a test variable.
-    pub fn node(&self, name: &str) -> String {
+    pub(crate) fn node(&self, name: &str) -> String {
         format!("ns={};s={name}", self.ns)
     }
 
     /// The server's certificate (DER), to put into a trusted directory.
-    pub fn certificate(&self) -> PathBuf {
+    pub(crate) fn certificate(&self) -> PathBuf {
         self.options.pki_dir.join("own").join("cert.der")
     }
 
     /// The current value of a test variable.
-    pub fn value(&self, name: &str) -> Option<Variant> {
+    pub(crate) fn value(&self, name: &str) -> Option<Variant> {
         let space = self.nm.address_space().read();
         let node = space.find(&NodeId::new(self.ns, name))?;
         match node {
@@ -349,7 +349,7 @@ impl OpcUaServer {
     }
 
     /// Sets a test variable (subscribers are notified).
-    pub fn set(&self, name: &str, value: Variant) {
+    pub(crate) fn set(&self, name: &str, value: Variant) {
         let subs = self.handle.subscriptions().clone();
         self.nm
             .set_value(
@@ -362,7 +362,7 @@ impl OpcUaServer {
     }
 
     /// Stops the server and waits until its listener is closed.
-    pub async fn stop(self) -> Options {
+    pub(crate) async fn stop(self) -> Options {
         self.ticker.abort();
         self.handle.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;

@@ -51,7 +51,7 @@ fn is_rumqttd(target: &str) -> bool {
 
 /// True when an ERROR event of rumqttd is part of a client's ordinary
 /// coming and going rather than a fault of the broker or of a client.
-pub fn is_routine(message: &str, error: Option<&str>) -> bool {
+pub(super) fn is_routine(message: &str, error: Option<&str>) -> bool {
     // The router handling a disconnect twice (a DISCONNECT packet, then the
     // closed socket) or a payload of a connection it already removed.
     if message.starts_with("no-connection id ") && message.ends_with(" is already gone") {

@@ -2,7 +2,7 @@
 //! client ids, Sparkplug ids, and the device UID.
 
 /// `[A-Za-z0-9][A-Za-z0-9_.-]*`
-pub fn is_valid_name(s: &str) -> bool {
+pub(super) fn is_valid_name(s: &str) -> bool {
     let mut chars = s.chars();
     match chars.next() {
         Some(c) if c.is_ascii_alphanumeric() => {}
@@ -72,7 +72,7 @@ pub(super) const NAME_RULE: &str =
 
 /// Why a text cannot be a Sparkplug id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SparkplugIdError {
+pub(super) enum SparkplugIdError {
     /// The id is empty; `what` names the id (`group id`, `edge node id`, …).
     #[error("the Sparkplug {what} must not be empty")]
     Empty {
@@ -122,7 +122,7 @@ pub fn device_uid(ns: &str, device: &str) -> String {
 
 /// Why a text is not a usable MQTT topic filter.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TopicFilterError {
+pub(super) enum TopicFilterError {
     /// The filter is empty.
     #[error("a topic filter must not be empty")]
     Empty,

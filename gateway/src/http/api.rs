@@ -27,7 +27,7 @@ fn age_seconds(t: SystemTime) -> f64 {
 
 /// `GET /api/v1/status`: the [`HealthReport`] with what the page adds
 /// (drivers, config path, structured reload errors, whether writes are allowed).
-pub fn status(info: &GatewayInfo, metrics: &Metrics, health: &Health) -> Value {
+pub(crate) fn status(info: &GatewayInfo, metrics: &Metrics, health: &Health) -> Value {
     let (Some(facts), Some(report)) = (info.facts(), HealthReport::gather(info, metrics, health))
     else {
         return json!({ "error": "status unavailable" });
@@ -102,7 +102,7 @@ fn config(report: &HealthReport) -> Value {
 /// `GET /api/v1/devices`: every running device, sorted by name. All devices
 /// are asked at once; one that does not answer within [`SNAPSHOT_WAIT`] is
 /// listed with `"status": "busy"`.
-pub async fn devices(info: &GatewayInfo) -> Value {
+pub(crate) async fn devices(info: &GatewayInfo) -> Value {
     let probes = info.devices();
     let asked: Vec<_> = probes.iter().map(|p| (p, p.request_snapshot())).collect();
     let deadline = Instant::now() + SNAPSHOT_WAIT;
@@ -122,7 +122,7 @@ pub async fn devices(info: &GatewayInfo) -> Value {
 }
 
 /// `GET /api/v1/devices/<name>`: `None` when no such device runs.
-pub async fn one_device(info: &GatewayInfo, name: &str) -> Option<Value> {
+pub(crate) async fn one_device(info: &GatewayInfo, name: &str) -> Option<Value> {
     let probe = find(info, name)?;
     let answer = match probe.request_snapshot() {
         Ok(rx) => match tokio::time::timeout(SNAPSHOT_WAIT, rx).await {
@@ -136,7 +136,7 @@ pub async fn one_device(info: &GatewayInfo, name: &str) -> Option<Value> {
 }
 
 /// The running device named `name`.
-pub fn find(info: &GatewayInfo, name: &str) -> Option<DeviceProbe> {
+pub(crate) fn find(info: &GatewayInfo, name: &str) -> Option<DeviceProbe> {
     let probes = info.devices();
     let i = probes
         .binary_search_by(|p| p.settings.name.as_str().cmp(name))

@@ -11,7 +11,7 @@ use crate::config::resolved::Secret;
 
 /// Why a write was refused: the status code and a message for the caller.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     /// HTTP status.
     pub code: StatusCode,
     /// What is wrong.
@@ -39,7 +39,7 @@ fn is_loopback_host(host: &str) -> bool {
 }
 
 /// Checks the headers of a write request against the listener's settings.
-pub fn check_write(
+pub(crate) fn check_write(
     headers: &HeaderMap,
     commands: bool,
     token: Option<&Secret>,

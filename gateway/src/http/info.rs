@@ -12,7 +12,7 @@ use crate::device::DeviceProbe;
 
 /// The outcome of the last reload attempt.
 #[derive(Debug, Clone)]
-pub struct ReloadOutcome {
+pub(crate) struct ReloadOutcome {
     /// `ok`, `invalid` or `rolled_back`.
     pub result: &'static str,
     /// When it was tried.
@@ -25,7 +25,7 @@ pub struct ReloadOutcome {
 
 /// One MQTT session as configured.
 #[derive(Debug, Clone)]
-pub struct SessionInfo {
+pub(crate) struct SessionInfo {
     /// Client id (the metric label `session`).
     pub id: String,
     /// The broker address(es), as configured (no credentials; a cluster's
@@ -35,7 +35,7 @@ pub struct SessionInfo {
 
 /// The gateway's facts that change only on start and reload.
 #[derive(Debug, Clone)]
-pub struct Facts {
+pub(crate) struct Facts {
     /// `gateway.namespace`.
     pub namespace: String,
     /// The config file.
@@ -58,7 +58,7 @@ pub struct Facts {
 
 /// Shared between the daemon (writes) and the listener (reads).
 #[derive(Clone)]
-pub struct GatewayInfo {
+pub(crate) struct GatewayInfo {
     started: Instant,
     facts: Arc<Mutex<Facts>>,
     /// Sorted by name; replaced as a whole after each apply (one pointer
@@ -68,7 +68,7 @@ pub struct GatewayInfo {
 
 impl GatewayInfo {
     /// Facts of the config `resolved`, loaded from `path` with `hash`.
-    pub fn new(path: &std::path::Path, resolved: &Resolved, hash: Option<String>) -> Self {
+    pub(crate) fn new(path: &std::path::Path, resolved: &Resolved, hash: Option<String>) -> Self {
         let facts = Facts {
             namespace: String::new(),
             config_path: path.display().to_string(),
@@ -90,7 +90,7 @@ impl GatewayInfo {
     }
 
     /// A config was loaded and applied (start-up or a reload).
-    pub fn loaded(&self, resolved: &Resolved, hash: Option<String>) {
+    pub(crate) fn loaded(&self, resolved: &Resolved, hash: Option<String>) {
         if let Ok(mut f) = self.facts.lock() {
             f.namespace = resolved.gateway.namespace.clone();
             f.state_directory = resolved.gateway.state_directory.clone();
@@ -114,7 +114,7 @@ impl GatewayInfo {
     }
 
     /// A reload was tried: `errors` is `None` when it succeeded.
-    pub fn reloaded(&self, errors: Option<&ConfigErrors>) {
+    pub(crate) fn reloaded(&self, errors: Option<&ConfigErrors>) {
         if let Ok(mut f) = self.facts.lock() {
             f.last_reload = Some(ReloadOutcome {
                 result: if errors.is_some() { "invalid" } else { "ok" },
@@ -126,7 +126,7 @@ impl GatewayInfo {
     }
 
     /// The last reload was rolled back at the end of its probation.
-    pub fn rolled_back(&self, reason: &str) {
+    pub(crate) fn rolled_back(&self, reason: &str) {
         if let Ok(mut f) = self.facts.lock() {
             f.last_reload = Some(ReloadOutcome {
                 result: "rolled_back",
@@ -138,14 +138,14 @@ impl GatewayInfo {
     }
 
     /// The running devices changed: `probes` sorted by name.
-    pub fn set_devices(&self, probes: Vec<DeviceProbe>) {
+    pub(crate) fn set_devices(&self, probes: Vec<DeviceProbe>) {
         if let Ok(mut d) = self.devices.write() {
             *d = Arc::from(probes);
         }
     }
 
     /// The running devices, sorted by name.
-    pub fn devices(&self) -> Arc<[DeviceProbe]> {
+    pub(crate) fn devices(&self) -> Arc<[DeviceProbe]> {
         self.devices
             .read()
             .map(|d| Arc::clone(&d))
@@ -153,12 +153,12 @@ impl GatewayInfo {
     }
 
     /// A copy of the current facts.
-    pub fn facts(&self) -> Option<Facts> {
+    pub(crate) fn facts(&self) -> Option<Facts> {
         self.facts.lock().ok().map(|f| f.clone())
     }
 
     /// Seconds since the daemon started.
-    pub fn uptime_seconds(&self) -> u64 {
+    pub(crate) fn uptime_seconds(&self) -> u64 {
         self.started.elapsed().as_secs()
     }
 }

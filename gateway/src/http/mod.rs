@@ -19,16 +19,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::{Health, Metrics};
 
-pub mod api;
-pub mod guard;
-pub mod info;
+pub(crate) mod api;
+pub(crate) mod guard;
+pub(crate) mod info;
 
-pub use info::GatewayInfo;
+pub(crate) use info::GatewayInfo;
 
 /// Connections served at once; more wait in the kernel's accept queue.
-pub const MAX_CONNECTIONS: usize = 64;
+pub(crate) const MAX_CONNECTIONS: usize = 64;
 /// Largest request body (a `$set` payload's limit).
-pub const MAX_BODY: usize = crate::command::MAX_SET_PAYLOAD;
+pub(crate) const MAX_BODY: usize = crate::command::MAX_SET_PAYLOAD;
 /// How long a write from the page waits for the device's result.
 const SET_WAIT: Duration = Duration::from_secs(30);
 /// How long a client may take to send a request head.
@@ -47,7 +47,7 @@ const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self';
 
 /// Everything the listener reads.
 #[derive(Clone)]
-pub struct HttpState {
+pub(crate) struct HttpState {
     /// The Prometheus families.
     pub metrics: Metrics,
     /// What `/healthz` reports.
@@ -226,7 +226,7 @@ async fn set(state: HttpState, name: String, req: Request<hyper::body::Incoming>
 
 /// Binds `addr` and serves until `cancel` fires. Binding errors are
 /// returned at once so start-up can report them.
-pub async fn serve(
+pub(crate) async fn serve(
     addr: SocketAddr,
     state: HttpState,
     cancel: CancellationToken,

@@ -25,7 +25,7 @@ const MAX_INCOMING_PACKET: usize = 1024 * 1024;
 /// Outgoing packets larger than this are refused by the client.
 const MAX_OUTGOING_PACKET: usize = 4 * 1024 * 1024;
 /// Most publishes the session keeps in flight on the connection.
-pub const WINDOW: usize = 64;
+pub(super) const WINDOW: usize = 64;
 /// rumqttc's request channel: the window plus room for (un)subscribes,
 /// birth/retained replays and the final disconnect.
 const REQUEST_CHANNEL: usize = WINDOW * 4 + 64;
@@ -58,11 +58,11 @@ enum AttemptError {
 /// event loop has ended (rumqttc's error carries only the request back).
 #[derive(Debug, thiserror::Error)]
 #[error("the MQTT client did not take the {0} request (its queue is full or it stopped)")]
-pub struct LinkError(&'static str);
+pub(super) struct LinkError(&'static str);
 
 /// What the connection reports.
 #[derive(Debug)]
-pub enum NetEvent {
+pub(super) enum NetEvent {
     /// CONNACK accepted.
     Connected {
         /// The broker resumed a stored session.
@@ -87,7 +87,7 @@ pub enum NetEvent {
 
 /// A failure reason code the broker sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReasonCode {
+pub(super) struct ReasonCode {
     /// `connack`, `suback`, `puback` or `pubrec`.
     pub packet: &'static str,
     /// The reason, e.g. `NotAuthorized` or `BadUserNamePassword`.
@@ -96,7 +96,7 @@ pub struct ReasonCode {
 
 /// The request side of the client, per protocol version.
 #[derive(Clone)]
-pub enum LinkClient {
+pub(super) enum LinkClient {
     /// MQTT 3.1.1
     V4(rumqttc::AsyncClient),
     /// MQTT 5
@@ -121,7 +121,7 @@ fn qos5(q: u8) -> rumqttc::v5::mqttbytes::QoS {
 
 impl LinkClient {
     /// Queues a publish without waiting.
-    pub fn try_publish(&self, msg: &OutMsg) -> Result<(), LinkError> {
+    pub(super) fn try_publish(&self, msg: &OutMsg) -> Result<(), LinkError> {
         match self {
             LinkClient::V4(c) => c
                 .try_publish(&*msg.topic, qos4(msg.qos), msg.retain, msg.payload.clone())
@@ -149,7 +149,7 @@ impl LinkClient {
     }
 
     /// Queues a subscription without waiting.
-    pub fn try_subscribe(
+    pub(super) fn try_subscribe(
         &self,
         topics: &[Arc<str>],
         qos: u8,
@@ -183,7 +183,7 @@ impl LinkClient {
     }
 
     /// Queues an unsubscription without waiting.
-    pub fn try_unsubscribe(&self, topic: &str) -> Result<(), LinkError> {
+    pub(super) fn try_unsubscribe(&self, topic: &str) -> Result<(), LinkError> {
         match self {
             LinkClient::V4(c) => c
                 .try_unsubscribe(topic)
@@ -195,7 +195,7 @@ impl LinkClient {
     }
 
     /// Queues a DISCONNECT without waiting.
-    pub fn try_disconnect(&self) -> Result<(), LinkError> {
+    pub(super) fn try_disconnect(&self) -> Result<(), LinkError> {
         match self {
             LinkClient::V4(c) => c.try_disconnect().map_err(|_| LinkError("disconnect")),
             LinkClient::V5(c) => c.try_disconnect().map_err(|_| LinkError("disconnect")),
@@ -222,7 +222,7 @@ fn keep_alive(d: Duration) -> Duration {
 }
 
 /// A running connection: its client, event stream and reconnect permits.
-pub struct Link {
+pub(super) struct Link {
     /// Sends requests.
     pub client: LinkClient,
     /// Events from the connection task.
@@ -399,7 +399,7 @@ fn options_v4(
 
 /// Creates the client for `settings` and starts its connection task; the
 /// first connection attempt waits for the first permit.
-pub fn open(settings: &SessionSettings, will: Option<super::WillHook>) -> Link {
+pub(super) fn open(settings: &SessionSettings, will: Option<super::WillHook>) -> Link {
     let (events_tx, events) = mpsc::channel(1024);
     let (permits, permits_rx) = mpsc::channel(1);
     let bridge = if settings

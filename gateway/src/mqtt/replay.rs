@@ -41,7 +41,7 @@ impl Retained {
 
 /// What a connect re-publishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Plan {
+pub(super) enum Plan {
     /// Nothing: the broker holds every retained topic's latest value, or
     /// the store still holds it.
     Nothing,
@@ -53,7 +53,7 @@ pub enum Plan {
 
 /// The session's retained topics and the replay after a connect.
 #[derive(Default)]
-pub struct RetainedTopics {
+pub(super) struct RetainedTopics {
     topics: HashMap<Arc<str>, Retained>,
     /// Topics whose latest message the store dropped before the broker had
     /// it: the broker may hold an older value.
@@ -67,14 +67,14 @@ pub struct RetainedTopics {
 impl RetainedTopics {
     /// Remembers a retained message (its latest value is now queued in the
     /// store, so the topic is no longer dirty).
-    pub fn keep(&mut self, msg: &OutMsg) {
+    pub(super) fn keep(&mut self, msg: &OutMsg) {
         self.dirty.remove(&msg.topic);
         self.topics
             .insert(msg.topic.clone(), Retained::Kept(msg.clone()));
     }
 
     /// Like [`RetainedTopics::keep`], keeping `rebuild` instead of the payload.
-    pub fn keep_rebuilt(&mut self, msg: &OutMsg, rebuild: PayloadBuilder) {
+    pub(super) fn keep_rebuilt(&mut self, msg: &OutMsg, rebuild: PayloadBuilder) {
         self.dirty.remove(&msg.topic);
         let template = OutMsg {
             payload: Bytes::new(),
@@ -85,21 +85,21 @@ impl RetainedTopics {
     }
 
     /// Forgets a topic (cleared, or refused by the broker for good).
-    pub fn forget(&mut self, topic: &str) {
+    pub(super) fn forget(&mut self, topic: &str) {
         self.topics.remove(topic);
         self.dirty.remove(topic);
     }
 
     /// Retained topics kept.
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.topics.len()
     }
 
     /// The store dropped these retained messages: their topics are
     /// published again after the next connect. With `overflow` (too many to
     /// list) every topic is.
-    pub fn note_dropped(&mut self, dropped: DroppedRetained) {
+    pub(super) fn note_dropped(&mut self, dropped: DroppedRetained) {
         if dropped.overflow {
             self.dirty.extend(self.topics.keys().cloned());
             return;
@@ -114,7 +114,7 @@ impl RetainedTopics {
     /// Plans the replay of a connect to `server`: `reconnect` is false for
     /// the session's first connection (the retained messages are still in
     /// the store then, unless it dropped them).
-    pub fn plan(&mut self, server: &str, session_present: bool, reconnect: bool) -> Plan {
+    pub(super) fn plan(&mut self, server: &str, session_present: bool, reconnect: bool) -> Plan {
         let same_broker = self.last_server.as_deref() == Some(server);
         if !same_broker {
             self.last_server = Some(server.to_owned());
@@ -134,14 +134,14 @@ impl RetainedTopics {
     }
 
     /// Topics still to publish on this connection.
-    pub fn pending(&self) -> usize {
+    pub(super) fn pending(&self) -> usize {
         self.queue.len()
     }
 
     /// The next message to publish again, built now (topics forgotten since
     /// the plan are skipped). Give it back with [`RetainedTopics::unsent`]
     /// when the connection could not take it.
-    pub fn next(&mut self) -> Option<OutMsg> {
+    pub(super) fn next(&mut self) -> Option<OutMsg> {
         while let Some(topic) = self.queue.pop_front() {
             if let Some(r) = self.topics.get(&topic) {
                 return Some(r.message());
@@ -155,13 +155,13 @@ impl RetainedTopics {
     }
 
     /// The connection did not take `msg`: it is the next again.
-    pub fn unsent(&mut self, msg: &OutMsg) {
+    pub(super) fn unsent(&mut self, msg: &OutMsg) {
         self.queue.push_front(msg.topic.clone());
     }
 
     /// The connection was lost: what was not yet published is published
     /// after the next connect, whatever it resumes.
-    pub fn on_down(&mut self) {
+    pub(super) fn on_down(&mut self) {
         self.dirty.extend(self.queue.drain(..));
     }
 }

@@ -5,8 +5,8 @@
 //! fieldgate topics. The MQTT session stays dialect-free: a dialect
 //! only sets [`crate::mqtt::SessionHooks`] on it.
 
-pub mod homeassistant;
-pub mod sparkplug;
+pub(crate) mod homeassistant;
+pub(crate) mod sparkplug;
 
 use crate::config::resolved::SessionSettings;
 use crate::mqtt::{self, OutMsg, SessionHandle};
@@ -23,7 +23,11 @@ pub enum Dialect {
 }
 
 /// Starts a session for `settings` and, for Sparkplug B, its edge node.
-pub fn spawn(mut settings: SessionSettings, metrics: Metrics, health: Health) -> SessionHandle {
+pub(crate) fn spawn(
+    mut settings: SessionSettings,
+    metrics: Metrics,
+    health: Health,
+) -> SessionHandle {
     match settings.sparkplug.clone() {
         None => mqtt::spawn(settings, metrics, health),
         Some(sp) => {
@@ -37,7 +41,7 @@ pub fn spawn(mut settings: SessionSettings, metrics: Metrics, health: Health) ->
 
 /// Starts a session that takes over a predecessor's undelivered messages
 /// (see [`mqtt::spawn_successor`]), and its edge node for Sparkplug B.
-pub fn spawn_successor(
+pub(crate) fn spawn_successor(
     mut settings: SessionSettings,
     metrics: Metrics,
     health: Health,

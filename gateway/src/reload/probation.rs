@@ -7,14 +7,14 @@
 use std::collections::BTreeMap;
 
 /// Whether each watched device is online (`fieldgate_device_up` = 1), by name.
-pub type Online = BTreeMap<String, bool>;
+pub(crate) type Online = BTreeMap<String, bool>;
 
 /// How many names a rollback reason lists at most.
 const NAMES_SHOWN: usize = 10;
 
 /// The outcome of a probation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// The new config stays.
     Keep,
     /// The previous config comes back, for `reason`.
@@ -28,7 +28,7 @@ pub enum Verdict {
 /// (the kept and changed devices), `after` the one at the end of the
 /// probation (a device missing from `after` counts as offline). Rolls back
 /// when fewer are online after than before.
-pub fn judge(before: &Online, after: &Online) -> Verdict {
+pub(crate) fn judge(before: &Online, after: &Online) -> Verdict {
     let online_before = before.values().filter(|up| **up).count();
     let online_after = before
         .keys()

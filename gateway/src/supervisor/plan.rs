@@ -10,7 +10,7 @@ use crate::config::resolved::{DeviceSettings, Resolved};
 
 /// What happens to one device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceStep {
+pub(crate) enum DeviceStep {
     /// Runs on untouched (its settings and session are the same).
     Keep,
     /// Runs on untouched, publishing through another session.
@@ -30,7 +30,7 @@ pub enum DeviceStep {
 /// What happens to one MQTT session (indices into the old and new
 /// [`Resolved::sessions`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionStep {
+pub(crate) enum SessionStep {
     /// A new session starts (`new` index).
     Start(usize),
     /// A session with the same client id but other options replaces the old
@@ -49,7 +49,7 @@ pub enum SessionStep {
 /// config's order, then the added ones in the new config's order; sessions
 /// not listed keep running.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Every device of either config and its step.
     pub devices: Vec<(String, DeviceStep)>,
     /// Sessions that start, stop or are replaced.
@@ -58,7 +58,7 @@ pub struct Plan {
 
 /// Equal when a device's driver can keep running: everything but the
 /// session it publishes through is the same.
-pub fn same_device(a: &DeviceSettings, b: &DeviceSettings) -> bool {
+pub(crate) fn same_device(a: &DeviceSettings, b: &DeviceSettings) -> bool {
     a.name == b.name
         && a.driver == b.driver
         && a.spec == b.spec
@@ -68,7 +68,7 @@ pub fn same_device(a: &DeviceSettings, b: &DeviceSettings) -> bool {
 }
 
 /// The plan that moves the topology running `old` to `new`.
-pub fn plan(old: &Resolved, new: &Resolved) -> Plan {
+pub(crate) fn plan(old: &Resolved, new: &Resolved) -> Plan {
     let new_by_name: HashMap<&str, &DeviceSettings> = new
         .devices
         .iter()
@@ -123,13 +123,13 @@ pub fn plan(old: &Resolved, new: &Resolved) -> Plan {
 
 impl Plan {
     /// Whether any device starts, stops, restarts or moves.
-    pub fn changes_devices(&self) -> bool {
+    pub(crate) fn changes_devices(&self) -> bool {
         self.devices.iter().any(|(_, s)| *s != DeviceStep::Keep)
     }
 
     /// The devices running both before and after: kept, moved and
     /// restarted ones (what a probation watches).
-    pub fn kept_and_changed(&self) -> Vec<String> {
+    pub(crate) fn kept_and_changed(&self) -> Vec<String> {
         self.devices
             .iter()
             .filter(|(_, s)| !matches!(s, DeviceStep::Start | DeviceStep::Stop))
@@ -147,7 +147,7 @@ impl Plan {
     }
 
     /// The plan as lists of names (for the log and tests).
-    pub fn summary(&self, old: &Resolved, new: &Resolved) -> DiffSummary {
+    pub(crate) fn summary(&self, old: &Resolved, new: &Resolved) -> DiffSummary {
         let id = |v: &[crate::config::resolved::SessionSettings], i: usize| {
             v.get(i).map(|s| s.client_id.clone()).unwrap_or_default()
         };
@@ -177,7 +177,7 @@ impl Plan {
 
 /// What a config change does, device by device (for logs and tests).
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct DiffSummary {
+pub(crate) struct DiffSummary {
     /// Devices started that did not exist.
     pub added: Vec<String>,
     /// Devices restarted with new settings.

@@ -109,7 +109,7 @@ impl CutState {
 /// Where the [`Cutter`] cuts: the caller's limits (the transport knows no
 /// application rule).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CutLimits {
+pub(crate) struct CutLimits {
     /// PUBLISH packets from the broker larger than this are cut (the
     /// client's maximum incoming packet).
     pub max_packet: usize,

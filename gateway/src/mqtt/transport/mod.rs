@@ -35,14 +35,14 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::resolved::{ServerAddress, SessionSettings};
 
-pub use frame::CutLimits;
+pub(super) use frame::CutLimits;
 pub use relay::{RelayError, V31Error};
-pub use tls::tls_client_config;
+pub(super) use tls::tls_client_config;
 
 use relay::{relay, RelayOptions};
 
 /// A byte stream to the broker.
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// Why a transport could not be set up.
@@ -192,7 +192,7 @@ impl Target {
 
 /// A private Unix socket that rumqttc connects to, relayed to the broker:
 /// to the server of a session's list chosen for each attempt.
-pub struct Bridge {
+pub(super) struct Bridge {
     /// One entry per server of the session (`None`: a WebSocket server).
     targets: Vec<Option<Target>>,
     connect_timeout: Duration,
@@ -211,7 +211,10 @@ pub struct Bridge {
 impl Bridge {
     /// Prepares a bridge for the servers of `settings` (the socket is
     /// created on first use); `limits` bound what the broker may send.
-    pub fn new(settings: &SessionSettings, limits: CutLimits) -> Result<Self, TransportError> {
+    pub(super) fn new(
+        settings: &SessionSettings,
+        limits: CutLimits,
+    ) -> Result<Self, TransportError> {
         let dir = std::env::temp_dir().join(format!(
             "fieldgate-{}-{:016x}",
             std::process::id(),
@@ -247,14 +250,14 @@ impl Bridge {
     }
 
     /// The socket rumqttc connects to.
-    pub fn socket_path(&self) -> &Path {
+    pub(super) fn socket_path(&self) -> &Path {
         &self.socket
     }
 
     /// Resolves server `index`'s host name (in the resolver's own time),
     /// dials it within `connectTimeout` and arms the bridge with the
     /// connection, so rumqttc's next connect is relayed to it.
-    pub async fn connect(&mut self, index: usize) -> Result<(), ConnectError> {
+    pub(super) async fn connect(&mut self, index: usize) -> Result<(), ConnectError> {
         let Some(target) = self
             .targets
             .get(index % self.targets.len().max(1))
@@ -289,7 +292,7 @@ impl Bridge {
     }
 
     /// Why the last relayed connection ended, if it ended on our side.
-    pub fn take_error(&self) -> Option<RelayError> {
+    pub(super) fn take_error(&self) -> Option<RelayError> {
         self.error.lock().ok().and_then(|mut e| e.take())
     }
 

@@ -9,7 +9,9 @@ use super::TransportError;
 use crate::config::resolved::TlsSettings;
 
 /// The rustls client configuration for `tls` (one crypto provider: ring).
-pub fn tls_client_config(tls: &TlsSettings) -> Result<Arc<rustls::ClientConfig>, TransportError> {
+pub(crate) fn tls_client_config(
+    tls: &TlsSettings,
+) -> Result<Arc<rustls::ClientConfig>, TransportError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -39,7 +39,7 @@ impl Default for HomeAssistantOptions {
 
 /// Why discovery and `format: sparkplugB` cannot be on together (a config
 /// error at `mqtt.discovery.homeAssistant.enabled`).
-pub const SPARKPLUG_CONFLICT: &str = "Home Assistant discovery needs the fieldgate JSON topics: Home Assistant cannot decode Sparkplug B (protobuf) payloads, and with `mqtt.message.format: sparkplugB` no device publishes JSON. Choose one per gateway: `homeAssistant.enabled: false` for a Sparkplug host, or `mqtt.message.format: fieldgate` for Home Assistant (see docs/home-assistant.md, \"Sparkplug B\")";
+pub(crate) const SPARKPLUG_CONFLICT: &str = "Home Assistant discovery needs the fieldgate JSON topics: Home Assistant cannot decode Sparkplug B (protobuf) payloads, and with `mqtt.message.format: sparkplugB` no device publishes JSON. Choose one per gateway: `homeAssistant.enabled: false` for a Sparkplug host, or `mqtt.message.format: fieldgate` for Home Assistant (see docs/home-assistant.md, \"Sparkplug B\")";
 
 /// Home Assistant discovery, resolved (present only when enabled).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,7 +146,7 @@ impl Component {
 /// Why `component` does not fit a property (`None` when it fits): every
 /// property can be a `sensor`; the others need the matching type, and the
 /// writable ones a writable property.
-pub fn component_misfit(
+pub(crate) fn component_misfit(
     component: Component,
     data_type: DataType,
     writable: bool,
@@ -205,7 +205,7 @@ pub fn component_misfit(
 
 /// What is wrong with a `deviceClass` (`None` when fine): Home Assistant's
 /// device classes are lower-case words joined by `_`.
-pub fn device_class_problem(s: &str) -> Option<String> {
+pub(crate) fn device_class_problem(s: &str) -> Option<String> {
     let ok = !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
@@ -213,7 +213,7 @@ pub fn device_class_problem(s: &str) -> Option<String> {
 }
 
 /// What is wrong with an `icon` (`None` when fine): `<set>:<name>`, e.g. `mdi:fan`.
-pub fn icon_problem(s: &str) -> Option<String> {
+pub(crate) fn icon_problem(s: &str) -> Option<String> {
     let ok = s.split_once(':').is_some_and(|(set, name)| {
         !set.is_empty()
             && !name.is_empty()
@@ -224,7 +224,7 @@ pub fn icon_problem(s: &str) -> Option<String> {
 }
 
 /// What is wrong with a discovery prefix or status topic (`None` when fine).
-pub fn topic_problem(s: &str) -> Option<String> {
+pub(crate) fn topic_problem(s: &str) -> Option<String> {
     if s.is_empty() {
         return Some("must not be empty".into());
     }

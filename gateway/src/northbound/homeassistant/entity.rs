@@ -11,7 +11,7 @@ use crate::config::resolved::PropertySemantics;
 
 /// What an entity needs to know of its device and session.
 #[derive(Debug, Clone)]
-pub struct DeviceContext<'a> {
+pub(crate) struct DeviceContext<'a> {
     /// Discovery prefix.
     pub prefix: &'a str,
     /// The gateway's namespace.
@@ -34,7 +34,7 @@ pub struct DeviceContext<'a> {
 
 /// One discovery config: where it goes and what it says.
 #[derive(Debug, Clone, PartialEq)]
-pub struct EntityConfig {
+pub(crate) struct EntityConfig {
     /// The entity's component.
     pub component: Component,
     /// `<prefix>/<component>/<node_id>/<object_id>/config`.
@@ -44,7 +44,7 @@ pub struct EntityConfig {
 }
 
 /// The component §10 derives for a property, before overrides.
-pub fn derived_component(p: &PropertySemantics) -> Component {
+pub(crate) fn derived_component(p: &PropertySemantics) -> Component {
     let has_enum = !p.enum_entries().is_empty();
     match (p.data_type, p.writable) {
         _ if has_enum && p.writable => Component::Select,
@@ -59,7 +59,7 @@ pub fn derived_component(p: &PropertySemantics) -> Component {
 /// A discovery topic level (node id or object id): Home Assistant takes
 /// only `[A-Za-z0-9_-]`. Other characters become `_`, and a name that had
 /// any gets a short hash of the original so that `a.b` and `a_b` differ.
-pub fn topic_id(raw: &str) -> String {
+pub(crate) fn topic_id(raw: &str) -> String {
     let clean: String = raw
         .chars()
         .map(|c| {
@@ -83,17 +83,22 @@ pub fn topic_id(raw: &str) -> String {
 }
 
 /// The HA device identifier of the gateway itself.
-pub fn gateway_identifier(namespace: &str) -> String {
+pub(crate) fn gateway_identifier(namespace: &str) -> String {
     format!("fieldgate_{namespace}")
 }
 
 /// The HA device identifier of a fieldgate device.
-pub fn device_identifier(namespace: &str, device: &str) -> String {
+pub(crate) fn device_identifier(namespace: &str, device: &str) -> String {
     format!("fieldgate_{namespace}_{device}")
 }
 
 /// The config topic of an entity.
-pub fn config_topic(prefix: &str, component: Component, namespace: &str, object: &str) -> String {
+pub(crate) fn config_topic(
+    prefix: &str,
+    component: Component,
+    namespace: &str,
+    object: &str,
+) -> String {
     format!(
         "{prefix}/{}/{}/{}/config",
         component.as_str(),
@@ -103,7 +108,7 @@ pub fn config_topic(prefix: &str, component: Component, namespace: &str, object:
 }
 
 /// `origin` of every config: who publishes it.
-pub fn origin() -> Value {
+pub(crate) fn origin() -> Value {
     json!({
         "name": "fieldgate",
         "sw_version": env!("CARGO_PKG_VERSION"),
@@ -111,7 +116,7 @@ pub fn origin() -> Value {
 }
 
 /// The `device` block of a fieldgate device's entities.
-pub fn device_block(ctx: &DeviceContext<'_>) -> Value {
+pub(crate) fn device_block(ctx: &DeviceContext<'_>) -> Value {
     json!({
         "identifiers": [device_identifier(ctx.namespace, ctx.device)],
         "name": ctx.device,
@@ -196,7 +201,7 @@ const KEEP_OR_NONE: &str =
 const KEEP_TEXT: &str = "{{ this.state if this.state not in ('unknown', 'unavailable') else '' }}";
 
 /// The discovery config of property `p` of a device.
-pub fn property_entity(
+pub(crate) fn property_entity(
     ctx: &DeviceContext<'_>,
     p: &PropertySemantics,
     overrides: Option<&PropertyOverrides>,

@@ -9,7 +9,7 @@ use super::entity::{config_topic, gateway_identifier, origin, EntityConfig};
 
 /// What the gateway's entities need to know.
 #[derive(Debug, Clone)]
-pub struct GatewayContext<'a> {
+pub(crate) struct GatewayContext<'a> {
     /// Discovery prefix.
     pub prefix: &'a str,
     /// The gateway's namespace.
@@ -24,12 +24,12 @@ pub struct GatewayContext<'a> {
 
 /// The topic of the health document the diagnostic sensors read
 /// (published by [`crate::health`] whether discovery is on or not).
-pub fn health_topic(gateway_topic: &str) -> String {
+pub(crate) fn health_topic(gateway_topic: &str) -> String {
     crate::health::topic(gateway_topic)
 }
 
 /// The `device` block of the gateway's own entities.
-pub fn gateway_device(namespace: &str) -> Value {
+pub(crate) fn gateway_device(namespace: &str) -> Value {
     json!({
         "identifiers": [gateway_identifier(namespace)],
         "name": format!("fieldgate {namespace}"),
@@ -40,7 +40,7 @@ pub fn gateway_device(namespace: &str) -> Value {
 }
 
 /// The discovery configs of the gateway's diagnostic entities.
-pub fn gateway_entities(ctx: &GatewayContext<'_>) -> Vec<EntityConfig> {
+pub(crate) fn gateway_entities(ctx: &GatewayContext<'_>) -> Vec<EntityConfig> {
     let common = |name: &str, object: &str| {
         let mut c = Map::new();
         c.insert("name".into(), name.into());

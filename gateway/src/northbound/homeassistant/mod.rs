@@ -11,9 +11,9 @@
 //! - [`Discovery`]: the running part (publish on every applied config, clear
 //!   what went, publish again on Home Assistant's birth message).
 
-pub mod config;
-pub mod entity;
-pub mod gateway;
+pub(crate) mod config;
+pub(crate) mod entity;
+pub(crate) mod gateway;
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
@@ -27,7 +27,7 @@ use crate::config::resolved::{DeviceSettings, Resolved};
 use crate::config::types::PayloadEncode;
 use crate::mqtt::{Inbound, OutMsg, PayloadBuilder, SessionHandle, SessionInput};
 
-pub use config::HomeAssistantSettings;
+pub(crate) use config::HomeAssistantSettings;
 use entity::DeviceContext;
 use gateway::GatewayContext;
 
@@ -70,7 +70,7 @@ struct SessionRef {
 /// The running discovery: owned by the supervisor, told about every applied
 /// config. Its task starts with the first config that enables it.
 #[derive(Default)]
-pub struct Discovery {
+pub(crate) struct Discovery {
     tx: Option<mpsc::Sender<Update>>,
 }
 
@@ -78,7 +78,7 @@ impl Discovery {
     /// Tells the discovery task about the config now running (`sessions`:
     /// the running sessions by their settings). Starts the task the first
     /// time discovery is enabled.
-    pub async fn apply(
+    pub(crate) async fn apply(
         &mut self,
         new: &Resolved,
         sessions: &HashMap<crate::config::resolved::SessionSettings, SessionHandle>,

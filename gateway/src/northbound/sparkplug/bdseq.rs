@@ -9,7 +9,7 @@ const NONE_YET: u16 = u16::MAX;
 
 /// The `bdSeq` of the current (or last) connection of one edge node.
 #[derive(Debug)]
-pub struct BdSeq {
+pub(crate) struct BdSeq {
     file: PathBuf,
     /// The value used by the last CONNECT, or [`NONE_YET`].
     current: AtomicU16,
@@ -19,7 +19,7 @@ pub struct BdSeq {
 
 impl BdSeq {
     /// Reads the last used value from `file` (absent or unreadable: none).
-    pub fn load(file: PathBuf) -> Self {
+    pub(crate) fn load(file: PathBuf) -> Self {
         let stored = std::fs::read_to_string(&file)
             .ok()
             .and_then(|s| s.trim().parse::<u8>().ok());
@@ -33,7 +33,7 @@ impl BdSeq {
     /// The value for a new CONNECT: the previous one plus one (mod 256), 0
     /// when none was ever used. Stored before it is used, so a crash never
     /// reuses a value.
-    pub fn advance(&self) -> u8 {
+    pub(crate) fn advance(&self) -> u8 {
         let prev = match self.current.load(Ordering::Acquire) {
             NONE_YET => self.stored.map(|s| s as u16),
             v => Some(v),
@@ -57,7 +57,7 @@ impl BdSeq {
     }
 
     /// The value of the current connection (what the will carries).
-    pub fn current(&self) -> u8 {
+    pub(crate) fn current(&self) -> u8 {
         match self.current.load(Ordering::Acquire) {
             NONE_YET => self.stored.unwrap_or(0),
             v => v as u8,

@@ -24,7 +24,7 @@ use crate::mqtt::OutMsg;
 /// One recorded DDATA: the device's name and the payload (no `seq`; its
 /// metrics named, with `is_historical` set).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// The fieldgate device.
     pub device: String,
     /// Metrics as recorded.
@@ -52,7 +52,7 @@ impl Entry {
 }
 
 /// The buffer of one edge node.
-pub enum History {
+pub(crate) enum History {
     /// In memory, at most `depth` entries.
     Memory {
         /// Oldest first.
@@ -90,7 +90,7 @@ fn dir_lock(dir: PathBuf) -> Arc<tokio::sync::Mutex<()>> {
 
 impl History {
     /// A buffer per the session's store settings.
-    pub fn new(store: &StoreSettings, depth: usize) -> Self {
+    pub(crate) fn new(store: &StoreSettings, depth: usize) -> Self {
         match store {
             StoreSettings::Memory => Self::Memory {
                 queue: VecDeque::new(),
@@ -107,7 +107,7 @@ impl History {
 
     /// Opens a file buffer: recovers what an earlier run recorded. Returns
     /// how many entries it found.
-    pub async fn open(&mut self) -> usize {
+    pub(crate) async fn open(&mut self) -> usize {
         let Self::File {
             settings,
             store,
@@ -161,7 +161,7 @@ impl History {
 
     /// Records an entry after the others; returns how many of the oldest
     /// were dropped to stay within the bound.
-    pub async fn push(&mut self, entry: Entry) -> u64 {
+    pub(crate) async fn push(&mut self, entry: Entry) -> u64 {
         match self {
             Self::Memory { queue, depth } => {
                 queue.push_back(entry);
@@ -180,7 +180,7 @@ impl History {
     }
 
     /// Records `older` before everything recorded so far.
-    pub async fn prepend(&mut self, older: Vec<Entry>) -> u64 {
+    pub(crate) async fn prepend(&mut self, older: Vec<Entry>) -> u64 {
         if older.is_empty() {
             return 0;
         }
@@ -195,7 +195,7 @@ impl History {
     /// Takes every entry, oldest first, and empties the buffer (a file
     /// buffer releases them from its files). Entries that cannot be
     /// decoded are skipped.
-    pub async fn take_all(&mut self) -> Vec<Entry> {
+    pub(crate) async fn take_all(&mut self) -> Vec<Entry> {
         match self {
             Self::Memory { queue, .. } => std::mem::take(queue).into(),
             Self::File {
@@ -227,7 +227,8 @@ impl History {
     }
 
     /// Entries held.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         match self {
             Self::Memory { queue, .. } => queue.len(),
             Self::File { store, .. } => store.as_ref().map_or(0, |s| s.len()),
@@ -235,13 +236,14 @@ impl History {
     }
 
     /// True when nothing is held.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Closes a file buffer, keeping what it holds on disk for the next
     /// start.
-    pub async fn close(&mut self) {
+    pub(crate) async fn close(&mut self) {
         if let Self::File { store, lock, .. } = self {
             if let Some(s) = store.take() {
                 (*s).close(false).await;

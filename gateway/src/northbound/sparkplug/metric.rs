@@ -11,7 +11,7 @@ use crate::state::Published;
 
 /// The Sparkplug datatype of a property's published value: an `enum` is a
 /// String (its label), a scaled number a Double, otherwise the raw type.
-pub fn datatype(prop: &PropertySemantics) -> DataType {
+pub(crate) fn datatype(prop: &PropertySemantics) -> DataType {
     if !prop.enum_entries().is_empty() {
         return DataType::String;
     }
@@ -178,7 +178,7 @@ pub(crate) fn birth_metric(
 
 /// Why a DCMD metric carries no value a `$set` could take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum CommandValueError {
+pub(crate) enum CommandValueError {
     /// The metric is marked null.
     #[error("a null value cannot be written")]
     Null,
@@ -195,7 +195,7 @@ pub enum CommandValueError {
 
 /// A DCMD metric's value as the JSON value a `$set` would carry for `prop`
 /// (the `$set` validation then checks type, enum label and bounds).
-pub fn command_json(m: &Metric) -> Result<serde_json::Value, CommandValueError> {
+pub(crate) fn command_json(m: &Metric) -> Result<serde_json::Value, CommandValueError> {
     use metric::Value as V;
     use serde_json::Value as J;
     if m.is_null == Some(true) {

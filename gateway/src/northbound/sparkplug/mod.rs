@@ -3,11 +3,11 @@
 //! aliases, `seq`, Rebirth by NCMD, DCMD into the `$set` path, primary host
 //! STATE, and historical replay after an outage (see docs/sparkplug.md).
 
-pub mod bdseq;
-pub mod history;
-pub mod metric;
+pub(crate) mod bdseq;
+pub(crate) mod history;
+pub(crate) mod metric;
 pub(crate) mod node;
-pub mod proto;
+pub(crate) mod proto;
 #[cfg(test)]
 mod tests;
 
@@ -19,20 +19,20 @@ use crate::config::resolved::{SessionSettings, SparkplugSettings, StoreSettings}
 use crate::mqtt::{ConnEvent, SessionHandle, SessionHooks, WillHook};
 use crate::telemetry::Metrics;
 
-pub use node::NodeHandle;
+pub(crate) use node::NodeHandle;
 
 /// The topic namespace of Sparkplug B.
-pub const NAMESPACE: &str = "spBv1.0";
+pub(crate) const NAMESPACE: &str = "spBv1.0";
 /// The node metric that asks for a rebirth.
-pub const REBIRTH: &str = "Node Control/Rebirth";
+pub(crate) const REBIRTH: &str = "Node Control/Rebirth";
 
 /// `spBv1.0/<group>/<kind>/<node>`
-pub fn node_topic(sp: &SparkplugSettings, kind: &str) -> String {
+pub(crate) fn node_topic(sp: &SparkplugSettings, kind: &str) -> String {
     format!("{NAMESPACE}/{}/{kind}/{}", sp.group_id, sp.edge_node_id)
 }
 
 /// `spBv1.0/<group>/<kind>/<node>/<device>`
-pub fn device_topic(sp: &SparkplugSettings, kind: &str, device: &str) -> String {
+pub(crate) fn device_topic(sp: &SparkplugSettings, kind: &str, device: &str) -> String {
     format!(
         "{NAMESPACE}/{}/{kind}/{}/{device}",
         sp.group_id, sp.edge_node_id
@@ -40,18 +40,18 @@ pub fn device_topic(sp: &SparkplugSettings, kind: &str, device: &str) -> String 
 }
 
 /// `spBv1.0/STATE/<host>`
-pub fn state_topic(host: &str) -> String {
+pub(crate) fn state_topic(host: &str) -> String {
     format!("{NAMESPACE}/STATE/{host}")
 }
 
 /// Milliseconds since the Unix epoch.
-pub fn millis(t: std::time::SystemTime) -> u64 {
+pub(crate) fn millis(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The NDEATH payload: `bdSeq` only.
-pub fn ndeath_payload(bd_seq: u8) -> Vec<u8> {
+pub(crate) fn ndeath_payload(bd_seq: u8) -> Vec<u8> {
     proto::Payload {
         timestamp: Some(millis(std::time::SystemTime::now())),
         metrics: vec![bdseq_metric(bd_seq)],
@@ -61,7 +61,7 @@ pub fn ndeath_payload(bd_seq: u8) -> Vec<u8> {
 }
 
 /// The `bdSeq` metric (Int64, as NBIRTH and NDEATH carry it).
-pub fn bdseq_metric(bd_seq: u8) -> proto::payload::Metric {
+pub(crate) fn bdseq_metric(bd_seq: u8) -> proto::payload::Metric {
     proto::payload::Metric {
         name: Some("bdSeq".into()),
         datatype: Some(proto::DataType::Int64 as u32),
@@ -72,7 +72,7 @@ pub fn bdseq_metric(bd_seq: u8) -> proto::payload::Metric {
 }
 
 /// What a session's edge node needs from its preparation.
-pub struct Parts {
+pub(crate) struct Parts {
     bdseq: Arc<bdseq::BdSeq>,
     conn: flume::Receiver<ConnEvent>,
     history: history::History,
@@ -85,7 +85,10 @@ pub struct Parts {
 /// and aliases of the births they follow): a file store's directory and
 /// bound go to the node's history, and the session keeps only what is in
 /// flight, in memory.
-pub fn prepare(settings: &mut SessionSettings, sp: &SparkplugSettings) -> (SessionHooks, Parts) {
+pub(crate) fn prepare(
+    settings: &mut SessionSettings,
+    sp: &SparkplugSettings,
+) -> (SessionHooks, Parts) {
     let bdseq = Arc::new(bdseq::BdSeq::load(sp.bdseq_file.clone()));
     // One event per connect or loss: bounded by how often those happen.
     let (conn_tx, conn) = flume::unbounded();
@@ -116,7 +119,7 @@ pub fn prepare(settings: &mut SessionSettings, sp: &SparkplugSettings) -> (Sessi
 }
 
 /// Starts the edge node of `session`.
-pub fn start(
+pub(crate) fn start(
     sp: SparkplugSettings,
     parts: Parts,
     session: &SessionHandle,

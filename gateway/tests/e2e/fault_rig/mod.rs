@@ -20,11 +20,11 @@ use tokio_util::sync::CancellationToken;
 use crate::support::{Message, MqttProbe};
 
 /// Upper bound of every wait for something the gateway should do.
-pub const WAIT: Duration = Duration::from_secs(20);
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
 /// A dummy device `name` whose property `n` counts up by one per poll
 /// (every 100 ms): a healthy neighbour whose cadence the tests check.
-pub fn clock(name: &str) -> String {
+pub(crate) fn clock(name: &str) -> String {
     format!(
         "  - name: {name}\n    driver: dummy\n    syncInterval: 100ms\n    properties:\n      - {{ name: n, type: uint64, simulate: {{ counter: {{ start: 0, step: 1 }} }} }}\n"
     )
@@ -32,7 +32,7 @@ pub fn clock(name: &str) -> String {
 
 /// Asserts that the counter `n` of `states` goes up by exactly one each
 /// time: the device never restarted and no poll went unpublished.
-pub fn assert_counting(device: &str, states: &[Value]) {
+pub(crate) fn assert_counting(device: &str, states: &[Value]) {
     let ns: Vec<u64> = states
         .iter()
         .map(|s| s["properties"]["n"].as_u64().expect("counter n"))
@@ -47,7 +47,7 @@ pub fn assert_counting(device: &str, states: &[Value]) {
 /// reading timestamps of `states` increase, no interval reaches three
 /// periods (no poll went missing or stalled), and the states per second
 /// over the whole span are within a quarter of one per period.
-pub fn assert_cadence(device: &str, states: &[Value], period: Duration) {
+pub(crate) fn assert_cadence(device: &str, states: &[Value], period: Duration) {
     assert!(
         states.len() >= 10,
         "{device}: too few states: {}",
@@ -83,7 +83,7 @@ pub fn assert_cadence(device: &str, states: &[Value], period: Duration) {
 
 /// A subscriber to everything under `fieldgate/<namespace>/` that records
 /// every message it sees while the test waits for some.
-pub struct Recorder {
+pub(crate) struct Recorder {
     probe: MqttProbe,
     prefix: String,
     /// Every message received so far, in arrival order.
@@ -92,7 +92,7 @@ pub struct Recorder {
 
 impl Recorder {
     /// Connects to the broker on `port` and subscribes (QoS 1).
-    pub async fn start(port: u16, namespace: &str) -> Self {
+    pub(crate) async fn start(port: u16, namespace: &str) -> Self {
         let probe = MqttProbe::connect(port).await;
         let prefix = format!("fieldgate/{namespace}");
         probe.subscribe(&format!("{prefix}/#"), 1).await;
@@ -104,12 +104,16 @@ impl Recorder {
     }
 
     /// The state topic T of `device`.
-    pub fn topic(&self, device: &str) -> String {
+    pub(crate) fn topic(&self, device: &str) -> String {
         format!("{}/{device}", self.prefix)
     }
 
     /// The next message matching `pred`; panics after [`WAIT`].
-    pub async fn wait(&mut self, what: &str, mut pred: impl FnMut(&Message) -> bool) -> Message {
+    pub(crate) async fn wait(
+        &mut self,
+        what: &str,
+        mut pred: impl FnMut(&Message) -> bool,
+    ) -> Message {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -126,7 +130,7 @@ impl Recorder {
     }
 
     /// The first message matching `pred`, already recorded or still to come.
-    pub async fn seen_or_wait(
+    pub(crate) async fn seen_or_wait(
         &mut self,
         what: &str,
         mut pred: impl FnMut(&Message) -> bool,
@@ -138,7 +142,7 @@ impl Recorder {
     }
 
     /// Waits until `T/$state` of `device` says `payload`.
-    pub async fn status(&mut self, device: &str, payload: &str) {
+    pub(crate) async fn status(&mut self, device: &str, payload: &str) {
         let t = format!("{}/$state", self.topic(device));
         self.wait(&format!("{t} = {payload}"), |m| {
             m.topic == t && m.payload_str() == payload
@@ -148,7 +152,7 @@ impl Recorder {
 
     /// Waits until each `(device, payload)` was said on its `T/$state`, in
     /// any order.
-    pub async fn statuses(&mut self, expected: &[(&str, &str)]) {
+    pub(crate) async fn statuses(&mut self, expected: &[(&str, &str)]) {
         let mut missing: Vec<(String, String)> = expected
             .iter()
             .map(|(d, p)| (format!("{}/$state", self.topic(d)), p.to_string()))
@@ -162,7 +166,7 @@ impl Recorder {
     }
 
     /// The next state of `device` that satisfies `pred`.
-    pub async fn state_where(
+    pub(crate) async fn state_where(
         &mut self,
         device: &str,
         what: &str,
@@ -177,19 +181,19 @@ impl Recorder {
     }
 
     /// Waits for `n` more states of `device`.
-    pub async fn more_states(&mut self, device: &str, n: usize) {
+    pub(crate) async fn more_states(&mut self, device: &str, n: usize) {
         for _ in 0..n {
             self.state_where(device, "anything", |_| true).await;
         }
     }
 
     /// A position in the record, for [`Recorder::states_since`].
-    pub fn mark(&self) -> usize {
+    pub(crate) fn mark(&self) -> usize {
         self.seen.len()
     }
 
     /// The states of `device` recorded since `mark`, parsed.
-    pub fn states_since(&self, mark: usize, device: &str) -> Vec<Value> {
+    pub(crate) fn states_since(&self, mark: usize, device: &str) -> Vec<Value> {
         let t = self.topic(device);
         self.seen[mark..]
             .iter()
@@ -201,7 +205,7 @@ impl Recorder {
 
 /// The sample of `family` whose line contains every one of `labels` (e.g.
 /// `device="tank"`), from the gateway's `/metrics` on 127.0.0.1:`port`.
-pub fn metric(port: u16, family: &str, labels: &[&str]) -> Option<f64> {
+pub(crate) fn metric(port: u16, family: &str, labels: &[&str]) -> Option<f64> {
     let (_, body) = crate::support::http_get(&format!("127.0.0.1:{port}"), "/metrics").ok()?;
     body.lines()
         .filter(|l| !l.starts_with('#'))
@@ -214,7 +218,7 @@ pub fn metric(port: u16, family: &str, labels: &[&str]) -> Option<f64> {
 }
 
 /// The status code of `/healthz` on 127.0.0.1:`port` (`None`: no answer).
-pub fn healthz(port: u16) -> Option<u16> {
+pub(crate) fn healthz(port: u16) -> Option<u16> {
     crate::support::http_get(&format!("127.0.0.1:{port}"), "/healthz")
         .ok()
         .map(|(code, _)| code)
@@ -222,7 +226,7 @@ pub fn healthz(port: u16) -> Option<u16> {
 
 /// A TCP server that accepts every connection and then never sends a byte:
 /// a device whose network stack runs while its application hangs.
-pub struct FrozenServer {
+pub(crate) struct FrozenServer {
     /// The loopback port it listens on.
     pub port: u16,
     held: Arc<Mutex<Vec<TcpStream>>>,
@@ -232,7 +236,7 @@ pub struct FrozenServer {
 
 impl FrozenServer {
     /// Listens on `addr` (`127.0.0.1:0` for a free port).
-    pub async fn start(addr: &str) -> Self {
+    pub(crate) async fn start(addr: &str) -> Self {
         let listener = TcpListener::bind(addr).await.expect("bind frozen server");
         let port = listener.local_addr().expect("local_addr").port();
         let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
@@ -254,13 +258,13 @@ impl FrozenServer {
     }
 
     /// Connections accepted so far.
-    pub fn accepted(&self) -> usize {
+    pub(crate) fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
 
     /// Stops listening and closes every connection it holds (the hung
     /// application is finally killed); returns once the port is free.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.task.abort();
         let _ = (&mut self.task).await;
         self.held.lock().unwrap().clear();
@@ -280,7 +284,7 @@ impl Drop for FrozenServer {
 /// behind a switch), while connections made afterwards are forwarded
 /// normally. [`Proxy::cut`] closes every connection it carries, and
 /// [`Proxy::refuse`] turns new ones away (closed at once).
-pub struct Proxy {
+pub(crate) struct Proxy {
     /// The loopback port clients connect to.
     pub port: u16,
     accepted: Arc<AtomicUsize>,
@@ -300,7 +304,7 @@ struct Link {
 
 impl Proxy {
     /// Starts a proxy on a free loopback port in front of `upstream`.
-    pub async fn start(upstream: String) -> Self {
+    pub(crate) async fn start(upstream: String) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let port = listener.local_addr().expect("local_addr").port();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -339,31 +343,31 @@ impl Proxy {
     }
 
     /// Connections accepted (and forwarded) so far.
-    pub fn accepted(&self) -> usize {
+    pub(crate) fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
 
     /// Bytes forwarded from clients to the upstream so far.
-    pub fn bytes_up(&self) -> u64 {
+    pub(crate) fn bytes_up(&self) -> u64 {
         self.up.load(Ordering::SeqCst)
     }
 
     /// Every connection open now stops forwarding, silently and for good.
-    pub fn blackhole(&self) {
+    pub(crate) fn blackhole(&self) {
         for link in self.live.lock().unwrap().drain(..) {
             link.dead.store(true, Ordering::SeqCst);
         }
     }
 
     /// Closes every connection open now, both ways.
-    pub fn cut(&self) {
+    pub(crate) fn cut(&self) {
         for link in self.live.lock().unwrap().drain(..) {
             link.cut.cancel();
         }
     }
 
     /// While `on`, new connections are closed as soon as they are accepted.
-    pub fn refuse(&self, on: bool) {
+    pub(crate) fn refuse(&self, on: bool) {
         self.refusing.store(on, Ordering::SeqCst);
     }
 }

@@ -17,7 +17,7 @@ const START: Duration = Duration::from_secs(180);
 /// `hass` of the cached venv, installed first when missing (the script
 /// prints when it installs). Panics when it cannot be installed: the test
 /// must fail, not skip.
-pub fn hass_binary() -> PathBuf {
+pub(crate) fn hass_binary() -> PathBuf {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/homeassistant/venv.sh");
     let out = Command::new("bash")
         .arg(&script)
@@ -38,7 +38,7 @@ pub fn hass_binary() -> PathBuf {
 }
 
 /// A running Home Assistant Core, onboarded, with a token; killed on drop.
-pub struct HomeAssistant {
+pub(crate) struct HomeAssistant {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
@@ -47,19 +47,19 @@ pub struct HomeAssistant {
 }
 
 /// One HTTP answer.
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: u16,
     pub body: String,
 }
 
 impl Reply {
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or(Value::Null)
     }
 }
 
 /// A plain HTTP/1.1 request to 127.0.0.1:`port` (`Connection: close`).
-pub fn http(
+pub(crate) fn http(
     port: u16,
     method: &str,
     path: &str,
@@ -121,7 +121,7 @@ impl HomeAssistant {
     /// Starts Home Assistant headless on a free port, onboards it (user,
     /// then analytics) and adds the MQTT integration pointed at
     /// 127.0.0.1:`mqtt_port`.
-    pub fn start(mqtt_port: u16) -> Self {
+    pub(crate) fn start(mqtt_port: u16) -> Self {
         let hass = hass_binary();
         let dir = tempfile::tempdir().expect("temp dir for Home Assistant");
         let port = super::support::free_port();
@@ -230,7 +230,7 @@ impl HomeAssistant {
 
     /// Reloads the MQTT integration: it reconnects and publishes its birth
     /// message again, as after a restart of Home Assistant.
-    pub fn reload_mqtt(&self) {
+    pub(crate) fn reload_mqtt(&self) {
         let path = format!(
             "/api/config/config_entries/entry/{}/reload",
             self.mqtt_entry
@@ -257,7 +257,7 @@ impl HomeAssistant {
     }
 
     /// The state object of `entity_id`, `None` when Home Assistant has no such entity.
-    pub fn state(&self, entity_id: &str) -> Option<Value> {
+    pub(crate) fn state(&self, entity_id: &str) -> Option<Value> {
         let r = http(
             self.port,
             "GET",
@@ -270,7 +270,7 @@ impl HomeAssistant {
     }
 
     /// Calls service `domain.service` with `data`.
-    pub fn call(&self, domain: &str, service: &str, data: Value) {
+    pub(crate) fn call(&self, domain: &str, service: &str, data: Value) {
         self.post_json(
             &format!("/api/services/{domain}/{service}"),
             data,
@@ -279,7 +279,7 @@ impl HomeAssistant {
     }
 
     /// Every entity id Home Assistant has a state for.
-    pub fn entity_ids(&self) -> Vec<String> {
+    pub(crate) fn entity_ids(&self) -> Vec<String> {
         http(self.port, "GET", "/api/states", Some(&self.token), None)
             .map(|r| r.json())
             .ok()
@@ -291,14 +291,14 @@ impl HomeAssistant {
     }
 
     /// The end of Home Assistant's output (for failure messages).
-    pub fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.dir.path().join("hass.out")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
     /// Home Assistant's whole output.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("hass.out")).unwrap_or_default()
     }
 }

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The Chromium binary: `$CHROMIUM` or Debian's `/usr/bin/chromium`.
-pub fn chromium_binary() -> PathBuf {
+pub(crate) fn chromium_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("CHROMIUM") {
         return PathBuf::from(p);
     }
@@ -31,7 +31,7 @@ pub fn chromium_binary() -> PathBuf {
 }
 
 /// A headless Chromium with one page attached over the DevTools protocol.
-pub struct Browser {
+pub(crate) struct Browser {
     child: Child,
     _profile: tempfile::TempDir,
     ws: tungstenite::WebSocket<TcpStream>,
@@ -42,7 +42,7 @@ pub struct Browser {
 
 impl Browser {
     /// Starts Chromium (`width`×`height` window) and attaches to its page.
-    pub fn launch(width: u32, height: u32) -> Self {
+    pub(crate) fn launch(width: u32, height: u32) -> Self {
         let profile = tempfile::tempdir().expect("browser profile dir");
         let mut child = Command::new(chromium_binary())
             .args([
@@ -125,7 +125,7 @@ impl Browser {
     }
 
     /// Calls `method` and returns its `result` (panics on a protocol error).
-    pub fn call(&mut self, method: &str, params: Value) -> Value {
+    pub(crate) fn call(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
         let msg = json!({ "id": id, "method": method, "params": params }).to_string();
@@ -153,7 +153,7 @@ impl Browser {
     }
 
     /// Loads `url` and waits for its `load` event.
-    pub fn navigate(&mut self, url: &str) {
+    pub(crate) fn navigate(&mut self, url: &str) {
         let before = self.count_events("Page.loadEventFired");
         self.call("Page.navigate", json!({ "url": url }));
         let ok = self.wait_until(CALL_TIMEOUT, |b| {
@@ -163,12 +163,12 @@ impl Browser {
     }
 
     /// How many events named `method` arrived.
-    pub fn count_events(&self, method: &str) -> usize {
+    pub(crate) fn count_events(&self, method: &str) -> usize {
         self.events.iter().filter(|(m, _)| m == method).count()
     }
 
     /// Evaluates `expr` in the page (promises awaited) and returns its value.
-    pub fn eval(&mut self, expr: &str) -> Value {
+    pub(crate) fn eval(&mut self, expr: &str) -> Value {
         let r = self.call(
             "Runtime.evaluate",
             json!({ "expression": expr, "returnByValue": true, "awaitPromise": true }),
@@ -180,7 +180,7 @@ impl Browser {
     }
 
     /// Polls `cond` every 50 ms until it holds or `timeout` passes.
-    pub fn wait_until(
+    pub(crate) fn wait_until(
         &mut self,
         timeout: Duration,
         mut cond: impl FnMut(&mut Self) -> bool,
@@ -200,13 +200,13 @@ impl Browser {
     }
 
     /// Waits until `expr` evaluates to `true`.
-    pub fn wait_for(&mut self, expr: &str, timeout: Duration) -> bool {
+    pub(crate) fn wait_for(&mut self, expr: &str, timeout: Duration) -> bool {
         self.wait_until(timeout, |b| b.eval(expr) == Value::Bool(true))
     }
 
     /// Clicks the middle of the first element matching `selector`, as a
     /// mouse would.
-    pub fn click(&mut self, selector: &str) {
+    pub(crate) fn click(&mut self, selector: &str) {
         let sel = serde_json::to_string(selector).expect("selector");
         let rect = self.eval(&format!(
             "(() => {{ const e = document.querySelector({sel}); if (!e) return null; \
@@ -226,13 +226,13 @@ impl Browser {
     }
 
     /// Focuses the element at `selector` (by clicking it) and types `text`.
-    pub fn type_into(&mut self, selector: &str, text: &str) {
+    pub(crate) fn type_into(&mut self, selector: &str, text: &str) {
         self.click(selector);
         self.call("Input.insertText", json!({ "text": text }));
     }
 
     /// Saves a PNG of the page's viewport to `path` (directories made).
-    pub fn screenshot(&mut self, path: &Path) {
+    pub(crate) fn screenshot(&mut self, path: &Path) {
         let r = self.call("Page.captureScreenshot", json!({ "format": "png" }));
         let data = base64::engine::general_purpose::STANDARD
             .decode(r["data"].as_str().expect("screenshot data"))
@@ -244,7 +244,7 @@ impl Browser {
     }
 
     /// Emulates a phone screen (`width`×`height` CSS pixels).
-    pub fn phone(&mut self, width: u32, height: u32) {
+    pub(crate) fn phone(&mut self, width: u32, height: u32) {
         self.call(
             "Emulation.setDeviceMetricsOverride",
             json!({ "width": width, "height": height, "deviceScaleFactor": 2, "mobile": true }),
@@ -261,7 +261,7 @@ impl Drop for Browser {
 }
 
 /// Where test artifacts go: `<target dir>/test-artifacts/<name>`.
-pub fn artifact(name: &str) -> PathBuf {
+pub(crate) fn artifact(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));

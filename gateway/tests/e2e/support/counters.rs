@@ -9,11 +9,11 @@ use super::{Message, MqttProbe};
 
 /// Counters of a second gateway run start here, so that its values are
 /// told apart from the first run's.
-pub const SECOND_RUN: u64 = 1_000_000;
+pub(crate) const SECOND_RUN: u64 = 1_000_000;
 
 /// The `devices:` items of `n` counter devices `d0…`: one uint64 `n` from
 /// `start`, step 1, read every `interval`.
-pub fn counter_devices(n: usize, interval: &str, start: u64) -> String {
+pub(crate) fn counter_devices(n: usize, interval: &str, start: u64) -> String {
     (0..n)
         .map(|i| format!(
             "  - name: d{i}\n    driver: dummy\n    syncInterval: {interval}\n    properties:\n      - {{ name: n, type: uint64, simulate: {{ counter: {{ start: {start}, step: 1 }} }} }}\n"
@@ -23,7 +23,7 @@ pub fn counter_devices(n: usize, interval: &str, start: u64) -> String {
 
 /// Counter values (and read times) per counter device, in arrival order.
 #[derive(Debug)]
-pub struct Streams {
+pub(crate) struct Streams {
     /// `fieldgate/<namespace>/`
     prefix: String,
     /// Values and their `timestamp`s by device name.
@@ -32,7 +32,7 @@ pub struct Streams {
 
 impl Streams {
     /// Empty streams for the counter devices of `namespace`.
-    pub fn new(namespace: &str) -> Self {
+    pub(crate) fn new(namespace: &str) -> Self {
         Self {
             prefix: format!("fieldgate/{namespace}/"),
             by_device: BTreeMap::new(),
@@ -40,7 +40,7 @@ impl Streams {
     }
 
     /// Records `m` if it is the state of a counter device.
-    pub fn add(&mut self, m: &Message) {
+    pub(crate) fn add(&mut self, m: &Message) {
         let Some(device) = m.topic.strip_prefix(self.prefix.as_str()) else {
             return;
         };
@@ -61,7 +61,7 @@ impl Streams {
 
     /// Values of one run (below or from [`SECOND_RUN`]) in order of first
     /// arrival, at-least-once duplicates removed.
-    pub fn firsts(&self, device: &str, second_run: bool) -> Vec<u64> {
+    pub(crate) fn firsts(&self, device: &str, second_run: bool) -> Vec<u64> {
         let mut seen = HashSet::new();
         self.by_device
             .get(device)
@@ -76,7 +76,7 @@ impl Streams {
     }
 
     /// Values read at or after `at` (by their timestamp).
-    pub fn read_since(&self, device: &str, at: SystemTime) -> usize {
+    pub(crate) fn read_since(&self, device: &str, at: SystemTime) -> usize {
         self.by_device
             .get(device)
             .map(|v| v.iter().filter(|(_, t)| *t >= at).count())
@@ -84,7 +84,7 @@ impl Streams {
     }
 
     /// Per device: how many values, and the largest.
-    pub fn summary(&self) -> Vec<(String, usize, Option<u64>)> {
+    pub(crate) fn summary(&self) -> Vec<(String, usize, Option<u64>)> {
         self.by_device
             .iter()
             .map(|(d, v)| (d.clone(), v.len(), v.iter().map(|(n, _)| *n).max()))
@@ -93,7 +93,7 @@ impl Streams {
 }
 
 /// Asserts `values` is gap-free and in order: each is the previous + 1.
-pub fn assert_gap_free(device: &str, values: &[u64]) {
+pub(crate) fn assert_gap_free(device: &str, values: &[u64]) {
     assert!(!values.is_empty(), "{device}: nothing received");
     for w in values.windows(2) {
         assert_eq!(
@@ -107,7 +107,7 @@ pub fn assert_gap_free(device: &str, values: &[u64]) {
 }
 
 /// Receives into `streams` until `done` holds; panics after `timeout`.
-pub async fn receive_until(
+pub(crate) async fn receive_until(
     probe: &mut MqttProbe,
     streams: &mut Streams,
     timeout: Duration,

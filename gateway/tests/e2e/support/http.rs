@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// One response.
 #[derive(Debug)]
-pub struct Reply {
+pub(crate) struct Reply {
     /// Status code.
     pub status: u16,
     /// The response head (status line and headers), lowercased.
@@ -18,12 +18,12 @@ pub struct Reply {
 
 impl Reply {
     /// The body as JSON (panics with the body when it is not JSON).
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 
     /// The value of header `name` (lowercase), if present.
-    pub fn header(&self, name: &str) -> Option<String> {
+    pub(crate) fn header(&self, name: &str) -> Option<String> {
         self.head.lines().find_map(|l| {
             l.split_once(':')
                 .filter(|(k, _)| k.trim() == name)
@@ -34,7 +34,7 @@ impl Reply {
 
 /// Sends `method path` to `addr` with `headers` and `body` (Host and
 /// Content-Length are added); returns the reply.
-pub fn request(
+pub(crate) fn request(
     addr: &str,
     method: &str,
     path: &str,
@@ -81,12 +81,12 @@ pub fn request(
 }
 
 /// `GET path`.
-pub fn get(addr: &str, path: &str) -> Reply {
+pub(crate) fn get(addr: &str, path: &str) -> Reply {
     request(addr, "GET", path, &[], b"").unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
 
 /// `POST path` with a JSON body and extra headers.
-pub fn post_json(addr: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+pub(crate) fn post_json(addr: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
     let mut h = vec![("Content-Type", "application/json")];
     h.extend_from_slice(headers);
     request(addr, "POST", path, &h, body.as_bytes()).unwrap_or_else(|e| panic!("POST {path}: {e}"))

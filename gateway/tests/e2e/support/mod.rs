@@ -8,10 +8,10 @@
 
 #![allow(dead_code)]
 
-pub mod cdp;
-pub mod counters;
-pub mod http;
-pub mod nats;
+pub(crate) mod cdp;
+pub(crate) mod counters;
+pub(crate) mod http;
+pub(crate) mod nats;
 
 use std::borrow::Cow;
 use std::fs;
@@ -28,14 +28,14 @@ use tokio::task::JoinHandle;
 
 // The helpers the benchmarks and fuzz targets share (free ports, waiting,
 // signals, a private Mosquitto) live in the `fieldgate-testkit` crate.
-pub use fieldgate_testkit::{
+pub(crate) use fieldgate_testkit::{
     free_port, port_open, send_signal, wait_port_open, wait_until, wait_until_async, Mosquitto,
     READY_TIMEOUT,
 };
 
 /// A blocking HTTP/1.0 GET of `http://<addr><path>`: `(status, body)`.
 /// For `/metrics` and `/healthz`; bounded by 5 s timeouts.
-pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+pub(crate) fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     let sock: SocketAddr = addr.parse().map_err(|e| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}"))
     })?;
@@ -63,7 +63,7 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
 
 /// One received PUBLISH.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
+pub(crate) struct Message {
     /// Topic name.
     pub topic: String,
     /// Raw payload bytes.
@@ -84,12 +84,12 @@ pub struct Message {
 
 impl Message {
     /// The payload as text (invalid UTF-8 replaced).
-    pub fn payload_str(&self) -> Cow<'_, str> {
+    pub(crate) fn payload_str(&self) -> Cow<'_, str> {
         String::from_utf8_lossy(&self.payload)
     }
 
     /// The payload parsed as JSON; panics with the payload if it is not JSON.
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.payload).unwrap_or_else(|e| {
             panic!(
                 "payload on {} is not JSON ({e}): {:?}",
@@ -102,7 +102,7 @@ impl Message {
 
 /// The probe's view of its connection, updated by the event-loop task.
 #[derive(Debug, Clone, Default)]
-pub struct ProbeState {
+pub(crate) struct ProbeState {
     /// Connected (CONNACK received, no error since).
     pub connected: bool,
     /// CONNACKs received so far (1 after the first connect).
@@ -205,13 +205,13 @@ async fn await_state(
 macro_rules! probe_common {
     () => {
         /// The next message, or `None` after `timeout`.
-        pub async fn next(&mut self, timeout: Duration) -> Option<Message> {
+        pub(crate) async fn next(&mut self, timeout: Duration) -> Option<Message> {
             self.inbox.next(timeout).await
         }
 
         /// The first message matching `pred` within `timeout`; the
         /// non-matching ones before it are discarded.
-        pub async fn wait_for(
+        pub(crate) async fn wait_for(
             &mut self,
             timeout: Duration,
             pred: impl FnMut(&Message) -> bool,
@@ -220,28 +220,32 @@ macro_rules! probe_common {
         }
 
         /// The first message on exactly `topic` within `timeout`.
-        pub async fn wait_topic(&mut self, timeout: Duration, topic: &str) -> Option<Message> {
+        pub(crate) async fn wait_topic(
+            &mut self,
+            timeout: Duration,
+            topic: &str,
+        ) -> Option<Message> {
             self.inbox.wait_for(timeout, |m| m.topic == topic).await
         }
 
         /// Every message that arrives during `dur` (for "nothing else came" checks).
-        pub async fn collect_for(&mut self, dur: Duration) -> Vec<Message> {
+        pub(crate) async fn collect_for(&mut self, dur: Duration) -> Vec<Message> {
             self.inbox.collect_for(dur).await
         }
 
         /// Discards and returns every message already received.
-        pub fn drain(&mut self) -> Vec<Message> {
+        pub(crate) fn drain(&mut self) -> Vec<Message> {
             self.inbox.drain()
         }
 
         /// The connection state as seen by the event loop.
-        pub fn state(&self) -> ProbeState {
+        pub(crate) fn state(&self) -> ProbeState {
             self.state.borrow().clone()
         }
 
         /// Waits until the probe has reconnected (more than `connects_before`
         /// CONNACKs) and its subscriptions are restored; panics on timeout.
-        pub async fn wait_reconnected(&self, connects_before: u64, timeout: Duration) {
+        pub(crate) async fn wait_reconnected(&self, connects_before: u64, timeout: Duration) {
             await_state(&self.state, timeout, "reconnect and resubscribe", |s| {
                 s.connected && s.connects > connects_before && s.subscribed
             })
@@ -249,7 +253,7 @@ macro_rules! probe_common {
         }
 
         /// The client id this probe connected with.
-        pub fn client_id(&self) -> &str {
+        pub(crate) fn client_id(&self) -> &str {
             &self.client_id
         }
     };
@@ -269,7 +273,7 @@ macro_rules! qos_of {
 
 /// An MQTT 3.1.1 test client: every incoming PUBLISH goes to an inbox;
 /// reconnects (and resubscribes) by itself when the broker restarts.
-pub struct MqttProbe {
+pub(crate) struct MqttProbe {
     client: rumqttc::AsyncClient,
     inbox: Inbox,
     state: watch::Receiver<ProbeState>,
@@ -280,18 +284,18 @@ pub struct MqttProbe {
 
 impl MqttProbe {
     /// Connects to 127.0.0.1:`port`; returns after the CONNACK (panics after 10 s).
-    pub async fn connect(port: u16) -> Self {
+    pub(crate) async fn connect(port: u16) -> Self {
         Self::connect_as(port, probe_client_id(""), true, None).await
     }
 
     /// Like [`MqttProbe::connect`], with a user name and password.
-    pub async fn connect_with_login(port: u16, user: &str, password: &str) -> Self {
+    pub(crate) async fn connect_with_login(port: u16, user: &str, password: &str) -> Self {
         Self::connect_as(port, probe_client_id(""), true, Some((user, password))).await
     }
 
     /// Connects with a fixed client id and `cleanSession: false`, so a broker
     /// with persistence keeps its QoS 1/2 messages while it is away.
-    pub async fn connect_persistent(port: u16, client_id: &str) -> Self {
+    pub(crate) async fn connect_persistent(port: u16, client_id: &str) -> Self {
         Self::connect_as(port, client_id.to_owned(), false, None).await
     }
 
@@ -404,7 +408,7 @@ impl MqttProbe {
 
     /// Subscribes to `filter` and waits for the SUBACK; panics if refused.
     /// The subscription is restored after every reconnect.
-    pub async fn subscribe(&self, filter: &str, qos: u8) {
+    pub(crate) async fn subscribe(&self, filter: &str, qos: u8) {
         let q = qos_of!(rumqttc::QoS, qos);
         if let Ok(mut subs) = self.subs.lock() {
             subs.push((filter.to_owned(), q));
@@ -430,7 +434,13 @@ impl MqttProbe {
 
     /// Publishes and waits until it is on the wire (QoS 0) or acknowledged
     /// (QoS 1: PUBACK, QoS 2: PUBCOMP).
-    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, qos: u8, retain: bool) {
+    pub(crate) async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Vec<u8>>,
+        qos: u8,
+        retain: bool,
+    ) {
         let q = qos_of!(rumqttc::QoS, qos);
         let before = self.state.borrow().clone();
         self.client
@@ -451,7 +461,7 @@ impl MqttProbe {
     }
 
     /// Sends DISCONNECT and stops the event loop.
-    pub async fn disconnect(self) {
+    pub(crate) async fn disconnect(self) {
         let _ = self.client.disconnect().await;
         let mut state = self.state.clone();
         let _ = tokio::time::timeout(READY_TIMEOUT, state.wait_for(|s| !s.connected)).await;
@@ -468,7 +478,7 @@ impl Drop for MqttProbe {
 
 /// An MQTT 5 test client, like [`MqttProbe`], that also sends and shows
 /// response topic / correlation data properties.
-pub struct MqttProbe5 {
+pub(crate) struct MqttProbe5 {
     client: rumqttc::v5::AsyncClient,
     inbox: Inbox,
     state: watch::Receiver<ProbeState>,
@@ -479,7 +489,7 @@ pub struct MqttProbe5 {
 
 impl MqttProbe5 {
     /// Connects with MQTT 5 to 127.0.0.1:`port`; returns after the CONNACK.
-    pub async fn connect(port: u16) -> Self {
+    pub(crate) async fn connect(port: u16) -> Self {
         use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
         use rumqttc::v5::mqttbytes::QoS;
         use rumqttc::v5::Event;
@@ -587,7 +597,7 @@ impl MqttProbe5 {
     }
 
     /// Subscribes to `filter` and waits for the SUBACK; panics if refused.
-    pub async fn subscribe(&self, filter: &str, qos: u8) {
+    pub(crate) async fn subscribe(&self, filter: &str, qos: u8) {
         let q = qos_of!(rumqttc::v5::mqttbytes::QoS, qos);
         if let Ok(mut subs) = self.subs.lock() {
             subs.push((filter.to_owned(), q));
@@ -612,14 +622,20 @@ impl MqttProbe5 {
     }
 
     /// Publishes and waits until it is on the wire (QoS 0) or acknowledged.
-    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, qos: u8, retain: bool) {
+    pub(crate) async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Vec<u8>>,
+        qos: u8,
+        retain: bool,
+    ) {
         self.publish_props(topic, payload.into(), qos, retain, None)
             .await
     }
 
     /// Publishes a request with a response topic and correlation data (QoS 1,
     /// not retained) and waits for its PUBACK.
-    pub async fn publish_with_response(
+    pub(crate) async fn publish_with_response(
         &self,
         topic: &str,
         payload: impl Into<Vec<u8>>,
@@ -668,7 +684,7 @@ impl MqttProbe5 {
     }
 
     /// Sends DISCONNECT and stops the event loop.
-    pub async fn disconnect(self) {
+    pub(crate) async fn disconnect(self) {
         let _ = self.client.disconnect().await;
         let mut state = self.state.clone();
         let _ = tokio::time::timeout(READY_TIMEOUT, state.wait_for(|s| !s.connected)).await;
@@ -687,13 +703,13 @@ impl Drop for MqttProbe5 {
 // The fieldgate binary
 
 /// The `fieldgate` binary built for these tests.
-pub fn fieldgate_binary() -> PathBuf {
+pub(crate) fn fieldgate_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_fieldgate"))
 }
 
 /// `fieldgate run -c <config>` under `prlimit` (util-linux) with the given
 /// open-file limits (soft, hard), not yet started.
-pub fn fieldgate_with_nofile(soft: u64, hard: u64, config: &Path) -> Command {
+pub(crate) fn fieldgate_with_nofile(soft: u64, hard: u64, config: &Path) -> Command {
     let mut cmd = Command::new("prlimit");
     cmd.arg(format!("--nofile={soft}:{hard}"))
         .arg("--")
@@ -705,7 +721,7 @@ pub fn fieldgate_with_nofile(soft: u64, hard: u64, config: &Path) -> Command {
 
 /// Runs `fieldgate <args>` to completion (for CLI tests); `RUST_LOG` is
 /// inherited, stdin is empty.
-pub fn fieldgate(args: &[&str]) -> Output {
+pub(crate) fn fieldgate(args: &[&str]) -> Output {
     Command::new(fieldgate_binary())
         .args(args)
         .stdin(Stdio::null())
@@ -719,7 +735,7 @@ pub fn fieldgate(args: &[&str]) -> Output {
 /// is replaced by the gateway's temp dir (e.g. `stateDirectory: {dir}/state`).
 /// Remember that parallel tests need their own ports: set
 /// `gateway.metrics.listen` to `""` or to `127.0.0.1:<free_port()>`.
-pub struct Gateway {
+pub(crate) struct Gateway {
     dir: tempfile::TempDir,
     config: PathBuf,
     log: PathBuf,
@@ -732,12 +748,12 @@ pub struct Gateway {
 impl Gateway {
     /// Writes `config_yaml` to `<tempdir>/config.yaml` and starts the daemon
     /// (`RUST_LOG` defaults to `info`; stdout and stderr go to `<tempdir>/fieldgate.log`).
-    pub fn start(config_yaml: &str) -> Self {
+    pub(crate) fn start(config_yaml: &str) -> Self {
         Self::start_with_env(config_yaml, &[])
     }
 
     /// Like [`Gateway::start`] with extra environment variables.
-    pub fn start_with_env(config_yaml: &str, env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start_with_env(config_yaml: &str, env: &[(&str, &str)]) -> Self {
         Self::spawn(config_yaml, env, &[])
     }
 
@@ -746,7 +762,7 @@ impl Gateway {
     /// apply to the daemon as they do to the packaged service. `None` when
     /// the tests do not run as root (they cannot switch users) or `setpriv`
     /// is missing. The temp dir is made world-readable for it.
-    pub fn start_unprivileged(config_yaml: &str) -> Option<Self> {
+    pub(crate) fn start_unprivileged(config_yaml: &str) -> Option<Self> {
         // SAFETY: geteuid has no preconditions and cannot fail.
         let root = unsafe { libc::geteuid() } == 0;
         let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
@@ -770,7 +786,7 @@ impl Gateway {
 
     /// Like [`Gateway::start`], run through `wrapper` (a command that execs
     /// the rest of its arguments: the binary, `run`, `-c`, the config).
-    pub fn start_wrapped(config_yaml: &str, wrapper: &[&str]) -> Self {
+    pub(crate) fn start_wrapped(config_yaml: &str, wrapper: &[&str]) -> Self {
         Self::spawn(config_yaml, &[], wrapper)
     }
 
@@ -821,50 +837,50 @@ impl Gateway {
     }
 
     /// The config file the daemon runs with.
-    pub fn config_path(&self) -> &Path {
+    pub(crate) fn config_path(&self) -> &Path {
         &self.config
     }
 
     /// The gateway's temp dir (config, log, anything the test puts there).
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         self.dir.path()
     }
 
     /// The daemon's process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Overwrites the config file in place (truncate + write, no rename).
-    pub fn write_config(&self, yaml: &str) {
+    pub(crate) fn write_config(&self, yaml: &str) {
         fs::write(&self.config, expand(yaml, self.dir.path())).expect("write config.yaml");
     }
 
     /// Replaces the config file like an editor does: write a temp file in
     /// the same directory, then rename it over the config.
-    pub fn replace_config(&self, yaml: &str) {
+    pub(crate) fn replace_config(&self, yaml: &str) {
         let tmp = self.dir.path().join(".config.yaml.tmp");
         fs::write(&tmp, expand(yaml, self.dir.path())).expect("write temp config");
         fs::rename(&tmp, &self.config).expect("rename temp config over config.yaml");
     }
 
     /// Sends SIGTERM.
-    pub fn sigterm(&self) {
+    pub(crate) fn sigterm(&self) {
         send_signal(self.pid(), "TERM");
     }
 
     /// Sends SIGINT.
-    pub fn sigint(&self) {
+    pub(crate) fn sigint(&self) {
         send_signal(self.pid(), "INT");
     }
 
     /// Sends SIGHUP (reload).
-    pub fn sighup(&self) {
+    pub(crate) fn sighup(&self) {
         send_signal(self.pid(), "HUP");
     }
 
     /// Kills the daemon with SIGKILL (a crash / power cut) and reaps it.
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         let _ = self.child.kill();
         if let Ok(status) = self.child.wait() {
             self.exit = Some(status);
@@ -872,7 +888,7 @@ impl Gateway {
     }
 
     /// The exit status once the daemon has exited, or `None` after `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         if self.exit.is_none() {
             let child = &mut self.child;
             let mut status = None;
@@ -886,24 +902,24 @@ impl Gateway {
     }
 
     /// True while the daemon runs.
-    pub fn is_running(&mut self) -> bool {
+    pub(crate) fn is_running(&mut self) -> bool {
         self.exit.is_none() && matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Lets the daemon panic in this test (a fault injected on purpose).
-    pub fn expect_panics(&mut self) {
+    pub(crate) fn expect_panics(&mut self) {
         self.panics_expected = true;
     }
 
     /// Everything the daemon has logged so far (stdout and stderr).
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         fs::read(&self.log)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
     }
 
     /// Waits until the log contains `needle`; false on timeout.
-    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+    pub(crate) fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
         wait_until(timeout, || self.log().contains(needle))
     }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 const START: Duration = Duration::from_secs(20);
 
 /// nats-server, if installed.
-pub fn nats_binary() -> Option<PathBuf> {
+pub(crate) fn nats_binary() -> Option<PathBuf> {
     ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
         .iter()
         .map(PathBuf::from)
@@ -26,7 +26,7 @@ pub fn nats_binary() -> Option<PathBuf> {
 
 /// `n` free loopback ports, all bound at once before any is released, so
 /// that they are distinct.
-pub fn free_ports(n: usize) -> Vec<u16> {
+pub(crate) fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
         .collect();
@@ -44,14 +44,14 @@ struct Node {
 }
 
 /// nats-server nodes with MQTT listeners, clustered on loopback.
-pub struct NatsCluster {
+pub(crate) struct NatsCluster {
     nodes: Vec<Node>,
     _dir: tempfile::TempDir,
 }
 
 impl NatsCluster {
     /// A single node with JetStream and an MQTT listener on `mqtt_port`.
-    pub fn single(binary: &PathBuf, mqtt_port: u16) -> Self {
+    pub(crate) fn single(binary: &PathBuf, mqtt_port: u16) -> Self {
         let dir = tempfile::tempdir().expect("nats dir");
         let client = free_ports(1)[0];
         let conf = format!(
@@ -68,7 +68,7 @@ impl NatsCluster {
     /// Nodes clustered on loopback, one per entry of `jetstream` (whether
     /// that node runs JetStream); every node serves MQTT. Returns once every
     /// MQTT listener is open and the JetStream nodes have elected a leader.
-    pub fn start(binary: &PathBuf, jetstream: &[bool]) -> Self {
+    pub(crate) fn start(binary: &PathBuf, jetstream: &[bool]) -> Self {
         let dir = tempfile::tempdir().expect("nats dir");
         let n = jetstream.len();
         // client, cluster and MQTT port of each node, allocated at once.
@@ -119,17 +119,17 @@ impl NatsCluster {
     }
 
     /// The MQTT port of node `i`.
-    pub fn mqtt_port(&self, i: usize) -> u16 {
+    pub(crate) fn mqtt_port(&self, i: usize) -> u16 {
         self.nodes[i].mqtt_port
     }
 
     /// `tcp://127.0.0.1:<port>` of node `i`'s MQTT listener.
-    pub fn mqtt_url(&self, i: usize) -> String {
+    pub(crate) fn mqtt_url(&self, i: usize) -> String {
         format!("tcp://127.0.0.1:{}", self.mqtt_port(i))
     }
 
     /// Kills node `i` (SIGKILL) and waits for it to exit.
-    pub fn kill(&mut self, i: usize) {
+    pub(crate) fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -137,12 +137,12 @@ impl NatsCluster {
     }
 
     /// Node `i`'s log so far.
-    pub fn log(&self, i: usize) -> String {
+    pub(crate) fn log(&self, i: usize) -> String {
         std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
     }
 
     /// Every node's log, for a failure message.
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         (0..self.nodes.len())
             .map(|i| format!("--- n{i}\n{}", self.log(i)))
             .collect()
