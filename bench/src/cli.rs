@@ -9,7 +9,7 @@ use clap::Args;
 use crate::{process, startup};
 
 /// Options shared by every scenario.
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub(crate) struct CommonArgs {
     /// The fieldgate binary (default: target/release/fieldgate).
     #[arg(long)]

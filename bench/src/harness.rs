@@ -20,6 +20,12 @@ pub(crate) struct RunDir {
 }
 
 impl RunDir {
+    /// Its path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A fresh run directory with a `state/` directory in it.
     pub(crate) fn create(keep: bool) -> anyhow::Result<Self> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

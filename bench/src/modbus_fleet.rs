@@ -12,7 +12,7 @@ use clap::Args;
 
 use crate::counter::StateCounter;
 use crate::modbus_devices::Fleet;
-use crate::online::{self, FleetCommon, Online};
+use crate::online::{self, Online};
 use crate::process;
 use crate::scenario;
 
@@ -35,7 +35,7 @@ pub(crate) struct ModbusFleetArgs {
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     #[command(flatten)]
-    pub common: FleetCommon,
+    pub common: crate::cli::CommonArgs,
 }
 
 /// Runs the scenario and prints its result.
@@ -55,7 +55,7 @@ pub(crate) async fn run_modbus_fleet(args: ModbusFleetArgs) -> anyhow::Result<()
     let expected =
         (args.devices * usize::from(args.registers)) as f64 / args.interval.as_secs_f64();
     let fleet = Fleet::start(args.devices).await?;
-    let dir = args.common.run_dir()?;
+    let dir = crate::harness::RunDir::create(args.common.keep)?;
     let (_broker, port) = process::start_mosquitto(dir.path()).await?;
     let config = dir.path().join("config.yaml");
     std::fs::write(
@@ -75,7 +75,8 @@ pub(crate) async fn run_modbus_fleet(args: ModbusFleetArgs) -> anyhow::Result<()
 
     let load_before = online::load_average();
     let started = Instant::now();
-    let mut gateway = process::start_fieldgate(&args.common.binary(), &config, dir.path())?;
+    let mut gateway =
+        process::start_fieldgate(&crate::cli::binary(&args.common), &config, dir.path())?;
     let startup = online::wait_online(
         &mut gateway,
         &online,
@@ -84,7 +85,7 @@ pub(crate) async fn run_modbus_fleet(args: ModbusFleetArgs) -> anyhow::Result<()
     )
     .await?;
     let start_memory = crate::measure::memory(gateway.pid())?;
-    online::run_for(&mut gateway, args.warmup).await?;
+    crate::harness::run_for(&mut gateway, args.warmup).await?;
     let requests = fleet.requests();
     let requests_before = requests.load(Ordering::Relaxed);
     let mut report =

@@ -23,7 +23,7 @@ use fieldgate_testkit::bluez as bluez_standin;
 use tokio::sync::mpsc;
 
 use crate::latency::quantile;
-use crate::online::{self, Arrival, FleetCommon, Online};
+use crate::online::{self, Arrival, Online};
 use crate::opcua_server;
 use crate::process;
 use crate::scenario;
@@ -52,7 +52,7 @@ pub(crate) struct NotifyLatencyArgs {
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
     #[command(flatten)]
-    pub common: FleetCommon,
+    pub common: crate::cli::CommonArgs,
 }
 
 const BLE_ADDRESS: &str = "A4:C1:38:00:26:26";
@@ -109,7 +109,7 @@ pub(crate) async fn run_notify_latency(args: NotifyLatencyArgs) -> anyhow::Resul
     if args.samples == 0 || args.interval.is_zero() {
         bail!("--samples and --interval must be more than 0");
     }
-    let dir = args.common.run_dir()?;
+    let dir = crate::harness::RunDir::create(args.common.keep)?;
     let (_broker, port) = process::start_mosquitto_nodelay(dir.path()).await?;
     let state = dir.path().join("state");
     let config = dir.path().join("config.yaml");
@@ -135,7 +135,8 @@ pub(crate) async fn run_notify_latency(args: NotifyLatencyArgs) -> anyhow::Resul
             )
             .with_context(|| format!("write {}", config.display()))?;
             let online = Online::connect(port, 1, Some(("plc".into(), tx))).await?;
-            let mut gateway = process::start_fieldgate(&args.common.binary(), &config, dir.path())?;
+            let mut gateway =
+                process::start_fieldgate(&crate::cli::binary(&args.common), &config, dir.path())?;
             online::wait_online(
                 &mut gateway,
                 &online,
@@ -143,7 +144,7 @@ pub(crate) async fn run_notify_latency(args: NotifyLatencyArgs) -> anyhow::Resul
                 Duration::from_secs(60),
             )
             .await?;
-            online::run_for(&mut gateway, args.warmup).await?;
+            crate::harness::run_for(&mut gateway, args.warmup).await?;
             while rx.try_recv().is_ok() {}
             let mut latencies = Vec::with_capacity(args.samples);
             let mut lost = 0;
@@ -191,7 +192,7 @@ pub(crate) async fn run_notify_latency(args: NotifyLatencyArgs) -> anyhow::Resul
             std::fs::write(&config, ble_config(port, &state, args.interval))
                 .with_context(|| format!("write {}", config.display()))?;
             let online = Online::connect(port, 1, Some(("thermo".into(), tx))).await?;
-            let binary = std::fs::canonicalize(args.common.binary())
+            let binary = std::fs::canonicalize(crate::cli::binary(&args.common))
                 .context("the fieldgate binary (build it or pass --fieldgate)")?;
             let mut cmd = Command::new(binary);
             cmd.arg("run")
@@ -222,7 +223,7 @@ pub(crate) async fn run_notify_latency(args: NotifyLatencyArgs) -> anyhow::Resul
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            online::run_for(&mut gateway, args.warmup).await?;
+            crate::harness::run_for(&mut gateway, args.warmup).await?;
             while rx.try_recv().is_ok() {}
             let mut latencies = Vec::with_capacity(args.samples);
             let mut lost = 0;

@@ -1,19 +1,14 @@
 //! Shared parts of the fleet scenarios (`modbus-fleet`, `rtu-line`,
-//! `notify-latency`): their common options, a run directory, a subscriber
-//! that timestamps each device's first state (start → all online) and
-//! hands one device's states to a latency probe, and the measurement window
-//! (values delivered, CPU-seconds, `RssAnon`/`VmRSS`).
-//!
-//! Kept apart from `main.rs` on purpose: it depends only on the small
-//! modules (`counter`, `measure`, `process`, `report`, `scenario`).
+//! `notify-latency`): a subscriber that timestamps each device's first
+//! state (start → all online) and hands one device's states to a latency
+//! probe, and the measurement window (values delivered, CPU-seconds,
+//! `RssAnon`/`VmRSS`).
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use clap::Args;
+use anyhow::bail;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -23,68 +18,6 @@ use crate::measure;
 use crate::process::{self, Supervised};
 use crate::report::Report;
 use crate::scenario;
-
-/// Options every fleet scenario takes.
-#[derive(Args, Clone)]
-pub(crate) struct FleetCommon {
-    /// The fieldgate binary (default: target/release/fieldgate).
-    #[arg(long)]
-    pub fieldgate: Option<PathBuf>,
-    /// Print the result as JSON instead of lines.
-    #[arg(long)]
-    pub json: bool,
-    /// Keep the run directory (config, logs) instead of deleting it.
-    #[arg(long)]
-    pub keep: bool,
-}
-
-impl FleetCommon {
-    /// The gateway binary to run.
-    pub(crate) fn binary(&self) -> PathBuf {
-        self.fieldgate
-            .clone()
-            .unwrap_or_else(process::default_fieldgate_binary)
-    }
-
-    /// A fresh run directory with a `state/` directory in it.
-    pub(crate) fn run_dir(&self) -> anyhow::Result<RunDir> {
-        let dir = tempfile::Builder::new()
-            .prefix("fieldgate-bench-")
-            .tempdir()
-            .context("create a run directory")?;
-        std::fs::create_dir_all(dir.path().join("state")).context("create state/")?;
-        Ok(RunDir {
-            dir: Some(dir),
-            keep: self.keep,
-        })
-    }
-}
-
-/// A run directory, deleted on drop unless `--keep`.
-pub(crate) struct RunDir {
-    dir: Option<tempfile::TempDir>,
-    keep: bool,
-}
-
-impl RunDir {
-    /// Its path.
-    pub(crate) fn path(&self) -> &Path {
-        self.dir.as_ref().map_or(Path::new("."), |d| d.path())
-    }
-}
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        if let Some(dir) = self.dir.take() {
-            if self.keep {
-                eprintln!(
-                    "fieldgate-bench: run directory kept: {}",
-                    dir.keep().display()
-                );
-            }
-        }
-    }
-}
 
 /// One state message of the probed device, with its arrival instant.
 pub(crate) struct Arrival {
@@ -238,19 +171,6 @@ pub(crate) async fn wait_online(
             );
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Lets the gateway run for `dur`, failing early if it exits.
-pub(crate) async fn run_for(gateway: &mut Supervised, dur: Duration) -> anyhow::Result<()> {
-    let end = Instant::now() + dur;
-    loop {
-        gateway.ensure_running()?;
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(());
-        }
-        tokio::time::sleep(left.min(Duration::from_millis(500))).await;
     }
 }
 

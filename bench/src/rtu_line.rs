@@ -20,7 +20,7 @@ use tokio_modbus::server::Service;
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 
 use crate::counter::StateCounter;
-use crate::online::{self, FleetCommon, Online};
+use crate::online::{self, Online};
 use crate::process;
 use crate::scenario;
 
@@ -49,7 +49,7 @@ pub(crate) struct RtuLineArgs {
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     #[command(flatten)]
-    pub common: FleetCommon,
+    pub common: crate::cli::CommonArgs,
 }
 
 /// The units of the line: registers that change on every request, one
@@ -176,7 +176,7 @@ pub(crate) async fn run_rtu_line(args: RtuLineArgs) -> anyhow::Result<()> {
         })
     };
 
-    let dir = args.common.run_dir()?;
+    let dir = crate::harness::RunDir::create(args.common.keep)?;
     let (_broker, port) = process::start_mosquitto(dir.path()).await?;
     let cfg = dir.path().join("config.yaml");
     std::fs::write(&cfg, config(&args, &path, port, &dir.path().join("state")))
@@ -186,7 +186,8 @@ pub(crate) async fn run_rtu_line(args: RtuLineArgs) -> anyhow::Result<()> {
 
     let load_before = online::load_average();
     let started = Instant::now();
-    let mut gateway = process::start_fieldgate(&args.common.binary(), &cfg, dir.path())?;
+    let mut gateway =
+        process::start_fieldgate(&crate::cli::binary(&args.common), &cfg, dir.path())?;
     let startup = online::wait_online(
         &mut gateway,
         &online,
@@ -194,7 +195,7 @@ pub(crate) async fn run_rtu_line(args: RtuLineArgs) -> anyhow::Result<()> {
         Duration::from_secs(120).max(args.interval * 5),
     )
     .await?;
-    online::run_for(&mut gateway, args.warmup).await?;
+    crate::harness::run_for(&mut gateway, args.warmup).await?;
     let before: Vec<u64> = line
         .requests
         .iter()
@@ -285,7 +286,7 @@ mod tests {
             baud: 19_200,
             warmup: Duration::ZERO,
             duration: Duration::from_secs(1),
-            common: FleetCommon {
+            common: crate::cli::CommonArgs {
                 fieldgate: None,
                 json: false,
                 keep: false,

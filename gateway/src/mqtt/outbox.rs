@@ -256,7 +256,6 @@ impl Outbox {
             self.dropped += 1;
             return 1;
         }
-        self.largest = self.largest.max(meta.weight);
         let mut dropped = 0;
         while !self.entries.is_empty()
             && (self.entries.len() >= self.capacity
@@ -268,14 +267,7 @@ impl Outbox {
             self.dropped += 1;
             dropped += 1;
         }
-        self.bytes += msg.payload.len();
-        self.weight += meta.weight;
-        self.entries.push_back(Entry {
-            msg,
-            stage: Stage::Queued,
-            meta,
-            tries: 0,
-        });
+        self.push_past_bound(msg, meta);
         dropped
     }
 
