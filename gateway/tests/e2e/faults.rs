@@ -803,8 +803,11 @@ async fn running_out_of_descriptors_on_the_http_listener_backs_off_and_recovers(
         .stderr(log)
         .spawn()
         .expect("prlimit");
+    // Healthy with the broker connected: from here only the clients below
+    // take descriptors (not the session's connection attempts).
     assert!(
-        support::wait_until(WAIT, || healthz(metrics) == Some(200)),
+        support::wait_until(WAIT, || healthz(metrics) == Some(200)
+            && metric(metrics, "fieldgate_mqtt_connected", &[]) == Some(1.0)),
         "{}",
         std::fs::read_to_string(&log_path).unwrap_or_default()
     );

@@ -941,11 +941,23 @@ impl Drop for Gateway {
         // A panic in any of the daemon's tasks is a bug even when the test's
         // own checks passed (a task that panics just ends, silently).
         let log = self.log();
-        if !self.panics_expected && log.contains("panicked at") {
+        let ours = log
+            .lines()
+            .filter(|l| l.contains("panicked at"))
+            .any(|l| !KNOWN_LIBRARY_PANICS.iter().any(|known| l.contains(known)));
+        if !self.panics_expected && ours {
             panic!("the gateway panicked during the test:\n{log}");
         }
     }
 }
+
+/// Panics of libraries in tasks they spawn themselves, which end only
+/// that task: bluez-async 0.9 unwraps the result of removing a D-Bus match
+/// in a task spawned by `MessageStream::drop`, and dbus-rs reports "No
+/// match with that id found" when a stream of a device that was never
+/// found is dropped (seen in `ble::never_found_is_reported_…`, 1 run in 3).
+/// Listed in RELIABILITY.md under "Not covered".
+const KNOWN_LIBRARY_PANICS: &[&str] = &["bluez-async-0.9.0/src/messagestream.rs"];
 
 /// Replaces `{dir}` in a config with `dir`.
 fn expand(yaml: &str, dir: &Path) -> String {
