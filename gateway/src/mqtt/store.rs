@@ -206,40 +206,22 @@ impl Store {
         !matches!(self.backing, Backing::Memory)
     }
 
+    /// Appends a message (`waited`: stored while not connected); when full,
+    /// drops the oldest first. Returns how many were dropped.
+    pub async fn push(&mut self, msg: OutMsg, waited: bool) -> u64 {
+        self.push_within(msg, waited, true).await
+    }
+
     /// Appends a message the session held before the file store opened:
     /// kept even past `maxBytes` (see [`Store::open`]); only the disk floor
     /// drops the oldest.
     async fn push_carried(&mut self, msg: OutMsg) {
-        let Backing::File { log, next_seq } = &mut self.backing else {
-            self.push(msg, true).await;
-            return;
-        };
-        let seq = *next_seq;
-        *next_seq += 1;
-        let stored_ms = now_ms();
-        let record = filestore::encode_message(seq, stored_ms, &msg);
-        let meta = Meta {
-            seq,
-            stored_ms,
-            waited: true,
-            weight: record.len() as u64,
-        };
-        let room = log.disk_room();
-        self.apply_floor(room);
-        if self.floor_limited {
-            let dropped = self.outbox.push_with(msg, meta);
-            self.drops.disk_floor += dropped;
-        } else {
-            self.outbox.push_past_bound(msg, meta);
-        }
-        if let Backing::File { log, .. } = &self.backing {
-            log.append(seq, record).await;
-        }
+        self.push_within(msg, true, false).await;
     }
 
-    /// Appends a message (`waited`: stored while not connected); when full,
-    /// drops the oldest first. Returns how many were dropped.
-    pub async fn push(&mut self, msg: OutMsg, waited: bool) -> u64 {
+    /// [`Store::push`]; with `evict` false an open file store keeps the
+    /// message past its bound (the disk floor still drops the oldest).
+    async fn push_within(&mut self, msg: OutMsg, waited: bool, evict: bool) -> u64 {
         let stored_ms = now_ms();
         match &mut self.backing {
             Backing::Memory => self.outbox.push_with(
@@ -274,7 +256,12 @@ impl Store {
                 };
                 let room = log.disk_room();
                 self.apply_floor(room);
-                let mut dropped = self.outbox.push_with(msg, meta);
+                let mut dropped = if evict || self.floor_limited {
+                    self.outbox.push_with(msg, meta)
+                } else {
+                    self.outbox.push_past_bound(msg, meta);
+                    0
+                };
                 if self.floor_limited {
                     self.drops.disk_floor += dropped;
                     dropped = 0;
