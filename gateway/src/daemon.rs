@@ -85,7 +85,24 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
 
+    // The watcher starts before the files are hashed and before anything
+    // (the status page, the broker) shows that the gateway is up: a save
+    // made from then on is seen, not lost in the start-up.
+    let mut watcher = match reload::watch(&path) {
+        Ok(mut w) => {
+            w.set_sources(&resolved.sources);
+            Some(w)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "not watching {} for changes ({e}); reload with SIGHUP",
+                path.display()
+            );
+            None
+        }
+    };
     let mut loaded_hash = file_hash(&path, &resolved.sources).await;
+    let mut loaded_stamp = crate::settle::Loaded::take(&path, &resolved.sources).await;
     let info = crate::http::GatewayInfo::new(&path, &resolved, loaded_hash.clone());
     let http = match resolved.gateway.metrics_listen {
         Some(addr) => {
@@ -133,21 +150,7 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
         config = %path.display(),
         "fieldgate starting"
     );
-    let mut loaded_stamp = crate::settle::Loaded::take(&path, &resolved.sources).await;
     set_config_hash(&metrics, loaded_hash.as_deref());
-    let mut watcher = match reload::watch(&path) {
-        Ok(mut w) => {
-            w.set_sources(&resolved.sources);
-            Some(w)
-        }
-        Err(e) => {
-            tracing::warn!(
-                "not watching {} for changes ({e}); reload with SIGHUP",
-                path.display()
-            );
-            None
-        }
-    };
 
     let mut supervisor = Supervisor::new(metrics.clone(), health.clone());
     let empty = Resolved {
