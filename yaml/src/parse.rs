@@ -91,41 +91,52 @@ impl ScalarKey {
     }
 }
 
-/// A mapping being built.
-#[derive(Default)]
+/// A mapping being built. Its entries so far are the tail of the builder's
+/// entry stack from `start` on (collections nest, so their entries do too):
+/// a finished mapping is one exact-sized allocation, with no growth on the
+/// way.
 struct MapFrame {
-    entries: Vec<(Node, Node)>,
+    start: usize,
     /// The key read, waiting for its value.
     key: Option<Node>,
     /// The key waiting for its value is a plain `<<`.
     merging: bool,
     /// The values of `<<` keys, in order.
     merges: Vec<Node>,
-    /// Scalar key → index in `entries`, once the mapping is large.
+    /// Scalar key → index (from `start`), once the mapping is large.
     index: Option<HashMap<ScalarKey, usize>>,
 }
 
 impl MapFrame {
+    fn new(start: usize) -> Self {
+        MapFrame {
+            start,
+            key: None,
+            merging: false,
+            merges: Vec::new(),
+            index: None,
+        }
+    }
+
     /// Adds an entry; a key seen before is replaced where it stood.
-    fn insert(&mut self, key: Node, value: Node) {
-        let found = match &self.index {
-            Some(index) => match ScalarKey::of(&key.kind) {
-                Some(k) => index.get(&k).copied(),
-                None => self.entries.iter().position(|(k, _)| k.kind == key.kind),
-            },
-            None => self.entries.iter().position(|(k, _)| k.kind == key.kind),
+    fn insert(&mut self, stack: &mut Vec<(Node, Node)>, key: Node, value: Node) {
+        let mine = &mut stack[self.start..];
+        let found = match (&self.index, ScalarKey::of(&key.kind)) {
+            (Some(index), Some(k)) => index.get(&k).copied(),
+            _ => mine.iter().position(|(k, _)| k.kind == key.kind),
         };
         if let Some(i) = found {
-            self.entries[i] = (key, value);
+            mine[i] = (key, value);
             return;
         }
+        let len = mine.len();
         if let (Some(index), Some(k)) = (&mut self.index, ScalarKey::of(&key.kind)) {
-            index.insert(k, self.entries.len());
+            index.insert(k, len);
         }
-        self.entries.push((key, value));
-        if self.index.is_none() && self.entries.len() > INDEXED_MAP {
+        stack.push((key, value));
+        if self.index.is_none() && len + 1 > INDEXED_MAP {
             self.index = Some(
-                self.entries
+                stack[self.start..]
                     .iter()
                     .enumerate()
                     .filter_map(|(i, (k, _))| ScalarKey::of(&k.kind).map(|k| (k, i)))
@@ -134,9 +145,10 @@ impl MapFrame {
         }
     }
 
-    /// The entries with the `<<` merges applied: keys of the mapping itself
-    /// win, then earlier merged mappings over later ones.
-    fn finish(mut self) -> Result<Kind, SyntaxError> {
+    /// The entries with the `<<` merges applied (keys of the mapping itself
+    /// win, then earlier merged mappings over later ones), taken off the
+    /// stack.
+    fn finish(mut self, stack: &mut Vec<(Node, Node)>) -> Result<Kind, SyntaxError> {
         for source in std::mem::take(&mut self.merges) {
             let maps: Vec<Node> = match source.kind {
                 Kind::Map(_) => vec![source],
@@ -158,18 +170,22 @@ impl MapFrame {
                     continue;
                 };
                 for (k, v) in entries.into_vec() {
-                    if !self.entries.iter().any(|(have, _)| have.kind == k.kind) {
-                        self.insert(k, v);
+                    if !stack[self.start..]
+                        .iter()
+                        .any(|(have, _)| have.kind == k.kind)
+                    {
+                        self.insert(stack, k, v);
                     }
                 }
             }
         }
-        Ok(Kind::Map(self.entries.into_boxed_slice()))
+        Ok(Kind::Map(stack.drain(self.start..).collect()))
     }
 }
 
 enum FrameKind {
-    Seq(Vec<Node>),
+    /// A sequence: its items are the builder's item stack from here on.
+    Seq(usize),
     Map(MapFrame),
 }
 
@@ -186,6 +202,10 @@ struct Frame {
 #[derive(Default)]
 struct Builder {
     stack: Vec<Frame>,
+    /// The items of the open sequences, innermost last.
+    items: Vec<Node>,
+    /// The entries of the open mappings, innermost last.
+    entries: Vec<(Node, Node)>,
     root: Option<Node>,
     /// Anchor id → the anchored node and how many nodes it holds.
     anchors: HashMap<usize, (Node, usize)>,
@@ -238,7 +258,7 @@ impl Builder {
                     at,
                     anchor,
                     nodes_before: self.nodes - 1,
-                    kind: FrameKind::Seq(Vec::new()),
+                    kind: FrameKind::Seq(self.items.len()),
                 });
             }
             Event::MappingStart(_, anchor, _) => {
@@ -247,7 +267,7 @@ impl Builder {
                     at,
                     anchor,
                     nodes_before: self.nodes - 1,
-                    kind: FrameKind::Map(MapFrame::default()),
+                    kind: FrameKind::Map(MapFrame::new(self.entries.len())),
                 });
             }
             Event::SequenceEnd | Event::MappingEnd => {
@@ -255,8 +275,8 @@ impl Builder {
                     return Err(error_at(at, "unbalanced end of a collection".into()));
                 };
                 let kind = match frame.kind {
-                    FrameKind::Seq(items) => Kind::Seq(items.into_boxed_slice()),
-                    FrameKind::Map(m) => m.finish()?,
+                    FrameKind::Seq(start) => Kind::Seq(self.items.drain(start..).collect()),
+                    FrameKind::Map(m) => m.finish(&mut self.entries)?,
                 };
                 let node = Node {
                     line: frame.at.0,
@@ -306,9 +326,9 @@ impl Builder {
         match self.stack.last_mut() {
             None => self.root = Some(node),
             Some(Frame {
-                kind: FrameKind::Seq(items),
+                kind: FrameKind::Seq(_),
                 ..
-            }) => items.push(node),
+            }) => self.items.push(node),
             Some(Frame {
                 kind: FrameKind::Map(m),
                 ..
@@ -317,7 +337,7 @@ impl Builder {
                     m.merging = false;
                     m.merges.push(node);
                 } else if let Some(key) = m.key.take() {
-                    m.insert(key, node);
+                    m.insert(&mut self.entries, key, node);
                 } else {
                     m.key = Some(node);
                 }
