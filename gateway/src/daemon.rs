@@ -193,8 +193,10 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
     let mut settling: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
         None;
     loop {
-        // Set by a config change or SIGHUP: the file's stamp and hash as read.
-        let mut load_now: Option<(crate::settle::Loaded, Option<String>)> = None;
+        // Set by a config change or SIGHUP: the files' stamps and hash as
+        // read, and whether unchanged included files may be taken over (a
+        // save: yes; SIGHUP reads everything again).
+        let mut load_now: Option<(crate::settle::Loaded, Option<String>, bool)> = None;
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
@@ -228,13 +230,13 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
                     continue;
                 }
                 tracing::info!("config file changed: reloading {}", path.display());
-                load_now = Some((stamp, hash));
+                load_now = Some((stamp, hash, true));
             }
             _ = sighup.recv() => {
                 tracing::info!("SIGHUP: reloading {}", path.display());
                 let stamp = crate::settle::Loaded::take(&path, &current.sources).await;
                 let hash = file_hash(&path, &current.sources).await;
-                load_now = Some((stamp, hash));
+                load_now = Some((stamp, hash, false));
             }
             _ = sleep_until(on_probation.as_ref().map(|p| p.until)), if on_probation.is_some() => {
                 let Some(p) = on_probation.take() else { continue };
@@ -266,10 +268,21 @@ async fn serve(path: PathBuf, resolved: Resolved, logs: LogControl) -> anyhow::R
             }
         }
 
-        let Some((stamp, hash)) = load_now else {
+        let Some((stamp, hash, may_reuse)) = load_now else {
             continue;
         };
-        let Some(next) = reload(&path, &metrics, &info).await else {
+        let reuse = if may_reuse {
+            config::Reuse::new(&current, &path, |p| stamp.get(p))
+        } else {
+            config::Reuse::default()
+        };
+        if !reuse.is_empty() {
+            tracing::debug!(
+                files = reuse.files(),
+                "unchanged included files: their devices are kept, not read again"
+            );
+        }
+        let Some(next) = reload(&path, &metrics, &info, reuse).await else {
             continue;
         };
         // A reload while another is on probation ends that probation: the
@@ -442,10 +455,11 @@ async fn reload(
     path: &Path,
     metrics: &Metrics,
     info: &crate::http::GatewayInfo,
+    reuse: config::Reuse,
 ) -> Option<Resolved> {
     let p = path.to_path_buf();
     let loaded = tokio::task::spawn_blocking(move || {
-        let loaded = config::load(&p);
+        let loaded = config::load_reusing(&p, reuse);
         crate::heap::release_free_memory();
         loaded
     })

@@ -8,7 +8,6 @@
 //! files pulled in by `include:` (and files newly matching its globs), and
 //! local profile files.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,27 +21,12 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 /// How often a settling file is looked at.
 const POLL: Duration = Duration::from_millis(50);
 
-/// What identifies a file's content without reading it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Stamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
-}
+pub(crate) use crate::config::sources::Stamp;
 
 /// The stamp of the file at `path` (following symlinks), `None` if it
 /// cannot be read.
 pub(crate) async fn stamp(path: &Path) -> Option<Stamp> {
-    let m = tokio::fs::metadata(path).await.ok()?;
-    Some(Stamp {
-        dev: m.dev(),
-        ino: m.ino(),
-        len: m.len(),
-        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-        ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
-    })
+    tokio::fs::metadata(path).await.ok().map(|m| Stamp::of(&m))
 }
 
 /// The stamps of the files a config was read from, taken before it was
@@ -64,7 +48,8 @@ impl Loaded {
         Self { files }
     }
 
-    fn get(&self, path: &Path) -> Option<Stamp> {
+    /// The stamp of `path` when these were taken.
+    pub(crate) fn get(&self, path: &Path) -> Option<Stamp> {
         self.files
             .iter()
             .find(|(p, _)| p == path)
@@ -128,7 +113,7 @@ pub(crate) async fn settled_all(
             return false; // gone or unreadable: the load reports it
         };
         match loaded.get(p) {
-            Some(l) => l != *now && (l.dev, l.ino) == (now.dev, now.ino),
+            Some(l) => l != *now && l.same_file(now),
             // The main file unknown before: read at once (as it was).
             None => *p != main,
         }
@@ -175,7 +160,8 @@ mod tests {
         let tmp = dir.path().join("c.yaml.tmp");
         std::fs::write(&tmp, "b").unwrap();
         std::fs::rename(&tmp, &path).unwrap();
-        assert_ne!(stamp(&path).await.map(|s| s.ino), first.map(|s| s.ino));
+        let (now, was) = (stamp(&path).await.unwrap(), first.unwrap());
+        assert!(!now.same_file(&was));
         // Replaced: returns without waiting even with a long settle time.
         tokio::time::timeout(
             Duration::from_secs(5),

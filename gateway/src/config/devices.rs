@@ -9,7 +9,7 @@ use fieldgate_drivers::{DataType, DeviceSpec, Value};
 
 use super::client::{merge_client, placeholder_session, Sessions};
 use super::drivers;
-use super::load::Loader;
+use super::load::{Loader, Taken};
 use super::message::{merge_message, message_settings};
 use super::names::{
     check_sparkplug_id, check_topic, device_uid, is_valid_name, MAX_CLIENT_ID, NAME_RULE,
@@ -75,6 +75,7 @@ impl Loader<'_> {
         devices_node: Option<Node>,
         top: &TopLevel<'_>,
         sessions: &mut Sessions,
+        taken: Taken,
     ) -> Vec<Arc<DeviceSettings>> {
         let device_nodes: Vec<Node> = match devices_node {
             None => Vec::new(),
@@ -94,6 +95,15 @@ impl Loader<'_> {
         let mut seen: HashMap<String, (String, usize)> = HashMap::new();
         let mut devices = Vec::with_capacity(device_nodes.len());
         let mut topics: HashMap<String, String> = HashMap::new();
+        // Devices taken over count as read first: a new device that repeats
+        // one of their names or topics is the one in error.
+        for (file, kept) in &taken.files {
+            for (i, d) in kept.iter().enumerate() {
+                seen.insert(d.name.clone(), (file.clone(), i));
+                topics.insert(d.message.topic.clone(), d.name.clone());
+            }
+        }
+        let mut files = Vec::with_capacity(device_nodes.len());
         // Included files count their devices from 0 each.
         let mut per_file: HashMap<String, usize> = HashMap::new();
         for node in device_nodes.into_iter() {
@@ -153,6 +163,7 @@ impl Loader<'_> {
             }
             let message = message_settings(&merged_msg, t);
             if let Some((spec, props)) = self.device_spec(&d, top.state_directory) {
+                files.push(file);
                 devices.push(Arc::new(DeviceSettings {
                     name: d.config.name.clone(),
                     driver: d.config.driver,
@@ -167,7 +178,10 @@ impl Loader<'_> {
                 }));
             }
         }
-        devices
+        if taken.files.is_empty() {
+            return devices;
+        }
+        in_file_order(&self.ctx.file, devices, files, taken)
     }
 
     /// The device's topic T, checked, and unique among the devices.
@@ -806,4 +820,37 @@ pub(crate) fn semantics(
             d.enum_entries = entries.into_boxed_slice();
         }),
     )
+}
+
+/// The devices in the order of a full read: the main file's, then each
+/// included file's (read now or taken over).
+fn in_file_order(
+    main: &str,
+    read: Vec<Arc<DeviceSettings>>,
+    files: Vec<String>,
+    taken: Taken,
+) -> Vec<Arc<DeviceSettings>> {
+    let mut by_file: Vec<(String, Vec<Arc<DeviceSettings>>)> = Vec::new();
+    for (d, f) in read.into_iter().zip(files) {
+        match by_file.last_mut() {
+            Some((last, list)) if *last == f => list.push(d),
+            _ => by_file.push((f, vec![d])),
+        }
+    }
+    let mut groups: Vec<(String, Vec<Arc<DeviceSettings>>)> = taken.files;
+    groups.append(&mut by_file);
+    let mut out = Vec::new();
+    let mut take = |label: &str, out: &mut Vec<Arc<DeviceSettings>>| {
+        while let Some(i) = groups.iter().position(|(f, _)| f == label) {
+            out.append(&mut groups.remove(i).1);
+        }
+    };
+    take(main, &mut out);
+    for label in &taken.order {
+        take(label, &mut out);
+    }
+    for (_, mut rest) in groups {
+        out.append(&mut rest);
+    }
+    out
 }

@@ -6,8 +6,13 @@
 use std::path::{Path, PathBuf};
 
 use super::ctx::Ctx;
+use super::resolved::DeviceSettings;
+use super::reuse::Reuse;
 use super::sources::{self, SourceFile, Sources};
 use super::tree::{self, Kind, Node};
+
+/// Devices taken over, by included file: (file label, devices).
+type Taken = Vec<(String, Vec<std::sync::Arc<DeviceSettings>>)>;
 
 /// Largest number of files all `include:` patterns may match together.
 pub const MAX_INCLUDED_FILES: usize = 1000;
@@ -73,11 +78,14 @@ pub fn matches(full: &str) -> Result<Vec<PathBuf>, glob::PatternError> {
 /// Reads every file that `include:` names and appends its devices to
 /// `devices` (creating the list when the main file has none). Returns the
 /// files read and the patterns, for `check` and the watcher.
+/// The devices of a file that `reuse` names are taken over into `taken`
+/// (file label, devices) instead of being read.
 pub(crate) fn expand(
     ctx: &mut Ctx,
     root: &mut Node,
     devices: &mut Option<Node>,
     base_dir: &Path,
+    (reuse, taken): (&mut Reuse, &mut Taken),
 ) -> Sources {
     let mut sources = Sources::default();
     let Some(node) = root.take("include") else {
@@ -114,6 +122,15 @@ pub(crate) fn expand(
             }
             seen.push(canon);
             sources.files.push(path.clone());
+            let label = path.display().to_string();
+            if let Some((stamp, kept)) = reuse.take(&label) {
+                sources.stamps.push((path.clone(), stamp));
+                for d in &kept {
+                    sources.device_files.push((d.name.clone(), label.clone()));
+                }
+                taken.push((label, kept));
+                continue;
+            }
             include_file(ctx, &path, devices, &mut sources);
         }
     }
@@ -133,6 +150,7 @@ fn include_file(ctx: &mut Ctx, path: &Path, devices: &mut Option<Node>, sources:
                 message,
             })
         };
+    let stamp = sources::Stamp::read(path);
     let text = match super::read_limited(path, tree::MAX_CONFIG_BYTES as u64)
         .map_err(|e| e.to_string())
         .and_then(|b| String::from_utf8(b).map_err(|_| "it is not UTF-8 text".to_string()))
@@ -164,6 +182,9 @@ fn include_file(ctx: &mut Ctx, path: &Path, devices: &mut Option<Node>, sources:
         }
     };
     drop(text);
+    if let Some(s) = stamp {
+        sources.stamps.push((path.to_path_buf(), s));
+    }
     ctx.files.push(SourceFile {
         label: label.clone(),
         profile: None,

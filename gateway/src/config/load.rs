@@ -14,6 +14,7 @@ use super::devices::TopLevel;
 use super::gateway::{gateway_key, Gateway};
 use super::names::is_valid_name;
 use super::resolved::*;
+use super::reuse::Reuse;
 use super::tree::{self, list, Kind, Node};
 use super::types::*;
 use super::{config_path, ConfigErrors};
@@ -28,7 +29,7 @@ pub use super::read_password_file;
 /// error lines; `base_dir` resolves relative `passwordFile`s.
 pub fn load_str(text: &str, file_label: &str, base_dir: &Path) -> Result<Resolved, ConfigErrors> {
     let root = parse_text(text, file_label)?;
-    resolve_tree(root, file_label, base_dir)
+    resolve_tree(root, file_label, base_dir, Reuse::default())
 }
 
 /// [`load_str`] for text the caller no longer needs: it is freed as soon as
@@ -37,10 +38,11 @@ pub fn load_string(
     text: String,
     file_label: &str,
     base_dir: &Path,
+    reuse: Reuse,
 ) -> Result<Resolved, ConfigErrors> {
     let root = parse_text(&text, file_label)?;
     drop(text);
-    resolve_tree(root, file_label, base_dir)
+    resolve_tree(root, file_label, base_dir, reuse)
 }
 
 /// The located YAML tree of `text`, or its syntax error.
@@ -59,7 +61,12 @@ fn parse_text(text: &str, file_label: &str) -> Result<Node, ConfigErrors> {
 }
 
 /// Validates and resolves a parsed config.
-fn resolve_tree(root: Node, file_label: &str, base_dir: &Path) -> Result<Resolved, ConfigErrors> {
+fn resolve_tree(
+    root: Node,
+    file_label: &str,
+    base_dir: &Path,
+    mut reuse: Reuse,
+) -> Result<Resolved, ConfigErrors> {
     let mut ctx = Ctx::new(file_label);
     // The devices are resolved one by one, each device's part of the tree
     // dropped once resolved: a large file never holds its whole tree and
@@ -69,14 +76,33 @@ fn resolve_tree(root: Node, file_label: &str, base_dir: &Path) -> Result<Resolve
     // `include:` adds the devices of other files; `profile:` merges a
     // profile into each device that names one (both tag their nodes with
     // their file, so errors point into it).
-    let mut sources = super::include::expand(&mut ctx, &mut root, &mut devices, base_dir);
+    let mut taken = Vec::new();
+    let mut sources = super::include::expand(
+        &mut ctx,
+        &mut root,
+        &mut devices,
+        base_dir,
+        (&mut reuse, &mut taken),
+    );
+    let file_order: Vec<String> = sources
+        .files
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     let failed = super::profile::apply(&mut ctx, &mut devices, base_dir, &mut sources);
     let resolved = Loader {
         ctx: &mut ctx,
         base_dir,
         secrets_dir: config_path(base_dir, super::types::DEFAULT_SECRETS_DIRECTORY),
     }
-    .run(&root, devices)
+    .run(
+        &root,
+        devices,
+        Taken {
+            files: taken,
+            order: file_order,
+        },
+    )
     .map(|mut r| {
         r.sources = sources;
         r
@@ -106,6 +132,15 @@ fn resolve_tree(root: Node, file_label: &str, base_dir: &Path) -> Result<Resolve
     }
 }
 
+/// Devices taken over from the running config (see [`Reuse`]), by
+/// included file, and the order of the included files.
+pub(super) struct Taken {
+    /// (file label, its devices), in file order.
+    pub(super) files: Vec<(String, Vec<std::sync::Arc<DeviceSettings>>)>,
+    /// Every included file's label, in the order read.
+    pub(super) order: Vec<String>,
+}
+
 /// Reads the sections of one config; its methods live with the section
 /// they read.
 pub(super) struct Loader<'c> {
@@ -122,7 +157,7 @@ const ROOT_KEYS: &[&str] = &["gateway", "broker", "mqtt", "devices", "include"];
 
 impl Loader<'_> {
     /// Reads every section of `root` and the devices of `devices_node`.
-    fn run(&mut self, root: &Node, devices_node: Option<Node>) -> Option<Resolved> {
+    fn run(&mut self, root: &Node, devices_node: Option<Node>, taken: Taken) -> Option<Resolved> {
         let empty = Node::synthetic(Kind::Map(Box::new([])));
         let root = match &root.kind {
             Kind::Null => &empty,
@@ -234,6 +269,7 @@ impl Loader<'_> {
                 sparkplug: sparkplug_on,
             },
             &mut sessions,
+            taken,
         );
         let mut sessions = sessions.list;
         assign_store_directories(&mut sessions, &gateway.state_directory);

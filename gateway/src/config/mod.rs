@@ -14,6 +14,7 @@ mod names;
 pub mod profile;
 pub mod report;
 pub mod resolved;
+pub mod reuse;
 pub mod schema;
 pub mod secrets;
 pub mod sources;
@@ -25,6 +26,7 @@ use std::fmt;
 use std::path::Path;
 
 pub use resolved::Resolved;
+pub use reuse::Reuse;
 
 /// One config problem, located in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,7 +139,14 @@ pub fn read_password_file(base: &Path, f: &str) -> Result<String, PasswordFileEr
 
 /// Reads, parses, validates and resolves the config file at `path`.
 pub fn load(path: &Path) -> Result<Resolved, ConfigErrors> {
+    load_reusing(path, Reuse::default())
+}
+
+/// [`load`], taking over the devices of the included files `reuse` names
+/// instead of reading those files (see [`reuse`]).
+pub fn load_reusing(path: &Path, reuse: Reuse) -> Result<Resolved, ConfigErrors> {
     let label = path.display().to_string();
+    let stamp = sources::Stamp::read(path);
     let text = match read_limited(path, tree::MAX_CONFIG_BYTES as u64) {
         Ok(bytes) => match String::from_utf8(bytes) {
             Ok(t) => t,
@@ -165,7 +174,11 @@ pub fn load(path: &Path) -> Result<Resolved, ConfigErrors> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| Path::new("."));
-    load::load_string(text, &label, base)
+    let mut resolved = load::load_string(text, &label, base, reuse)?;
+    if let Some(s) = stamp {
+        resolved.sources.stamps.insert(0, (path.to_path_buf(), s));
+    }
+    Ok(resolved)
 }
 
 /// Parses, validates and resolves config `text`; errors name `file_label`;

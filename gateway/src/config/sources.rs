@@ -7,7 +7,8 @@
 //! so every error the loader reports at such a node names that file. Lines of
 //! the main file are never tagged.
 
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use super::tree::{Kind, Node};
 
@@ -58,6 +59,41 @@ pub fn split(line: usize) -> (usize, usize) {
     )
 }
 
+/// What identifies a file's content without reading it: device, inode,
+/// size, modification and change times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl Stamp {
+    /// The stamp of a file's metadata.
+    pub fn of(m: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        }
+    }
+
+    /// True when both stamps are of the same file (device and inode),
+    /// whatever its content.
+    pub fn same_file(&self, other: &Stamp) -> bool {
+        (self.dev, self.ino) == (other.dev, other.ino)
+    }
+
+    /// The stamp of the file at `path` now (following symlinks).
+    pub fn read(path: &Path) -> Option<Stamp> {
+        std::fs::metadata(path).ok().map(|m| Stamp::of(&m))
+    }
+}
+
 /// One file besides the main one that errors can point into.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceFile {
@@ -84,6 +120,10 @@ pub struct Sources {
     /// Device name → the included file it was written in (devices of the
     /// main file are not listed).
     pub device_files: Vec<(String, String)>,
+    /// The stamp of the main file and of each included file, taken just
+    /// before it was read: a reload takes over the devices of an included
+    /// file whose stamp is the same now (see [`super::reuse`]).
+    pub stamps: Vec<(PathBuf, Stamp)>,
 }
 
 impl Sources {
@@ -93,6 +133,11 @@ impl Sources {
             .iter()
             .find(|(d, _, _)| d == name)
             .map(|(_, p, from)| (p.as_str(), from.as_str()))
+    }
+
+    /// The stamp file `path` had when it was read.
+    pub fn stamp_of(&self, path: &Path) -> Option<Stamp> {
+        self.stamps.iter().find(|(p, _)| p == path).map(|(_, s)| *s)
     }
 
     /// The included file that device `name` was written in.

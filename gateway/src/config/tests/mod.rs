@@ -51,6 +51,7 @@ const FAN: &str = "devices:\n  - name: fan\n    driver: dummy\n    model: fan\n"
 mod docs;
 mod drivers;
 mod mqtt;
+mod reuse;
 
 #[test]
 fn empty_config_gets_defaults_and_gateway_session() {
