@@ -148,6 +148,14 @@ impl OpcUaServer {
                 }
             }
         };
+        // Server stacks commonly turn Nagle's algorithm off; async-opcua's
+        // server does not, and then a Publish response written while the
+        // previous one is unacknowledged waits for the client's delayed ACK
+        // (up to 40 ms: the tail of the notification latency bench). Set on
+        // the listener, it holds for every accepted connection.
+        socket2::SockRef::from(&listener)
+            .set_tcp_nodelay(true)
+            .expect("TCP_NODELAY on the test server's listener");
         let port = listener.local_addr().expect("local addr").port();
         let url = format!("opc.tcp://{host}:{port}/");
         let users: &[&str] = &[ANONYMOUS_USER_TOKEN_ID, USER];
