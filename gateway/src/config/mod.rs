@@ -12,6 +12,7 @@ pub mod load;
 mod message;
 mod names;
 pub mod profile;
+mod properties;
 pub mod report;
 pub mod resolved;
 pub mod reuse;

@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
+use super::load::Taken;
 use super::resolved::{DeviceSettings, Resolved};
 use super::sources::Stamp;
 use super::types::DriverKind;
@@ -93,4 +94,37 @@ impl Reuse {
     pub fn files(&self) -> usize {
         self.files.len()
     }
+}
+
+/// The devices in the order of a full read: the main file's, then each
+/// included file's (read now or taken over).
+pub(super) fn in_file_order(
+    main: &str,
+    read: Vec<Arc<DeviceSettings>>,
+    files: Vec<String>,
+    taken: Taken,
+) -> Vec<Arc<DeviceSettings>> {
+    let mut by_file: Vec<(String, Vec<Arc<DeviceSettings>>)> = Vec::new();
+    for (d, f) in read.into_iter().zip(files) {
+        match by_file.last_mut() {
+            Some((last, list)) if *last == f => list.push(d),
+            _ => by_file.push((f, vec![d])),
+        }
+    }
+    let mut groups: Vec<(String, Vec<Arc<DeviceSettings>>)> = taken.files;
+    groups.append(&mut by_file);
+    let mut out = Vec::new();
+    let mut take = |label: &str, out: &mut Vec<Arc<DeviceSettings>>| {
+        while let Some(i) = groups.iter().position(|(f, _)| f == label) {
+            out.append(&mut groups.remove(i).1);
+        }
+    };
+    take(main, &mut out);
+    for label in &taken.order {
+        take(label, &mut out);
+    }
+    for (_, mut rest) in groups {
+        out.append(&mut rest);
+    }
+    out
 }

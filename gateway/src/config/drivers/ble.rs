@@ -14,9 +14,9 @@ use fieldgate_drivers::{Connection, DeviceSpec, PropertyAddress, PropertySpec};
 use super::ble_adverts;
 use super::DriverConfig;
 use crate::config::ctx::Ctx;
-#[cfg(feature = "ble")]
-use crate::config::devices::semantics;
 use crate::config::devices::ParsedDevice;
+#[cfg(feature = "ble")]
+use crate::config::properties::semantics;
 use crate::config::resolved::PropertySemantics;
 use crate::config::tree::{join, Node};
 use crate::config::types::*;

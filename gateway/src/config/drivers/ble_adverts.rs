@@ -14,7 +14,8 @@ use fieldgate_drivers::{Connection, DataType, PropertyAddress, PropertySpec};
 
 use super::ble::ble_order;
 use crate::config::ctx::Ctx;
-use crate::config::devices::{semantics, ParsedDevice};
+use crate::config::devices::ParsedDevice;
+use crate::config::properties::semantics;
 use crate::config::resolved::PropertySemantics;
 use crate::config::tree::{did_you_mean, list, Kind, Node};
 use crate::config::types::*;

@@ -9,7 +9,8 @@ use fieldgate_drivers::{Connection, DataType, DeviceSpec, PropertyAddress, Prope
 
 use super::DriverConfig;
 use crate::config::ctx::Ctx;
-use crate::config::devices::{semantics, LiteralError, ParsedDevice};
+use crate::config::devices::ParsedDevice;
+use crate::config::properties::{semantics, LiteralError};
 use crate::config::resolved::{EnumEntry, PropertySemantics};
 use crate::config::tree::{join, Kind, Node};
 use crate::config::types::*;

@@ -9,9 +9,9 @@ use fieldgate_drivers::{Connection, DataType, DeviceSpec, PropertyAddress, Prope
 
 use super::DriverConfig;
 use crate::config::ctx::Ctx;
-#[cfg(feature = "modbus")]
-use crate::config::devices::semantics;
 use crate::config::devices::ParsedDevice;
+#[cfg(feature = "modbus")]
+use crate::config::properties::semantics;
 use crate::config::resolved::PropertySemantics;
 use crate::config::tree::{join, list, Node};
 use crate::config::types::*;

@@ -9,9 +9,9 @@ use fieldgate_drivers::{Connection, DeviceSpec, PropertyAddress, PropertySpec};
 
 use super::DriverConfig;
 use crate::config::ctx::Ctx;
-#[cfg(feature = "opcua")]
-use crate::config::devices::semantics;
 use crate::config::devices::ParsedDevice;
+#[cfg(feature = "opcua")]
+use crate::config::properties::semantics;
 use crate::config::resolved::PropertySemantics;
 #[cfg(feature = "opcua")]
 use crate::config::tree::join;
