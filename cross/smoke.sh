@@ -72,9 +72,11 @@ for _ in $(seq 1 120); do
     kill -0 "$pid" 2>/dev/null || { cat "$work/log"; echo "fieldgate exited" >&2; exit 1; }
     sleep 0.5
 done
-# Seven messages: the will topic's `online` and state messages of the two
-# simulated devices (they publish every 1-2 s); at least five must be state.
-mosquitto_sub -h 127.0.0.1 -p "$mqtt" -t 'fieldgate/demo/+' -v -C 7 -W 30 | tee "$work/msgs"
+# Nine messages: the will topic's `online`, up to two retained `$health`
+# documents (degraded while the session connects, then ok) and state
+# messages of the two simulated devices (they publish every 1-2 s); at least
+# five must be state.
+mosquitto_sub -h 127.0.0.1 -p "$mqtt" -t 'fieldgate/demo/+' -v -C 9 -W 30 | tee "$work/msgs"
 n=$(grep -c '^fieldgate/demo/[^$ ]* {' "$work/msgs" || true)
 [ "$n" -ge 5 ] || { cat "$work/log"; echo "only $n state messages" >&2; exit 1; }
 kill -TERM "$pid"
