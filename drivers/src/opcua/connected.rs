@@ -59,14 +59,9 @@ pub(super) async fn run_connected(
         }
     }
     // The initial read: values appear at once, whatever the mode.
-    match read_all(spec, nodes, &c.session, &mut types, ReadCause::Poll).await {
-        Ok(mut r) => {
-            r.values.extend(invalid.iter().cloned());
-            if link.events.send(DeviceEvent::Readings(r)).await.is_err() {
-                return Exit::Cancelled;
-            }
-        }
-        Err(e) => return Exit::Lost(e),
+    let read = read_all(spec, nodes, &c.session, &mut types, ReadCause::Poll).await;
+    if let Err(exit) = deliver(read, &invalid, link).await {
+        return exit;
     }
     let mut last_alive = Instant::now();
     let dead_after = keep_alive_interval(spec) * 3 + spec.timeout;
@@ -103,16 +98,11 @@ pub(super) async fn run_connected(
                 }
             }
             _ = poll.tick(), if conn.mode == Mode::Poll => {
-                match read_all(spec, nodes, &c.session, &mut types, ReadCause::Poll).await {
-                    Ok(mut r) => {
-                        last_alive = Instant::now();
-                        r.values.extend(invalid.iter().cloned());
-                        if link.events.send(DeviceEvent::Readings(r)).await.is_err() {
-                            break Exit::Cancelled;
-                        }
-                    }
-                    Err(e) => break Exit::Lost(e),
+                let read = read_all(spec, nodes, &c.session, &mut types, ReadCause::Poll).await;
+                if let Err(exit) = deliver(read, &invalid, link).await {
+                    break exit;
                 }
+                last_alive = Instant::now();
             }
             _ = liveness.tick() => {
                 if last_alive.elapsed() > dead_after {
@@ -126,16 +116,11 @@ pub(super) async fn run_connected(
             cmd = link.commands.recv() => match cmd {
                 None => break Exit::Cancelled,
                 Some(DeviceCommand::ReadNow) => {
-                    match read_all(spec, nodes, &c.session, &mut types, ReadCause::Forced).await {
-                        Ok(mut r) => {
-                            last_alive = Instant::now();
-                            r.values.extend(invalid.iter().cloned());
-                            if link.events.send(DeviceEvent::Readings(r)).await.is_err() {
-                                break Exit::Cancelled;
-                            }
-                        }
-                        Err(e) => break Exit::Lost(e),
+                    let read = read_all(spec, nodes, &c.session, &mut types, ReadCause::Forced).await;
+                    if let Err(exit) = deliver(read, &invalid, link).await {
+                        break exit;
                     }
+                    last_alive = Instant::now();
                 }
                 Some(DeviceCommand::Write { writes, reply }) => {
                     let (outcome, lost) = write(spec, nodes, &c.session, &mut types, &writes).await;
@@ -144,16 +129,10 @@ pub(super) async fn run_connected(
                     if let Some(e) = lost {
                         break Exit::Lost(e);
                     }
-                    match read {
-                        Ok(mut r) => {
-                            last_alive = Instant::now();
-                            r.values.extend(invalid.iter().cloned());
-                            if link.events.send(DeviceEvent::Readings(r)).await.is_err() {
-                                break Exit::Cancelled;
-                            }
-                        }
-                        Err(e) => break Exit::Lost(e),
+                    if let Err(exit) = deliver(read, &invalid, link).await {
+                        break exit;
                     }
+                    last_alive = Instant::now();
                 }
             },
         }
@@ -164,6 +143,21 @@ pub(super) async fn run_connected(
     }
     debug!(device = %spec.name, "opcua: session closed");
     exit
+}
+
+/// Hands a read to the device, with the errors of the invalid node ids
+/// added; the session's exit when the read failed or the device is gone.
+async fn deliver(
+    read: Result<Readings, DriverError>,
+    invalid: &[(usize, Result<Value, DriverError>)],
+    link: &DeviceLink,
+) -> Result<(), Exit> {
+    let mut r = read.map_err(Exit::Lost)?;
+    r.values.extend(invalid.iter().cloned());
+    link.events
+        .send(DeviceEvent::Readings(r))
+        .await
+        .map_err(|_| Exit::Cancelled)
 }
 
 pub(super) fn decode_one(
