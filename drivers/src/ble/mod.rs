@@ -19,6 +19,32 @@ use std::time::Duration;
 pub use adapter::AdapterRegistry;
 pub use uuid::Uuid;
 
+use crate::{DriverError, ErrorKind};
+
+/// A failed I/O step of the BLE driver.
+fn io(m: impl Into<String>) -> DriverError {
+    DriverError::new(ErrorKind::Io, m)
+}
+
+/// The blocking task that opens a BlueZ session ended abnormally.
+fn session_task_failed(e: impl std::fmt::Display) -> DriverError {
+    io(format!("BlueZ session task failed: {e}"))
+}
+
+/// BlueZ cannot be reached: no D-Bus system bus (the driver cannot work
+/// on this machine until there is one).
+fn bluez_unreachable(e: impl std::fmt::Display) -> DriverError {
+    DriverError::new(
+        ErrorKind::Unsupported,
+        format!("cannot reach BlueZ: D-Bus system bus unavailable ({e})"),
+    )
+}
+
+/// BlueZ would not list its adapters.
+fn adapters_unlisted(e: impl std::fmt::Display) -> DriverError {
+    io(format!("cannot list Bluetooth adapters: {e}"))
+}
+
 /// Which peripheral a device is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {

@@ -20,7 +20,7 @@ use tracing::warn;
 
 use crate::{
     Backoff, Connection, DeviceCommand, DeviceEvent, DeviceLink, DeviceSpec, DriverError,
-    ErrorKind, WriteOutcome,
+    WriteOutcome,
 };
 
 /// First reconnect delay; doubles (with jitter) up to [`RECONNECT_MAX`].
@@ -36,12 +36,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// can arrive after the discovery event).
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
 
+use super::io;
+
 type EventStream = Pin<Box<dyn Stream<Item = CentralEvent> + Send>>;
 type NotificationStream = Pin<Box<dyn Stream<Item = ValueNotification> + Send>>;
-
-fn io(m: impl Into<String>) -> DriverError {
-    DriverError::new(ErrorKind::Io, m)
-}
 
 /// The adapters in use, keyed by configured adapter name (`None` = first).
 #[derive(Default, Clone)]

@@ -9,6 +9,7 @@ use tracing::info;
 use crate::{DriverError, ErrorKind};
 
 use super::{io, OPEN_TIMEOUT};
+use crate::ble::{adapters_unlisted, bluez_unreachable, session_task_failed};
 
 /// An opened adapter: the BlueZ session lives inside.
 #[derive(Clone)]
@@ -56,17 +57,9 @@ impl SharedAdapter {
         let handle = tokio::runtime::Handle::current();
         let manager = tokio::task::spawn_blocking(move || handle.block_on(Manager::new()))
             .await
-            .map_err(|e| io(format!("BlueZ session task failed: {e}")))?
-            .map_err(|e| {
-                DriverError::new(
-                    ErrorKind::Unsupported,
-                    format!("cannot reach BlueZ: D-Bus system bus unavailable ({e})"),
-                )
-            })?;
-        let adapters = manager
-            .adapters()
-            .await
-            .map_err(|e| io(format!("cannot list Bluetooth adapters: {e}")))?;
+            .map_err(session_task_failed)?
+            .map_err(bluez_unreachable)?;
+        let adapters = manager.adapters().await.map_err(adapters_unlisted)?;
         let mut names = Vec::new();
         for adapter in adapters {
             let info = adapter

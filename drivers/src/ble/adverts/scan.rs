@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{bthome, decode, AdvertAddress, AdvertSettings, Advertisement, DecodeError};
-use crate::ble::Target;
+use crate::ble::{adapters_unlisted, bluez_unreachable, io, session_task_failed, Target};
 use crate::{
     Backoff, DeviceCommand, DeviceEvent, DeviceLink, DeviceSpec, DriverError, ErrorKind,
     PropertyAddress, ReadCause, Readings, Value, WriteOutcome,
@@ -258,10 +258,6 @@ async fn run_scanner(scanner: Weak<Scanner>, adapter: Option<String>, stop: Canc
     }
 }
 
-fn io(m: impl Into<String>) -> DriverError {
-    DriverError::new(ErrorKind::Io, m)
-}
-
 /// Opens a BlueZ session, finds the adapter and starts discovery.
 async fn open(
     adapter: &Option<String>,
@@ -287,17 +283,9 @@ async fn open(
         })
     })
     .await
-    .map_err(|e| io(format!("BlueZ session task failed: {e}")))?
-    .map_err(|e| {
-        DriverError::new(
-            ErrorKind::Unsupported,
-            format!("cannot reach BlueZ: D-Bus system bus unavailable ({e})"),
-        )
-    })?;
-    let adapters = session
-        .get_adapters()
-        .await
-        .map_err(|e| io(format!("cannot list Bluetooth adapters: {e}")))?;
+    .map_err(session_task_failed)?
+    .map_err(bluez_unreachable)?;
+    let adapters = session.get_adapters().await.map_err(adapters_unlisted)?;
     let names: Vec<String> = adapters.iter().map(|a| a.id.to_string()).collect();
     let Some(found) = adapters
         .into_iter()
