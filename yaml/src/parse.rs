@@ -253,22 +253,12 @@ impl Builder {
                 self.complete(node, anchor, before);
             }
             Event::SequenceStart(_, anchor, _) => {
-                self.count(1, at)?;
-                self.stack.push(Frame {
-                    at,
-                    anchor,
-                    nodes_before: self.nodes - 1,
-                    kind: FrameKind::Seq(self.items.len()),
-                });
+                let kind = FrameKind::Seq(self.items.len());
+                self.open(at, anchor, kind)?;
             }
             Event::MappingStart(_, anchor, _) => {
-                self.count(1, at)?;
-                self.stack.push(Frame {
-                    at,
-                    anchor,
-                    nodes_before: self.nodes - 1,
-                    kind: FrameKind::Map(MapFrame::new(self.entries.len())),
-                });
+                let kind = FrameKind::Map(MapFrame::new(self.entries.len()));
+                self.open(at, anchor, kind)?;
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let Some(frame) = self.stack.pop() else {
@@ -301,6 +291,18 @@ impl Builder {
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// Starts a collection at `at`.
+    fn open(&mut self, at: (u32, u32), anchor: usize, kind: FrameKind) -> Result<(), SyntaxError> {
+        self.count(1, at)?;
+        self.stack.push(Frame {
+            at,
+            anchor,
+            nodes_before: self.nodes - 1,
+            kind,
+        });
         Ok(())
     }
 

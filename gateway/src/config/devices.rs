@@ -104,7 +104,8 @@ impl Loader<'_> {
                 topics.insert(d.message.topic.clone(), d.name.clone());
             }
         }
-        let mut files = Vec::with_capacity(device_nodes.len());
+        // Each device's file, to put taken-over devices in their place.
+        let mut files = Vec::new();
         // Included files count their devices from 0 each.
         let mut per_file: HashMap<String, usize> = HashMap::new();
         for node in device_nodes.into_iter() {
@@ -164,7 +165,9 @@ impl Loader<'_> {
             }
             let message = message_settings(&merged_msg, t);
             if let Some((spec, props)) = self.device_spec(&d, top.state_directory) {
-                files.push(file);
+                if !taken.files.is_empty() {
+                    files.push(file);
+                }
                 devices.push(Arc::new(DeviceSettings {
                     name: d.config.name.clone(),
                     driver: d.config.driver,

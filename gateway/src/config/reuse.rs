@@ -31,11 +31,9 @@ impl Reuse {
     /// config; `now(path)` is the stamp of a file now.
     pub fn new(current: &Resolved, main: &Path, now: impl Fn(&Path) -> Option<Stamp>) -> Reuse {
         let sources = &current.sources;
-        let unchanged = |p: &Path| {
-            let then = sources.stamp_of(p);
-            then.is_some() && then == now(p)
-        };
-        if !unchanged(main) {
+        // The stamp a file had when `current` read it, if it still has it.
+        let unchanged = |p: &Path| sources.stamp_of(p).filter(|then| now(p) == Some(*then));
+        if unchanged(main).is_none() {
             return Reuse::default();
         }
         let file_of: HashMap<&str, &str> = sources
@@ -68,10 +66,10 @@ impl Reuse {
             .iter()
             .filter_map(|p| {
                 let label = p.display().to_string();
-                if refused.contains(label.as_str()) || !unchanged(p) {
+                if refused.contains(label.as_str()) {
                     return None;
                 }
-                let stamp = sources.stamp_of(p)?;
+                let stamp = unchanged(p)?;
                 let devices = files.remove(&label)?;
                 Some((label, (stamp, devices)))
             })
@@ -97,34 +95,26 @@ impl Reuse {
 }
 
 /// The devices in the order of a full read: the main file's, then each
-/// included file's (read now or taken over).
+/// included file's (read now or taken over). `files[i]` is the file of
+/// `read[i]`.
 pub(super) fn in_file_order(
     main: &str,
     read: Vec<Arc<DeviceSettings>>,
     files: Vec<String>,
     taken: Taken,
 ) -> Vec<Arc<DeviceSettings>> {
-    let mut by_file: Vec<(String, Vec<Arc<DeviceSettings>>)> = Vec::new();
+    let mut by_file: HashMap<String, Vec<Arc<DeviceSettings>>> = taken.files.into_iter().collect();
     for (d, f) in read.into_iter().zip(files) {
-        match by_file.last_mut() {
-            Some((last, list)) if *last == f => list.push(d),
-            _ => by_file.push((f, vec![d])),
-        }
+        by_file.entry(f).or_default().push(d);
     }
-    let mut groups: Vec<(String, Vec<Arc<DeviceSettings>>)> = taken.files;
-    groups.append(&mut by_file);
-    let mut out = Vec::new();
-    let mut take = |label: &str, out: &mut Vec<Arc<DeviceSettings>>| {
-        while let Some(i) = groups.iter().position(|(f, _)| f == label) {
-            out.append(&mut groups.remove(i).1);
-        }
-    };
-    take(main, &mut out);
+    let mut out = by_file.remove(main).unwrap_or_default();
     for label in &taken.order {
-        take(label, &mut out);
+        out.extend(by_file.remove(label).unwrap_or_default());
     }
-    for (_, mut rest) in groups {
-        out.append(&mut rest);
-    }
+    // Every device's file is the main one or an included one; should one
+    // not be, it still runs (after the others, in a stable order).
+    let mut rest: Vec<_> = by_file.into_iter().collect();
+    rest.sort_by(|a, b| a.0.cmp(&b.0));
+    out.extend(rest.into_iter().flat_map(|(_, list)| list));
     out
 }
