@@ -6,6 +6,7 @@
 use std::fmt;
 
 mod parse;
+mod split;
 
 pub use parse::{parse, MAX_NODES};
 

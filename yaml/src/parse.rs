@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use granit_parser::{Event, Parser, ScalarStyle, ScanError, Span, Tag};
 
-use crate::{Kind, Node, SyntaxError, YamlInt, MAX_CONFIG_BYTES};
+use crate::{split, Kind, Node, SyntaxError, YamlInt, MAX_CONFIG_BYTES};
 
 /// Most nodes one config file may hold, aliases expanded: a config of
 /// 5 000 devices × 50 properties is about 2 million nodes.
@@ -20,8 +20,22 @@ pub const MAX_NODES: usize = 4_000_000;
 /// index instead of a scan.
 const INDEXED_MAP: usize = 16;
 
+/// A text at least this large is parsed in parts (one per core, see
+/// [`crate::split`]) when it has a long `devices:` list.
+const MIN_PART_BYTES: usize = 256 * 1024;
+
+/// Most parts (threads) one text is parsed in.
+const MAX_PARTS: usize = 8;
+
 /// Parses YAML text into a located tree. An empty document is `Null`.
+/// A large config is parsed in parts on several threads (same result).
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    parse_with(text, cores.min(MAX_PARTS).min(text.len() / MIN_PART_BYTES))
+}
+
+/// [`parse`] with at most `parts` parts (threads); 0 or 1 parses serially.
+pub(crate) fn parse_with(text: &str, parts: usize) -> Result<Node, SyntaxError> {
     if text.len() > MAX_CONFIG_BYTES {
         return Err(SyntaxError {
             line: 1,
@@ -35,29 +49,58 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     if text.trim().is_empty() {
         return Ok(Node::synthetic(Kind::Null));
     }
-    let options = granit_parser::options! { emit_comments: false };
-    let mut builder = Builder::default();
-    for item in Parser::new_from_str_with_options(text, options) {
-        let (event, span) = item.map_err(|e| scan_error(&e))?;
-        builder.event(event, &span)?;
+    if let Some(node) = split::plan(text, parts).and_then(|p| split::parse_in_parts(text, &p)) {
+        return Ok(node);
     }
-    Ok(builder.root.unwrap_or_else(|| Node::synthetic(Kind::Null)))
+    build(text, 0).map(|built| built.root)
 }
 
-fn scan_error(e: &ScanError) -> SyntaxError {
+/// A text's tree, and what [`split`] needs to join trees of parts.
+pub(crate) struct Built {
+    /// The document's root (`Null` when it has none).
+    pub(crate) root: Node,
+    /// Nodes made, aliases expanded.
+    pub(crate) nodes: usize,
+    /// The root mapping had a `<<` merge key.
+    pub(crate) root_merges: bool,
+}
+
+/// Parses `text`, a part of a file that starts after `breaks` line breaks.
+pub(crate) fn build(text: &str, breaks: u32) -> Result<Built, SyntaxError> {
+    let options = granit_parser::options! { emit_comments: false };
+    let mut builder = Builder {
+        breaks,
+        ..Builder::default()
+    };
+    for item in Parser::new_from_str_with_options(text, options) {
+        let (event, span) = item.map_err(|e| scan_error(&e, breaks))?;
+        builder.event(event, &span)?;
+    }
+    Ok(Built {
+        root: builder.root.unwrap_or_else(|| Node::synthetic(Kind::Null)),
+        nodes: builder.nodes,
+        root_merges: builder.root_merges,
+    })
+}
+
+fn scan_error(e: &ScanError, breaks: u32) -> SyntaxError {
     let m = e.marker();
     let message = e.info();
     SyntaxError {
-        line: m.line(),
+        line: m.line() + breaks as usize,
         column: m.col() + 1,
         message: message.lines().next().unwrap_or("invalid YAML").to_string(),
     }
 }
 
-/// A node's 1-based position from its event's span.
-fn position(span: &Span) -> (u32, u32) {
+/// A node's 1-based position from its event's span, in a part of a file
+/// that starts after `breaks` line breaks.
+fn position(span: &Span, breaks: u32) -> (u32, u32) {
     let at = |v: usize| u32::try_from(v.max(1)).unwrap_or(u32::MAX);
-    (at(span.start.line()), at(span.start.col() + 1))
+    (
+        at(span.start.line()).saturating_add(breaks),
+        at(span.start.col() + 1),
+    )
 }
 
 fn error_at(at: (u32, u32), message: String) -> SyntaxError {
@@ -212,11 +255,15 @@ struct Builder {
     /// Nodes made so far, aliases expanded.
     nodes: usize,
     documents: usize,
+    /// Line breaks before the text (a part of a file).
+    breaks: u32,
+    /// The root mapping has a `<<` merge key.
+    root_merges: bool,
 }
 
 impl Builder {
     fn event(&mut self, event: Event<'_>, span: &Span) -> Result<(), SyntaxError> {
-        let at = position(span);
+        let at = position(span, self.breaks);
         match event {
             Event::DocumentStart(..) => {
                 self.documents += 1;
@@ -242,6 +289,7 @@ impl Builder {
                         && is_merge_key(&kind)
                     {
                         m.merging = true;
+                        self.root_merges |= self.stack.len() == 1;
                         return Ok(());
                     }
                 }

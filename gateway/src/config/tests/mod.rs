@@ -50,6 +50,7 @@ const FAN: &str = "devices:\n  - name: fan\n    driver: dummy\n    model: fan\n"
 
 mod docs;
 mod drivers;
+mod long_lists;
 mod mqtt;
 mod reuse;
 
