@@ -151,7 +151,9 @@ fn main() {
 fn check(path: &std::path::Path) -> i32 {
     match fieldgate::config::load(path) {
         Ok(resolved) => {
-            print!("{}", fieldgate::config::report::render(&resolved));
+            for part in fieldgate::config::report::render_parts(&resolved) {
+                print!("{part}");
+            }
             0
         }
         Err(errors) => {

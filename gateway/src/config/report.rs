@@ -257,6 +257,12 @@ fn device(out: &mut String, r: &Resolved, d: &DeviceSettings) {
 
 /// The report for a valid config.
 pub fn render(r: &Resolved) -> String {
+    render_parts(r).concat()
+}
+
+/// [`render`] in consecutive parts (a large config's devices are rendered
+/// on several threads), to print one after the other.
+pub fn render_parts(r: &Resolved) -> Vec<String> {
     let mut out = String::new();
     let g = &r.gateway;
     let _ = writeln!(out, "config OK");
@@ -304,8 +310,49 @@ pub fn render(r: &Resolved) -> String {
         }
     }
     let _ = writeln!(out, "devices: {}", r.devices.len());
-    for d in &r.devices {
-        device(&mut out, r, d);
+    let mut parts = vec![out];
+    parts.extend(devices(r));
+    parts
+}
+
+/// Devices one thread renders at least.
+const DEVICES_PER_THREAD: usize = 1024;
+
+/// The devices' part of the report, in order: a long list is rendered in
+/// parts on several threads.
+fn devices(r: &Resolved) -> Vec<String> {
+    let render = |list: &[std::sync::Arc<DeviceSettings>]| {
+        let mut out = String::new();
+        for d in list {
+            device(&mut out, r, d);
+        }
+        out
+    };
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads = cores.min(8).min(r.devices.len() / DEVICES_PER_THREAD);
+    if threads < 2 {
+        return vec![render(&r.devices)];
     }
-    out
+    let per = r.devices.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut chunks = r.devices.chunks(per);
+        let first = chunks.next().unwrap_or_default();
+        let others: Vec<_> = chunks
+            .map(|chunk| {
+                let handle = std::thread::Builder::new()
+                    .name("check-report".into())
+                    .spawn_scoped(scope, move || render(chunk));
+                (chunk, handle.ok())
+            })
+            .collect();
+        let mut parts = vec![render(first)];
+        for (chunk, handle) in others {
+            // A thread that could not be started: rendered here.
+            parts.push(match handle.and_then(|h| h.join().ok()) {
+                Some(text) => text,
+                None => render(chunk),
+            });
+        }
+        parts
+    })
 }
