@@ -30,8 +30,14 @@ const MAX_PARTS: usize = 8;
 /// Parses YAML text into a located tree. An empty document is `Null`.
 /// A large config is parsed in parts on several threads (same result).
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    parse_with(text, cores.min(MAX_PARTS).min(text.len() / MIN_PART_BYTES))
+    let most = (text.len() / MIN_PART_BYTES).min(MAX_PARTS);
+    // (Asked only for a large text: it reads the cgroup's CPU limits.)
+    let parts = if most < 2 {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |cores| most.min(cores.get()))
+    };
+    parse_with(text, parts)
 }
 
 /// [`parse`] with at most `parts` parts (threads); 0 or 1 parses serially.

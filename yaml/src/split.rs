@@ -87,10 +87,11 @@ pub(crate) fn plan(text: &str, parts: usize) -> Option<Plan> {
             break n + 1;
         }
     };
-    // Item starts (byte offset, line breaks before), and where the list
-    // ends: the first line, other than a blank or comment line, that is
-    // less indented than its items.
-    let mut items: Vec<(usize, usize)> = Vec::new();
+    // Cuts at the first item past each equal share of the text (never at
+    // the first item), and where the list ends: the first line, other
+    // than a blank or comment line, that is less indented than its items.
+    let mut targets = (1..parts).map(|k| text.len() * k / parts).peekable();
+    let mut cuts: Vec<(usize, usize)> = Vec::new();
     let mut item_indent = None;
     let mut end = None;
     for (n, line) in lines.by_ref() {
@@ -105,14 +106,13 @@ pub(crate) fn plan(text: &str, parts: usize) -> Option<Plan> {
                 return None;
             }
             item_indent = Some(spaces);
-            items.push((line.start, n));
             continue;
         };
         if spaces < at || (spaces == 0 && !is_entry(rest)) {
-            // The list ends here: only at a root key (column 1) is the rest
-            // sure to read the same on its own.
-            // (a plain or quoted key: no flow collection, tag, anchor,
-            // alias, explicit key or document marker).
+            // The list ends here. Only at a plain or quoted root key
+            // (column 1; no flow collection, tag, anchor, alias, explicit
+            // key or document marker) is the rest sure to read the same on
+            // its own.
             let key_start = rest
                 .chars()
                 .next()
@@ -123,24 +123,12 @@ pub(crate) fn plan(text: &str, parts: usize) -> Option<Plan> {
             end = Some((line.start, n));
             break;
         }
-        if spaces == at && is_entry(rest) {
-            items.push((line.start, n));
+        if spaces == at && is_entry(rest) && targets.next_if(|t| line.start >= *t).is_some() {
+            cuts.push((line.start, n));
+            while targets.next_if(|t| line.start >= *t).is_some() {}
         }
     }
     let list_end = end.map_or(text.len(), |(start, _)| start);
-    // Cuts near equal shares of the text, never before the second item.
-    let mut cuts: Vec<(usize, usize)> = Vec::new();
-    for k in 1..parts {
-        let target = text.len() * k / parts;
-        let after = cuts.last().map_or(0, |c| c.0);
-        if let Some(&item) = items
-            .iter()
-            .skip(1)
-            .find(|(start, _)| *start >= target && *start > after)
-        {
-            cuts.push(item);
-        }
-    }
     let first = *cuts.first()?;
     let breaks = |n: usize| u32::try_from(n).ok();
     let mut runs = Vec::with_capacity(cuts.len());
@@ -188,12 +176,11 @@ pub(crate) fn parse_in_parts(text: &str, plan: &Plan) -> Option<Node> {
         let tail = tail.map(joined);
         (head, runs, tail)
     });
-    join(
-        head?,
-        runs?,
-        tail.map_or(Some(None), |t| t.map(Some))?,
-        plan,
-    )
+    let tail = match tail {
+        None => None,                  // no tail planned
+        Some(parsed) => Some(parsed?), // planned: it must have parsed
+    };
+    join(head?, runs?, tail, plan)
 }
 
 /// The serial parse's tree from the parts' trees, or `None` when they do

@@ -321,17 +321,22 @@ const DEVICES_PER_THREAD: usize = 1024;
 /// The devices' part of the report, in order: a long list is rendered in
 /// parts on several threads.
 fn devices(r: &Resolved) -> Vec<String> {
-    let render = |list: &[std::sync::Arc<DeviceSettings>]| {
+    let text_of = |list: &[std::sync::Arc<DeviceSettings>]| {
         let mut out = String::new();
         for d in list {
             device(&mut out, r, d);
         }
         out
     };
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let threads = cores.min(8).min(r.devices.len() / DEVICES_PER_THREAD);
+    let most = (r.devices.len() / DEVICES_PER_THREAD).min(8);
+    // (Asked only for a long list: it reads the cgroup's CPU limits.)
+    let threads = if most < 2 {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |cores| most.min(cores.get()))
+    };
     if threads < 2 {
-        return vec![render(&r.devices)];
+        return vec![text_of(&r.devices)];
     }
     let per = r.devices.len().div_ceil(threads);
     std::thread::scope(|scope| {
@@ -341,16 +346,16 @@ fn devices(r: &Resolved) -> Vec<String> {
             .map(|chunk| {
                 let handle = std::thread::Builder::new()
                     .name("check-report".into())
-                    .spawn_scoped(scope, move || render(chunk));
+                    .spawn_scoped(scope, move || text_of(chunk));
                 (chunk, handle.ok())
             })
             .collect();
-        let mut parts = vec![render(first)];
+        let mut parts = vec![text_of(first)];
         for (chunk, handle) in others {
             // A thread that could not be started: rendered here.
             parts.push(match handle.and_then(|h| h.join().ok()) {
                 Some(text) => text,
-                None => render(chunk),
+                None => text_of(chunk),
             });
         }
         parts

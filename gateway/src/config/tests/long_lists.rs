@@ -19,9 +19,16 @@ fn list(n: usize, extra: impl Fn(usize) -> String) -> String {
 /// Two simulated properties, on one line.
 const PROPERTIES: &str = "properties: [{ name: speed, type: uint32, simulate: { counter: { start: 0, step: 1 } } }, { name: t, type: float64, simulate: { sine: { min: 0, max: 1, period: 60s } } }]";
 
-/// The 1-based line of the first line of `text` that contains `needle`.
-fn line_of(text: &str, needle: &str) -> usize {
-    text.lines().position(|l| l.contains(needle)).unwrap() + 1
+/// The 1-based line of the `nth` (0-based) line of `text` that contains
+/// `needle`.
+fn line_of(text: &str, needle: &str, nth: usize) -> usize {
+    let (n, _) = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(needle))
+        .nth(nth)
+        .unwrap();
+    n + 1
 }
 
 #[test]
@@ -72,26 +79,15 @@ fn errors_anywhere_in_a_long_list_are_all_reported_in_place() {
     .replace("model: fan", PROPERTIES);
     assert!(y.len() > 2 * 256 * 1024, "{}", y.len());
     let e = errs(&y);
-    let at = |needle: &str, col: usize| format!("c.yaml:{}:{col}: ", line_of(&y, needle));
+    let at = |needle: &str, col: usize| format!("c.yaml:{}:{col}: ", line_of(&y, needle, 0));
     assert_eq!(
         e,
         vec![
             format!("{}devices[130].syncInterval: syncInterval must be greater than 0s", at("syncInterval: 0s", 19)),
             format!("{}devices[420].properties[0].type: unknown value `uint99` (did you mean `uint8`?); allowed: `bool`, `int8`, `int16`, `int32`, `int64`, `uint8`, `uint16`, `uint32`, `uint64`, `float32`, `float64`, `string`, `bytes`", at("uint99", 35)),
-            format!("{}devices[2450].name: duplicate device name `dev-0005`: already used by devices[5]; device names must be unique", line_of_nth(&y, "name: dev-0005", 1)),
+            format!("{}devices[2450].name: duplicate device name `dev-0005`: already used by devices[5]; device names must be unique", format!("c.yaml:{}:11: ", line_of(&y, "name: dev-0005", 1))),
             format!("{}devices[2610].mqtt.message.topic.name: topic `fieldgate/plant/dev-0007` is already used by device `dev-0007`; every device needs its own topic", at("topic: { name:", 39)),
             format!("{}devices[3499].timeout: timeout must be greater than 0s", at("timeout: 0s", 14)),
         ]
     );
-}
-
-/// `c.yaml:LINE:11: ` of the `nth` (0-based) line holding `needle`.
-fn line_of_nth(text: &str, needle: &str, nth: usize) -> String {
-    let (n, _) = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.contains(needle))
-        .nth(nth)
-        .unwrap();
-    format!("c.yaml:{}:11: ", n + 1)
 }
